@@ -1,0 +1,164 @@
+"""What one training run is: a frozen dataclass, its named presets, and the grid that expands into runs.
+
+Every field of `RunConfig` is saved with the run's results, and the `run_id` is a hash of it, so the same
+command finds the same runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+
+from bench.errors import BenchError
+
+ARCHS = ("plain", "residual")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+SHORTCUTS = ("A", "B", "C")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: one network (arch x depth), one seed, one dataset, one schedule."""
+
+    # The network (None = the family's paper choice, see resnet.build_model).
+    arch: str = "residual"
+    depth: int = 20
+    seed: int = 0
+    width: int | None = None
+    shortcut: str | None = None
+    stem: str | None = None
+    # The data. A subset keeps a short preset short on any dataset; None means the whole split.
+    dataset: str = "auto"
+    train_subset: int | None = None
+    test_subset: int | None = None
+    # The schedule (SGD with momentum, by iteration, as the paper's section 4.2).
+    preset: str = "paper"
+    epochs: int | None = None
+    iterations: int | None = 64_000
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_decay_at: tuple[float, ...] = (0.5, 0.75)  # fractions of the run: 32k and 48k of 64k
+    lr_decay: float = 0.1
+    # Paper, 110 layers: 0.01 until training error is below 80%, then back to lr.
+    warmup_lr: float | None = None
+    warmup_until_error: float = 0.8
+    # How it runs: never changes the numbers' meaning, so not part of the experiment's identity
+    # beyond what the device and precision may do to them.
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def run_id(self) -> str:
+        """A readable, stable identifier: the same configuration always gives the same id."""
+        digest = hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.arch}-{self.depth}-s{self.seed}-{digest}"
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> RunConfig:
+        """The inverse of `to_dict` (lists become tuples again)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
+        return cls(**values)
+
+
+# Section 4.2 to the letter: batch 128, lr 0.1, /10 at 32k and 48k, stop at 64k iterations.
+PAPER = RunConfig(preset="paper")
+
+# Sized so that `bench run --depths 18 34` (4 runs) ends within 5 minutes on a 2-core CPU: narrow nets,
+# a class-balanced subset of the data, short schedule. Long enough for the plain nets to part.
+QUICK = dataclasses.replace(
+    PAPER,
+    preset="quick",
+    width=16,
+    train_subset=10_000,
+    test_subset=2_000,
+    iterations=None,
+    epochs=4,
+    batch_size=64,
+    lr=0.05,
+)
+
+PRESETS: dict[str, RunConfig] = {"paper": PAPER, "quick": QUICK}
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """A `bench run` job: every (depth, arch, seed) of `base`, results under `results`."""
+
+    base: RunConfig
+    depths: tuple[int, ...]
+    archs: tuple[str, ...] = ARCHS
+    seeds: tuple[int, ...] = (0,)
+    data_dir: str = "data"
+    results: str = "results"
+    shard: tuple[int, int] = (1, 1)  # (I, N): run the I-th of N disjoint slices of the grid
+
+    def runs(self) -> list[RunConfig]:
+        """Every run of the grid in a fixed order (depth, then arch, then seed); this shard's only."""
+        every = [
+            paper_rules(dataclasses.replace(self.base, depth=d, arch=a, seed=s))
+            for d in self.depths
+            for a in self.archs
+            for s in self.seeds
+        ]
+        index, count = self.shard
+        return every[index - 1 :: count]
+
+
+def paper_rules(config: RunConfig) -> RunConfig:
+    """Section 4.2's one exception: CIFAR nets of 110 layers and more warm up at lr 0.01 until training
+    error is below 80%, because 0.1 is too large to start converging."""
+    if config.preset == "paper" and config.depth >= 110 and (config.depth - 2) % 6 == 0 and config.warmup_lr is None:
+        return dataclasses.replace(config, warmup_lr=config.lr / 10)
+    return config
+
+
+def preset(name: str) -> RunConfig:
+    """The named preset, or a BenchError listing the valid names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise BenchError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise BenchError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Check everything that can be checked before any data is loaded; return the config unchanged."""
+    from resnet import build_model  # a real build is the only honest check of depth/family/shortcut
+
+    _choice("arch", config.arch, ARCHS)
+    _choice("precision", config.precision, PRECISIONS)
+    if config.device not in DEVICES and not config.device.startswith("cuda:"):
+        raise BenchError(f"unknown device {config.device!r}: choose one of {', '.join(DEVICES)} (or cuda:N)")
+    if config.shortcut is not None:
+        _choice("shortcut", config.shortcut, SHORTCUTS)
+    if (config.epochs is None) == (config.iterations is None):
+        raise BenchError("give exactly one of --epochs or --iterations")
+    for name in ("epochs", "iterations", "batch_size", "width", "train_subset", "test_subset"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise BenchError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if config.lr <= 0:
+        raise BenchError(f"--lr must be positive, got {config.lr}")
+    try:
+        with torch.device("meta"):  # builds in no time and allocates nothing
+            build_model(config.depth, config.arch, shortcut=config.shortcut, stem=config.stem, width=4)
+    except ValueError as error:
+        raise BenchError(str(error).splitlines()[0]) from None
+    return config

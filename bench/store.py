@@ -1,0 +1,242 @@
+"""The results folder: one directory per run, written so that a crash, Ctrl-C or a full disk loses nothing.
+
+    results/<dataset>/<run_id>/
+        config.json       the resolved RunConfig, dataset, environment (versions, device, commit), start time
+        epochs.parquet    one row per epoch, schema EPOCH_SCHEMA (a contract: report and users read it)
+        status.json       running | finished | diverged | interrupted, with the epoch it got to
+        checkpoint.pt     model, optimizer, schedule, RNG states and the epoch rows so far
+        checkpoint.prev.pt  the one before, used if the latest is torn
+
+Every file is written to a temporary name and renamed over the old one, so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from bench.errors import BenchError
+
+EPOCH_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("dataset", pa.string()),
+    ("arch", pa.string()),
+    ("depth", pa.int64()),
+    ("width", pa.int64()),
+    ("shortcut", pa.string()),
+    ("seed", pa.int64()),
+    ("preset", pa.string()),
+    ("epoch", pa.int64()),
+    ("iteration", pa.int64()),
+    ("lr", pa.float64()),
+    ("train_loss", pa.float64()),
+    ("train_error", pa.float64()),
+    ("test_loss", pa.float64()),
+    ("test_error", pa.float64()),
+    ("epoch_seconds", pa.float64()),
+    ("images_per_second", pa.float64()),
+    ("device", pa.string()),
+    ("precision", pa.string()),
+    ("timestamp", pa.timestamp("us", tz="UTC")),
+])
+EPOCH_COLUMNS = tuple(EPOCH_SCHEMA.names)
+
+CONFIG, EPOCHS, STATUS = "config.json", "epochs.parquet", "status.json"
+CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
+
+RUNNING, FINISHED, DIVERGED, INTERRUPTED = "running", "finished", "diverged", "interrupted"
+
+
+def dataset_folder(dataset: str) -> str:
+    """A folder name for a dataset name ('imagefolder:tiny' -> 'imagefolder-tiny')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-") or "dataset"
+
+
+def run_dir(results: Path, dataset: str, run_id: str) -> Path:
+    """Where the run's files live."""
+    return Path(results) / dataset_folder(dataset) / run_id
+
+
+def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through `write` into a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            raise BenchError(f"disk full while writing {path}: free some space and run the same command "
+                             "again (finished epochs are kept)") from None
+        if error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise BenchError(f"cannot write {path}: make the folder writable or pass --results DIR") from None
+        raise
+
+
+def check_writable(results: Path) -> None:
+    """Fail early, in one line, if the results folder cannot be created or written."""
+    try:
+        Path(results).mkdir(parents=True, exist_ok=True)
+        probe = Path(results) / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise BenchError(f"cannot write to results folder {results} ({error.strerror}): "
+                         "pass --results DIR with a writable folder") from None
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write `data` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    _write_atomic(Path(path), lambda handle: handle.write(text.encode()))
+
+
+def read_json(path: Path) -> dict:
+    """Read a JSON file written by `write_json`; a torn or foreign file is a BenchError."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise BenchError(f"cannot read {path} ({error}): delete it or the run folder to start over") from None
+
+
+def epochs_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """Epoch rows as a DataFrame with exactly the columns and dtypes of EPOCH_SCHEMA."""
+    table = pa.Table.from_pylist([{c: row[c] for c in EPOCH_COLUMNS} for row in rows], schema=EPOCH_SCHEMA)
+    return table.to_pandas()
+
+
+def write_epochs(path: Path, rows: Sequence[dict]) -> None:
+    """Write all epoch rows of a run so far to `path` (parquet, EPOCH_SCHEMA), atomically."""
+    table = pa.Table.from_pylist([{c: row[c] for c in EPOCH_COLUMNS} for row in rows], schema=EPOCH_SCHEMA)
+    _write_atomic(Path(path), lambda handle: pq.write_table(table, handle))
+
+
+def write_status(directory: Path, state: str, **fields: object) -> None:
+    """Record where the run stands (`state` is one of running/finished/diverged/interrupted)."""
+    from bench.provenance import utc_now
+
+    write_json(Path(directory) / STATUS, {"state": state, "updated": utc_now(), **fields})
+
+
+def save_checkpoint(directory: Path, state: dict) -> None:
+    """Save `state` as the latest checkpoint, keeping the previous one until the new one is whole."""
+    directory = Path(directory)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    latest = directory / CHECKPOINT
+    _write_atomic(directory / f"{CHECKPOINT}.new", lambda handle: handle.write(buffer.getbuffer()))
+    if latest.exists():
+        os.replace(latest, directory / PREVIOUS_CHECKPOINT)
+    os.replace(directory / f"{CHECKPOINT}.new", latest)
+
+
+def load_checkpoint(directory: Path, notify: Callable[[str], None] = print) -> dict | None:
+    """The latest readable checkpoint of a run, the previous one if the latest is torn, or None if none.
+
+    A checkpoint that cannot be read at all is a BenchError naming the file, never an unpickling traceback.
+    """
+    directory = Path(directory)
+    candidates = [directory / name for name in (CHECKPOINT, f"{CHECKPOINT}.new", PREVIOUS_CHECKPOINT)]
+    found = [path for path in candidates if path.exists()]
+    for path in found:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for a torn zip or pickle
+            notify(f"checkpoint {path} is unreadable ({type(error).__name__}); trying an older one")
+            continue
+        if isinstance(state, dict) and "epoch" in state and "model" in state:
+            return state
+        notify(f"checkpoint {path} is not a bench checkpoint; trying an older one")
+    if found:
+        raise BenchError(f"corrupt checkpoint {found[0]}: delete {directory} to restart this run from scratch")
+    return None
+
+
+@contextmanager
+def run_lock(directory: Path) -> Iterator[bool]:
+    """Hold the run's lock for the block; yields False (and holds nothing) if another process has it.
+
+    An OS file lock dies with its process, so a run killed with -9 never stays locked.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_state(directory: Path) -> str | None:
+    """The recorded state of a run folder, or None if it has no status yet."""
+    path = Path(directory) / STATUS
+    return read_json(path).get("state") if path.exists() else None
+
+
+def find_runs(results: Sequence[Path]) -> list[Path]:
+    """Every run folder (one holding config.json) under the given results folders."""
+    return sorted({path.parent for root in results for path in Path(root).glob(f"*/*/{CONFIG}")})
+
+
+def read_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All runs under the given folders: (epochs, runs).
+
+    `epochs` has one row per epoch (EPOCH_SCHEMA columns). `runs` has one row per run: the run's config
+    fields, its state (running/finished/diverged/interrupted), diverged_epoch, epochs_done, the dataset
+    note, device_name, git_commit, torch version and the folder it came from. A run id found in several
+    folders is kept once (the one with the most epochs), so merged copies do not double count.
+    """
+    epoch_frames, run_rows = [], []
+    for directory in find_runs(results):
+        meta = read_json(directory / CONFIG)
+        status = read_json(directory / STATUS) if (directory / STATUS).exists() else {}
+        frame = pd.read_parquet(directory / EPOCHS) if (directory / EPOCHS).exists() else epochs_frame([])
+        environment = meta.get("environment", {})
+        dataset = meta.get("dataset", {})
+        run_rows.append({
+            **meta.get("config", {}),
+            "run_id": meta["run_id"],
+            "dataset": dataset.get("name"),
+            "dataset_note": dataset.get("note", ""),
+            "width": meta.get("model", {}).get("width"),
+            "shortcut": meta.get("model", {}).get("shortcut"),
+            "family": meta.get("model", {}).get("family"),
+            "state": status.get("state", RUNNING),
+            "diverged_epoch": status.get("diverged_epoch"),
+            "epochs_done": len(frame),
+            "device_name": environment.get("device_name"),
+            "git_commit": environment.get("git_commit"),
+            "torch": environment.get("torch"),
+            "started_at": meta.get("started_at"),
+            "path": str(directory),
+        })
+        epoch_frames.append(frame.assign(_path=str(directory)))
+    if not run_rows:
+        return epochs_frame([]), pd.DataFrame()
+    runs = (pd.DataFrame(run_rows).sort_values("epochs_done", ascending=False)
+            .drop_duplicates("run_id").sort_values(["dataset", "arch", "depth", "seed"]).reset_index(drop=True))
+    kept = set(runs["path"])
+    epochs = pd.concat(epoch_frames, ignore_index=True)
+    epochs = epochs[epochs["_path"].isin(kept)].drop(columns="_path").reset_index(drop=True)
+    return epochs, runs

@@ -1,0 +1,57 @@
+import dataclasses
+
+import pytest
+
+from bench.config import PAPER, PRESETS, QUICK, GridConfig, RunConfig, paper_rules, preset, validate
+from bench.errors import BenchError
+
+
+def test_paper_preset_is_section_4_2():
+    assert (PAPER.batch_size, PAPER.lr, PAPER.iterations, PAPER.momentum, PAPER.weight_decay) == (
+        128, 0.1, 64_000, 0.9, 1e-4)
+    assert [round(f * PAPER.iterations) for f in PAPER.lr_decay_at] == [32_000, 48_000]
+    assert PAPER.lr_decay == 0.1
+
+
+def test_run_id_is_stable_and_tracks_every_field():
+    a = RunConfig(depth=20, arch="plain")
+    assert a.run_id() == RunConfig(depth=20, arch="plain").run_id()
+    assert a.run_id().startswith("plain-20-s0-")
+    assert a.run_id() != dataclasses.replace(a, lr=0.05).run_id()
+    assert RunConfig.from_dict(a.to_dict()) == a
+
+
+def test_grid_expands_depth_arch_seed_and_shards_cover_it_once():
+    grid = GridConfig(base=QUICK, depths=(18, 34), seeds=(0, 1, 2))
+    runs = grid.runs()
+    assert len(runs) == 2 * 2 * 3
+    assert len({r.run_id() for r in runs}) == len(runs)
+    shards = [GridConfig(base=QUICK, depths=(18, 34), seeds=(0, 1, 2), shard=(i, 5)).runs() for i in range(1, 6)]
+    ids = [r.run_id() for shard in shards for r in shard]
+    assert sorted(ids) == sorted(r.run_id() for r in runs)  # every run exactly once
+
+
+def test_paper_rules_warm_up_only_the_deep_cifar_nets():
+    assert paper_rules(dataclasses.replace(PAPER, depth=110)).warmup_lr == pytest.approx(0.01)
+    assert paper_rules(dataclasses.replace(PAPER, depth=56)).warmup_lr is None
+    assert paper_rules(dataclasses.replace(QUICK, depth=110)).warmup_lr is None
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"depth": 19}, "19"),
+    ({"arch": "dense"}, "plain, residual"),
+    ({"shortcut": "D"}, "A, B, C"),
+    ({"precision": "fp8"}, "fp32, bf16"),
+    ({"epochs": 3}, "exactly one of"),
+    ({"batch_size": 0}, "--batch-size"),
+])
+def test_validate_rejects_bad_input_with_the_choices(change, message):
+    with pytest.raises(BenchError, match=message):
+        validate(dataclasses.replace(PAPER, **change))
+
+
+def test_presets_validate_and_unknown_preset_lists_choices():
+    for config in PRESETS.values():
+        validate(dataclasses.replace(config, depth=18))
+    with pytest.raises(BenchError, match="quick"):
+        preset("fast")
