@@ -19,6 +19,8 @@ ARCHS = ("plain", "residual")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SHORTCUTS = ("A", "B", "C")
+# How a run executes, not what it computes: left out of the run_id.
+EXECUTION_FIELDS = ("device", "channels_last", "compile")
 
 
 @dataclass(frozen=True)
@@ -49,17 +51,23 @@ class RunConfig:
     # Paper, 110 layers: 0.01 until training error is below 80%, then back to lr.
     warmup_lr: float | None = None
     warmup_until_error: float = 0.8
-    # How it runs: never changes the numbers' meaning, so not part of the experiment's identity
-    # beyond what the device and precision may do to them.
+    # How it runs.
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    # BatchNorm statistics over the global batch when a run spans several processes (torchrun).
+    sync_bn: bool = False
 
     def run_id(self) -> str:
-        """A readable, stable identifier: the same configuration always gives the same id."""
-        digest = hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        """A readable, stable identifier: the same experiment always gives the same id, whichever device,
+        memory format or compiler runs it, so a run started on one machine resumes on another."""
+        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.arch}-{self.depth}-s{self.seed}-{digest}"
+
+    def identity(self) -> dict[str, object]:
+        """The fields that define the experiment (all but EXECUTION_FIELDS)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict of every field."""
@@ -90,7 +98,7 @@ QUICK = dataclasses.replace(
     lr=0.05,
 )
 
-PRESETS: dict[str, RunConfig] = {"paper": PAPER, "quick": QUICK}
+PRESETS: dict[str, RunConfig] = {"quick": QUICK, "paper": PAPER}
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ class GridConfig:
     data_dir: str = "data"
     results: str = "results"
     shard: tuple[int, int] = (1, 1)  # (I, N): run the I-th of N disjoint slices of the grid
+    devices: tuple[str, ...] = ()  # several GPUs of one machine: one run per device at a time
 
     def runs(self) -> list[RunConfig]:
         """Every run of the grid in a fixed order (depth, then arch, then seed); this shard's only."""

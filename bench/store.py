@@ -12,6 +12,7 @@ Every file is written to a temporary name and renamed over the old one, so reade
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import fcntl
 import io
@@ -115,15 +116,22 @@ def read_json(path: Path) -> dict:
         raise BenchError(f"cannot read {path} ({error}): delete it or the run folder to start over") from None
 
 
+def _table(rows: Sequence[dict]) -> pa.Table:
+    def timestamp(value: object) -> object:  # rows keep ISO strings, so checkpoints hold plain types only
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+    rows = [{**{c: row[c] for c in EPOCH_COLUMNS}, "timestamp": timestamp(row["timestamp"])} for row in rows]
+    return pa.Table.from_pylist(rows, schema=EPOCH_SCHEMA)
+
+
 def epochs_frame(rows: Sequence[dict]) -> pd.DataFrame:
     """Epoch rows as a DataFrame with exactly the columns and dtypes of EPOCH_SCHEMA."""
-    table = pa.Table.from_pylist([{c: row[c] for c in EPOCH_COLUMNS} for row in rows], schema=EPOCH_SCHEMA)
-    return table.to_pandas()
+    return _table(rows).to_pandas()
 
 
 def write_epochs(path: Path, rows: Sequence[dict]) -> None:
     """Write all epoch rows of a run so far to `path` (parquet, EPOCH_SCHEMA), atomically."""
-    table = pa.Table.from_pylist([{c: row[c] for c in EPOCH_COLUMNS} for row in rows], schema=EPOCH_SCHEMA)
+    table = _table(rows)
     _write_atomic(Path(path), lambda handle: pq.write_table(table, handle))
 
 

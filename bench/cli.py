@@ -1,0 +1,178 @@
+"""The `bench` command line: parses arguments and calls the plain functions that do the work."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from bench.errors import BenchError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Re-run, time and draw the degradation experiment of He et al. (2015).")
+console = Console()
+errors = Console(stderr=True)
+
+# Options that take several values: `--depths 18 34` is rewritten to `--depths 18 --depths 34`,
+# because click options take one value per occurrence.
+LIST_OPTIONS = {"--depths", "--arch", "--seeds", "--device", "--batch-size", "--precision", "--results",
+                "--format"}
+# Of those, the ones that stay single-valued for some commands.
+SINGLE_VALUED = {"run": {"--device", "--batch-size", "--precision", "--results"}}
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def expand_lists(args: Sequence[str]) -> list[str]:
+    """Rewrite `--opt a b c` into `--opt a --opt b --opt c` for the options in LIST_OPTIONS."""
+    command = next((a for a in args if not a.startswith("-")), "")
+    multi = LIST_OPTIONS - SINGLE_VALUED.get(command, set())
+    out: list[str] = []
+    option = None
+    for arg in args:
+        if arg.startswith("-"):
+            option = arg if arg in multi else None
+            out.append(arg)
+        elif option is not None and out[-1] != option:
+            out.extend([option, arg])
+        else:
+            out.append(arg)
+    return out
+
+
+def handles_errors(function: F) -> F:
+    """BenchError -> one red line and exit 2; Ctrl-C -> one line and exit 130. Never a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return function(*args, **kwargs)
+        except BenchError as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            errors.print("[yellow]interrupted: finished work is saved; run the same command again to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise BenchError(f"--shard {value!r}: write it as I/N, e.g. 2/4") from None
+    if not 1 <= index <= count:
+        raise BenchError(f"--shard {value!r}: I must be between 1 and N")
+    return index, count
+
+
+def _devices(value: str | None, device: str) -> tuple[str, ...]:
+    """`--devices 0,1` -> ('cuda:0', 'cuda:1'); by default every visible GPU when training on GPUs."""
+    import torch
+
+    if value is None:
+        count = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+        return tuple(f"cuda:{i}" for i in range(count)) if count > 1 else ()
+    try:
+        indices = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise BenchError(f"--devices {value!r}: give GPU indices, e.g. 0,1,2,3") from None
+    visible = torch.cuda.device_count()
+    if any(not 0 <= i < visible for i in indices):
+        raise BenchError(f"--devices {value!r}: {visible} GPU(s) visible, so indices run 0..{visible - 1}")
+    return tuple(f"cuda:{i}" for i in indices)
+
+
+@app.command()
+@handles_errors
+def run(
+    depths: Annotated[list[int], typer.Option(help="Depths to train, e.g. --depths 18 34 (or 20 32 44 56).")],
+    arch: Annotated[Optional[list[str]], typer.Option(help="plain and/or residual (default: both).")] = None,
+    seeds: Annotated[Optional[list[int]], typer.Option(help="Seeds, e.g. --seeds 0 1 2.")] = None,
+    dataset: Annotated[str, typer.Option(help="auto | cifar10 | cifar100 | imagefolder | synthetic.")] = "auto",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where datasets live [default: $BENCH_DATA or data/].")] = None,
+    preset: Annotated[str, typer.Option(help="quick (minutes on a CPU) or paper (section 4.2).")] = "quick",
+    epochs: Annotated[Optional[int], typer.Option(help="Train for N epochs (overrides the preset).")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="Train for N iterations (overrides the preset).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Initial learning rate.")] = None,
+    width: Annotated[Optional[int], typer.Option(help="First-stage channels (imagenet 64, cifar 16).")] = None,
+    shortcut: Annotated[Optional[str], typer.Option(help="A, B or C (paper section 3.3).")] = None,
+    train_subset: Annotated[Optional[int], typer.Option(help="Train on a fixed subset of N images (0: all).")] = None,
+    test_subset: Annotated[Optional[int], typer.Option(help="Test on a fixed subset of N images (0: all).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
+    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last")] = False,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the training step.")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun: BatchNorm over the global batch.")] = False,
+    devices: Annotated[Optional[str], typer.Option(help="GPUs to spread runs over, e.g. 0,1,2,3 [default: all visible].")] = None,
+    results: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
+    shard: Annotated[str, typer.Option(help="Run the I-th of N disjoint slices of the grid, as I/N.")] = "1/1",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid, one run per line, and exit.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Train plain and residual nets of the given depths; log train/test error per epoch to parquet."""
+    from bench.config import ARCHS, GridConfig
+    from bench.config import preset as get_preset
+    from bench.data import default_data_dir
+    from bench.grid import dry_run_lines, plan, run_grid
+
+    overrides: dict[str, object] = {"dataset": dataset, "device": device, "precision": precision,
+                                    "channels_last": channels_last, "compile": compile, "sync_bn": sync_bn}
+    if epochs is not None and iterations is not None:
+        raise BenchError("give --epochs or --iterations, not both")
+    if epochs is not None:
+        overrides.update(epochs=epochs, iterations=None)
+    if iterations is not None:
+        overrides.update(iterations=iterations, epochs=None)
+    for name, value in (("batch_size", batch_size), ("lr", lr), ("width", width), ("shortcut", shortcut)):
+        if value is not None:
+            overrides[name] = value
+    for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if value is not None:
+            overrides[name] = value or None
+    base = dataclasses.replace(get_preset(preset), **overrides)
+    grid = GridConfig(base=base, depths=tuple(depths), archs=tuple(arch or ARCHS), seeds=tuple(seeds or (0,)),
+                      data_dir=str(data_dir or default_data_dir()), results=str(results), shard=_shard(shard),
+                      devices=_devices(devices, device))
+    p = plan(grid)  # validates every run before anything is printed or trained
+    if dry_run:
+        if p.notice:
+            console.print(f"[yellow]{p.notice}")
+        for line in dry_run_lines(p):
+            console.print(line, highlight=False, soft_wrap=True)
+        return
+    console.print("[bold]configuration[/] " + json.dumps(
+        {**base.to_dict(), "dataset": p.dataset, "depths": grid.depths, "archs": grid.archs, "seeds": grid.seeds,
+         "data_dir": grid.data_dir, "results": grid.results, "shard": shard}), highlight=False, soft_wrap=True)
+    run_grid(grid, console=console, progress=progress, resolved=p)
+
+
+@app.command()
+@handles_errors
+def models(
+    input_size: Annotated[int, typer.Option(help="Input height and width for multiply-adds.")] = 224,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List every architecture with its parameter count and multiply-adds (compare with Table 1)."""
+    from bench.catalog import architecture_table, render_table
+
+    rows = architecture_table(input_size=input_size)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        console.print(render_table(rows, input_size))
+
+
+def main() -> None:
+    """Console-script entry point (also `python -m bench`)."""
+    sys.argv[1:] = expand_lists(sys.argv[1:])
+    app()

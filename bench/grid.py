@@ -1,0 +1,217 @@
+"""`bench run`: expand a grid into runs, load the data once, train each run that is not finished yet."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bench import distributed, store
+from bench.config import GridConfig, RunConfig, validate
+from bench.errors import BenchError
+from bench.data import ImageData, load_dataset, resolve_dataset
+from bench.train import Run, resolve_device, train_run
+
+Notify = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a grid resolves to before anything is trained."""
+
+    runs: list[RunConfig]
+    dataset: str
+    data_path: Path | None
+    notice: str | None
+    results: Path
+
+    def directory(self, run: RunConfig) -> Path:
+        return store.run_dir(self.results, self.dataset, run.run_id())
+
+
+def plan(grid: GridConfig) -> Plan:
+    """Validate every run and pin the dataset ('auto' becomes what will really be used)."""
+    for run in grid.runs():
+        validate(run)
+    dataset, path, notice = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
+    runs = [dataclasses.replace(run, dataset=dataset) for run in grid.runs()]
+    return Plan(runs, dataset, path, notice, Path(grid.results))
+
+
+def dry_run_lines(p: Plan) -> list[str]:
+    """One line per run of the grid, beginning with its run_id, and what state it is in now."""
+    lines = []
+    for run in p.runs:
+        directory = p.directory(run)
+        state = store.run_state(directory) if directory.exists() else None
+        lines.append(f"{run.run_id()}  {run.arch:<8} depth={run.depth:<4} seed={run.seed}  "
+                     f"{p.dataset}  {state or 'new'}  -> {directory}")
+    return lines
+
+
+def take_subset(data: ImageData, train: int | None, test: int | None) -> ImageData:
+    """The same fixed random subset for every run (seed 0, not the run's seed), so runs compare."""
+    generator = torch.Generator().manual_seed(0)
+
+    def pick(images: torch.Tensor, labels: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if n is None or n >= len(images):
+            return images, labels
+        index = torch.randperm(len(images), generator=generator)[:n].sort().values.to(images.device)
+        return images[index], labels[index]
+
+    train_images, train_labels = pick(data.train_images, data.train_labels, train)
+    test_images, test_labels = pick(data.test_images, data.test_labels, test)
+    info = dataclasses.replace(data.info, train_size=len(train_images), test_size=len(test_images))
+    # The per-pixel mean stays the full training set's: it is a property of the data, not of the subset.
+    return dataclasses.replace(data, info=info, train_images=train_images, train_labels=train_labels,
+                               test_images=test_images, test_labels=test_labels)
+
+
+class GridProgress:
+    """A live bar per run (epoch, loss, errors, images/s, time left) under one console."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(),
+            TextColumn("ep {task.fields[epoch]}/{task.fields[epochs]}"),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("train {task.fields[train]}"),
+            TextColumn("test {task.fields[test]}"), TextColumn("{task.fields[speed]}"),
+            TimeRemainingColumn(), console=console, disable=not enabled, refresh_per_second=4,
+        )
+        self.task = None
+
+    def start(self, run: Run) -> None:
+        last = run.rows[-1] if run.rows else None
+        self.task = self.progress.add_task(
+            f"{run.config.arch}-{run.config.depth} s{run.config.seed}", total=run.total, completed=run.iteration,
+            epoch=run.epoch, epochs=run.epochs_total, loss="-", speed="",
+            train=f"{last['train_error']:.1%}" if last else "-", test=f"{last['test_error']:.1%}" if last else "-",
+        )
+
+    def step(self, iteration: int, total: int, stats: dict) -> None:
+        fields = {"loss": f"{stats['loss'].item():.3f}"} if iteration % 20 == 0 else {}
+        self.progress.update(self.task, completed=iteration, **fields)
+
+    def epoch(self, run: Run, row: dict) -> None:
+        self.progress.update(self.task, epoch=run.epoch, loss=f"{row['train_loss']:.3f}",
+                             train=f"{row['train_error']:.1%}", test=f"{row['test_error']:.1%}",
+                             speed=f"{row['images_per_second']:.0f} img/s")
+
+
+def summary_table(summary: list[dict]) -> Table:
+    """The end-of-grid table: one line per run with its state and final errors."""
+    table = Table(title="bench run", show_lines=False)
+    for column in ("run_id", "arch", "depth", "seed", "state", "epochs", "train err", "test err",
+                   "best test", "minutes"):
+        table.add_column(column, justify="right" if column not in ("run_id", "arch", "state") else "left")
+    for item in summary:
+        rows = item["rows"]
+        last = rows[-1] if rows else {}
+        best = min((r["test_error"] for r in rows), default=float("nan"))
+        table.add_row(item["run_id"], item["arch"], str(item["depth"]), str(item["seed"]), item["state"],
+                      str(len(rows)), f"{last.get('train_error', float('nan')):.2%}",
+                      f"{last.get('test_error', float('nan')):.2%}", f"{best:.2%}",
+                      f"{item['seconds'] / 60:.1f}")
+    return table
+
+
+def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool = True,
+             resolved: Plan | None = None) -> list[dict]:
+    """Train every run of the grid that is not finished; returns one summary dict per run.
+
+    Finished and diverged runs are skipped, unfinished ones resume from their checkpoints, and runs that
+    another process is training right now are left to it. Ctrl-C propagates after the current run saved.
+    Under torchrun every rank takes part in each run; with several `devices`, one worker process per
+    device takes the runs one at a time.
+    """
+    console = console or Console()
+    p = resolved or plan(grid)
+    store.check_writable(p.results)
+    if p.notice:
+        console.print(f"[bold yellow]{p.notice}")
+    if len(grid.devices) > 1:
+        return _run_on_devices(grid, console)
+    job = distributed.from_environment()
+    device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
+    try:
+        return _run_plan(p, device, job, console if job.is_main else Console(quiet=True), progress)
+    finally:
+        distributed.teardown()
+
+
+def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Console,
+              progress: bool) -> list[dict]:
+    notify: Notify = lambda message: console.print(f"[yellow]{message}")
+    base = p.runs[0]
+    data = None
+    for turn in (True, False):  # rank 0 decodes and caches the data first, the other ranks then load the cache
+        if job.is_main == turn:
+            data = load_dataset(p.dataset, p.data_path, progress=progress and job.is_main)
+        distributed.barrier(job)
+    data = take_subset(data, base.train_subset, base.test_subset).to(device)
+    console.print(f"data: {data.info.name} ({data.info.train_size} train / {data.info.test_size} test, "
+                  f"{data.info.source}) on {device}" + (f" x {job.world_size} ranks" if job.enabled else ""))
+    if data.info.note:
+        console.print(f"[yellow]note: {data.info.note}")
+    bars = GridProgress(console, progress and job.is_main)
+    summary = []
+    with bars.progress:
+        for config in p.runs:
+            directory = p.directory(config)
+            item = {"run_id": config.run_id(), "arch": config.arch, "depth": config.depth, "seed": config.seed,
+                    "rows": [], "seconds": 0.0}
+            summary.append(item)
+            with store.run_lock(directory) if job.is_main else nullcontext(True) as mine:
+                state = store.run_state(directory) if mine else "busy"
+                state = distributed.broadcast(state, job)
+                if state == "busy":
+                    item["state"] = "busy (another process)"
+                    notify(f"{config.run_id()}: another bench process is training it; skipped")
+                    continue
+                if state in (store.FINISHED, store.DIVERGED):
+                    item["state"] = f"{state} (earlier)"
+                    item["rows"] = _rows(directory)
+                    continue
+                started = time.perf_counter()
+                try:
+                    item["state"] = train_run(config, data, directory, device, notify=notify, job=job,
+                                              on_start=bars.start, on_step=bars.step, on_epoch=bars.epoch)
+                finally:
+                    item["seconds"] = time.perf_counter() - started
+                    item["rows"] = _rows(directory)
+    console.print(summary_table(summary))
+    return summary
+
+
+def _device_worker(index: int, grid: GridConfig) -> None:
+    # Several live bars from several processes would garble each other: workers print their summaries only.
+    run_grid(dataclasses.replace(grid, devices=(grid.devices[index],)), progress=False)
+
+
+def _run_on_devices(grid: GridConfig, console: Console) -> list[dict]:
+    """One worker process per device; each walks the grid and takes the runs nobody holds (the run locks)."""
+    console.print(f"{len(grid.devices)} workers, one per device: {', '.join(grid.devices)}")
+    try:
+        torch.multiprocessing.spawn(_device_worker, args=(grid,), nprocs=len(grid.devices))
+    except torch.multiprocessing.ProcessRaisedException as error:
+        raise BenchError(f"a device worker failed: {str(error).strip().splitlines()[-1]}; "
+                         "run the same command again to resume") from None
+    p = plan(grid)
+    summary = [{"run_id": run.run_id(), "arch": run.arch, "depth": run.depth, "seed": run.seed,
+                "state": store.run_state(p.directory(run)) or "not started",
+                "rows": _rows(p.directory(run)), "seconds": 0.0} for run in p.runs]
+    console.print(summary_table(summary))
+    return summary
+
+
+def _rows(directory: Path) -> list[dict]:
+    path = directory / store.EPOCHS
+    return pd.read_parquet(path).to_dict("records") if path.exists() else []

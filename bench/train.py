@@ -1,0 +1,344 @@
+"""The training loop of one run: SGD by iteration, per-epoch train/test error, checkpoints that resume exactly.
+
+Training error is the error on the (augmented) training mini-batches of each epoch, as the paper plots it;
+test error is measured on the whole test split after every epoch, in eval mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench import store
+from bench.config import RunConfig
+from bench.data import ImageData, augment, epoch_batches, normalize
+from bench.distributed import Dist, all_sum, convert_sync_batchnorm
+from bench.errors import BenchError
+from bench.provenance import environment, utc_now
+from resnet import build_model, count_parameters
+
+Notify = Callable[[str], None]
+# Called after every iteration with (iteration, total, stats); stats holds the latest epoch row or running numbers.
+OnStep = Callable[[int, int, dict], None]
+
+WARMUP_WINDOW = 50  # iterations averaged to decide that training error is below warmup_until_error
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks the GPU when there is one; asking for a GPU that is not there is a BenchError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda but no CUDA GPU is visible: use --device cpu (or auto)")
+    return device
+
+
+def make_model(config: RunConfig, data: ImageData) -> nn.Module:
+    """The run's network; ImageNet-layout nets get the CIFAR stem on small images unless told otherwise."""
+    stem = config.stem
+    if stem is None and config.depth in (18, 34, 50, 101, 152) and data.info.image_size < 128:
+        stem = "cifar"
+    return build_model(config.depth, config.arch, shortcut=config.shortcut, stem=stem, width=config.width,
+                       num_classes=data.info.num_classes)
+
+
+def learning_rate(config: RunConfig, iteration: int, total: int, warming_up: bool) -> float:
+    """The step schedule of section 4.2: divide by `lr_decay` at each fraction in `lr_decay_at` of the run."""
+    if warming_up:
+        return config.warmup_lr  # type: ignore[return-value]
+    decays = sum(iteration >= round(fraction * total) for fraction in config.lr_decay_at)
+    return config.lr * config.lr_decay**decays
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # As a tensor and plain numbers, so the checkpoint loads with weights_only=True.
+        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data": generator.get_state(),
+    }
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["data"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+             config: RunConfig, job: Dist = Dist(), batch_size: int = 1000) -> tuple[float, float]:
+    """(mean loss, error fraction) of `model` in eval mode over the whole of `images`.
+
+    With several ranks, each evaluates its contiguous share of the images and the sums are added up.
+    """
+    total = len(images)
+    share = -(-total // job.world_size)
+    images, labels = images[job.rank * share:(job.rank + 1) * share], labels[job.rank * share:(job.rank + 1) * share]
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
+    wrong = torch.zeros((), dtype=torch.int64, device=images.device)
+    for start in range(0, len(images), batch_size):
+        x = _prepare(images[start:start + batch_size], mean, config)
+        y = labels[start:start + batch_size]
+        with _autocast(config, images.device):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        wrong += (logits.argmax(1) != y).sum()
+    model.train()
+    loss_sum, wrong = all_sum(loss_sum, job), all_sum(wrong, job)
+    return loss_sum.item() / total, wrong.item() / total
+
+
+def _autocast(config: RunConfig, device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+def _prepare(images: torch.Tensor, mean: torch.Tensor, config: RunConfig) -> torch.Tensor:
+    x = normalize(images, mean)
+    return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
+
+
+class Run:
+    """One run's state: model, optimizer, data generator, position in the schedule and the rows so far."""
+
+    def __init__(self, config: RunConfig, data: ImageData, directory: Path, device: torch.device,
+                 notify: Notify = print, job: Dist = Dist()) -> None:
+        self.config, self.data, self.directory, self.device, self.notify = config, data, directory, device, notify
+        self.job = job
+        if config.batch_size % job.world_size:
+            raise BenchError(f"--batch-size {config.batch_size} (the global batch) must divide evenly over "
+                             f"{job.world_size} processes")
+        _seed_everything(config.seed)
+        # Every rank draws the same permutation and augmentation from its generator and keeps its own slice,
+        # so N processes see exactly the global batches that one process would.
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.model = make_model(config, data)
+        if config.sync_bn:
+            convert_sync_batchnorm(self.model)
+        self.model.to(device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.step_model: nn.Module = self.model
+        if job.enabled:
+            self.step_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device] if device.type == "cuda" else None)
+        if config.compile:
+            self.step_model = torch.compile(self.step_model)
+        n = len(data.train_images)
+        self.iterations_per_epoch = n // config.batch_size
+        if self.iterations_per_epoch == 0:
+            raise BenchError(f"--batch-size {config.batch_size} is larger than the {n} training images: "
+                             "use a smaller batch")
+        self.total = config.iterations or config.epochs * self.iterations_per_epoch  # type: ignore[operator]
+        self.epochs_total = math.ceil(self.total / self.iterations_per_epoch)
+        self.epoch = 0
+        self.iteration = 0
+        self.rows: list[dict] = []
+        self.warming_up = config.warmup_lr is not None
+        self.recent_errors: deque[float] = deque(maxlen=WARMUP_WINDOW)
+        self.partial: dict | None = None  # an epoch stopped half-way by Ctrl-C
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything needed to continue exactly where this run is."""
+        return {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(self.generator),
+            "rows": self.rows,
+            "warming_up": self.warming_up,
+            "recent_errors": list(self.recent_errors),
+            "partial": self.partial,
+            "config": self.config.to_dict(),
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint made by `state()`."""
+        if RunConfig.from_dict(state.get("config", {})).identity() != self.config.identity():
+            raise BenchError(f"checkpoint in {self.directory} belongs to a different configuration: "
+                             "delete that folder to restart the run")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], self.generator)
+        self.epoch, self.iteration, self.rows = state["epoch"], state["iteration"], list(state["rows"])
+        self.warming_up = state["warming_up"]
+        self.recent_errors.extend(state["recent_errors"])
+        self.partial = state["partial"]
+
+    def save(self) -> None:
+        """Checkpoint first, then the parquet, so the rows on disk never run ahead of the checkpoint."""
+        if not self.job.is_main:
+            return
+        store.save_checkpoint(self.directory, self.state())
+        store.write_epochs(self.directory / store.EPOCHS, self.rows)
+
+    # -- training ----------------------------------------------------------------------------------
+    def train_epoch(self, on_step: OnStep | None = None) -> dict:
+        """Train one epoch (or what is left of it, after a Ctrl-C) and evaluate; returns its row."""
+        config, data = self.config, self.data
+        if self.partial is None:
+            batches = epoch_batches(len(data.train_images), config.batch_size, self.generator, drop_last=True)
+            batches = batches[: self.total - self.iteration]
+            self.partial = {"batches": torch.stack(batches).cpu(), "done": 0, "loss_sum": 0.0, "wrong": 0,
+                            "seen": 0, "seconds": 0.0}
+        partial = self.partial
+        batches = partial["batches"].to(self.device)
+        per_rank = config.batch_size // self.job.world_size
+        mine = slice(self.job.rank * per_rank, (self.job.rank + 1) * per_rank)
+        loss_sum = torch.tensor(partial["loss_sum"], dtype=torch.float64, device=self.device)
+        wrong = torch.tensor(partial["wrong"], dtype=torch.int64, device=self.device)
+        started = time.perf_counter()
+        lr = learning_rate(config, self.iteration, self.total, self.warming_up)
+        self.model.train()
+        try:
+            for index in range(partial["done"], len(batches)):
+                lr = learning_rate(config, self.iteration, self.total, self.warming_up)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                idx = batches[index]
+                x = _prepare(augment(data.train_images[idx], self.generator)[mine], data.mean, config)
+                y = data.train_labels[idx][mine]
+                with _autocast(config, self.device):
+                    logits = self.step_model(x)
+                loss = F.cross_entropy(logits.float(), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                batch_wrong = (logits.argmax(1) != y).sum()
+                loss_sum += loss.detach().double() * len(y)
+                wrong += batch_wrong
+                self.iteration += 1
+                partial["done"] = index + 1
+                partial["seen"] += len(idx)
+                if self.warming_up:  # the paper's 110-layer rule needs the error now, so sync here only
+                    self.recent_errors.append(all_sum(batch_wrong, self.job).item() / len(idx))
+                    if len(self.recent_errors) == WARMUP_WINDOW and np.mean(self.recent_errors) < config.warmup_until_error:
+                        self.warming_up = False
+                        self.notify(f"{config.run_id()}: training error below {config.warmup_until_error:.0%} "
+                                    f"at iteration {self.iteration}; lr {config.warmup_lr} -> {config.lr}")
+                if on_step is not None:
+                    on_step(self.iteration, self.total, {"loss": loss, "lr": lr})
+        except KeyboardInterrupt:
+            if self.job.enabled:  # other ranks' partial sums are out of reach: redo this epoch on resume
+                raise
+            partial.update(loss_sum=loss_sum.item(), wrong=int(wrong.item()),
+                           seconds=partial["seconds"] + time.perf_counter() - started)
+            raise
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        train_seconds = partial["seconds"] + time.perf_counter() - started
+        seen = partial["seen"]
+        loss_sum, wrong = all_sum(loss_sum, self.job), all_sum(wrong, self.job)
+        test_loss, test_error = evaluate(self.model, data.test_images, data.test_labels, data.mean, config,
+                                         self.job)
+        epoch_seconds = partial["seconds"] + time.perf_counter() - started
+        self.epoch += 1
+        self.partial = None
+        row = {
+            "run_id": config.run_id(), "dataset": data.info.name, "arch": config.arch, "depth": config.depth,
+            "width": self.model.width, "shortcut": self.model.shortcut, "seed": config.seed,
+            "preset": config.preset, "epoch": self.epoch, "iteration": self.iteration, "lr": lr,
+            "train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen,
+            "test_loss": test_loss, "test_error": test_error,
+            "epoch_seconds": epoch_seconds, "images_per_second": seen / train_seconds,
+            "device": str(self.device.type), "precision": config.precision,
+            "timestamp": utc_now(),
+        }
+        self.rows.append(row)
+        return row
+
+    @property
+    def finished(self) -> bool:
+        return self.iteration >= self.total
+
+
+def describe(run: Run) -> dict:
+    """The config.json of a run: the config, what the data and model resolved to, and the environment."""
+    model = run.model
+    return {
+        "run_id": run.config.run_id(),
+        "config": run.config.to_dict(),
+        "dataset": dataclasses.asdict(run.data.info),
+        "model": {"family": model.family, "width": model.width, "shortcut": model.shortcut,
+                  "stem": getattr(model, "stem", None), "params": count_parameters(model)},
+        "schedule": {"iterations": run.total, "iterations_per_epoch": run.iterations_per_epoch,
+                     "epochs": run.epochs_total},
+        "environment": environment(run.device),
+        "distributed": {"world_size": run.job.world_size,
+                        "batch_per_rank": run.config.batch_size // run.job.world_size},
+        "started_at": utc_now(),
+    }
+
+
+def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch.device, *,
+              notify: Notify = print, job: Dist = Dist(), on_epoch: Callable[[Run, dict], None] | None = None,
+              on_step: OnStep | None = None, on_start: Callable[[Run], None] | None = None) -> str:
+    """Train (or resume) one run in `directory` to its end; returns its final state.
+
+    Finished epochs are on disk after each epoch. Ctrl-C saves the half-done epoch too and re-raises, so the
+    same command resumes where it stopped. A NaN or infinite loss ends the run as 'diverged'. With several
+    ranks, all of them resume from rank 0's checkpoint and only rank 0 writes.
+    """
+    run = Run(config, data, directory, device, notify, job)
+    checkpoint = store.load_checkpoint(directory, notify)
+    if checkpoint is not None:
+        run.restore(checkpoint)
+
+    def status(state: str, **fields: object) -> None:
+        if job.is_main:
+            store.write_status(directory, state, epoch=run.epoch, epochs_total=run.epochs_total, **fields)
+
+    if job.is_main and not (directory / store.CONFIG).exists():
+        store.write_json(directory / store.CONFIG, describe(run))
+    if on_start is not None:
+        on_start(run)
+    status(store.RUNNING)
+    while not run.finished:
+        try:
+            row = run.train_epoch(on_step)
+        except KeyboardInterrupt:
+            if not job.enabled:
+                run.save()
+            status(store.INTERRUPTED, iteration=run.iteration)
+            raise
+        if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
+            if job.is_main:
+                store.write_epochs(directory / store.EPOCHS, run.rows)
+            status(store.DIVERGED, diverged_epoch=run.epoch)
+            notify(f"{config.run_id()}: loss is {row['train_loss']} at epoch {run.epoch}: marked diverged")
+            return store.DIVERGED
+        run.save()
+        status(store.RUNNING)
+        if on_epoch is not None:
+            on_epoch(run, row)
+    status(store.FINISHED)
+    return store.FINISHED

@@ -1,0 +1,95 @@
+import dataclasses
+import math
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench import store
+from bench.config import PAPER, RunConfig
+from bench.errors import BenchError
+from bench.train import Run, _rng_state, _set_rng_state, learning_rate, train_run
+
+CPU = torch.device("cpu")
+TINY = RunConfig(arch="plain", depth=8, width=4, preset="test", dataset="synthetic", iterations=None, epochs=3,
+                 batch_size=64, lr=0.05)
+TIMING = ["epoch_seconds", "images_per_second", "timestamp"]
+
+
+def _numbers(directory) -> pd.DataFrame:
+    return pd.read_parquet(directory / store.EPOCHS).drop(columns=TIMING)
+
+
+def test_learning_rate_follows_the_paper_schedule():
+    total = PAPER.iterations
+    assert learning_rate(PAPER, 0, total, False) == pytest.approx(0.1)
+    assert learning_rate(PAPER, 31_999, total, False) == pytest.approx(0.1)
+    assert learning_rate(PAPER, 32_000, total, False) == pytest.approx(0.01)
+    assert learning_rate(PAPER, 48_000, total, False) == pytest.approx(0.001)
+    warm = dataclasses.replace(PAPER, warmup_lr=0.01)
+    assert learning_rate(warm, 0, total, True) == pytest.approx(0.01)
+
+
+def test_rng_states_round_trip_exactly():
+    generator = torch.Generator().manual_seed(3)
+    state = _rng_state(generator)
+    first = (random.random(), np.random.rand(), torch.rand(2), torch.rand(2, generator=generator))
+    _set_rng_state(state, generator)
+    second = (random.random(), np.random.rand(), torch.rand(2), torch.rand(2, generator=generator))
+    assert first[:2] == second[:2]
+    assert torch.equal(first[2], second[2]) and torch.equal(first[3], second[3])
+
+
+def test_training_logs_every_epoch_and_is_deterministic(tmp_path, tiny_data):
+    for name in ("a", "b"):
+        assert train_run(TINY, tiny_data, tmp_path / name, CPU, notify=print) == store.FINISHED
+    a, b = _numbers(tmp_path / "a"), _numbers(tmp_path / "b")
+    assert a["epoch"].tolist() == [1, 2, 3]
+    assert a["iteration"].tolist() == [8, 16, 24]  # 512 images // 64 per batch
+    assert a[["train_error", "test_error"]].apply(lambda c: c.between(0, 1)).all().all()
+    pd.testing.assert_frame_equal(a, b)
+    assert store.read_json(tmp_path / "a" / store.STATUS)["state"] == store.FINISHED
+    config = store.read_json(tmp_path / "a" / store.CONFIG)
+    assert RunConfig.from_dict(config["config"]) == TINY
+    assert config["environment"]["torch"] == torch.__version__
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_numbers(tmp_path, tiny_data):
+    train_run(TINY, tiny_data, tmp_path / "whole", CPU)
+
+    def interrupt(iteration, total, stats):
+        if iteration == 11:  # in the middle of epoch 2
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(TINY, tiny_data, tmp_path / "cut", CPU, on_step=interrupt)
+    status = store.read_json(tmp_path / "cut" / store.STATUS)
+    assert (status["state"], status["epoch"], status["iteration"]) == (store.INTERRUPTED, 1, 11)
+    assert train_run(TINY, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
+    pd.testing.assert_frame_equal(_numbers(tmp_path / "whole"), _numbers(tmp_path / "cut"))
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(tmp_path, tiny_data):
+    train_run(dataclasses.replace(TINY, epochs=1), tiny_data, tmp_path, CPU)
+    with pytest.raises(BenchError, match="different configuration"):
+        train_run(dataclasses.replace(TINY, epochs=1, lr=0.5), tiny_data, tmp_path, CPU)
+
+
+def test_a_nan_loss_marks_the_run_diverged(tmp_path, tiny_data):
+    config = dataclasses.replace(TINY, lr=1e30, arch="residual")
+    assert train_run(config, tiny_data, tmp_path, CPU, notify=lambda m: None) == store.DIVERGED
+    status = store.read_json(tmp_path / store.STATUS)
+    assert status["state"] == store.DIVERGED and status["diverged_epoch"] == 1
+    rows = pd.read_parquet(tmp_path / store.EPOCHS)
+    assert len(rows) == 1 and not math.isfinite(rows["train_loss"].iloc[0])
+
+
+def test_warmup_ends_once_training_error_is_low(tmp_path, tiny_data, monkeypatch):
+    config = dataclasses.replace(TINY, warmup_lr=0.01, warmup_until_error=1.01)  # any error ends it
+    monkeypatch.setattr("bench.train.WARMUP_WINDOW", 4)
+    messages = []
+    run = Run(config, tiny_data, tmp_path, CPU, notify=messages.append)
+    run.train_epoch()
+    assert not run.warming_up and "lr 0.01 -> 0.05" in messages[0]
