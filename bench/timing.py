@@ -1,0 +1,544 @@
+"""`bench time`: what a forward pass, a backward pass and a training step cost, per network and device.
+
+Every combination of depth x arch x device x precision x batch size is timed in three phases:
+
+    forward            eval mode under no_grad: what inference costs
+    forward_backward   train mode, forward + cross-entropy + backward: what the shortcuts add to autograd
+    train_step         forward_backward plus an SGD step (momentum 0.9, weight decay 1e-4, as the paper)
+
+Each phase gets warm-up calls first (torch.compile and cudnn's autotuner do their work there, outside
+the timed region), then one sample per call, timed with CUDA events on a GPU and perf_counter on the
+CPU; the median and interquartile range of the samples are reported. The medians agree with
+torch.utils.benchmark.Timer's (tests/test_timing.py checks it).
+
+FLOPs are 2 x multiply-adds of the convolutions and the fc layer (`resnet.count_macs`; the paper's
+"FLOPs" in Table 1 are multiply-adds, so half of ours). A backward pass costs about twice the forward,
+so the two training phases are credited with 3x the forward FLOPs when achieved TFLOP/s is computed.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import resource
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+import torchvision
+from rich.progress import Progress
+from rich.table import Table
+from torch import nn
+
+import resnet
+from bench.errors import BenchError
+from bench.provenance import device_name, git_commit
+
+PHASES = ("forward", "forward_backward", "train_step")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
+DEFAULT_NUM_CLASSES = {"imagenet": 1000, "cifar": 10}
+OK, OOM = "ok", "oom"
+
+# One row per measurement. The first 22 columns are the documented contract; status tells an
+# out-of-memory row (its figures are null) from a measured one, width and git_commit say what was timed.
+TIMING_SCHEMA = pa.schema([
+    ("model", pa.string()),
+    ("arch", pa.string()),
+    ("depth", pa.int64()),
+    ("family", pa.string()),
+    ("device", pa.string()),
+    ("device_name", pa.string()),
+    ("batch_size", pa.int64()),
+    ("input_size", pa.int64()),
+    ("precision", pa.string()),
+    ("channels_last", pa.bool_()),
+    ("compiled", pa.bool_()),
+    ("phase", pa.string()),
+    ("median_ms", pa.float64()),
+    ("iqr_ms", pa.float64()),
+    ("images_per_second", pa.float64()),
+    ("peak_memory_bytes", pa.int64()),
+    ("params", pa.int64()),
+    ("flops_per_image", pa.int64()),
+    ("tflops", pa.float64()),
+    ("threads", pa.int64()),
+    ("torch_version", pa.string()),
+    ("timestamp", pa.timestamp("us", tz="UTC")),
+    ("status", pa.string()),
+    ("width", pa.int64()),
+    ("git_commit", pa.string()),
+])
+TIMING_COLUMNS = tuple(TIMING_SCHEMA.names)
+
+
+@dataclass(frozen=True)
+class TimeConfig:
+    """Everything `bench time` sweeps over, and how hard it measures.
+
+    ``family`` None takes each depth's own family (18/34/50/101/152 imagenet, other 6n+2 cifar);
+    ``input_size`` None is 224 for imagenet and 32 for cifar; ``width`` None is the family's
+    (64 / 16); ``num_classes`` None is 1000 for imagenet and 10 for cifar. Each phase gets
+    ``warmup`` untimed calls, then at least ``repeats`` timed calls and at least ``min_time``
+    seconds of them.
+    """
+
+    depths: tuple[int, ...] = (18, 34, 50)
+    archs: tuple[str, ...] = resnet.ARCHS
+    family: str | None = None
+    devices: tuple[str, ...] = ("cpu",)
+    batch_sizes: tuple[int, ...] = (32,)
+    input_size: int | None = None
+    precisions: tuple[str, ...] = ("fp32",)
+    channels_last: bool = False
+    compile: bool = False
+    threads: int | None = None
+    reference: bool = False
+    results: Path | str = "results"
+    width: int | None = None
+    num_classes: int | None = None
+    warmup: int = 3
+    repeats: int = 10
+    min_time: float = 1.0
+
+    def __post_init__(self) -> None:
+        # The CLI hands over lists; a frozen config holds tuples so it can be hashed and compared.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call of a timed function: median and interquartile range of the samples."""
+
+    median: float
+    iqr: float
+    samples: tuple[float, ...] = field(repr=False)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for all queued work on `device` (a no-op on the CPU, where work is synchronous)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    fn: Callable[[], object],
+    device: torch.device | str = "cpu",
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    min_time: float = 0.0,
+    number: int = 1,
+) -> Timing:
+    """Time `fn` on `device`: `warmup` untimed calls, then samples of `number` calls each.
+
+    Takes at least `repeats` samples and enough of them to fill `min_time` seconds, judged from one
+    extra untimed call. On CUDA each sample is bracketed by events on the current stream and the host
+    synchronises once at the end, so the GPU is timed without stalling the launch queue between calls.
+    The garbage collector is off while samples are taken, as in timeit and torch.utils.benchmark.
+    """
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    count = repeats
+    if min_time > 0:
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        guess = max(time.perf_counter() - start, 1e-6)
+        count = max(repeats, math.ceil(min_time / (guess * number)))
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        samples = _samples(fn, device, count, number)
+    finally:
+        if collecting:
+            gc.enable()
+    q1, q3 = np.percentile(samples, [25, 75])
+    return Timing(median=statistics.median(samples), iqr=float(q3 - q1), samples=tuple(samples))
+
+
+def _samples(fn: Callable[[], object], device: torch.device, count: int, number: int) -> list[float]:
+    """`count` timings of `number` calls each, in seconds per call."""
+    if device.type == "cuda":
+        stream = torch.cuda.current_stream(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(count)]
+        for begin, end in events:
+            begin.record(stream)
+            for _ in range(number):
+                fn()
+            end.record(stream)
+        synchronize(device)
+        return [begin.elapsed_time(end) / 1e3 / number for begin, end in events]
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        synchronize(device)
+        samples.append((time.perf_counter() - start) / number)
+    return samples
+
+
+def autocast(device: torch.device | str, precision: str) -> torch.autocast:
+    """The autocast context for `precision` on `device` (disabled for fp32).
+
+    The weight-cast cache is off so the same context works inside CUDA-graph capture.
+    """
+    dtype = PRECISIONS[precision]
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=False)
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.SGD:
+    """The paper's SGD (momentum 0.9, weight decay 1e-4), at a learning rate meant for timing, not learning.
+
+    A small rate keeps the weights near their initialisation over thousands of steps on random data;
+    a diverging net would be timed on denormals and NaNs, which run at a different speed.
+    """
+    return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+
+
+def make_phase(
+    model: nn.Module, phase: str, images: torch.Tensor, labels: torch.Tensor, *, precision: str = "fp32"
+) -> Callable[[], None]:
+    """A callable that runs one `phase` (see PHASES) of `model` on the fixed batch `images`, `labels`.
+
+    Puts the model in eval or train mode now, so the mode switch stays outside the timed region:
+    build the callable right before timing it.
+    """
+    if phase not in PHASES:
+        raise BenchError(f"unknown phase {phase!r}: choose one of {', '.join(PHASES)}")
+    if phase == "forward":
+        model.eval()
+
+        def forward() -> None:
+            with torch.no_grad(), autocast(images.device, precision):
+                model(images)
+
+        return forward
+
+    model.train()
+    optimizer = make_optimizer(model) if phase == "train_step" else None
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with autocast(images.device, precision):
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+
+    return step
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak-memory window: the CUDA allocator's peak, or the process's peak resident set."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        # Linux: writing 5 to clear_refs resets VmHWM, the peak resident set, to the current one.
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak covers the whole process lifetime
+
+
+def peak_memory(device: torch.device | str) -> int:
+    """Bytes at the peak since `reset_peak_memory`: GPU allocator peak, or the process's resident set."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS says bytes, Linux kilobytes
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+@dataclass(frozen=True)
+class _Net:
+    """One network to time: how to build it and what to call it in the results."""
+
+    model: str
+    arch: str
+    depth: int
+    family: str
+    width: int
+    build: Callable[[], nn.Module]
+
+
+def _family(config: TimeConfig, depth: int) -> str:
+    return config.family or resnet.family_of(depth)
+
+
+def _validate(config: TimeConfig) -> None:
+    """Raise BenchError, naming the fix, for the first thing in `config` that cannot be run."""
+    if not config.depths:
+        raise BenchError("no depths given: pass --depths, e.g. --depths 18 34 50")
+    if config.family is not None and config.family not in resnet.FAMILIES:
+        raise BenchError(f"unknown family {config.family!r}: choose one of {', '.join(resnet.FAMILIES)}")
+    for depth in config.depths:
+        # build_model checks depth against the family; a meta-device build costs nothing.
+        try:
+            with torch.device("meta"):
+                resnet.build_model(depth, family=_family(config, depth), width=config.width)
+        except resnet.ModelConfigError as error:
+            raise BenchError(str(error)) from None
+    checks = [
+        ("arch", config.archs, resnet.ARCHS),
+        ("precision", config.precisions, tuple(PRECISIONS)),
+    ]
+    for name, values, choices in checks:
+        if not values:
+            raise BenchError(f"no {name} given: choose from {', '.join(choices)}")
+        for value in values:
+            if value not in choices:
+                raise BenchError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+    if not config.devices:
+        raise BenchError("no device given: pass --device cpu and/or --device cuda")
+    for device in config.devices:
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise BenchError(f"unknown device {device!r}: choose cpu, cuda or cuda:N")
+    positive = [("batch size", b) for b in config.batch_sizes] + [
+        ("input size", config.input_size), ("threads", config.threads), ("width", config.width),
+        ("num_classes", config.num_classes), ("repeats", config.repeats)]
+    for name, value in positive:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise BenchError(f"{name} must be a positive integer, got {value!r}")
+    if not config.batch_sizes:
+        raise BenchError("no batch size given: pass --batch-size, e.g. --batch-size 32")
+    if config.warmup < 0 or config.min_time < 0:
+        raise BenchError("warmup and min_time must be zero or more")
+
+
+def _available(device: str) -> str | None:
+    """Why `device` cannot be used here, or None if it can."""
+    device_ = torch.device(device)
+    if device_.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"skipping device {device}: no CUDA GPU is visible to torch on this machine"
+        if device_.index is not None and device_.index >= torch.cuda.device_count():
+            return f"skipping device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def _nets(config: TimeConfig, notify: Callable[[str], None]) -> list[_Net]:
+    """Our nets for every depth and arch, each depth followed by torchvision's twin when asked."""
+    nets = []
+    for depth in config.depths:
+        family = _family(config, depth)
+        width = config.width or resnet.FAMILY_DEFAULTS[family]["width"]
+        classes = config.num_classes or DEFAULT_NUM_CLASSES[family]
+        for arch in config.archs:
+            nets.append(_Net(f"{arch}-{depth}", arch, depth, family, width, partial(
+                resnet.build_model, depth, arch, family=family, width=width, num_classes=classes)))
+        if not config.reference:
+            continue
+        if family != "imagenet":
+            notify(f"--reference: torchvision has no CIFAR ResNet-{depth}; timing ours only")
+        elif width != 64:
+            notify(f"--reference: torchvision's ResNet-{depth} has width 64, not {width}; timing ours only")
+        else:
+            builder = getattr(torchvision.models, f"resnet{depth}")
+            nets.append(_Net(f"torchvision-resnet{depth}", "residual", depth, family, width,
+                             partial(builder, weights=None, num_classes=classes)))
+    return nets
+
+
+@contextmanager
+def _settings(device: torch.device, threads: int | None) -> Iterator[None]:
+    """CPU thread count and cudnn autotuning for the sweep, put back afterwards."""
+    old_threads, old_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    if threads is not None:
+        torch.set_num_threads(threads)
+    # Autotuning picks the fastest convolution algorithm in the warm-up, as a training run would.
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.backends.cudnn.benchmark = old_benchmark
+
+
+def run_timing(
+    config: TimeConfig, *, progress: bool = True, notify: Callable[[str], None] = print
+) -> pd.DataFrame:
+    """Time every combination in `config`, write results/timing/<id>.parquet, return its rows.
+
+    A device that is not there is skipped with a notice; a batch size that runs out of memory is
+    recorded with status "oom" and the sweep goes on. The parquet path is in ``frame.attrs["path"]``
+    (None when nothing was timed, in which case nothing is written).
+    """
+    _validate(config)
+    devices = []
+    for device in config.devices:
+        reason = _available(device)
+        if reason:
+            notify(reason)
+        else:
+            devices.append(torch.device(device))
+    nets = _nets(config, notify) if devices else []
+    total = len(devices) * len(nets) * len(config.precisions) * len(config.batch_sizes)
+    rows: list[dict] = []
+    commit = git_commit()
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("timing", total=total)
+        for device in devices:
+            with _settings(device, config.threads):
+                for net in nets:
+                    bar.update(task, description=f"{net.model} on {device}")
+                    rows += _time_net(net, device, config, commit, notify, lambda: bar.advance(task))
+    frame = pa.Table.from_pylist(rows, schema=TIMING_SCHEMA).to_pandas()
+    frame.attrs["path"] = None
+    if not rows:
+        notify("nothing was timed: no requested device is available")
+        return frame
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+    path = Path(config.results) / "timing" / f"{run_id}.parquet"
+    _write_parquet(path, pa.Table.from_pylist(rows, schema=TIMING_SCHEMA))
+    frame.attrs["path"] = str(path)
+    return frame
+
+
+def _time_net(
+    net: _Net, device: torch.device, config: TimeConfig, commit: str | None,
+    notify: Callable[[str], None], advance: Callable[[], None],
+) -> list[dict]:
+    """All rows for one network on one device: every precision x batch size x phase."""
+    input_size = config.input_size or DEFAULT_INPUT_SIZE[net.family]
+    num_classes = config.num_classes or DEFAULT_NUM_CLASSES[net.family]
+    model = net.build()
+    params = resnet.count_parameters(model)
+    flops = 2 * resnet.count_macs(model, input_size)
+    model = model.to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    common = {
+        "model": net.model, "arch": net.arch, "depth": net.depth, "family": net.family, "width": net.width,
+        "device": str(device), "device_name": device_name(device), "input_size": input_size,
+        "channels_last": config.channels_last, "compiled": config.compile, "params": params,
+        "flops_per_image": flops, "torch_version": torch.__version__, "git_commit": commit,
+    }
+    rows = []
+    for precision in config.precisions:
+        for batch in config.batch_sizes:
+            done, failed = [], None
+            runner = model
+            if config.compile:
+                # A fresh compile per batch size and precision, with static shapes, as a training run would
+                # have; the reset keeps dynamo's recompile limit from sending later combinations to eager.
+                torch.compiler.reset()
+                runner = torch.compile(model, dynamic=False)
+            try:
+                images = torch.randn(batch, 3, input_size, input_size, device=device)
+                images = images.contiguous(memory_format=memory_format)
+                labels = torch.randint(num_classes, (batch,), device=device)
+                for phase in PHASES:
+                    reset_peak_memory(device)
+                    timing = measure(make_phase(runner, phase, images, labels, precision=precision), device,
+                                     warmup=config.warmup, repeats=config.repeats, min_time=config.min_time)
+                    done.append((phase, timing, peak_memory(device)))
+            except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
+                if not _is_oom(error):
+                    raise
+                failed = f"{net.model} batch {batch} {precision} ran out of memory on {device}; going on"
+            except ValueError as error:  # train-mode BatchNorm on one value per channel
+                raise BenchError(f"{net.model} at batch {batch}, input {input_size}: {error}: use a batch size "
+                                 "of 2 or more or a larger --input-size") from None
+            images = labels = None  # free the batch before the next one (and before empty_cache on OOM)
+            if failed:
+                notify(failed)
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            for i, phase in enumerate(PHASES):
+                row = {**common, "batch_size": batch, "precision": precision, "phase": phase,
+                       "threads": torch.get_num_threads(), "timestamp": pd.Timestamp.now(tz="UTC")}
+                if i < len(done):
+                    _, timing, peak = done[i]
+                    work = 1 if phase == "forward" else 3
+                    row.update(status=OK, median_ms=timing.median * 1e3, iqr_ms=timing.iqr * 1e3,
+                               images_per_second=batch / timing.median, peak_memory_bytes=peak,
+                               tflops=work * flops * batch / timing.median / 1e12)
+                else:
+                    row.update(status=OOM, median_ms=None, iqr_ms=None, images_per_second=None,
+                               peak_memory_bytes=None, tflops=None)
+                rows.append(row)
+            advance()
+    return rows
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    """Write `table` beside `path` under a temporary name, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise BenchError(f"cannot write {path} ({error.strerror}): pass --results DIR with a writable folder") from None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def render_table(df: pd.DataFrame) -> Table:
+    """The rows of `run_timing` as a rich table, one line per measurement, nets of a depth together."""
+    table = Table(title="bench time", title_justify="left")
+    for name in ("model", "device", "batch", "size", "precision", "phase"):
+        table.add_column(name)
+    for name in ("median ms", "IQR ms", "images/s", "peak memory", "TFLOP/s", "params", "GFLOP/img"):
+        table.add_column(name, justify="right")
+    for row in df.itertuples(index=False):
+        shown = row.model + (" (compiled)" if row.compiled else "") + (" CL" if row.channels_last else "")
+        if row.status == OOM:
+            figures = ["out of memory", "", "", "", ""]
+        else:
+            figures = [f"{row.median_ms:.2f}", f"{row.iqr_ms:.2f}", f"{row.images_per_second:,.0f}",
+                       _bytes(row.peak_memory_bytes), f"{row.tflops:.3f}"]
+        table.add_row(shown, row.device, str(row.batch_size), str(row.input_size), row.precision, row.phase,
+                      *figures, f"{row.params / 1e6:.2f}M", f"{row.flops_per_image / 1e9:.3f}")
+    if len(df):
+        names = ", ".join(sorted(set(df["device_name"])))
+        table.caption = f"{names}; {int(df['threads'].iloc[0])} CPU threads; torch {df['torch_version'].iloc[0]}"
+    return table
