@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from bench.errors import BenchError
+from resnet import ModelConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Re-run, time and draw the degradation experiment of He et al. (2015).")
@@ -25,7 +26,7 @@ errors = Console(stderr=True)
 LIST_OPTIONS = {"--depths", "--arch", "--seeds", "--device", "--batch-size", "--precision", "--results",
                 "--format"}
 # Of those, the ones that stay single-valued for some commands.
-SINGLE_VALUED = {"run": {"--device", "--batch-size", "--precision", "--results"}}
+SINGLE_VALUED = {"run": {"--device", "--batch-size", "--precision", "--results"}, "time": {"--results"}}
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -54,7 +55,7 @@ def handles_errors(function: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return function(*args, **kwargs)
-        except BenchError as error:
+        except (BenchError, ModelConfigError) as error:
             errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -159,17 +160,68 @@ def run(
 @app.command()
 @handles_errors
 def models(
-    input_size: Annotated[int, typer.Option(help="Input height and width for multiply-adds.")] = 224,
+    input_size: Annotated[int, typer.Option(help="Input height and width for multiply-adds (CIFAR nets: 32).")] = 224,
+    stride_on: Annotated[str, typer.Option(help="Bottleneck stride on the 3x3 conv (torchvision) or the first "
+                                           "1x1 (the paper, whose Table 1 counts that layout).")] = "3x3",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List every architecture with its parameter count and multiply-adds (compare with Table 1)."""
     from bench.catalog import architecture_table, render_table
 
-    rows = architecture_table(input_size=input_size)
+    rows = architecture_table(input_size=input_size, stride_on=stride_on)
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
-        console.print(render_table(rows, input_size))
+        console.print(render_table(rows))
+
+
+@app.command()
+@handles_errors
+def time(
+    depths: Annotated[list[int], typer.Option(help="Depths to time, e.g. --depths 18 34 50.")],
+    arch: Annotated[Optional[list[str]], typer.Option(help="plain and/or residual (default: both).")] = None,
+    family: Annotated[Optional[str], typer.Option(help="imagenet or cifar [default: from the depth].")] = None,
+    device: Annotated[Optional[list[str]], typer.Option(help="cpu and/or cuda [default: cpu].")] = None,
+    batch_size: Annotated[Optional[list[int]], typer.Option(help="Batch sizes, e.g. 1 32 128 [default: 32].")] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="[default: 224 imagenet, 32 cifar]")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(help="fp32 and/or bf16.")] = None,
+    width: Annotated[Optional[int], typer.Option(help="First-stage channels [default: the family's].")] = None,
+    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last")] = False,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Time torch.compile'd models.")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads [default: torch's].")] = None,
+    reference: Annotated[bool, typer.Option("--reference", help="Also time torchvision's resnets.")] = False,
+    results: Annotated[Path, typer.Option(help="Results folder (timing goes to results/timing/).")] = Path("results"),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Time forward, forward+backward and the training step of each network on CPU and GPU."""
+    from bench.timing import TimeConfig, run_timing
+    from bench.timing import render_table as timing_table
+
+    config = TimeConfig(depths=tuple(depths), archs=tuple(arch or ("plain", "residual")), family=family,
+                        devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (32,)),
+                        input_size=input_size, precisions=tuple(precision or ("fp32",)), width=width,
+                        channels_last=channels_last, compile=compile, threads=threads, reference=reference,
+                        results=str(results))
+    frame = run_timing(config, progress=progress, notify=lambda message: console.print(f"[yellow]{message}"))
+    if frame.attrs.get("path"):
+        console.print(timing_table(frame))
+        console.print(f"wrote {frame.attrs['path']}")
+
+
+@app.command()
+@handles_errors
+def report(
+    results: Annotated[Optional[list[Path]], typer.Option(help="Results folders to merge [default: results].")] = None,
+    out: Annotated[Path, typer.Option(help="Where the figures, tables and README.md go.")] = Path("reports"),
+    dataset: Annotated[Optional[str], typer.Option(help="Only this dataset's runs.")] = None,
+    format: Annotated[Optional[list[str]], typer.Option(help="png, svg and/or pdf [default: png].")] = None,
+) -> None:
+    """Draw the paper's figures and tables from the logged results into reports/."""
+    from bench.report import make_report
+
+    written = make_report(results or [Path("results")], out, dataset=dataset, formats=format or ["png"],
+                          notify=lambda message: console.print(f"[yellow]{message}"))
+    console.print(f"wrote {len(written)} files; open {out / 'README.md'}")
 
 
 def main() -> None:

@@ -90,10 +90,10 @@ QUICK = dataclasses.replace(
     PAPER,
     preset="quick",
     width=16,
-    train_subset=10_000,
-    test_subset=2_000,
+    train_subset=5_000,
+    test_subset=1_000,
     iterations=None,
-    epochs=4,
+    epochs=3,
     batch_size=64,
     lr=0.05,
 )
@@ -149,7 +149,7 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def validate(config: RunConfig) -> RunConfig:
     """Check everything that can be checked before any data is loaded; return the config unchanged."""
-    from resnet import build_model  # a real build is the only honest check of depth/family/shortcut
+    from resnet import ModelConfigError, build_model  # a build is the only honest check of the net
 
     _choice("arch", config.arch, ARCHS)
     _choice("precision", config.precision, PRECISIONS)
@@ -168,6 +168,6 @@ def validate(config: RunConfig) -> RunConfig:
     try:
         with torch.device("meta"):  # builds in no time and allocates nothing
             build_model(config.depth, config.arch, shortcut=config.shortcut, stem=config.stem, width=4)
-    except ValueError as error:
-        raise BenchError(str(error).splitlines()[0]) from None
+    except ModelConfigError as error:
+        raise BenchError(str(error)) from None
     return config

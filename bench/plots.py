@@ -1,0 +1,364 @@
+"""The report's figures as matplotlib Figure objects: the paper's Figures 1, 4/6 and the timing plots.
+
+Figures are built without pyplot (no GUI backend, no global figure list to leak) and styled with seaborn
+inside a local rc context, so importing this module changes nothing for anyone else. Every line carries a
+gid ("plain-20-test", "residual-train_step") so that tests and users can read the plotted numbers back.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Iterable
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator, NullLocator
+
+from bench.errors import BenchError
+from bench.tables import PHASES, breakdown, curves, provenance_lines, timing_provenance, with_percent
+
+ARCHS = ("plain", "residual")
+ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)"}
+BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}
+TRAIN_WIDTH, TEST_WIDTH = 1.1, 2.4
+PHASE_LABELS = {"forward": "forward", "forward_backward": "forward + backward", "train_step": "train step"}
+PHASE_STYLES = {"forward": ":", "forward_backward": "--", "train_step": "-"}
+UNFINISHED = ("running", "interrupted")
+CAPTION_SIZE = 7.5
+
+
+def style() -> matplotlib.rc_context:
+    """seaborn's whitegrid look at a readable size, for the duration of a with-block only."""
+    return matplotlib.rc_context({**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85),
+                                  "legend.framealpha": 0.92})
+
+
+def depth_colors(depths: Iterable[int]) -> dict[int, tuple]:
+    """One colour per depth, the same in every panel and figure of a report (shallow to deep in palette order)."""
+    depths = sorted({int(d) for d in depths})
+    palette = sns.color_palette("colorblind" if len(depths) <= 7 else "husl", len(depths))
+    return dict(zip(depths, palette))
+
+
+def arch_colors() -> dict[str, tuple]:
+    """The colours of the two architectures in the timing figures (and grey for torchvision references)."""
+    palette = sns.color_palette("colorblind")
+    return {"plain": palette[3], "residual": palette[0], "torchvision": (0.35, 0.35, 0.35)}
+
+
+def x_axis(epochs: pd.DataFrame, runs: pd.DataFrame, x: str = "auto") -> tuple[str, float, str]:
+    """(column, divisor, label) of the x axis: iterations (x10^4 on long runs, as the paper) for runs
+    scheduled by iterations, epochs for runs scheduled by epochs, unless `x` names one."""
+    if x == "auto":
+        x = "iteration" if "iterations" in runs and runs["iterations"].notna().all() else "epoch"
+    if x == "epoch":
+        return "epoch", 1.0, "epochs"
+    if x == "iteration":
+        if epochs["iteration"].max() >= 20_000:
+            return "iteration", 1e4, r"iterations ($\times 10^4$)"
+        return "iteration", 1.0, "iterations"
+    raise BenchError(f"unknown x axis {x!r}: choose auto, iteration or epoch")
+
+
+def _x_limits(ax: Axes, epochs: pd.DataFrame, runs: pd.DataFrame, xcol: str, scale: float) -> None:
+    """From 0 to the planned end of the schedule, so a run in progress shows how far it has come; whole
+    epochs only."""
+    planned = runs["epochs_total"] if xcol == "epoch" else runs.get("iterations", pd.Series(dtype=float))
+    end = max(pd.to_numeric(planned, errors="coerce").max(), epochs[xcol].max()) / scale
+    ax.set_xlim(0, end * 1.02 if end > 0 else 1)
+    if xcol == "epoch":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _band(curve: pd.DataFrame, kind: str, band: str) -> tuple[pd.Series, pd.Series]:
+    if band == "std":
+        spread = curve[f"{kind}_std"].fillna(0)
+        return curve[f"{kind}_mean"] - spread, curve[f"{kind}_mean"] + spread
+    return curve[f"{kind}_min"], curve[f"{kind}_max"]
+
+
+def _top(data: pd.DataFrame, kinds: Iterable[str], band: str) -> float:
+    """Upper y limit: the highest plotted value, ignoring the first 5% of long runs (their early error
+    dwarfs the rest, so the paper lets it leave the plot), rounded up to 5%."""
+    values = []
+    for _, curve in data.groupby(["arch", "depth"]):
+        skip = math.ceil(0.05 * len(curve)) if len(curve) > 20 else 0
+        for kind in kinds:
+            values.extend(_band(curve.iloc[skip:], kind, band)[1].dropna())
+    top = max(values, default=math.nan) * 1.06
+    return 100.0 if math.isnan(top) else min(100.0, max(5.0, 5 * math.ceil(top / 5)))
+
+
+def _draw(ax: Axes, curve: pd.DataFrame, kind: str, *, scale: float, color: tuple, band: str, bold: bool,
+          gid: str) -> None:
+    """The mean over seeds as a line, with its band when there is more than one seed."""
+    x = curve["x"] / scale
+    width = TEST_WIDTH if bold else TRAIN_WIDTH
+    marker = "o" if len(curve) <= 25 else None  # a short run's points, or a one-epoch line, stay visible
+    ax.plot(x, curve[f"{kind}_mean"], color=color, lw=width, ls="-" if bold else "--", marker=marker,
+            ms=3.5 if bold else 2.5,
+            gid=gid, zorder=3 if bold else 2)
+    if curve["seeds"].max() > 1:
+        low, high = _band(curve, kind, band)
+        ax.fill_between(x, low, high, color=color, alpha=0.2 if bold else 0.1, lw=0, zorder=1)
+
+
+def _state_note(runs: pd.DataFrame) -> str:
+    """'(running, 3/10 epochs)' style legend note for the unfinished and diverged runs of one line."""
+    notes = []
+    for run in runs.itertuples():
+        seed = f"seed {run.seed} " if len(runs) > 1 else ""
+        total = "?" if pd.isna(run.epochs_total) else int(run.epochs_total)
+        if run.state in UNFINISHED:
+            notes.append(f"{seed}{run.state}, {run.epochs_done}/{total} epochs")
+        elif run.state == "diverged":
+            epoch = run.diverged_epoch if pd.notna(run.diverged_epoch) else run.epochs_done
+            notes.append(f"{seed}diverged at epoch {int(epoch)}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _mark_states(ax: Axes, epochs: pd.DataFrame, runs: pd.DataFrame, curve: pd.DataFrame, *, kind: str,
+                 xcol: str, scale: float, color: tuple, top: float) -> set[str]:
+    """An open circle at the last epoch of each unfinished run (on its own `kind` error) and an x on the mean
+    line where each diverged run stopped; returns which kinds of mark were drawn."""
+    drawn = set()
+    frame = with_percent(epochs)
+    mean = curve.set_index("epoch")[f"{kind}_mean"]
+    for run in runs.itertuples():
+        if run.state not in (*UNFINISHED, "diverged"):
+            continue
+        rows = frame[frame["run_id"] == run.run_id].sort_values("epoch")
+        if rows.empty:
+            continue
+        own = rows[kind].dropna()
+        last = own.iloc[-1] if len(own) else top
+        if run.state == "diverged":
+            at = rows[rows["epoch"] == run.diverged_epoch] if pd.notna(run.diverged_epoch) else rows.iloc[:0]
+            row = at.iloc[-1] if len(at) else rows.iloc[-1]
+            y = mean.get(row["epoch"], math.nan)
+            ax.plot(row[xcol] / scale, min(last if pd.isna(y) else y, top), marker="X", ms=11, color=color,
+                    mec="black", mew=0.8, ls="", clip_on=False, zorder=5,
+                    gid=f"{run.arch}-{run.depth}-s{run.seed}-diverged")
+            drawn.add("diverged")
+        else:
+            ax.plot(rows.iloc[-1][xcol] / scale, min(last, top), marker="o", ms=10, mfc="white", mec=color, mew=2,
+                    ls="", clip_on=False, zorder=5, gid=f"{run.arch}-{run.depth}-s{run.seed}-{run.state}")
+            drawn.add("unfinished")
+    return drawn
+
+
+def _mark_handles(drawn: set[str]) -> list[Line2D]:
+    handles = []
+    if "unfinished" in drawn:
+        handles.append(Line2D([], [], marker="o", ms=8, mfc="white", mec="0.3", mew=2, ls="",
+                              label="last epoch so far (unfinished run)"))
+    if "diverged" in drawn:
+        handles.append(Line2D([], [], marker="X", ms=9, color="0.5", mec="black", mew=0.8, ls="",
+                              label="diverged here (loss NaN/inf)"))
+    return handles
+
+
+def add_caption(fig: Figure, lines: list[str], *, title: str | None = None) -> None:
+    """Grow the figure at the bottom and write the provenance there, wrapped to the figure's width; then
+    lay the panels out above it (and below the title)."""
+    chars = int(fig.get_figwidth() * 72 / (0.52 * CAPTION_SIZE))
+    text = "\n".join(textwrap.fill(line, chars, subsequent_indent="    ", break_on_hyphens=False) for line in lines)
+    panels = fig.get_figheight()
+    extra = (text.count("\n") + 1) * CAPTION_SIZE * 1.45 / 72 + 0.15
+    fig.set_figheight(panels + extra)
+    fig.text(0.008, 0.008, text, fontsize=CAPTION_SIZE, color="0.3", ha="left", va="bottom", gid="caption",
+             linespacing=1.3)
+    if title:
+        fig.suptitle(title, fontsize=13, fontweight="bold")
+    fig.tight_layout(rect=(0, extra / fig.get_figheight(), 1, 1))  # tight_layout leaves room for the suptitle
+
+
+def _default_title(runs: pd.DataFrame, what: str) -> str:
+    datasets = ", ".join(sorted(runs["dataset"].astype(str).unique()))
+    presets = ", ".join(sorted(runs["preset"].astype(str).unique()))
+    return f"{what}: {datasets}, {presets} preset"
+
+
+def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "auto", band: str = "minmax",
+                       colors: dict[int, tuple] | None = None, title: str | None = None) -> Figure:
+    """The paper's Figures 4 and 6: plain nets (left) and their residual twins (right), one colour per depth,
+    thin dashed training error and bold test error, mean over seeds with a band (`band`: "minmax" or "std"),
+    the same y range in both panels. `runs` must carry state, epochs_done, epochs_total, diverged_epoch.
+    """
+    if band not in BANDS:
+        raise BenchError(f"unknown band {band!r}: choose one of {', '.join(BANDS)}")
+    epochs = epochs[epochs["run_id"].isin(runs["run_id"])]
+    xcol, scale, xlabel = x_axis(epochs, runs, x)
+    data = curves(epochs, xcol)
+    colors = colors or depth_colors(data["depth"])
+    top = _top(data, ("train", "test"), band)
+    with style():
+        fig = Figure(figsize=(12, 4.8))
+        axes = fig.subplots(1, 2, sharey=True, sharex=True)
+        for ax, arch in zip(axes, ARCHS):
+            handles, drawn = [], set()
+            for depth, curve in data[data["arch"] == arch].groupby("depth"):
+                color = colors[depth]
+                line_runs = runs[(runs["arch"] == arch) & (runs["depth"] == depth)]
+                for kind in ("train", "test"):
+                    _draw(ax, curve, kind, scale=scale, color=color, band=band, bold=kind == "test",
+                          gid=f"{arch}-{depth}-{kind}")
+                drawn |= _mark_states(ax, epochs, line_runs, curve, kind="test", xcol=xcol, scale=scale, color=color,
+                                      top=top)
+                handles.append(Line2D([], [], color=color, lw=TEST_WIDTH,
+                                      label=f"{arch}-{depth}{_state_note(line_runs)}"))
+            ax.set_title(ARCH_TITLES[arch], fontsize=12)
+            ax.set_xlabel(xlabel)
+            if not handles:
+                ax.text(0.5, 0.5, f"no {arch} runs yet", transform=ax.transAxes, ha="center", color="0.4")
+                continue
+            handles += [Line2D([], [], color="0.35", lw=TRAIN_WIDTH, ls="--", label="training error"),
+                        Line2D([], [], color="0.35", lw=TEST_WIDTH, label="test error"), *_mark_handles(drawn)]
+            ax.legend(handles=handles, loc="best", fontsize=8.5)
+        axes[0].set_ylabel("error (%)")
+        axes[0].set_ylim(0, top)
+        _x_limits(axes[0], epochs, runs, xcol, scale)
+        spread = f"; line: mean over seeds, band: {BANDS[band]}" if runs["seed"].nunique() > 1 else ""
+        add_caption(fig, [*provenance_lines(runs), f"Thin dashed: training error; bold: test error{spread}."],
+                    title=title or _default_title(runs, "Training plain vs residual networks"))
+    return fig
+
+
+def figure1(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "auto", band: str = "minmax",
+            colors: dict[int, tuple] | None = None, title: str | None = None) -> Figure:
+    """The paper's Figure 1: training error (left) and test error (right) of the shallowest and the deepest
+    plain nets. Needs plain runs at two depths or more."""
+    plain = runs[runs["arch"] == "plain"]
+    depths = sorted(plain["depth"].unique())
+    if len(depths) < 2:
+        raise BenchError("Figure 1 needs plain runs at two depths: run e.g. `bench run --depths 18 34`")
+    plain = plain[plain["depth"].isin([depths[0], depths[-1]])]
+    epochs = epochs[epochs["run_id"].isin(plain["run_id"])]
+    xcol, scale, xlabel = x_axis(epochs, plain, x)
+    data = curves(epochs, xcol)
+    colors = colors or depth_colors(depths)
+    with style():
+        fig = Figure(figsize=(12, 4.5))
+        axes = fig.subplots(1, 2, sharex=True)
+        for ax, kind in zip(axes, ("train", "test")):
+            top = _top(data, (kind,), band)
+            handles, drawn = [], set()
+            for depth, curve in data.groupby("depth"):
+                line_runs = plain[plain["depth"] == depth]
+                _draw(ax, curve, kind, scale=scale, color=colors[depth], band=band, bold=True,
+                      gid=f"plain-{depth}-{kind}")
+                drawn |= _mark_states(ax, epochs, line_runs, curve, kind=kind, xcol=xcol, scale=scale,
+                                      color=colors[depth], top=top)
+                handles.append(Line2D([], [], color=colors[depth], lw=TEST_WIDTH,
+                                      label=f"{depth}-layer{_state_note(line_runs)}"))
+            ax.legend(handles=handles + _mark_handles(drawn), loc="best", fontsize=9)
+            ax.set_ylim(0, top)
+            _x_limits(ax, epochs, plain, xcol, scale)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{'training' if kind == 'train' else 'test'} error (%)")
+        spread = (f"Line: mean over seeds, band: {BANDS[band]}." if plain["seed"].nunique() > 1
+                  else "One seed per depth.")
+        add_caption(fig, [*provenance_lines(plain), spread],
+                    title=title or _default_title(plain, f"Plain {depths[0]} vs {depths[-1]} layers"))
+    return fig
+
+
+def _depth_axis(ax: Axes, depths: list[int]) -> None:
+    """Depth on a log axis (18..152 and 20..1202 both fit) with a tick at every measured depth."""
+    ax.set_xscale("log")
+    ax.set_xlim(min(depths) / 1.25, max(depths) * 1.25)  # room for markers and notes at the ends
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("depth (layers)")
+
+
+def timing_figure(timing: pd.DataFrame, setting: dict, *, title: str | None = None) -> Figure:
+    """Speed of one measurement setting (one device, precision, batch, input): images/s against depth for
+    plain and residual nets and each phase (left), and the time per batch split into forward, backward and
+    optimizer step (right). torchvision's reference nets appear as hollow grey markers."""
+    colors = arch_colors()
+    depths = sorted(int(d) for d in timing["depth"].unique())
+    with style():
+        fig = Figure(figsize=(12, 4.8))
+        left, right = fig.subplots(1, 2)
+        for arch in ("plain", "residual", "torchvision"):
+            for phase in PHASES:
+                rows = timing[(timing["arch"] == arch) & (timing["phase"] == phase)].sort_values("depth")
+                if rows.empty:
+                    continue
+                if arch == "torchvision":
+                    left.plot(rows["depth"], rows["images_per_second"], ls="", marker="D", ms=7, mfc="none",
+                              mec=colors[arch], mew=1.5, gid=f"{arch}-{phase}")
+                else:
+                    left.plot(rows["depth"], rows["images_per_second"], color=colors[arch], ls=PHASE_STYLES[phase],
+                              lw=2, marker="o", ms=5, gid=f"{arch}-{phase}")
+        # One legend entry per colour and one per line style, not one per line; headroom above the data
+        # keeps the legend off the lines.
+        archs = [a for a in ("plain", "residual") if (timing["arch"] == a).any()]
+        handles = [Line2D([], [], color=colors[a], lw=2, marker="o", ms=5, label=a) for a in archs]
+        if (timing["arch"] == "torchvision").any():
+            handles.append(Line2D([], [], ls="", marker="D", ms=7, mfc="none", mec=colors["torchvision"], mew=1.5,
+                                  label="torchvision reference"))
+        handles += [Line2D([], [], color="0.35", lw=2, ls=PHASE_STYLES[p], label=PHASE_LABELS[p])
+                    for p in PHASES if (timing["phase"] == p).any()]
+        left.legend(handles=handles, fontsize=8.5, loc="upper right", ncol=2)
+        throughput = timing["images_per_second"].dropna()
+        if len(throughput) and throughput.max() / max(throughput.min(), 1e-9) > 20:
+            left.set_yscale("log")
+            left.set_ylim(throughput.min() / 1.5, throughput.max() * 4)
+        elif len(throughput):
+            left.set_ylim(0, throughput.max() * 1.45)
+        tried = timing[timing["arch"] != "torchvision"]
+        for (arch, depth), rows in tried.groupby(["arch", "depth"]):  # tried, but no number to draw
+            failed = rows.loc[rows["images_per_second"].isna(), "phase"]
+            if failed.empty:
+                continue
+            what = "" if len(failed) == len(rows) else ": " + ", ".join(PHASE_LABELS.get(p, p) for p in failed)
+            left.annotate(f"{arch} OOM{what}", (depth, 0.03 + 0.06 * (arch == "residual")),
+                          xycoords=("data", "axes fraction"), ha="center", fontsize=8, color=colors[arch],
+                          fontweight="bold")
+        _depth_axis(left, depths)
+        left.set_ylabel("throughput (images/s)")
+        left.set_title("throughput against depth", fontsize=12)
+        _breakdown_bars(right, timing, colors)
+        right.set_ylabel(f"time per batch of {setting['batch_size']} (ms)")
+        right.set_title("where the time goes: forward, backward, optimizer", fontsize=12)
+        add_caption(fig, timing_provenance(setting, timing), title=title or
+                    f"Speed: {setting['device_name']}, {setting['precision']}, batch {setting['batch_size']}")
+    return fig
+
+
+def _breakdown_bars(ax: Axes, timing: pd.DataFrame, colors: dict[str, tuple]) -> None:
+    """Stacked bars per depth, plain (hatched) beside residual; a phase not measured is left out."""
+    parts = breakdown(timing[timing["arch"].isin(ARCHS)])
+    depths = sorted(parts["depth"].unique())
+    shades = dict(zip(("forward", "backward", "optimizer"), sns.color_palette("crest", 3)))
+    position = {depth: i for i, depth in enumerate(depths)}
+    for offset, arch in ((-0.2, "plain"), (0.2, "residual")):
+        rows = parts[parts["arch"] == arch]
+        if rows.empty:
+            continue
+        x = rows["depth"].map(position).to_numpy() + offset
+        bottom = np.zeros(len(rows))
+        for part, shade in shades.items():
+            height = rows[part].clip(lower=0).fillna(0).to_numpy()
+            ax.bar(x, height, 0.38, bottom=bottom, color=shade, hatch="//" if arch == "plain" else None,
+                   edgecolor="white", lw=0.6, gid=f"{arch}-{part}")
+            bottom += height
+        # The measured train step: where the stack misses it, the phases were timed with noise.
+        ax.plot(x, rows["total"], ls="", marker="_", ms=26, mew=2.2, color="black", zorder=4, gid=f"{arch}-total")
+    ax.margins(y=0.08)
+    ax.set_xticks(range(len(depths)), [str(d) for d in depths])
+    ax.set_xlabel("depth (layers)")
+    handles = [Patch(color=shade, label=part) for part, shade in shades.items()]
+    handles.append(Line2D([], [], ls="", marker="_", ms=14, mew=2.2, color="black", label="train step, measured"))
+    handles += [Patch(facecolor="white", edgecolor="0.3", hatch="//", label="plain (left bar)"),
+                Patch(facecolor="white", edgecolor="0.3", label="residual (right bar)")]
+    ax.legend(handles=handles, fontsize=8.5, loc="upper left")

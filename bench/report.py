@@ -1,0 +1,280 @@
+"""`bench report`: the paper's figures and tables from whatever is under one or more results folders.
+
+    reports/
+        README.md                      every figure and table, with where the numbers came from
+        <dataset>-<preset>/            one set per experiment: degradation.png, figure1.png,
+                                       errors.{md,csv}, gaps.{md,csv}, degradation.{md,csv}
+        timing/<device>-<precision>-.../  speed.png and speed.{md,csv} per measurement setting
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from bench import tables
+from bench.config import RunConfig
+from bench.errors import BenchError
+from bench.plots import PHASE_LABELS, degradation_figure, depth_colors, figure1, style, timing_figure
+from bench.provenance import utc_now
+from bench.store import CONFIG, STATUS, dataset_folder, read_json, read_results
+
+FORMATS = ("png", "svg", "pdf")
+PNG_DPI = 150
+# The runs of one experiment (one figure, one mean over seeds) differ only in these RunConfig fields; runs
+# made on several machines belong together, runs of another precision or schedule do not.
+_VARIES_WITHIN = {"arch", "depth", "seed", "dataset", "device", "channels_last", "compile"}
+EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _VARIES_WITHIN)
+
+
+def _run_details(path: str) -> dict:
+    """What read_results leaves out and the report needs: parameter count, planned length, the shortcut
+    asked for (read_results gives the built one, which is None for every plain net)."""
+    meta = read_json(Path(path) / CONFIG)
+    status = read_json(Path(path) / STATUS) if (Path(path) / STATUS).exists() else {}
+    total = status.get("epochs_total", meta.get("schedule", {}).get("epochs"))
+    return {"params": meta.get("model", {}).get("params"), "epochs_total": total,
+            "config_shortcut": meta.get("config", {}).get("shortcut")}
+
+
+def read_timing(results: Sequence[Path]) -> pd.DataFrame:
+    """Every `bench time` row under `<results>/timing/*.parquet`, the same measurement kept once."""
+    frames = []
+    for path in sorted(p for root in results for p in (Path(root) / "timing").glob("*.parquet")):
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as error:  # pyarrow raises several types for a torn or foreign file
+            raise BenchError(f"cannot read timing file {path} ({type(error).__name__}): delete it and run "
+                             "`bench time` again") from None
+        missing = [c for c in tables.TIMING_COLUMNS if c not in frame.columns]
+        if missing:
+            raise BenchError(f"timing file {path} lacks {', '.join(missing)}: it is not from `bench time`; "
+                             "move it out of the results folder")
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=list(tables.TIMING_COLUMNS))
+    timing = pd.concat(frames, ignore_index=True)
+    key = [c for c in (*tables.TIMING_SETTING, "model", "arch", "depth", "phase", "timestamp") if c in timing]
+    return timing.drop_duplicates(key).reset_index(drop=True)
+
+
+def load_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(epochs, runs, timing) of all the given results folders merged. `runs` is read_results' with
+    `params`, `epochs_total` and `config_shortcut` added; a missing folder is a BenchError."""
+    for root in results:
+        if not Path(root).is_dir():
+            raise BenchError(f"results folder {root} does not exist: pass --results DIR, or make results with "
+                             "`bench run --depths 18 34`")
+    epochs, runs = read_results([Path(r) for r in results])
+    if not runs.empty:
+        details = pd.DataFrame([_run_details(p) for p in runs["path"]], index=runs.index)
+        runs = runs.assign(**{c: details[c] for c in details if c not in runs})
+    return epochs, runs, read_timing([Path(r) for r in results])
+
+
+def experiments(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The runs split into experiments: one per (dataset, preset), split further (and named by what
+    differs, e.g. 'cifar10-quick-epochs-8') where runs of one preset were made with other settings, so
+    that a mean over seeds never mixes schedules."""
+    out = []
+    for (dataset, preset), group in runs.groupby(["dataset", "preset"], sort=True):
+        keys = group.apply(lambda row: tuple(repr(_setting(row, f)) for f in EXPERIMENT_FIELDS), axis=1)
+        differing = [f for i, f in enumerate(EXPERIMENT_FIELDS) if keys.map(lambda k: k[i]).nunique() > 1]
+        for _, sub in group.groupby(keys, sort=True):
+            suffix = "".join(f"-{f.replace('_', '-')}-{_setting(sub.iloc[0], f)}" for f in differing)
+            out.append((dataset_folder(f"{dataset}-{preset}{suffix}"), sub.reset_index(drop=True)))
+    return out
+
+
+def _setting(run: pd.Series, field: str) -> object:
+    """A config value of a run, comparable across runs: lists as tuples, NaN as None, and the shortcut
+    asked for rather than the one built (a plain twin has none but belongs with its residual net)."""
+    value = run.get("config_shortcut" if field == "shortcut" else field)
+    if isinstance(value, list):
+        return tuple(value)
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def save_figure(fig: Figure, base: Path, formats: Sequence[str]) -> list[Path]:
+    """Write `fig` as `base`.<format> for each format; returns the paths."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with style():
+        for fmt in formats:
+            path = base.with_suffix(f".{fmt}")
+            fig.savefig(path, dpi=PNG_DPI, format=fmt, bbox_inches="tight", pad_inches=0.12)
+            paths.append(path)
+    return paths
+
+
+def _write_table(frame: pd.DataFrame, base: Path, markdown: str) -> list[Path]:
+    """The table as CSV (full precision, for machines) and Markdown (rounded, for people)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    csv, md = base.with_suffix(".csv"), base.with_suffix(".md")
+    frame.to_csv(csv, index=False)
+    md.write_text(markdown + "\n")
+    return [csv, md]
+
+
+def _image(path: Path, out: Path, alt: str) -> str:
+    """A README line showing the figure (PNG or SVG) or linking to it (PDF)."""
+    relative = path.relative_to(out).as_posix()
+    return f"![{alt}]({relative})" if path.suffix in (".png", ".svg") else f"[{alt} ({path.suffix[1:]})]({relative})"
+
+
+def _figure_lines(paths: list[Path], out: Path, alt: str) -> list[str]:
+    shown = next((p for p in paths if p.suffix in (".png", ".svg")), paths[0])
+    others = [f"[{p.suffix[1:]}]({p.relative_to(out).as_posix()})" for p in paths if p != shown]
+    return [_image(shown, out, alt), "", *([f"Also as {', '.join(others)}.", ""] if others else [])]
+
+
+def _plus_minus(errors: pd.DataFrame, name: str) -> list[str]:
+    return [tables.plus_minus(m, s) for m, s in zip(errors[f"{name}_mean"], errors[f"{name}_std"])]
+
+
+def error_markdown(errors: pd.DataFrame) -> str:
+    """Table 6 form: one row per net with its parameters and final/best test error over seeds."""
+    rows = pd.DataFrame({
+        "net": errors["arch"] + "-" + errors["depth"].astype(str),
+        "params": errors["params"].map(lambda p: "-" if pd.isna(p) else f"{p / 1e6:.2f}M"),
+        "runs": errors["runs"].astype(str) + errors["diverged"].map(lambda d: f" ({d} diverged)" if d else ""),
+        "final test error (%)": _plus_minus(errors, "final_test"),
+        "best test error (%)": _plus_minus(errors, "best_test"),
+        "final training error (%)": _plus_minus(errors, "final_train"),
+        "paper (%)": errors["paper_test"],
+        "still running": errors["note"].replace("", "-"),
+    })
+    return tables.markdown_table(rows)
+
+
+def gap_markdown(errors: pd.DataFrame, gaps: pd.DataFrame) -> str:
+    """Table 2 form: plain and residual side by side per depth (final test error), and their gap."""
+    cells = {}
+    for row in errors.itertuples():
+        cells[(row.arch, row.depth)] = tables.plus_minus(row.final_test_mean, row.final_test_std)
+    header = ["final test error (%)", *[f"{d} layers" for d in gaps["depth"]]]
+    body = [[arch, *[cells.get((arch, d), "-") for d in gaps["depth"]]] for arch in ("plain", "residual")]
+    body.append(["plain - residual (points)", *[tables.format_value(g) for g in gaps["test_gap"]]])
+    body.append(["same, training error", *[tables.format_value(g) for g in gaps["train_gap"]]])
+    return tables.markdown_table(pd.DataFrame(body, columns=header))
+
+
+def timing_markdown(table: pd.DataFrame) -> str:
+    """The timing table in units people read: ms, images/s, MiB, millions of parameters, GFLOPs."""
+    def column(name: str, convert: Callable[[float], str]) -> pd.Series:
+        values = table[name] if name in table else pd.Series(math.nan, index=table.index)
+        return values.map(lambda v: "-" if pd.isna(v) else convert(v))
+
+    rows = pd.DataFrame({
+        "net": table["model"], "phase": table["phase"].map(lambda p: PHASE_LABELS.get(p, p)),
+        "status": column("status", str),
+        "median ms / batch": column("median_ms", lambda v: f"{v:.2f}"),
+        "IQR ms": column("iqr_ms", lambda v: f"{v:.2f}"),
+        "images/s": column("images_per_second", lambda v: f"{v:,.0f}"),
+        "peak memory (MiB)": column("peak_memory_bytes", lambda v: f"{v / 2**20:,.0f}"),
+        "params (M)": column("params", lambda v: f"{v / 1e6:.2f}"),
+        "GFLOPs / image": column("flops_per_image", lambda v: f"{v / 1e9:.3g}"),
+        "TFLOPS": column("tflops", lambda v: f"{v:.3g}"),
+    })
+    return tables.markdown_table(rows)
+
+
+def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, out: Path, formats: Sequence[str],
+                colors: dict, notify: Callable[[str], None]) -> tuple[list[Path], list[str]]:
+    """Figures and tables of one experiment; returns (files written, README lines)."""
+    folder = out / name
+    written, readme = [], [f"## {name}", "", *[f"- {line}" for line in tables.provenance_lines(runs)], ""]
+    paths = save_figure(degradation_figure(epochs, runs, colors=colors), folder / "degradation", formats)
+    written += paths
+    readme += ["### Plain vs residual (paper Figures 4 and 6)", "", *_figure_lines(paths, out, "degradation")]
+    if runs.loc[runs["arch"] == "plain", "depth"].nunique() >= 2:
+        paths = save_figure(figure1(epochs, runs, colors=colors), folder / "figure1", formats)
+        written += paths
+        readme += ["### Shallowest vs deepest plain net (paper Figure 1)", "", *_figure_lines(paths, out, "figure 1")]
+    else:
+        notify(f"{name}: Figure 1 skipped (it needs plain runs at two depths)")
+
+    errors = tables.error_table(epochs, runs)
+    gaps = tables.gap_table(errors)
+    degradation = tables.degradation(errors)
+    sentences = [tables.degradation_sentence(row) for _, row in degradation.iterrows()]
+    markdown = {"errors": error_markdown(errors), "gaps": gap_markdown(errors, gaps),
+                "degradation": "\n".join(f"- {s}" for s in sentences) or "- needs two depths of one arch"}
+    for table, frame in (("errors", errors), ("gaps", gaps), ("degradation", degradation)):
+        written += _write_table(frame, folder / table, markdown[table])
+    readme += ["### Test error per net (paper Table 6 form; mean ± std over seeds; diverged runs left out)", "",
+               markdown["errors"], "", "### Plain minus residual at each depth (paper Table 2 form)", "",
+               markdown["gaps"], "", "### The degradation, as one number (final training error, deepest minus "
+               "shallowest)", "", markdown["degradation"], ""]
+    return written, readme
+
+
+def _timing(timing: pd.DataFrame, out: Path, formats: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Speed figures and tables, one per measurement setting."""
+    written, readme = [], []
+    for setting, rows in tables.timing_settings(timing):
+        name = dataset_folder("-".join(str(setting[k]) for k in ("device_name", "precision", "family"))
+                              + f"-b{setting['batch_size']}-{setting['input_size']}px"
+                              + (f"-w{int(setting['width'])}" if pd.notna(setting.get("width")) else "")
+                              + ("-channels-last" if setting["channels_last"] else "")
+                              + ("-compiled" if setting["compiled"] else ""))
+        paths = save_figure(timing_figure(rows, setting), out / "timing" / name / "speed", formats)
+        table = tables.timing_table(rows)
+        markdown = timing_markdown(table)
+        written += paths + _write_table(table, out / "timing" / name / "speed", markdown)
+        readme += [f"## Speed: {name}", "", *[f"- {line}" for line in tables.timing_provenance(setting, rows)], "",
+                   *_figure_lines(paths, out, f"speed {name}"), markdown, ""]
+    return written, readme
+
+
+def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = None,
+                formats: Sequence[str] = ("png",), notify: Callable[[str], None] = print) -> list[Path]:
+    """Draw every figure and table of the results folders (merged) into `out`, with `out`/README.md
+    showing them all; `dataset` keeps one dataset's runs only. Returns the files written."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise BenchError(f"unknown format {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
+    results = [Path(r) for r in results]
+    epochs, runs, timing = load_results(results)
+    if runs.empty and timing.empty:
+        raise BenchError(f"no results under {', '.join(map(str, results))}: make some with "
+                         "`bench run --depths 18 34` (training) or `bench time` (speed)")
+    if dataset is not None:
+        if runs.empty:
+            raise BenchError(f"no training runs under {', '.join(map(str, results))} to filter by --dataset: "
+                             f"make some with `bench run --dataset {dataset} --depths 18 34`")
+        keep = (runs["dataset"] == dataset) | (runs["dataset"].map(dataset_folder) == dataset)
+        if not keep.any():
+            raise BenchError(f"no runs of dataset {dataset!r}: choose one of "
+                             f"{', '.join(sorted(runs['dataset'].astype(str).unique()))}")
+        runs = runs[keep]
+    out = Path(out)
+    colors = depth_colors(runs["depth"]) if not runs.empty else {}
+    written, sections = [], []
+    for name, group in (experiments(runs) if not runs.empty else []):
+        group_epochs = epochs[epochs["run_id"].isin(group["run_id"])]
+        if group_epochs.empty:
+            notify(f"{name}: no epoch finished yet, nothing to draw")
+            continue
+        files, lines = _experiment(name, group_epochs, group, out, formats, colors, notify)
+        written += files
+        sections += lines
+    if dataset is None and not timing.empty:
+        files, lines = _timing(timing, out, formats)
+        written += files
+        sections += lines
+    if not written:
+        raise BenchError(f"no epoch has finished yet under {', '.join(map(str, results))}: wait for the first "
+                         "epoch of `bench run`, then run `bench report` again")
+    readme = out / "README.md"
+    header = ["# Results", "", f"Generated {utc_now()} by `bench report` from "
+              f"{', '.join(f'`{r}`' for r in results)}. Errors are in percent; gaps in percentage points.", ""]
+    readme.write_text("\n".join(header + sections))
+    written.append(readme)
+    notify(f"wrote {len(written)} files to {out}: open {readme}")
+    return written

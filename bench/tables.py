@@ -1,0 +1,276 @@
+"""The numbers behind the report: curves averaged over seeds, error tables, gaps, timing summaries.
+
+The epoch rows store errors as fractions (0.0712); everything here is in percent, as the paper prints it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+
+# He et al. (2015), Table 6: CIFAR-10 test error (%) of the residual nets, paper schedule, full data.
+PAPER_CIFAR10_RESNET = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
+
+TIMING_COLUMNS = ("model", "arch", "depth", "family", "device", "device_name", "batch_size", "input_size",
+                  "precision", "channels_last", "compiled", "phase", "median_ms", "images_per_second")
+# One timing figure and table per setting: numbers measured under different settings are not comparable.
+# (width is optional: files from before it was recorded lack it.)
+TIMING_SETTING = ("device_name", "precision", "family", "batch_size", "input_size", "channels_last", "compiled",
+                  "width")
+PHASES = ("forward", "forward_backward", "train_step")
+
+
+def with_percent(epochs: pd.DataFrame) -> pd.DataFrame:
+    """The epoch rows with `train` and `test`: the errors in percent, NaN for an epoch whose loss is NaN or
+    infinite (the epoch a run diverged: its errors measure the blow-up, not the network)."""
+    sane = np.isfinite(epochs["train_loss"].astype(float)) & np.isfinite(epochs["test_loss"].astype(float))
+    return epochs.assign(train=epochs["train_error"].where(sane) * 100, test=epochs["test_error"].where(sane) * 100)
+
+
+def curves(epochs: pd.DataFrame, x: str = "epoch") -> pd.DataFrame:
+    """One row per (arch, depth, epoch): the x position (column `x`) and, over the seeds that reached
+    that epoch, `seeds` and the mean, std, min and max of train and test error in percent.
+
+    NaN errors (see `with_percent`) are skipped by every statistic, so they never break a line.
+    """
+    frame = with_percent(epochs)
+    stats = {"x": (x, "mean"), "seeds": ("run_id", "nunique")}
+    for kind in ("train", "test"):
+        for stat in ("mean", "std", "min", "max"):
+            stats[f"{kind}_{stat}"] = (kind, stat)
+    return frame.groupby(["arch", "depth", "epoch"]).agg(**stats).reset_index()
+
+
+def final_errors(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its last epoch's train and test error (NaN if that epoch's is), its best test error
+    (percent), how many epochs it has done, and its state."""
+    frame = with_percent(epochs).sort_values(["run_id", "epoch"])
+    last = frame.groupby("run_id").tail(1).set_index("run_id")
+    per_run = pd.DataFrame({"final_train": last["train"], "final_test": last["test"], "epochs_done": last["epoch"],
+                            "best_test": frame.groupby("run_id")["test"].min()})
+    columns = ["run_id", "arch", "depth", "seed", "state", "params", "epochs_total"]
+    return runs[columns].merge(per_run.reset_index(), on="run_id", how="inner")
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    values = values.dropna()
+    return (values.mean(), values.std()) if len(values) else (math.nan, math.nan)
+
+
+def paper_test_error(dataset: str, preset: str, arch: str, depth: int, paper_setup: bool) -> float:
+    """The paper's number for this run, where dataset, schedule, arch and depth match and the run used the
+    paper's setup (whole splits, width 16); NaN otherwise."""
+    name = re.sub(r"[^a-z0-9]", "", dataset.lower())
+    cifar10 = name.startswith("cifar10") and not name.startswith("cifar100")
+    if cifar10 and preset == "paper" and arch == "residual" and paper_setup:
+        return PAPER_CIFAR10_RESNET.get(depth, math.nan)
+    return math.nan
+
+
+def error_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Final and best test error per (arch, depth), mean and std over seeds, beside the paper's number.
+
+    Diverged runs are counted (`diverged`) but left out of the statistics: their last error measures the
+    divergence, not the network. Runs still in progress count with the error they have reached so far.
+    """
+    finals = final_errors(epochs, runs)
+    rows = []
+    for (arch, depth), group in finals.groupby(["arch", "depth"]):
+        kept = group[group["state"] != "diverged"]
+        first = runs[(runs["arch"] == arch) & (runs["depth"] == depth)].iloc[0]
+        paper_setup = (pd.isna(first.get("train_subset")) and pd.isna(first.get("test_subset"))
+                       and first.get("width") in (16, None))
+        final_test, final_test_std = _mean_std(kept["final_test"])
+        best_test, best_test_std = _mean_std(kept["best_test"])
+        final_train, final_train_std = _mean_std(kept["final_train"])
+        running = group[group["state"].isin(["running", "interrupted"])]
+        rows.append({
+            "arch": arch, "depth": int(depth), "params": group["params"].iloc[0],
+            "runs": len(group), "diverged": int((group["state"] == "diverged").sum()),
+            "unfinished": len(running),
+            "final_test_mean": final_test, "final_test_std": final_test_std,
+            "best_test_mean": best_test, "best_test_std": best_test_std,
+            "final_train_mean": final_train, "final_train_std": final_train_std,
+            "paper_test": paper_test_error(str(first["dataset"]), str(first["preset"]), arch, int(depth), paper_setup),
+            "note": _progress_note(running),
+        })
+    return pd.DataFrame(rows)
+
+
+def _progress_note(running: pd.DataFrame) -> str:
+    notes = [f"seed {r.seed} {r.state} at {r.epochs_done}/{_count(r.epochs_total)} epochs"
+             for r in running.itertuples()]
+    return "; ".join(notes)
+
+
+def _count(value: object) -> str:
+    return "?" if value is None or pd.isna(value) else str(int(value))
+
+
+def gap_table(errors: pd.DataFrame) -> pd.DataFrame:
+    """Per depth with both archs: final test and train error of plain and residual, and plain minus residual
+    (percentage points; positive means the shortcuts help)."""
+    wide = errors.pivot(index="depth", columns="arch", values=["final_test_mean", "final_train_mean"])
+    rows = []
+    for depth in wide.index:
+        row = {"depth": int(depth)}
+        for kind in ("test", "train"):
+            plain = wide.get((f"final_{kind}_mean", "plain"), pd.Series(dtype=float)).get(depth, math.nan)
+            residual = wide.get((f"final_{kind}_mean", "residual"), pd.Series(dtype=float)).get(depth, math.nan)
+            row |= {f"plain_{kind}": plain, f"residual_{kind}": residual, f"{kind}_gap": plain - residual}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["depth", "plain_test", "residual_test", "test_gap",
+                                       "plain_train", "residual_train", "train_gap"])
+
+
+def degradation(errors: pd.DataFrame) -> pd.DataFrame:
+    """Per arch with two or more depths: final training error of the deepest net minus the shallowest's
+    (percentage points). Positive for plain nets is the degradation problem; negative means none is shown."""
+    rows = []
+    for arch, group in errors.dropna(subset=["final_train_mean"]).groupby("arch"):
+        if len(group) < 2:
+            continue
+        group = group.sort_values("depth")
+        shallow, deep = group.iloc[0], group.iloc[-1]
+        gap = deep["final_train_mean"] - shallow["final_train_mean"]
+        rows.append({
+            "arch": arch, "shallow_depth": int(shallow["depth"]), "deep_depth": int(deep["depth"]),
+            "shallow_train": shallow["final_train_mean"], "deep_train": deep["final_train_mean"],
+            "train_gap": gap, "test_gap": deep["final_test_mean"] - shallow["final_test_mean"],
+            "provisional": bool(group["unfinished"].sum()),
+        })
+    return pd.DataFrame(rows, columns=["arch", "shallow_depth", "deep_depth", "shallow_train", "deep_train",
+                                       "train_gap", "test_gap", "provisional"])
+
+
+def degradation_sentence(row: pd.Series) -> str:
+    """The degradation of one arch in words, saying plainly when it is negative (none shown)."""
+    head = (f"{row['arch']}: the {row['deep_depth']}-layer net ends at {row['deep_train']:.2f}% training error, "
+            f"the {row['shallow_depth']}-layer at {row['shallow_train']:.2f}%: gap {row['train_gap']:+.2f} points")
+    if row["arch"] == "plain":
+        verdict = ("degradation shown (the deeper plain net trains worse)" if row["train_gap"] > 0
+                   else "NEGATIVE: no degradation shown (the deeper plain net trains as well or better)")
+    else:
+        verdict = ("the deeper residual net trains better, as in the paper" if row["train_gap"] < 0
+                   else "the deeper residual net trains worse here, unlike the paper")
+    tail = " (provisional: runs still in progress)" if row["provisional"] else ""
+    return f"{head}, {verdict}{tail}."
+
+
+def _unique(frame: pd.DataFrame, column: str) -> str:
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=object)
+    return ", ".join(sorted({str(v) for v in values if str(v)})) or "unknown"
+
+
+def schedule_text(runs: pd.DataFrame) -> str:
+    """The training schedule of a group of runs in one line (preset, length, batch, lr, width, subsets)."""
+    first = runs.iloc[0]
+    length = (f"{int(first['iterations']):,} iterations" if pd.notna(first.get("iterations"))
+              else f"{_count(first.get('epochs'))} epochs")
+    parts = [f"preset {first['preset']}: {length}", f"batch {_unique(runs, 'batch_size')}",
+             f"lr {_unique(runs, 'lr')}", f"width {_unique(runs, 'width')}"]
+    if pd.notna(first.get("train_subset")) or pd.notna(first.get("test_subset")):
+        parts.append(f"subset {_count(first.get('train_subset'))} train / {_count(first.get('test_subset'))} test")
+    return ", ".join(parts)
+
+
+def provenance_lines(runs: pd.DataFrame) -> list[str]:
+    """Where a group of runs came from, in three short lines: data, schedule, machine and code."""
+    dataset = f"Data: {_unique(runs, 'dataset')}"
+    note = _unique(runs, "dataset_note")
+    if note != "unknown":
+        dataset += f" ({note})"
+    states = runs["state"].value_counts()
+    count = f"{len(runs)} run{'s' if len(runs) != 1 else ''}: " + ", ".join(
+        f"{n} {state}" for state, n in states.items())
+    seeds = ", ".join(str(s) for s in sorted(runs["seed"].unique()))
+    machine = (f"Device: {_unique(runs, 'device_name')}; precision {_unique(runs, 'precision')}; seeds {seeds}; "
+               f"commit {_unique(runs, 'git_commit')}; torch {_unique(runs, 'torch')}")
+    return [dataset, f"Schedule: {schedule_text(runs)}; {count}", machine]
+
+
+def timing_provenance(setting: dict, timing: pd.DataFrame) -> list[str]:
+    """Where a set of timing rows came from: device, precision, batch, input, and the software."""
+    flags = [name for name in ("channels_last", "compiled") if bool(setting.get(name))]
+    what = (f"Device: {setting['device_name']}; precision {setting['precision']}; batch {setting['batch_size']}; "
+            f"input {setting['input_size']}x{setting['input_size']}; family {setting['family']}"
+            + (f"; width {int(setting['width'])}" if pd.notna(setting.get("width")) else "")
+            + (f"; {', '.join(flags)}" if flags else ""))
+    software = f"torch {_unique(timing, 'torch_version')}; threads {_unique(timing, 'threads')}"
+    if "git_commit" in timing:
+        software += f"; commit {_unique(timing, 'git_commit')}"
+    stamps = pd.to_datetime(timing["timestamp"], utc=True, errors="coerce").dropna()
+    if len(stamps):
+        software += f"; measured {stamps.min():%Y-%m-%d}" + (
+            f" to {stamps.max():%Y-%m-%d}" if stamps.max().date() != stamps.min().date() else "")
+    lines = [what, software + "; median over repeats, latest measurement per net"]
+    failed = sorted(timing.loc[timing["median_ms"].isna(), "model"].unique())
+    if failed:  # out of memory: no number to draw, but the reader should know it was tried
+        lines.append(f"Not measured (out of memory or failed): {', '.join(failed)}")
+    return lines
+
+
+def timing_settings(timing: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+    """Split timing rows by measurement setting; within one, the latest row per (arch, depth, model, phase)."""
+    timing = timing.assign(family=timing["family"].fillna("-"))
+    keys = [c for c in TIMING_SETTING if c in timing]
+    out = []
+    for key, group in timing.groupby(keys, dropna=False, sort=True):
+        latest = (group.sort_values("timestamp").drop_duplicates(["arch", "depth", "model", "phase"], keep="last")
+                  .sort_values(["arch", "depth", "phase"]).reset_index(drop=True))
+        out.append((dict(zip(keys, key)), latest))
+    return out
+
+
+def timing_table(timing: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arch, depth, model, phase) of one setting: time per batch, throughput, memory, compute."""
+    columns = ["arch", "depth", "model", "phase", "status", "median_ms", "iqr_ms", "images_per_second",
+               "peak_memory_bytes", "params", "flops_per_image", "tflops"]
+    present = [c for c in columns if c in timing.columns]
+    order = {phase: i for i, phase in enumerate(PHASES)}
+    return (timing[present].assign(_phase=timing["phase"].map(order))
+            .sort_values(["arch", "depth", "_phase"]).drop(columns="_phase").reset_index(drop=True))
+
+
+def breakdown(timing: pd.DataFrame) -> pd.DataFrame:
+    """Per (arch, depth): milliseconds per batch of forward, backward (forward_backward - forward), the
+    optimizer step (train_step - forward_backward) and the measured train step (`total`: the three add up
+    to it unless the measurements are noisy); NaN where a phase was not measured."""
+    wide = timing.pivot_table(index=["arch", "depth"], columns="phase", values="median_ms", aggfunc="last")
+    wide = wide.reindex(columns=list(PHASES))
+    return pd.DataFrame({
+        "forward": wide["forward"],
+        "backward": wide["forward_backward"] - wide["forward"],
+        "optimizer": wide["train_step"] - wide["forward_backward"],
+        "total": wide["train_step"],
+    }).reset_index()
+
+
+def format_value(value: object, digits: int = 2) -> str:
+    """A table cell: floats to `digits` decimals, NaN/None as '-', everything else as text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def plus_minus(mean: float, std: float) -> str:
+    """'7.12 ± 0.15', or just the mean when there is no spread (one seed)."""
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of `frame` (cells through `format_value`)."""
+    headers = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(format_value(v) for v in row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,298 @@
+"""`bench report` on results written by the real store: figures exist, plot exactly the logged numbers, and
+the tables match a pandas computation of the same thing."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from bench import report, tables
+from bench.config import QUICK
+from bench.errors import BenchError
+from bench.plots import degradation_figure, figure1, timing_figure
+from bench.store import CONFIG, EPOCHS, run_dir, write_epochs, write_json, write_status
+from bench.timing import TIMING_SCHEMA
+
+EPOCHS_TOTAL = 6
+NOTE = "CIFAR-10 re-encoded as JPEG (quality 95): errors are not exactly comparable to the paper's"
+
+
+def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCHS_TOTAL, state: str = "finished",
+              diverged_epoch: int | None = None) -> str:
+    """One run folder as `bench run` leaves it: plain nets train worse the deeper they are (the degradation),
+    residual nets better; a diverged epoch has NaN training loss and error."""
+    config = dataclasses.replace(QUICK, arch=arch, depth=depth, seed=seed, epochs=EPOCHS_TOTAL)
+    run_id = config.run_id()
+    directory = run_dir(root, "cifar10", run_id)
+    rng = np.random.default_rng(depth * 100 + seed + (arch == "plain") * 7)
+    floor = (0.04 + 0.002 * depth if arch == "plain" else 0.09 - 0.0008 * depth) + rng.uniform(0, 0.03)
+    rows = []
+    for epoch in range(1, done + 1):
+        train = floor + 0.7 * math.exp(-epoch / 1.5) + rng.uniform(0, 0.01)
+        diverged = epoch == diverged_epoch
+        rows.append({
+            "run_id": run_id, "dataset": "cifar10", "arch": arch, "depth": depth, "width": 16,
+            "shortcut": "A" if arch == "residual" else None, "seed": seed, "preset": "quick", "epoch": epoch,
+            "iteration": epoch * 157, "lr": 0.05, "train_loss": math.nan if diverged else 2 * train,
+            "train_error": math.nan if diverged else train, "test_loss": 1.0,
+            "test_error": 0.9 if diverged else train + 0.05 + rng.uniform(0, 0.01),
+            "epoch_seconds": 10.0, "images_per_second": 1000.0, "device": "cpu", "precision": "fp32",
+            "timestamp": dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=epoch),
+        })
+    write_epochs(directory / EPOCHS, rows)
+    write_json(directory / CONFIG, {
+        "run_id": run_id, "config": config.to_dict(),
+        "dataset": {"name": "cifar10", "source": "test", "num_classes": 10, "image_size": 32,
+                    "train_size": 10000, "test_size": 2000, "note": NOTE},
+        "model": {"family": "cifar", "width": 16, "shortcut": "A" if arch == "residual" else None,
+                  "stem": "cifar", "params": 1000 * depth},
+        "environment": {"device_name": "Test CPU", "git_commit": "abc123def456", "torch": "2.14.1"},
+        "started_at": "2025-01-01T00:00:00Z",
+    })
+    extra = {"diverged_epoch": diverged_epoch} if diverged_epoch else {}
+    write_status(directory, state, epoch=done, epochs_total=EPOCHS_TOTAL, **extra)
+    return run_id
+
+
+def write_grid(root: Path, *, depths: tuple[int, ...] = (20, 56), seeds: tuple[int, ...] = (0, 1)) -> None:
+    """2 depths x 2 archs x 2 seeds finished, plus plain-56 seed 2 still running at epoch 3 and residual-20
+    seed 2 diverged at epoch 4."""
+    for depth in depths:
+        for arch in ("plain", "residual"):
+            for seed in seeds:
+                write_run(root, arch, depth, seed)
+    write_run(root, "plain", depths[-1], 2, done=3, state="running")
+    write_run(root, "residual", depths[0], 2, done=4, state="diverged", diverged_epoch=4)
+
+
+def write_timing(root: Path, *, oom: bool = False) -> pd.DataFrame:
+    """A `bench time` file: plain/residual at 18 and 34 layers (and torchvision's), three phases; with `oom`,
+    also a plain-152 train step that ran out of memory."""
+    rows = []
+    for arch, depth in [(a, d) for a in ("plain", "residual", "torchvision") for d in (18, 34)]:
+        for factor, phase in ((1.0, "forward"), (2.8, "forward_backward"), (3.0, "train_step")):
+            ms = factor * depth * (1.0 if arch == "plain" else 1.1)
+            rows.append({
+                "model": f"{arch}-{depth}", "arch": arch, "depth": depth, "family": "imagenet", "device": "cpu",
+                "device_name": "Test CPU", "batch_size": 32, "input_size": 224, "precision": "fp32",
+                "channels_last": False, "compiled": False, "phase": phase, "median_ms": ms, "iqr_ms": 0.1 * ms,
+                "images_per_second": 32 / ms * 1000, "peak_memory_bytes": 2**20 * depth, "params": 10**6 * depth,
+                "flops_per_image": int(2e9 * depth / 18), "tflops": 0.1, "threads": 2, "torch_version": "2.14.1",
+                "timestamp": dt.datetime(2025, 1, 2, tzinfo=dt.timezone.utc), "status": "ok", "width": 64,
+                "git_commit": "abc123def456",
+            })
+    if oom:
+        rows.append({**rows[-1], "model": "plain-152", "arch": "plain", "depth": 152, "status": "oom",
+                     "median_ms": None, "iqr_ms": None, "images_per_second": None, "peak_memory_bytes": None,
+                     "tflops": None})
+    (root / "timing").mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=TIMING_SCHEMA)  # exactly what `bench time` writes
+    pq.write_table(table, root / "timing" / "t1.parquet")
+    return table.to_pandas()
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    root = tmp_path / "results"
+    write_grid(root)
+    return root
+
+
+def lines_by_gid(fig) -> dict[str, object]:
+    return {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
+
+
+def test_degradation_figure_plots_the_mean_over_seeds(results: Path) -> None:
+    epochs, runs, _ = report.load_results([results])
+    fig = degradation_figure(epochs, runs)
+    lines = lines_by_gid(fig)
+    # An epoch whose loss is NaN has meaningless errors: the report masks them, and so does this check.
+    finite = np.isfinite(epochs["train_loss"]) & np.isfinite(epochs["test_loss"])
+    masked = epochs.assign(train_error=epochs["train_error"].where(finite),
+                           test_error=epochs["test_error"].where(finite))
+    expected = masked.groupby(["arch", "depth", "epoch"])[["train_error", "test_error"]].mean() * 100
+    assert len(expected.groupby(level=[0, 1])) == 4
+    for (arch, depth), frame in expected.groupby(level=[0, 1]):
+        for kind in ("train", "test"):
+            line = lines[f"{arch}-{depth}-{kind}"]
+            np.testing.assert_array_equal(line.get_xdata(), frame.index.get_level_values("epoch"))
+            np.testing.assert_allclose(line.get_ydata(), frame[f"{kind}_error"].to_numpy())
+    # Plain on the left, residual on the right, one y range for both.
+    left, right = fig.axes[:2]
+    assert {g.split("-")[0] for g in lines if lines[g].axes is left} == {"plain"}
+    assert left.get_ylim() == right.get_ylim()
+    # The diverged epoch is skipped: residual-20 at epoch 4 is the mean of seeds 0 and 1 only.
+    at4 = epochs[(epochs["arch"] == "residual") & (epochs["depth"] == 20) & (epochs["epoch"] == 4)]
+    assert len(at4) == 3 and at4["train_error"].isna().sum() == 1
+    seeds01 = at4[at4["seed"] < 2]
+    assert lines["residual-20-train"].get_ydata()[3] == pytest.approx(seeds01["train_error"].mean() * 100)
+    assert lines["residual-20-test"].get_ydata()[3] == pytest.approx(seeds01["test_error"].mean() * 100)
+
+
+def test_running_and_diverged_runs_are_marked_not_dropped(results: Path) -> None:
+    epochs, runs, _ = report.load_results([results])
+    fig = degradation_figure(epochs, runs)
+    lines = lines_by_gid(fig)
+    running = lines["plain-56-s2-running"]
+    assert running.get_xdata()[0] == 3
+    diverged = lines["residual-20-s2-diverged"]  # on the mean test line, where the seed dropped out
+    assert diverged.get_xdata()[0] == 4
+    assert diverged.get_ydata()[0] == lines["residual-20-test"].get_ydata()[3]
+    legend = " ".join(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+    assert "seed 2 running, 3/6 epochs" in legend
+    assert "seed 2 diverged at epoch 4" in legend
+
+
+def test_figure1_shows_shallowest_and_deepest_plain(results: Path) -> None:
+    epochs, runs, _ = report.load_results([results])
+    lines = lines_by_gid(figure1(epochs, runs))
+    assert {g for g in lines if not g.endswith(("running", "diverged"))} == {
+        "plain-20-train", "plain-20-test", "plain-56-train", "plain-56-test"}
+    plain56 = epochs[(epochs["arch"] == "plain") & (epochs["depth"] == 56)].groupby("epoch")["test_error"].mean()
+    np.testing.assert_allclose(lines["plain-56-test"].get_ydata(), plain56.to_numpy() * 100)
+
+
+def test_error_table_matches_pandas(results: Path) -> None:
+    epochs, runs, _ = report.load_results([results])
+    errors = tables.error_table(epochs, runs).set_index(["arch", "depth"])
+    last = epochs.sort_values("epoch").groupby("run_id").tail(1).merge(runs[["run_id", "state"]], on="run_id")
+    kept = last[last["state"] != "diverged"]
+    final = kept.groupby(["arch", "depth"])["test_error"].agg(["mean", "std"]) * 100
+    np.testing.assert_allclose(errors.loc[final.index, "final_test_mean"], final["mean"])
+    np.testing.assert_allclose(errors.loc[final.index, "final_test_std"], final["std"])
+    best = epochs.merge(runs[["run_id", "state"]], on="run_id").query("state != 'diverged'")
+    best = best.groupby(["arch", "depth", "run_id"])["test_error"].min().groupby(["arch", "depth"]).mean() * 100
+    np.testing.assert_allclose(errors.loc[best.index, "best_test_mean"], best)
+    assert errors.loc[("residual", 20), "diverged"] == 1 and errors.loc[("residual", 20), "runs"] == 3
+    assert "seed 2 running at 3/6 epochs" in errors.loc[("plain", 56), "note"]
+    assert errors["paper_test"].isna().all()  # quick preset on a subset: nothing to compare with
+
+    gaps = tables.gap_table(errors.reset_index()).set_index("depth")
+    plain_minus_residual = final.loc[("plain", 56), "mean"] - final.loc[("residual", 56), "mean"]
+    assert gaps.loc[56, "test_gap"] == pytest.approx(plain_minus_residual)
+    plain = tables.degradation(errors.reset_index()).set_index("arch").loc["plain"]
+    train = kept.groupby(["arch", "depth"])["train_error"].mean() * 100
+    assert plain["train_gap"] == pytest.approx(train[("plain", 56)] - train[("plain", 20)])
+    assert plain["train_gap"] > 0 and plain["provisional"]
+    assert "degradation shown" in tables.degradation_sentence(pd.Series({**plain, "arch": "plain"}))
+
+
+def test_negative_degradation_is_said_plainly() -> None:
+    row = pd.Series({"arch": "plain", "shallow_depth": 18, "deep_depth": 34, "shallow_train": 10.0,
+                     "deep_train": 8.0, "train_gap": -2.0, "test_gap": -1.0, "provisional": False})
+    assert "NEGATIVE: no degradation shown" in tables.degradation_sentence(row)
+
+
+def test_paper_numbers_only_where_they_apply() -> None:
+    assert tables.paper_test_error("cifar10", "paper", "residual", 56, paper_setup=True) == 6.97
+    assert math.isnan(tables.paper_test_error("cifar10", "paper", "plain", 56, paper_setup=True))
+    assert math.isnan(tables.paper_test_error("cifar10", "quick", "residual", 56, paper_setup=True))
+    assert math.isnan(tables.paper_test_error("cifar100", "paper", "residual", 56, paper_setup=True))
+    assert math.isnan(tables.paper_test_error("CIFAR-100", "paper", "residual", 56, paper_setup=True))
+    assert tables.paper_test_error("cifar10-jpg", "paper", "residual", 110, paper_setup=True) == 6.43
+    assert math.isnan(tables.paper_test_error("cifar10", "paper", "residual", 56, paper_setup=False))
+
+
+def test_make_report_writes_figures_tables_and_readme(results: Path, tmp_path: Path) -> None:
+    write_timing(results)
+    out = tmp_path / "reports"
+    written = report.make_report([results], out, formats=("png", "svg"), notify=lambda _: None)
+    names = {p.relative_to(out).as_posix() for p in written}
+    for stem in ("degradation", "figure1"):
+        for fmt in ("png", "svg"):
+            assert f"cifar10-quick/{stem}.{fmt}" in names
+    for table in ("errors", "gaps", "degradation"):
+        assert {f"cifar10-quick/{table}.csv", f"cifar10-quick/{table}.md"} <= names
+    assert any(n.startswith("timing/") and n.endswith("speed.png") for n in names)
+    for path in written:
+        assert path.stat().st_size > 0
+    for png in out.rglob("*.png"):
+        assert png.stat().st_size > 20_000
+        with Image.open(png) as image:
+            width, height = image.size
+        assert width > 1200 and 600 < height < width
+    csv = pd.read_csv(out / "cifar10-quick" / "errors.csv")
+    assert set(zip(csv["arch"], csv["depth"])) == {("plain", 20), ("plain", 56), ("residual", 20), ("residual", 56)}
+    text = (out / "README.md").read_text()
+    assert "![degradation](cifar10-quick/degradation.png)" in text
+    assert NOTE in text and "abc123def456" in text and "degradation shown" in text
+
+
+def test_timing_figure_plots_throughput_and_breakdown(tmp_path: Path) -> None:
+    frame = write_timing(tmp_path)
+    timing = report.read_timing([tmp_path])
+    (setting, rows), = tables.timing_settings(timing)
+    fig = timing_figure(rows, setting)
+    lines = lines_by_gid(fig)
+    for arch in ("plain", "residual", "torchvision"):
+        expected = frame[(frame["arch"] == arch) & (frame["phase"] == "train_step")].sort_values("depth")
+        np.testing.assert_allclose(lines[f"{arch}-train_step"].get_ydata(), expected["images_per_second"])
+    backward = [p for p in fig.axes[1].patches if p.get_gid() == "plain-backward"]
+    assert [p.get_height() for p in backward] == pytest.approx([1.8 * 18, 1.8 * 34])
+    train_step = frame[(frame["arch"] == "plain") & (frame["phase"] == "train_step")].sort_values("depth")
+    np.testing.assert_allclose(lines["plain-total"].get_ydata(), train_step["median_ms"])
+
+
+def test_out_of_memory_rows_are_named_not_drawn(tmp_path: Path) -> None:
+    write_timing(tmp_path, oom=True)
+    (setting, rows), = tables.timing_settings(report.read_timing([tmp_path]))
+    fig = timing_figure(rows, setting)
+    caption = next(t.get_text() for t in fig.texts if t.get_gid() == "caption")
+    assert "out of memory" in caption and "plain-152" in caption
+    assert np.isnan(lines_by_gid(fig)["plain-train_step"].get_ydata()[-1])
+
+
+def test_merging_folders_equals_one_folder(tmp_path: Path) -> None:
+    one, a, b = tmp_path / "one", tmp_path / "a", tmp_path / "b"
+    write_grid(one)
+    write_grid(a, seeds=(0,))
+    for depth in (20, 56):
+        for arch in ("plain", "residual"):
+            write_run(b, arch, depth, 1)
+    shutil.copytree(a / "cifar10", b / "cifar10", dirs_exist_ok=True)  # a copy of a's runs is not counted twice
+    written = report.make_report([a, b], tmp_path / "merged", notify=lambda _: None)
+    assert {p.name for p in written} >= {"degradation.png", "figure1.png", "errors.csv"}
+    merged = pd.read_csv(tmp_path / "merged" / "cifar10-quick" / "errors.csv")
+    epochs, runs, _ = report.load_results([one])
+    assert len(runs) == 10 and merged["runs"].sum() == 10
+    single = tables.error_table(epochs, runs)
+    pd.testing.assert_frame_equal(merged.drop(columns="note"), single.drop(columns="note"), check_dtype=False)
+    assert list(merged["note"].fillna("")) == list(single["note"])
+
+
+def test_no_results_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="bench run --depths 18 34"):
+        report.make_report([tmp_path], tmp_path / "reports")
+    with pytest.raises(BenchError, match="does not exist"):
+        report.make_report([tmp_path / "missing"], tmp_path / "reports")
+
+
+def test_dataset_filter_and_format_are_checked(results: Path, tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="choose one of cifar10"):
+        report.make_report([results], tmp_path / "r", dataset="mnist")
+    with pytest.raises(BenchError, match="choose from png, svg, pdf"):
+        report.make_report([results], tmp_path / "r", formats=("gif",))
+    written = report.make_report([results], tmp_path / "r", dataset="cifar10", formats=("pdf",), notify=lambda _: None)
+    assert any(p.suffix == ".pdf" for p in written)
+
+
+def test_other_settings_of_a_preset_are_not_averaged_together(results: Path, tmp_path: Path) -> None:
+    config = dataclasses.replace(QUICK, arch="plain", depth=20, seed=0, epochs=EPOCHS_TOTAL, lr=0.2)
+    directory = run_dir(results, "cifar10", config.run_id())
+    source = run_dir(results, "cifar10", dataclasses.replace(config, lr=QUICK.lr).run_id())
+    shutil.copytree(source, directory)
+    meta = report.read_json(directory / CONFIG)
+    write_json(directory / CONFIG, {**meta, "run_id": config.run_id(), "config": config.to_dict()})
+    _, runs, _ = report.load_results([results])
+    names = [name for name, _ in report.experiments(runs)]
+    assert names == ["cifar10-quick-lr-0.05", "cifar10-quick-lr-0.2"]
