@@ -22,7 +22,7 @@ from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.plots import PHASE_LABELS, degradation_figure, depth_colors, figure1, style, timing_figure
 from bench.provenance import utc_now
-from bench.store import CONFIG, STATUS, dataset_folder, read_json, read_results
+from bench.store import dataset_folder, read_json, read_results
 
 FORMATS = ("png", "svg", "pdf")
 PNG_DPI = 150
@@ -30,16 +30,6 @@ PNG_DPI = 150
 # made on several machines belong together, runs of another precision or schedule do not.
 _VARIES_WITHIN = {"arch", "depth", "seed", "dataset", "device", "channels_last", "compile"}
 EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _VARIES_WITHIN)
-
-
-def _run_details(path: str) -> dict:
-    """What read_results leaves out and the report needs: parameter count, planned length, the shortcut
-    asked for (read_results gives the built one, which is None for every plain net)."""
-    meta = read_json(Path(path) / CONFIG)
-    status = read_json(Path(path) / STATUS) if (Path(path) / STATUS).exists() else {}
-    total = status.get("epochs_total", meta.get("schedule", {}).get("epochs"))
-    return {"params": meta.get("model", {}).get("params"), "epochs_total": total,
-            "config_shortcut": meta.get("config", {}).get("shortcut")}
 
 
 def read_timing(results: Sequence[Path]) -> pd.DataFrame:
@@ -64,16 +54,12 @@ def read_timing(results: Sequence[Path]) -> pd.DataFrame:
 
 
 def load_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(epochs, runs, timing) of all the given results folders merged. `runs` is read_results' with
-    `params`, `epochs_total` and `config_shortcut` added; a missing folder is a BenchError."""
+    """(epochs, runs, timing) of all the given results folders merged; a missing folder is a BenchError."""
     for root in results:
         if not Path(root).is_dir():
             raise BenchError(f"results folder {root} does not exist: pass --results DIR, or make results with "
                              "`bench run --depths 18 34`")
     epochs, runs = read_results([Path(r) for r in results])
-    if not runs.empty:
-        details = pd.DataFrame([_run_details(p) for p in runs["path"]], index=runs.index)
-        runs = runs.assign(**{c: details[c] for c in details if c not in runs})
     return epochs, runs, read_timing([Path(r) for r in results])
 
 
@@ -92,9 +78,8 @@ def experiments(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _setting(run: pd.Series, field: str) -> object:
-    """A config value of a run, comparable across runs: lists as tuples, NaN as None, and the shortcut
-    asked for rather than the one built (a plain twin has none but belongs with its residual net)."""
-    value = run.get("config_shortcut" if field == "shortcut" else field)
+    """A config value of a run, comparable across runs: lists as tuples, NaN as None."""
+    value = run.get(field)
     if isinstance(value, list):
         return tuple(value)
     return None if value is None or (isinstance(value, float) and pd.isna(value)) else value

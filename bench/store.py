@@ -211,8 +211,9 @@ def read_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All runs under the given folders: (epochs, runs).
 
     `epochs` has one row per epoch (EPOCH_SCHEMA columns). `runs` has one row per run: the run's config
-    fields, its state (running/finished/diverged/interrupted), diverged_epoch, epochs_done, the dataset
-    note, device_name, git_commit, torch version and the folder it came from. A run id found in several
+    fields (with width, shortcut and family as built), params, its state (running/finished/diverged/
+    interrupted), diverged_epoch, epochs_done, epochs_total, the dataset note, device_name, git_commit,
+    torch version and the folder it came from. A run id found in several
     folders is kept once (the one with the most epochs), so merged copies do not double count.
     """
     epoch_frames, run_rows = [], []
@@ -230,9 +231,11 @@ def read_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             "width": meta.get("model", {}).get("width"),
             "shortcut": meta.get("model", {}).get("shortcut"),
             "family": meta.get("model", {}).get("family"),
+            "params": meta.get("model", {}).get("params"),
             "state": status.get("state", RUNNING),
             "diverged_epoch": status.get("diverged_epoch"),
             "epochs_done": len(frame),
+            "epochs_total": status.get("epochs_total", meta.get("schedule", {}).get("epochs")),
             "device_name": environment.get("device_name"),
             "git_commit": environment.get("git_commit"),
             "torch": environment.get("torch"),

@@ -25,7 +25,7 @@ from bench.data import ImageData, augment, epoch_batches, normalize
 from bench.distributed import Dist, all_sum, convert_sync_batchnorm
 from bench.errors import BenchError
 from bench.provenance import environment, utc_now
-from resnet import build_model, count_parameters
+from resnet import FAMILY_DEFAULTS, build_model, count_parameters
 
 Notify = Callable[[str], None]
 # Called after every iteration with (iteration, total, stats); stats holds the latest epoch row or running numbers.
@@ -145,6 +145,8 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
+        # The shortcut option of the residual twin: a plain net has none, but belongs with that twin.
+        self.shortcut_option = config.shortcut or FAMILY_DEFAULTS[self.model.family]["shortcut"]
         self.step_model: nn.Module = self.model
         if job.enabled:
             self.step_model = nn.parallel.DistributedDataParallel(
@@ -265,7 +267,7 @@ class Run:
         self.partial = None
         row = {
             "run_id": config.run_id(), "dataset": data.info.name, "arch": config.arch, "depth": config.depth,
-            "width": self.model.width, "shortcut": self.model.shortcut, "seed": config.seed,
+            "width": self.model.width, "shortcut": self.shortcut_option, "seed": config.seed,
             "preset": config.preset, "epoch": self.epoch, "iteration": self.iteration, "lr": lr,
             "train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen,
             "test_loss": test_loss, "test_error": test_error,
@@ -288,8 +290,9 @@ def describe(run: Run) -> dict:
         "run_id": run.config.run_id(),
         "config": run.config.to_dict(),
         "dataset": dataclasses.asdict(run.data.info),
-        "model": {"family": model.family, "width": model.width, "shortcut": model.shortcut,
-                  "stem": getattr(model, "stem", None), "params": count_parameters(model)},
+        "model": {"family": model.family, "width": model.width, "shortcut": run.shortcut_option,
+                  "has_shortcuts": model.arch == "residual", "stem": model.stem,
+                  "params": count_parameters(model)},
         "schedule": {"iterations": run.total, "iterations_per_epoch": run.iterations_per_epoch,
                      "epochs": run.epochs_total},
         "environment": environment(run.device),

@@ -13,7 +13,7 @@ from bench import store
 from bench.cli import app, expand_lists
 
 runner = CliRunner()
-TINY = ["--dataset", "synthetic", "--width", "4", "--batch-size", "32", "--train-subset", "256",
+TINY = ["--dataset", "synthetic", "--preset", "quick", "--width", "4", "--batch-size", "32", "--train-subset", "256",
         "--test-subset", "64", "--no-progress"]
 
 
@@ -61,7 +61,7 @@ def test_unwritable_results_folder_is_exit_code_2(tmp_path, data_dir):
     assert result.exit_code == 2 and "--results" in result.output
 
 
-def test_run_then_rerun_skips_finished_runs(tmp_path, data_dir):
+def test_run_then_rerun_skips_finished_runs_and_report_draws_them(tmp_path, data_dir):
     args = ["run", "--depths", "8", "--epochs", "2", "--data-dir", str(data_dir), "--results", str(tmp_path), *TINY]
     first = bench(*args)
     assert first.exit_code == 0, first.output
@@ -73,6 +73,10 @@ def test_run_then_rerun_skips_finished_runs(tmp_path, data_dir):
     second = bench(*args)
     assert second.exit_code == 0, second.output
     assert [path.stat().st_mtime_ns for path in files] == before  # nothing trained or written again
+    drawn = bench("report", "--results", str(tmp_path), "--out", str(tmp_path / "reports"))
+    assert drawn.exit_code == 0, drawn.output
+    assert (tmp_path / "reports" / "synthetic-quick" / "degradation.png").stat().st_size > 10_000
+    assert "plain-8" in (tmp_path / "reports" / "README.md").read_text()
 
 
 def _cli(*args: str, results: Path, data_dir: Path) -> list[str]:

@@ -42,7 +42,7 @@ def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCH
         diverged = epoch == diverged_epoch
         rows.append({
             "run_id": run_id, "dataset": "cifar10", "arch": arch, "depth": depth, "width": 16,
-            "shortcut": "A" if arch == "residual" else None, "seed": seed, "preset": "quick", "epoch": epoch,
+            "shortcut": "A", "seed": seed, "preset": "quick", "epoch": epoch,
             "iteration": epoch * 157, "lr": 0.05, "train_loss": math.nan if diverged else 2 * train,
             "train_error": math.nan if diverged else train, "test_loss": 1.0,
             "test_error": 0.9 if diverged else train + 0.05 + rng.uniform(0, 0.01),
@@ -54,7 +54,7 @@ def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCH
         "run_id": run_id, "config": config.to_dict(),
         "dataset": {"name": "cifar10", "source": "test", "num_classes": 10, "image_size": 32,
                     "train_size": 10000, "test_size": 2000, "note": NOTE},
-        "model": {"family": "cifar", "width": 16, "shortcut": "A" if arch == "residual" else None,
+        "model": {"family": "cifar", "width": 16, "shortcut": "A", "has_shortcuts": arch == "residual",
                   "stem": "cifar", "params": 1000 * depth},
         "environment": {"device_name": "Test CPU", "git_commit": "abc123def456", "torch": "2.14.1"},
         "started_at": "2025-01-01T00:00:00Z",
