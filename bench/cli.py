@@ -117,6 +117,8 @@ def run(
     devices: Annotated[Optional[str], typer.Option(help="GPUs to spread runs over, e.g. 0,1,2,3 [default: all visible].")] = None,
     results: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
     shard: Annotated[str, typer.Option(help="Run the I-th of N disjoint slices of the grid, as I/N.")] = "1/1",
+    time_limit: Annotated[Optional[float], typer.Option(help="Minutes: stop cleanly after the first epoch "
+                                                        "past it; the same command continues.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid, one run per line, and exit.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
@@ -143,7 +145,7 @@ def run(
     base = dataclasses.replace(get_preset(preset), **overrides)
     grid = GridConfig(base=base, depths=tuple(depths), archs=tuple(arch or ARCHS), seeds=tuple(seeds or (0,)),
                       data_dir=str(data_dir or default_data_dir()), results=str(results), shard=_shard(shard),
-                      devices=_devices(devices, device))
+                      devices=_devices(devices, device), time_limit=time_limit)
     p = plan(grid)  # validates every run before anything is printed or trained
     if dry_run:
         if p.notice:

@@ -113,6 +113,7 @@ class GridConfig:
     results: str = "results"
     shard: tuple[int, int] = (1, 1)  # (I, N): run the I-th of N disjoint slices of the grid
     devices: tuple[str, ...] = ()  # several GPUs of one machine: one run per device at a time
+    time_limit: float | None = None  # minutes; stop cleanly after the first epoch past it, resume later
 
     def runs(self) -> list[RunConfig]:
         """Every run of the grid in a fixed order (depth, then arch, then seed); this shard's only."""

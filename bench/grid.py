@@ -32,6 +32,7 @@ class Plan:
     data_path: Path | None
     notice: str | None
     results: Path
+    time_limit: float | None = None
 
     def directory(self, run: RunConfig) -> Path:
         return store.run_dir(self.results, self.dataset, run.run_id())
@@ -43,7 +44,7 @@ def plan(grid: GridConfig) -> Plan:
         validate(run)
     dataset, path, notice = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
     runs = [dataclasses.replace(run, dataset=dataset) for run in grid.runs()]
-    return Plan(runs, dataset, path, notice, Path(grid.results))
+    return Plan(runs, dataset, path, notice, Path(grid.results), grid.time_limit)
 
 
 def dry_run_lines(p: Plan) -> list[str]:
@@ -101,6 +102,11 @@ class GridProgress:
         self.progress.update(self.task, completed=iteration, **fields)
 
     def epoch(self, run: Run, row: dict) -> None:
+        if self.progress.disable:  # logs without a live display still get one line per epoch
+            self.progress.console.print(
+                f"{row['run_id']} epoch {run.epoch}/{run.epochs_total}: loss {row['train_loss']:.3f} "
+                f"train {row['train_error']:.2%} test {row['test_error']:.2%} "
+                f"{row['images_per_second']:.0f} img/s", highlight=False)
         self.progress.update(self.task, epoch=run.epoch, loss=f"{row['train_loss']:.3f}",
                              train=f"{row['train_error']:.1%}", test=f"{row['test_error']:.1%}",
                              speed=f"{row['images_per_second']:.0f} img/s")
@@ -162,6 +168,7 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
     if data.info.note:
         console.print(f"[yellow]note: {data.info.note}")
     bars = GridProgress(console, progress and job.is_main)
+    deadline = time.monotonic() + 60 * p.time_limit if p.time_limit else None
     summary = []
     with bars.progress:
         for config in p.runs:
@@ -183,10 +190,15 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
                 started = time.perf_counter()
                 try:
                     item["state"] = train_run(config, data, directory, device, notify=notify, job=job,
-                                              on_start=bars.start, on_step=bars.step, on_epoch=bars.epoch)
+                                              on_start=bars.start, on_step=bars.step, on_epoch=bars.epoch,
+                                              deadline=deadline)
                 finally:
                     item["seconds"] = time.perf_counter() - started
                     item["rows"] = _rows(directory)
+            if deadline is not None and time.monotonic() > deadline:
+                notify(f"--time-limit {p.time_limit:g} min reached: progress is saved; run the same command "
+                       "to continue")
+                break
     console.print(summary_table(summary))
     return summary
 

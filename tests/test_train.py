@@ -93,3 +93,13 @@ def test_warmup_ends_once_training_error_is_low(tmp_path, tiny_data, monkeypatch
     run = Run(config, tiny_data, tmp_path, CPU, notify=messages.append)
     run.train_epoch()
     assert not run.warming_up and "lr 0.01 -> 0.05" in messages[0]
+
+
+def test_a_deadline_stops_after_an_epoch_and_the_rerun_continues(tmp_path, tiny_data):
+    import time
+
+    assert train_run(TINY, tiny_data, tmp_path / "chunked", CPU, deadline=time.monotonic()) == store.INTERRUPTED
+    assert len(pd.read_parquet(tmp_path / "chunked" / store.EPOCHS)) == 1
+    assert train_run(TINY, tiny_data, tmp_path / "chunked", CPU) == store.FINISHED
+    train_run(TINY, tiny_data, tmp_path / "whole", CPU)
+    pd.testing.assert_frame_equal(_numbers(tmp_path / "whole"), _numbers(tmp_path / "chunked"))
