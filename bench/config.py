@@ -89,13 +89,11 @@ PAPER = RunConfig(preset="paper")
 QUICK = dataclasses.replace(
     PAPER,
     preset="quick",
-    width=16,
-    train_subset=5_000,
+    width=8,
+    train_subset=9_000,
     test_subset=1_000,
     iterations=None,
-    epochs=3,
-    batch_size=64,
-    lr=0.05,
+    epochs=5,
 )
 
 PRESETS: dict[str, RunConfig] = {"quick": QUICK, "paper": PAPER}

@@ -16,8 +16,8 @@ from rich.table import Table
 
 from bench import distributed, store
 from bench.config import GridConfig, RunConfig, validate
+from bench.data import load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError
-from bench.data import ImageData, load_dataset, resolve_dataset
 from bench.train import Run, resolve_device, train_run
 
 Notify = Callable[[str], None]
@@ -56,24 +56,6 @@ def dry_run_lines(p: Plan) -> list[str]:
         lines.append(f"{run.run_id()}  {run.arch:<8} depth={run.depth:<4} seed={run.seed}  "
                      f"{p.dataset}  {state or 'new'}  -> {directory}")
     return lines
-
-
-def take_subset(data: ImageData, train: int | None, test: int | None) -> ImageData:
-    """The same fixed random subset for every run (seed 0, not the run's seed), so runs compare."""
-    generator = torch.Generator().manual_seed(0)
-
-    def pick(images: torch.Tensor, labels: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if n is None or n >= len(images):
-            return images, labels
-        index = torch.randperm(len(images), generator=generator)[:n].sort().values.to(images.device)
-        return images[index], labels[index]
-
-    train_images, train_labels = pick(data.train_images, data.train_labels, train)
-    test_images, test_labels = pick(data.test_images, data.test_labels, test)
-    info = dataclasses.replace(data.info, train_size=len(train_images), test_size=len(test_images))
-    # The per-pixel mean stays the full training set's: it is a property of the data, not of the subset.
-    return dataclasses.replace(data, info=info, train_images=train_images, train_labels=train_labels,
-                               test_images=test_images, test_labels=test_labels)
 
 
 class GridProgress:
@@ -160,7 +142,7 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
     data = None
     for turn in (True, False):  # rank 0 decodes and caches the data first, the other ranks then load the cache
         if job.is_main == turn:
-            data = load_dataset(p.dataset, p.data_path, progress=progress and job.is_main)
+            data = load_dataset(p.dataset, p.data_path, progress=progress and job.is_main, notify=notify)
         distributed.barrier(job)
     data = take_subset(data, base.train_subset, base.test_subset).to(device)
     console.print(f"data: {data.info.name} ({data.info.train_size} train / {data.info.test_size} test, "

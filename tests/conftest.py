@@ -20,8 +20,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(data_dir):
     """A small slice of the offline set: enough for a few iterations of a narrow net."""
-    from bench.data import load_dataset
-    from bench.grid import take_subset
+    from bench.data import load_dataset, take_subset
 
     data = load_dataset("synthetic", data_dir, synthetic_train=1024, synthetic_test=256, progress=False)
     return take_subset(data, 512, 128)

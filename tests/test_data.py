@@ -1,0 +1,345 @@
+"""The data layer: synthetic set, ImageFolder and CIFAR-pickle readers, the cache, augmentation and batching."""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bench import data as data_module
+from bench import synthetic
+from bench.data import (DataInfo, ImageData, augment, default_data_dir, epoch_batches, load_dataset, normalize,
+                        resolve_dataset)
+from bench.errors import BenchError
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network, decided instantly."""
+    monkeypatch.setattr(data_module, "_reachable", lambda host, *args, **kwargs: False)
+
+
+def _random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+# --- synthetic -------------------------------------------------------------------------------------------------
+
+
+def test_synthetic_is_deterministic_and_balanced():
+    images, labels = synthetic.generate(100, seed=5)
+    again_images, again_labels = synthetic.generate(100, seed=5)
+    assert torch.equal(images, again_images) and torch.equal(labels, again_labels)
+    assert not torch.equal(synthetic.generate(20, seed=6)[0], synthetic.generate(20, seed=5)[0])
+    assert images.shape == (100, 3, 32, 32) and images.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and labels.min() == 0 and labels.max() == len(synthetic.CLASSES) - 1
+    assert torch.bincount(labels).tolist() == [10] * 10
+    assert images.float().std() > 40  # real pictures with contrast, not a blank canvas
+    assert synthetic.generate(10, seed=5, image_size=16)[0].shape == (10, 3, 16, 16)
+
+
+def test_synthetic_dataset_is_cached(tmp_path):
+    first = load_dataset("synthetic", tmp_path, synthetic_train=40, synthetic_test=20, progress=False)
+    assert first.info == DataInfo("synthetic", "generated (seed 0)", 10, 32, 40, 20, first.info.note)
+    assert "not comparable" in first.info.note
+    assert len(list((tmp_path / ".cache").glob("synthetic-*.pt"))) == 1
+    second = load_dataset("synthetic", tmp_path, synthetic_train=40, synthetic_test=20, progress=False)
+    assert torch.equal(first.train_images, second.train_images) and torch.equal(first.mean, second.mean)
+    assert not torch.equal(first.train_images[:20], first.test_images)  # separate draws for the two splits
+    assert first.mean.shape == (3, 32, 32) and first.mean.dtype == torch.float32
+    assert torch.allclose(first.mean, first.train_images.float().mean(0) / 255, atol=1e-6)
+
+
+# --- augmentation, normalisation, batches ----------------------------------------------------------------------
+
+
+def test_augment_is_a_padded_crop_or_its_mirror():
+    images = _random_images(40)
+    out = augment(images, torch.Generator().manual_seed(1))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert torch.equal(out, augment(images, torch.Generator().manual_seed(1)))
+    padded = F.pad(images, (4, 4, 4, 4))
+
+    def crop(i: int, dy: int, dx: int, flip: bool) -> torch.Tensor:
+        window = padded[i, :, dy:dy + 32, dx:dx + 32]
+        return window.flip(-1) if flip else window
+
+    seen = set()
+    for i in range(len(images)):
+        matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+                   if torch.equal(out[i], crop(i, dy, dx, flip))]
+        assert len(matches) == 1, f"sample {i} is not exactly one crop of the padded input"
+        seen.add(matches[0])
+    assert len({(dy, dx) for dy, dx, _ in seen}) > 20 and {flip for *_, flip in seen} == {False, True}
+
+
+def test_augment_flips_about_half():
+    ramp = torch.arange(1, 33, dtype=torch.uint8).expand(2000, 3, 32, 32).contiguous()  # brighter to the right
+    out = augment(ramp, torch.Generator().manual_seed(0))
+    flipped = (out[:, 0, 16, 10] > out[:, 0, 16, 20]).float().mean().item()
+    assert 0.45 < flipped < 0.55
+
+
+def test_normalize_subtracts_the_per_pixel_mean():
+    images = _random_images(64)
+    mean = images.float().mean(0) / 255
+    x = normalize(images, mean)
+    assert x.dtype == torch.float32 and x.shape == images.shape
+    assert torch.allclose(x, images.float() / 255 - mean)
+    assert x.mean(0).abs().max() < 1e-5
+
+
+def test_epoch_batches_cover_every_index_once():
+    batches = epoch_batches(103, 10, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == [10] * 10 + [3]
+    assert torch.equal(torch.cat(batches).sort().values, torch.arange(103))
+    again = epoch_batches(103, 10, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    dropped = epoch_batches(103, 10, torch.Generator().manual_seed(0), drop_last=True)
+    assert len(dropped) == 10 and torch.equal(torch.cat(dropped), torch.cat(batches)[:100])
+
+
+def test_epoch_batches_split_each_global_batch_across_ranks():
+    whole = epoch_batches(100, 12, torch.Generator().manual_seed(3))
+    per_rank = [epoch_batches(100, 12, torch.Generator().manual_seed(3), rank=r, world_size=4) for r in range(4)]
+    assert len({len(batches) for batches in per_rank}) == 1
+    for k, global_batch in enumerate(whole):
+        parts = [batches[k] for batches in per_rank]
+        assert torch.equal(torch.cat(parts), global_batch)  # contiguous slices, in rank order: disjoint and covering
+    # 100 = 8 x 12 + 4: the last global batch gives each of 4 ranks one sample; 97 leaves one, so it is dropped.
+    assert [len(b) for b in per_rank[0]] == [3] * 8 + [1]
+    assert len(epoch_batches(97, 12, torch.Generator().manual_seed(3), rank=0, world_size=4)) == 8
+    with pytest.raises(BenchError, match="multiple"):
+        epoch_batches(100, 10, torch.Generator(), world_size=4)
+
+
+def test_test_batches_cover_in_order():
+    slices = list(data_module.test_batches(25, 10))  # not imported by name: pytest would collect it
+    assert slices == [slice(0, 10), slice(10, 20), slice(20, 25)]
+
+
+# --- ImageFolder ----------------------------------------------------------------------------------------------
+
+
+def _image_folder(root: Path, classes=("ant", "bee", "cat"), per_class: int = 3, size: int = 32) -> dict:
+    """Write PNGs (lossless, compared exactly) and one JPEG per class with PIL, an encoder independent of the
+    decoder under test; returns {split: {class: uint8 [n,3,size,size] of the PNGs}}."""
+    written: dict = {}
+    for s, split in enumerate(("train", "test")):
+        for c, cls in enumerate(classes):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            pngs = _random_images(per_class, size, seed=100 * s + c)
+            for i, image in enumerate(pngs):
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:02d}.png")
+            Image.fromarray(pngs[0].permute(1, 2, 0).numpy()).save(folder / "zz.jpg", quality=90)
+            (folder / "notes.txt").write_text("not an image: skipped")
+            written.setdefault(split, {})[cls] = pngs
+    return written
+
+
+def test_imagefolder_loads_labels_and_pixels(tmp_path):
+    written = _image_folder(tmp_path / "tiny")
+    data = load_dataset("imagefolder", tmp_path / "tiny", progress=False)
+    assert data.info.name == "imagefolder:tiny" and data.info.source == str(tmp_path / "tiny")
+    assert (data.info.num_classes, data.info.train_size, data.info.test_size) == (3, 12, 12)
+    assert data.info.note == ""  # 32x32 already; JPEG is not a caveat for an arbitrary folder
+    assert data.train_labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert torch.equal(data.train_images[4:7], written["train"]["bee"])  # files sorted by name, PNGs exact
+    assert torch.equal(data.test_images[8:11], written["test"]["cat"])
+    for name, data_dir in ((f"imagefolder:{tmp_path / 'tiny'}", tmp_path / "elsewhere"), ("imagefolder:tiny", tmp_path),
+                           resolve_dataset("imagefolder", tmp_path / "tiny")[:2]):
+        assert torch.equal(load_dataset(name, data_dir, progress=False).train_images, data.train_images)
+    assert resolve_dataset("imagefolder", tmp_path / "tiny") == ("imagefolder:tiny", tmp_path / "tiny", None)
+
+
+def test_imagefolder_resizes_to_image_size(tmp_path):
+    _image_folder(tmp_path / "big", classes=("a", "b"), per_class=1, size=40)
+    data = load_dataset("imagefolder", tmp_path / "big", image_size=16, progress=False)
+    assert data.train_images.shape == (4, 3, 16, 16) and data.mean.shape == (3, 16, 16)
+    assert "resized" in data.info.note
+
+
+def test_imagefolder_cache_is_used_and_keyed_by_the_files(tmp_path):
+    root = tmp_path / "tiny"
+    _image_folder(root)
+    load_dataset("imagefolder", root, progress=False)
+    [cache] = (tmp_path / ".cache").glob("imagefolder-tiny-*.pt")
+    # Mark the cache: a second load that returns the mark read the cache, not the images.
+    tensors = torch.load(cache, weights_only=True)
+    tensors["train_images"][0] = 7
+    torch.save(tensors, cache)
+    assert (load_dataset("imagefolder", root, progress=False).train_images[0] == 7).all()
+    # A changed file changes the key: decoded again, into a second cache file.
+    (root / "train" / "ant" / "00.png").touch()
+    assert not (load_dataset("imagefolder", root, progress=False).train_images[0] == 7).all()
+    assert len(list((tmp_path / ".cache").glob("imagefolder-tiny-*.pt"))) == 2
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path):
+    root = tmp_path / "tiny"
+    _image_folder(root)
+    first = load_dataset("imagefolder", root, progress=False)
+    [cache] = (tmp_path / ".cache").glob("*.pt")
+    cache.write_bytes(b"not a torch file")
+    messages: list[str] = []
+    again = load_dataset("imagefolder", root, progress=False, notify=messages.append)
+    assert torch.equal(again.train_images, first.train_images)
+    assert any("unreadable" in m for m in messages)
+    assert torch.load(cache, weights_only=True)["train_images"].shape == (12, 3, 32, 32)
+
+
+def test_imagefolder_errors_name_the_culprit(tmp_path):
+    root = tmp_path / "tiny"
+    _image_folder(root)
+    bad = root / "train" / "bee" / "01.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    with pytest.raises(BenchError, match=r"01\.png"):
+        load_dataset("imagefolder", root, progress=False)
+    bad.unlink()
+
+    (root / "test" / "dog").mkdir()
+    with pytest.raises(BenchError, match=r"test/dog has no images"):
+        load_dataset("imagefolder", root, progress=False)
+    (root / "test" / "dog" / "00.png").write_bytes((root / "test" / "cat" / "00.png").read_bytes())
+    with pytest.raises(BenchError, match="different class folders.*dog"):
+        load_dataset("imagefolder", root, progress=False)
+
+    with pytest.raises(BenchError, match="does not exist"):
+        load_dataset("imagefolder:nowhere", tmp_path, progress=False)
+    (tmp_path / "half" / "train").mkdir(parents=True)
+    with pytest.raises(BenchError, match=r"no test/"):
+        load_dataset("imagefolder", tmp_path / "half", progress=False)
+
+
+# --- CIFAR in torchvision's python-pickle format ----------------------------------------------------------------
+
+
+def _fake_cifar10(folder: Path, per_batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cifar-10-batches-py folder in the real format, tiny; returns the train images and test labels."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"batch_label": name, "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, per_batch).tolist(), "filenames": [f"{i}.png" for i in range(per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+        train.append(batch)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names, "num_vis": 3072}))
+    images = torch.from_numpy(np.concatenate([b["data"] for b in train[:5]]).reshape(-1, 3, 32, 32))
+    return images, torch.tensor(train[5]["labels"])
+
+
+def test_cifar10_pickle_folder_and_archive(tmp_path, offline):
+    train_images, test_labels = _fake_cifar10(tmp_path / "data" / "cifar-10-batches-py")
+    assert resolve_dataset("auto", tmp_path / "data") == ("cifar10", tmp_path / "data" / "cifar-10-batches-py", None)
+    data = load_dataset("cifar10", tmp_path / "data", progress=False)
+    assert (data.info.name, data.info.num_classes, data.info.train_size, data.info.test_size) == ("cifar10", 10, 20, 4)
+    assert torch.equal(data.train_images, train_images) and torch.equal(data.test_labels, test_labels)
+    assert data.info.note == ""
+
+    archive_dir = tmp_path / "archived"
+    archive_dir.mkdir()
+    with tarfile.open(archive_dir / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "data" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    from_archive = load_dataset("auto", archive_dir, progress=False)
+    assert from_archive.info.source == str(archive_dir / "cifar-10-python.tar.gz")
+    assert torch.equal(from_archive.train_images, train_images)
+
+
+def test_cifar100_pickle_folder(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", 6), ("test", 2)):
+        entry = {"data": np.full((n, 3072), 9, dtype=np.uint8), "fine_labels": [99] * n, "coarse_labels": [0] * n}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}))
+    data = load_dataset("cifar100", tmp_path, progress=False)
+    assert (data.info.num_classes, data.info.train_size, data.info.test_size) == (100, 6, 2)
+    assert (data.train_labels == 99).all() and torch.allclose(data.mean, torch.full((3, 32, 32), 9 / 255))
+
+
+def test_cifar_with_the_wrong_class_count_is_refused(tmp_path):
+    _image_folder(tmp_path / "cifar10")
+    with pytest.raises(BenchError, match="3 classes.*imagefolder"):
+        load_dataset("cifar10", tmp_path, progress=False)
+
+
+# --- choosing the dataset ---------------------------------------------------------------------------------------
+
+
+def test_auto_without_data_or_network_is_synthetic(tmp_path, offline):
+    name, path, notice = resolve_dataset("auto", tmp_path)
+    assert (name, path) == ("synthetic", tmp_path) and "synthetic" in notice and str(tmp_path) in notice
+    with pytest.raises(BenchError, match="CIFAR-10 not found"):
+        load_dataset("cifar10", tmp_path, progress=False)
+
+
+def test_auto_with_network_downloads(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "_reachable", lambda host, *args, **kwargs: True)
+    name, path, notice = resolve_dataset("auto", tmp_path)
+    assert (name, path) == ("cifar10", tmp_path) and "downloaded" in notice
+
+
+def test_reachability_check_does_not_hang():
+    started = time.perf_counter()
+    assert not data_module._reachable("192.0.2.1", 9, timeout=0.2)  # TEST-NET-1: routed nowhere
+    assert time.perf_counter() - started < 2
+
+
+def test_unknown_dataset_lists_the_choices(tmp_path):
+    with pytest.raises(BenchError, match="cifar10, cifar100, imagefolder, synthetic"):
+        resolve_dataset("mnist", tmp_path)
+
+
+def test_default_data_dir_honours_bench_data(monkeypatch):
+    monkeypatch.setenv("BENCH_DATA", "/somewhere/else")
+    assert default_data_dir() == Path("/somewhere/else")
+    monkeypatch.delenv("BENCH_DATA")
+    assert default_data_dir() == Path("data")
+
+
+def test_image_data_moves_as_a_whole(tmp_path):
+    _image_folder(tmp_path / "tiny")
+    data = load_dataset("imagefolder", tmp_path / "tiny", progress=False)
+    moved = data.to("cpu")
+    assert isinstance(moved, ImageData) and moved.info == data.info and torch.equal(moved.mean, data.mean)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_augment_and_batches_on_the_gpu():
+    images = _random_images(64).cuda()
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    state = generator.get_state()
+    out = augment(images, generator)
+    generator.set_state(state)
+    assert out.is_cuda and torch.equal(out, augment(images, generator))
+    batches = epoch_batches(64, 16, generator)
+    assert batches[0].is_cuda and torch.equal(torch.cat(batches).sort().values.cpu(), torch.arange(64))
+
+
+# --- the real shared copy -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_real_cifar10_copy():
+    folder = next((d for d in (default_data_dir(), Path(__file__).parent.parent / "data")
+                   if (d / "cifar10-jpg" / "train").is_dir()), None)
+    if folder is None:
+        pytest.skip("no cifar10-jpg/ under data/ or $BENCH_DATA: tar -xzf ../shared/data/cifar10-jpg.tar.gz -C data")
+    data = load_dataset("auto", folder, progress=False)
+    info = data.info
+    assert (info.name, info.num_classes, info.train_size, info.test_size) == ("cifar10", 10, 50000, 10000)
+    assert torch.bincount(data.train_labels).tolist() == [5000] * 10
+    assert "JPEG" in data.info.note
+    assert 0.4 < data.mean.mean().item() < 0.5
