@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterable
 
 import torch
+from rich.table import Table
 
 import resnet
 from bench.errors import BenchError
@@ -85,10 +86,8 @@ def format_count(n: float | None) -> str:
     return f"{n:.3g}"
 
 
-def render_table(rows: list[dict]) -> "Table":
+def render_table(rows: list[dict]) -> Table:
     """The catalog as a rich table, paper figures beside ours."""
-    from rich.table import Table
-
     size = rows[0]["input_size"] if rows else "?"
     table = Table(title=f"architectures (multiply-adds at {size}x{size})")
     for column in ("family", "depth", "arch", "block", "shortcut", "params", "paper params", "MACs", "paper MACs"):

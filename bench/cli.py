@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -75,6 +76,11 @@ def _shard(value: str) -> tuple[int, int]:
     return index, count
 
 
+def _stop(signum: int, frame: object) -> None:
+    """Treat SIGTERM like Ctrl-C: save what can be saved, say how to resume, exit."""
+    raise KeyboardInterrupt
+
+
 def _devices(value: str | None, device: str) -> tuple[str, ...]:
     """`--devices 0,1` -> ('cuda:0', 'cuda:1'); by default every visible GPU when training on GPUs."""
     import torch
@@ -126,6 +132,7 @@ def run(
     from bench.config import ARCHS, GridConfig
     from bench.config import preset as get_preset
     from bench.data import default_data_dir
+    from bench.distributed import from_environment
     from bench.grid import dry_run_lines, plan, run_grid
 
     overrides: dict[str, object] = {"dataset": dataset, "device": device, "precision": precision,
@@ -153,9 +160,12 @@ def run(
         for line in dry_run_lines(p):
             console.print(line, highlight=False, soft_wrap=True)
         return
-    console.print("[bold]configuration[/] " + json.dumps(
-        {**base.to_dict(), "dataset": p.dataset, "depths": grid.depths, "archs": grid.archs, "seeds": grid.seeds,
-         "data_dir": grid.data_dir, "results": grid.results, "shard": shard}), highlight=False, soft_wrap=True)
+    if from_environment().is_main:  # under torchrun, one copy of the configuration is enough
+        console.print("[bold]configuration[/] " + json.dumps(
+            {**base.to_dict(), "dataset": p.dataset, "depths": grid.depths, "archs": grid.archs,
+             "seeds": grid.seeds, "data_dir": grid.data_dir, "results": grid.results, "shard": shard}),
+            highlight=False, soft_wrap=True)
+    signal.signal(signal.SIGTERM, _stop)  # torchrun and batch schedulers stop jobs with SIGTERM
     run_grid(grid, console=console, progress=progress, resolved=p)
 
 

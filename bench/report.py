@@ -22,7 +22,7 @@ from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.plots import PHASE_LABELS, degradation_figure, depth_colors, figure1, style, timing_figure
 from bench.provenance import utc_now
-from bench.store import dataset_folder, read_json, read_results
+from bench.store import dataset_folder, read_results
 
 FORMATS = ("png", "svg", "pdf")
 PNG_DPI = 150

@@ -129,10 +129,14 @@ def epochs_frame(rows: Sequence[dict]) -> pd.DataFrame:
     return _table(rows).to_pandas()
 
 
+def write_parquet(path: Path, table: pa.Table) -> None:
+    """Write `table` to `path` as parquet, atomically."""
+    _write_atomic(Path(path), lambda handle: pq.write_table(table, handle))
+
+
 def write_epochs(path: Path, rows: Sequence[dict]) -> None:
     """Write all epoch rows of a run so far to `path` (parquet, EPOCH_SCHEMA), atomically."""
-    table = _table(rows)
-    _write_atomic(Path(path), lambda handle: pq.write_table(table, handle))
+    write_parquet(path, _table(rows))
 
 
 def write_status(directory: Path, state: str, **fields: object) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import resource
 import secrets
 import statistics
@@ -35,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -44,6 +42,7 @@ from rich.table import Table
 from torch import nn
 
 import resnet
+from bench import store
 from bench.errors import BenchError
 from bench.provenance import device_name, git_commit
 
@@ -429,7 +428,7 @@ def run_timing(
         return frame
     run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     path = Path(config.results) / "timing" / f"{run_id}.parquet"
-    _write_parquet(path, pa.Table.from_pylist(rows, schema=TIMING_SCHEMA))
+    store.write_parquet(path, pa.Table.from_pylist(rows, schema=TIMING_SCHEMA))
     frame.attrs["path"] = str(path)
     return frame
 
@@ -500,18 +499,6 @@ def _time_net(
                 rows.append(row)
             advance()
     return rows
-
-
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    """Write `table` beside `path` under a temporary name, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise BenchError(f"cannot write {path} ({error.strerror}): pass --results DIR with a writable folder") from None
 
 
 def _bytes(n: float) -> str:

@@ -340,6 +340,13 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
                 run.save()
             status(store.INTERRUPTED, iteration=run.iteration)
             raise
+        except RuntimeError as error:
+            if not job.enabled:
+                raise
+            # Another rank died: DDP's collectives fail here. Its last finished epoch is on disk.
+            status(store.INTERRUPTED, iteration=run.iteration)
+            raise BenchError(f"rank {job.rank}: lost the other ranks ({str(error).splitlines()[0][:200]}); "
+                             "run the same command again to resume from the last finished epoch") from None
         if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
             if job.is_main:
                 store.write_epochs(directory / store.EPOCHS, run.rows)

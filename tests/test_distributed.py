@@ -1,15 +1,11 @@
 import os
-import socket
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
-import torch
 
 from bench import store
 from bench.config import GridConfig, RunConfig
-from bench.distributed import Dist
 from bench.grid import run_grid
 
 TINY = ["--depths", "8", "--arch", "residual", "--epochs", "1", "--dataset", "synthetic", "--width", "4",

@@ -20,7 +20,7 @@ from bench import report, tables
 from bench.config import QUICK
 from bench.errors import BenchError
 from bench.plots import degradation_figure, figure1, timing_figure
-from bench.store import CONFIG, EPOCHS, run_dir, write_epochs, write_json, write_status
+from bench.store import CONFIG, EPOCHS, read_json, run_dir, write_epochs, write_json, write_status
 from bench.timing import TIMING_SCHEMA
 
 EPOCHS_TOTAL = 6
@@ -288,11 +288,12 @@ def test_dataset_filter_and_format_are_checked(results: Path, tmp_path: Path) ->
 
 def test_other_settings_of_a_preset_are_not_averaged_together(results: Path, tmp_path: Path) -> None:
     config = dataclasses.replace(QUICK, arch="plain", depth=20, seed=0, epochs=EPOCHS_TOTAL, lr=0.2)
+    assert QUICK.lr != 0.2
     directory = run_dir(results, "cifar10", config.run_id())
     source = run_dir(results, "cifar10", dataclasses.replace(config, lr=QUICK.lr).run_id())
     shutil.copytree(source, directory)
-    meta = report.read_json(directory / CONFIG)
+    meta = read_json(directory / CONFIG)
     write_json(directory / CONFIG, {**meta, "run_id": config.run_id(), "config": config.to_dict()})
     _, runs, _ = report.load_results([results])
     names = [name for name, _ in report.experiments(runs)]
-    assert names == ["cifar10-quick-lr-0.05", "cifar10-quick-lr-0.2"]
+    assert names == [f"cifar10-quick-lr-{QUICK.lr:g}", "cifar10-quick-lr-0.2"]
