@@ -85,14 +85,22 @@ def _devices(value: str | None, device: str) -> tuple[str, ...]:
     """`--devices 0,1` -> ('cuda:0', 'cuda:1'); by default every visible GPU when training on GPUs."""
     import torch
 
+    from bench.distributed import from_environment
+
+    if from_environment().enabled:  # under torchrun each rank already has its GPU
+        return ()
     if value is None:
         count = torch.cuda.device_count() if device in ("auto", "cuda") else 0
         return tuple(f"cuda:{i}" for i in range(count)) if count > 1 else ()
+    if device == "cpu":
+        raise BenchError("--devices names GPUs, but --device is cpu: drop one of them")
     try:
         indices = [int(part) for part in value.split(",")]
     except ValueError:
         raise BenchError(f"--devices {value!r}: give GPU indices, e.g. 0,1,2,3") from None
     visible = torch.cuda.device_count()
+    if visible == 0:
+        raise BenchError("--devices needs CUDA GPUs and none is visible: leave --devices out")
     if any(not 0 <= i < visible for i in indices):
         raise BenchError(f"--devices {value!r}: {visible} GPU(s) visible, so indices run 0..{visible - 1}")
     return tuple(f"cuda:{i}" for i in indices)
@@ -231,9 +239,8 @@ def report(
     """Draw the paper's figures and tables from the logged results into reports/."""
     from bench.report import make_report
 
-    written = make_report(results or [Path("results")], out, dataset=dataset, formats=format or ["png"],
-                          notify=lambda message: console.print(f"[yellow]{message}"))
-    console.print(f"wrote {len(written)} files; open {out / 'README.md'}")
+    make_report(results or [Path("results")], out, dataset=dataset, formats=format or ["png"],
+                notify=lambda message: console.print(message))
 
 
 def main() -> None:

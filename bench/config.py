@@ -85,7 +85,7 @@ class RunConfig:
 PAPER = RunConfig(preset="paper")
 
 # Sized so that `bench run --depths 18 34` (4 runs) ends within 5 minutes on a 2-core CPU: narrow nets,
-# a class-balanced subset of the data, short schedule. Long enough for the plain nets to part.
+# a fixed random subset of the data, short schedule. Long enough for the plain nets to part.
 QUICK = dataclasses.replace(
     PAPER,
     preset="quick",
@@ -128,7 +128,9 @@ class GridConfig:
 def paper_rules(config: RunConfig) -> RunConfig:
     """Section 4.2's one exception: CIFAR nets of 110 layers and more warm up at lr 0.01 until training
     error is below 80%, because 0.1 is too large to start converging."""
-    if config.preset == "paper" and config.depth >= 110 and (config.depth - 2) % 6 == 0 and config.warmup_lr is None:
+    from resnet import family_of
+
+    if config.preset == "paper" and config.depth >= 110 and config.warmup_lr is None and family_of(config.depth) == "cifar":
         return dataclasses.replace(config, warmup_lr=config.lr / 10)
     return config
 
@@ -162,6 +164,8 @@ def validate(config: RunConfig) -> RunConfig:
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise BenchError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if not 0 <= config.seed < 2**32:
+        raise BenchError(f"--seeds {config.seed}: seeds run from 0 to 2**32 - 1")
     if config.lr <= 0:
         raise BenchError(f"--lr must be positive, got {config.lr}")
     try:

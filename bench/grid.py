@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -126,7 +127,10 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     if p.notice:
         console.print(f"[bold yellow]{p.notice}")
     if len(grid.devices) > 1:
-        return _run_on_devices(grid, console)
+        return _run_on_devices(grid, p, console)
+    if not p.runs:
+        console.print(f"shard {grid.shard[0]}/{grid.shard[1]} of this grid has no runs: nothing to do")
+        return []
     job = distributed.from_environment()
     device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
     try:
@@ -177,7 +181,7 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
                 finally:
                     item["seconds"] = time.perf_counter() - started
                     item["rows"] = _rows(directory)
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and distributed.broadcast(time.monotonic() > deadline, job):  # ranks agree
                 notify(f"--time-limit {p.time_limit:g} min reached: progress is saved; run the same command "
                        "to continue")
                 break
@@ -187,18 +191,19 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
 
 def _device_worker(index: int, grid: GridConfig) -> None:
     # Several live bars from several processes would garble each other: workers print their summaries only.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: save, then exit
     run_grid(dataclasses.replace(grid, devices=(grid.devices[index],)), progress=False)
 
 
-def _run_on_devices(grid: GridConfig, console: Console) -> list[dict]:
+def _run_on_devices(grid: GridConfig, p: Plan, console: Console) -> list[dict]:
     """One worker process per device; each walks the grid and takes the runs nobody holds (the run locks)."""
     console.print(f"{len(grid.devices)} workers, one per device: {', '.join(grid.devices)}")
+    load_dataset(p.dataset, p.data_path, progress=True)  # decode or download once; the workers read the cache
     try:
         torch.multiprocessing.spawn(_device_worker, args=(grid,), nprocs=len(grid.devices))
-    except torch.multiprocessing.ProcessRaisedException as error:
+    except torch.multiprocessing.ProcessException as error:  # raised in a worker, or a worker killed
         raise BenchError(f"a device worker failed: {str(error).strip().splitlines()[-1]}; "
                          "run the same command again to resume") from None
-    p = plan(grid)
     summary = [{"run_id": run.run_id(), "arch": run.arch, "depth": run.depth, "seed": run.seed,
                 "state": store.run_state(p.directory(run)) or "not started",
                 "rows": _rows(p.directory(run)), "seconds": 0.0} for run in p.runs]

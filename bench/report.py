@@ -28,7 +28,8 @@ FORMATS = ("png", "svg", "pdf")
 PNG_DPI = 150
 # The runs of one experiment (one figure, one mean over seeds) differ only in these RunConfig fields; runs
 # made on several machines belong together, runs of another precision or schedule do not.
-_VARIES_WITHIN = {"arch", "depth", "seed", "dataset", "device", "channels_last", "compile"}
+# warmup_lr varies with depth within the paper preset (110 layers and deeper warm up).
+_VARIES_WITHIN = {"arch", "depth", "seed", "dataset", "device", "channels_last", "compile", "warmup_lr"}
 EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _VARIES_WITHIN)
 
 

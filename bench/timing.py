@@ -373,7 +373,7 @@ def _nets(config: TimeConfig, notify: Callable[[str], None]) -> list[_Net]:
             notify(f"--reference: torchvision's ResNet-{depth} has width 64, not {width}; timing ours only")
         else:
             builder = getattr(torchvision.models, f"resnet{depth}")
-            nets.append(_Net(f"torchvision-resnet{depth}", "residual", depth, family, width,
+            nets.append(_Net(f"torchvision-resnet{depth}", "torchvision", depth, family, width,
                              partial(builder, weights=None, num_classes=classes)))
     return nets
 

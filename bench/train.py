@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +37,49 @@ OnStep = Callable[[int, int, dict], None]
 WARMUP_WINDOW = 50  # iterations averaged to decide that training error is below warmup_until_error
 
 
+class StopFlag:
+    """Set by Ctrl-C or SIGTERM while a run trains; the loop stops at the next iteration boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+@contextmanager
+def deferred_interrupts(flag: StopFlag) -> Iterator[None]:
+    """While training, the first Ctrl-C or SIGTERM only sets `flag`, so the run stops between iterations
+    (where its state is whole and resumes exactly); a second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks the GPU when there is one; asking for a GPU that is not there is a BenchError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BenchError(f"unknown device {name!r}: choose auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda but no CUDA GPU is visible: use --device cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise BenchError(f"--device {name}: {torch.cuda.device_count()} GPU(s) visible, so cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -68,7 +107,7 @@ def _rng_state(generator: torch.Generator) -> dict:
         # As a tensor and plain numbers, so the checkpoint loads with weights_only=True.
         "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
         "data": generator.get_state(),
     }
 
@@ -78,8 +117,8 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and torch.cuda.is_available():  # a CPU checkpoint resumed on a GPU has none
+        torch.cuda.set_rng_state(state["cuda"])
     generator.set_state(state["data"])
 
 
@@ -135,8 +174,10 @@ class Run:
                              f"{job.world_size} processes")
         _seed_everything(config.seed)
         # Every rank draws the same permutation and augmentation from its generator and keeps its own slice,
-        # so N processes see exactly the global batches that one process would.
-        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        # so N processes see exactly the global batches that one process would. The generator lives on the
+        # CPU whatever the device, so a checkpoint resumes on another device and data order never depends on it.
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.stop = StopFlag()
         self.model = make_model(config, data)
         if config.sync_bn:
             convert_sync_batchnorm(self.model)
@@ -226,6 +267,8 @@ class Run:
         self.model.train()
         try:
             for index in range(partial["done"], len(batches)):
+                if self.stop.requested:  # act on Ctrl-C / SIGTERM only here, between iterations
+                    raise KeyboardInterrupt
                 lr = learning_rate(config, self.iteration, self.total, self.warming_up)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -252,20 +295,15 @@ class Run:
                                     f"at iteration {self.iteration}; lr {config.warmup_lr} -> {config.lr}")
                 if on_step is not None:
                     on_step(self.iteration, self.total, {"loss": loss, "lr": lr})
-        except KeyboardInterrupt:
-            if self.job.enabled:  # other ranks' partial sums are out of reach: redo this epoch on resume
-                raise
+        finally:  # the sums so far belong to the half-done epoch a checkpoint may have to hold
             partial.update(loss_sum=loss_sum.item(), wrong=int(wrong.item()),
                            seconds=partial["seconds"] + time.perf_counter() - started)
-            raise
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        train_seconds = partial["seconds"] + time.perf_counter() - started
-        seen = partial["seen"]
+        train_seconds, seen = partial["seconds"], partial["seen"]
+        started = time.perf_counter()
         loss_sum, wrong = all_sum(loss_sum, self.job), all_sum(wrong, self.job)
         test_loss, test_error = evaluate(self.model, data.test_images, data.test_labels, data.mean, config,
                                          self.job)
-        epoch_seconds = partial["seconds"] + time.perf_counter() - started
+        epoch_seconds = train_seconds + time.perf_counter() - started
         self.epoch += 1
         self.partial = None
         row = {
@@ -283,7 +321,7 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.iteration >= self.total
+        return self.iteration >= self.total and self.partial is None
 
 
 def describe(run: Run) -> dict:
@@ -322,6 +360,8 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
     checkpoint = store.load_checkpoint(directory, notify)
     if checkpoint is not None:
         run.restore(checkpoint)
+        if job.is_main:  # a crash between checkpoint and parquet may have left the parquet an epoch behind
+            store.write_epochs(directory / store.EPOCHS, run.rows)
 
     def status(state: str, **fields: object) -> None:
         if job.is_main:
@@ -332,6 +372,13 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
     if on_start is not None:
         on_start(run)
     status(store.RUNNING)
+    with deferred_interrupts(run.stop):
+        return _train_to_end(run, status, notify, on_epoch, on_step, deadline)
+
+
+def _train_to_end(run: Run, status: Callable[..., None], notify: Notify, on_epoch: Callable[[Run, dict], None] | None,
+                  on_step: OnStep | None, deadline: float | None) -> str:
+    config, directory, job = run.config, run.directory, run.job
     while not run.finished:
         try:
             row = run.train_epoch(on_step)

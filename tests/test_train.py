@@ -103,3 +103,38 @@ def test_a_deadline_stops_after_an_epoch_and_the_rerun_continues(tmp_path, tiny_
     assert train_run(TINY, tiny_data, tmp_path / "chunked", CPU) == store.FINISHED
     train_run(TINY, tiny_data, tmp_path / "whole", CPU)
     pd.testing.assert_frame_equal(_numbers(tmp_path / "whole"), _numbers(tmp_path / "chunked"))
+
+
+def test_a_stop_during_evaluation_keeps_the_epoch_and_resumes_to_the_same_numbers(tmp_path, tiny_data,
+                                                                                  monkeypatch):
+    import bench.train
+
+    train_run(TINY, tiny_data, tmp_path / "whole", CPU)
+    real, calls = bench.train.evaluate, []
+
+    def evaluate_once_stopped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the last epoch's evaluation
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench.train, "evaluate", evaluate_once_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(TINY, tiny_data, tmp_path / "cut", CPU)
+    monkeypatch.setattr(bench.train, "evaluate", real)
+    assert train_run(TINY, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
+    pd.testing.assert_frame_equal(_numbers(tmp_path / "whole"), _numbers(tmp_path / "cut"))
+
+
+def test_ctrl_c_waits_for_the_end_of_the_iteration(tmp_path, tiny_data):
+    import os
+    import signal
+
+    def press_ctrl_c(iteration, total, stats):
+        if iteration == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # lands while the loop runs; acted on at iteration 6's start
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(TINY, tiny_data, tmp_path, CPU, on_step=press_ctrl_c)
+    assert store.read_json(tmp_path / store.STATUS)["iteration"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are put back
