@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 import torch
@@ -154,7 +155,7 @@ def validate(config: RunConfig) -> RunConfig:
 
     _choice("arch", config.arch, ARCHS)
     _choice("precision", config.precision, PRECISIONS)
-    if config.device not in DEVICES and not config.device.startswith("cuda:"):
+    if config.device not in DEVICES and not re.fullmatch(r"cuda:\d+", config.device):
         raise BenchError(f"unknown device {config.device!r}: choose one of {', '.join(DEVICES)} (or cuda:N)")
     if config.shortcut is not None:
         _choice("shortcut", config.shortcut, SHORTCUTS)

@@ -552,28 +552,17 @@ def normalize(images: Tensor, mean: Tensor) -> Tensor:
     return images.float().div_(255.0).sub_(mean)
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, rank: int = 0, world_size: int = 1,
-                  drop_last: bool = False) -> list[Tensor]:
-    """Index tensors (on the generator's device) for one epoch over n samples.
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False) -> list[Tensor]:
+    """Index tensors (on the generator's device) for one epoch over n samples: one random permutation split
+    into batches of `batch_size`, without a final partial batch if `drop_last`.
 
-    One random permutation, the same on every rank because every rank's generator has the same state,
-    split into global batches of `batch_size`; with world_size > 1 each rank gets its contiguous slice of
-    every global batch (for DistributedDataParallel), so batch_size must divide by world_size. drop_last
-    drops a final partial batch; with several ranks, a final batch too small to give each rank one sample is
-    always dropped, so every rank gets the same number of batches.
+    Under DistributedDataParallel every rank calls this with a generator in the same state, so all ranks
+    get the same global batches and each trains on its own slice of them (bench.train does the slicing).
     """
-    if batch_size < 1 or batch_size % world_size:
-        raise BenchError(f"batch size {batch_size} must be a positive multiple of the {world_size} processes")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world of {world_size}")
+    if batch_size < 1:
+        raise BenchError(f"batch size must be positive, got {batch_size}")
     order = torch.randperm(n, generator=generator, device=generator.device)
     batches = list(order.split(batch_size))
-    if batches and (len(batches[-1]) < (batch_size if drop_last else world_size)):
+    if batches and drop_last and len(batches[-1]) < batch_size:
         batches.pop()
-    return [batch.tensor_split(world_size)[rank] for batch in batches]
-
-
-def test_batches(n: int, batch_size: int) -> Iterator[slice]:
-    """Consecutive slices covering n samples in order, for evaluation."""
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
+    return batches

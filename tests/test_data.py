@@ -106,28 +106,6 @@ def test_epoch_batches_cover_every_index_once():
     assert len(dropped) == 10 and torch.equal(torch.cat(dropped), torch.cat(batches)[:100])
 
 
-def test_epoch_batches_split_each_global_batch_across_ranks():
-    whole = epoch_batches(100, 12, torch.Generator().manual_seed(3))
-    per_rank = [epoch_batches(100, 12, torch.Generator().manual_seed(3), rank=r, world_size=4) for r in range(4)]
-    assert len({len(batches) for batches in per_rank}) == 1
-    for k, global_batch in enumerate(whole):
-        parts = [batches[k] for batches in per_rank]
-        assert torch.equal(torch.cat(parts), global_batch)  # contiguous slices, in rank order: disjoint and covering
-    # 100 = 8 x 12 + 4: the last global batch gives each of 4 ranks one sample; 97 leaves one, so it is dropped.
-    assert [len(b) for b in per_rank[0]] == [3] * 8 + [1]
-    assert len(epoch_batches(97, 12, torch.Generator().manual_seed(3), rank=0, world_size=4)) == 8
-    with pytest.raises(BenchError, match="multiple"):
-        epoch_batches(100, 10, torch.Generator(), world_size=4)
-
-
-def test_test_batches_cover_in_order():
-    slices = list(data_module.test_batches(25, 10))  # not imported by name: pytest would collect it
-    assert slices == [slice(0, 10), slice(10, 20), slice(20, 25)]
-
-
-# --- ImageFolder ----------------------------------------------------------------------------------------------
-
-
 def _image_folder(root: Path, classes=("ant", "bee", "cat"), per_class: int = 3, size: int = 32) -> dict:
     """Write PNGs (lossless, compared exactly) and one JPEG per class with PIL, an encoder independent of the
     decoder under test; returns {split: {class: uint8 [n,3,size,size] of the PNGs}}."""
