@@ -76,11 +76,6 @@ def _shard(value: str) -> tuple[int, int]:
     return index, count
 
 
-def _stop(signum: int, frame: object) -> None:
-    """Treat SIGTERM like Ctrl-C: save what can be saved, say how to resume, exit."""
-    raise KeyboardInterrupt
-
-
 def _devices(value: str | None, device: str) -> tuple[str, ...]:
     """`--devices 0,1` -> ('cuda:0', 'cuda:1'); by default every visible GPU when training on GPUs."""
     import torch
@@ -173,7 +168,8 @@ def run(
             {**base.to_dict(), "dataset": p.dataset, "depths": grid.depths, "archs": grid.archs,
              "seeds": grid.seeds, "data_dir": grid.data_dir, "results": grid.results, "shard": shard}),
             highlight=False, soft_wrap=True)
-    signal.signal(signal.SIGTERM, _stop)  # torchrun and batch schedulers stop jobs with SIGTERM
+    # torchrun and batch schedulers stop jobs with SIGTERM: treat it like Ctrl-C (save, say how to resume).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     run_grid(grid, console=console, progress=progress, resolved=p)
 
 

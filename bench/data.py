@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from bench import synthetic
+from bench import store, synthetic
 from bench.errors import BenchError
 
 Notify = Callable[[str], None]
@@ -234,16 +234,13 @@ def _load_cache(path: Path, notify: Notify) -> dict | None:
 
 
 def _save_cache(path: Path, tensors: dict, notify: Notify) -> bool:
-    """Write atomically (temp file, then rename), so a killed process never leaves half a cache behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write atomically, so a killed process never leaves half a cache behind; a cache that cannot be written
+    only costs the next start a decode."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(tensors, tmp)
-        os.replace(tmp, path)
+        store.write_atomic(path, lambda handle: torch.save(tensors, handle))
         return True
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        notify(f"could not write the data cache {path} ({error.strerror or error}); the next start decodes again")
+    except (OSError, BenchError) as error:
+        notify(f"could not write the data cache {path} ({error}); the next start decodes again")
         return False
 
 

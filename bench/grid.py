@@ -33,7 +33,6 @@ class Plan:
     data_path: Path | None
     notice: str | None
     results: Path
-    time_limit: float | None = None
 
     def directory(self, run: RunConfig) -> Path:
         return store.run_dir(self.results, self.dataset, run.run_id())
@@ -41,11 +40,10 @@ class Plan:
 
 def plan(grid: GridConfig) -> Plan:
     """Validate every run and pin the dataset ('auto' becomes what will really be used)."""
-    for run in grid.runs():
-        validate(run)
+    runs = [validate(run) for run in grid.runs()]
     dataset, path, notice = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
-    runs = [dataclasses.replace(run, dataset=dataset) for run in grid.runs()]
-    return Plan(runs, dataset, path, notice, Path(grid.results), grid.time_limit)
+    return Plan([dataclasses.replace(run, dataset=dataset) for run in runs], dataset, path, notice,
+                Path(grid.results))
 
 
 def dry_run_lines(p: Plan) -> list[str]:
@@ -134,13 +132,14 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     job = distributed.from_environment()
     device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
     try:
-        return _run_plan(p, device, job, console if job.is_main else Console(quiet=True), progress)
+        return _run_plan(p, device, job, console if job.is_main else Console(quiet=True), progress,
+                         grid.time_limit)
     finally:
         distributed.teardown()
 
 
-def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Console,
-              progress: bool) -> list[dict]:
+def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Console, progress: bool,
+              time_limit: float | None) -> list[dict]:
     notify: Notify = lambda message: console.print(f"[yellow]{message}")
     base = p.runs[0]
     data = None
@@ -154,7 +153,7 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
     if data.info.note:
         console.print(f"[yellow]note: {data.info.note}")
     bars = GridProgress(console, progress and job.is_main)
-    deadline = time.monotonic() + 60 * p.time_limit if p.time_limit else None
+    deadline = time.monotonic() + 60 * time_limit if time_limit else None
     summary = []
     with bars.progress:
         for config in p.runs:
@@ -182,7 +181,7 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
                     item["seconds"] = time.perf_counter() - started
                     item["rows"] = _rows(directory)
             if deadline is not None and distributed.broadcast(time.monotonic() > deadline, job):  # ranks agree
-                notify(f"--time-limit {p.time_limit:g} min reached: progress is saved; run the same command "
+                notify(f"--time-limit {time_limit:g} min reached: progress is saved; run the same command "
                        "to continue")
                 break
     console.print(summary_table(summary))

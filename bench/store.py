@@ -70,7 +70,7 @@ def run_dir(results: Path, dataset: str, run_id: str) -> Path:
     return Path(results) / dataset_folder(dataset) / run_id
 
 
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write through `write` into a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -105,7 +105,7 @@ def check_writable(results: Path) -> None:
 def write_json(path: Path, data: dict) -> None:
     """Write `data` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-    _write_atomic(Path(path), lambda handle: handle.write(text.encode()))
+    write_atomic(Path(path), lambda handle: handle.write(text.encode()))
 
 
 def read_json(path: Path) -> dict:
@@ -131,7 +131,7 @@ def epochs_frame(rows: Sequence[dict]) -> pd.DataFrame:
 
 def write_parquet(path: Path, table: pa.Table) -> None:
     """Write `table` to `path` as parquet, atomically."""
-    _write_atomic(Path(path), lambda handle: pq.write_table(table, handle))
+    write_atomic(Path(path), lambda handle: pq.write_table(table, handle))
 
 
 def write_epochs(path: Path, rows: Sequence[dict]) -> None:
@@ -152,7 +152,7 @@ def save_checkpoint(directory: Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     latest = directory / CHECKPOINT
-    _write_atomic(directory / f"{CHECKPOINT}.new", lambda handle: handle.write(buffer.getbuffer()))
+    write_atomic(directory / f"{CHECKPOINT}.new", lambda handle: handle.write(buffer.getbuffer()))
     if latest.exists():
         os.replace(latest, directory / PREVIOUS_CHECKPOINT)
     os.replace(directory / f"{CHECKPOINT}.new", latest)

@@ -28,7 +28,7 @@ from bench.data import ImageData, augment, epoch_batches, normalize
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
 from bench.errors import BenchError
 from bench.provenance import environment, utc_now
-from resnet import FAMILY_DEFAULTS, build_model, count_parameters
+from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
 
 Notify = Callable[[str], None]
 # Called after every iteration with (iteration, total, stats); stats holds the latest epoch row or running numbers.
@@ -86,7 +86,7 @@ def resolve_device(name: str) -> torch.device:
 def make_model(config: RunConfig, data: ImageData) -> nn.Module:
     """The run's network; ImageNet-layout nets get the CIFAR stem on small images unless told otherwise."""
     stem = config.stem
-    if stem is None and config.depth in (18, 34, 50, 101, 152) and data.info.image_size < 128:
+    if stem is None and family_of(config.depth) == "imagenet" and data.info.image_size < 128:
         stem = "cifar"
     return build_model(config.depth, config.arch, shortcut=config.shortcut, stem=stem, width=config.width,
                        num_classes=data.info.num_classes)
@@ -137,7 +137,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
     """
     total = len(images)
     share = -(-total // job.world_size)
-    images, labels = images[job.rank * share:(job.rank + 1) * share], labels[job.rank * share:(job.rank + 1) * share]
+    mine = slice(job.rank * share, (job.rank + 1) * share)
+    images, labels = images[mine], labels[mine]
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
     wrong = torch.zeros((), dtype=torch.int64, device=images.device)
