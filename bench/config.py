@@ -1,7 +1,7 @@
 """What one training run is: a frozen dataclass, its named presets, and the grid that expands into runs.
 
-Every field of `RunConfig` is saved with the run's results, and the `run_id` is a hash of it, so the same
-command finds the same runs again.
+Every field of `RunConfig` is saved with the run's results, and the `run_id` is a hash of what defines the
+experiment, so the same command finds the same runs again, also after new options are added.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ DEVICES = ("auto", "cpu", "cuda")
 SHORTCUTS = ("A", "B", "C")
 # How a run executes, not what it computes: left out of the run_id.
 EXECUTION_FIELDS = ("device", "channels_last", "compile")
+# The fields hashed into every run_id since the first release. A field added after them enters the hash
+# only when it differs from its default, so adding an option never renames (and retrains) finished runs.
+RUN_ID_FIELDS_V1 = ("arch", "depth", "seed", "width", "shortcut", "stem", "dataset", "train_subset",
+                    "test_subset", "preset", "epochs", "iterations", "batch_size", "lr", "momentum",
+                    "weight_decay", "lr_decay_at", "lr_decay", "warmup_lr", "warmup_until_error", "precision",
+                    "sync_bn")
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,11 @@ class RunConfig:
         return f"{self.arch}-{self.depth}-s{self.seed}-{digest}"
 
     def identity(self) -> dict[str, object]:
-        """The fields that define the experiment (all but EXECUTION_FIELDS)."""
-        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        """The fields that define the experiment: all of RUN_ID_FIELDS_V1, and any later field (other than
+        EXECUTION_FIELDS) whose value is not its default."""
+        defaults = _DEFAULTS.to_dict()
+        return {k: v for k, v in self.to_dict().items()
+                if k in RUN_ID_FIELDS_V1 or (k not in EXECUTION_FIELDS and v != defaults[k])}
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict of every field."""
@@ -81,6 +90,8 @@ class RunConfig:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
         return cls(**values)
 
+
+_DEFAULTS = RunConfig()
 
 # Section 4.2 to the letter: batch 128, lr 0.1, /10 at 32k and 48k, stop at 64k iterations.
 PAPER = RunConfig(preset="paper")

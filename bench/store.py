@@ -3,6 +3,7 @@
     results/<dataset>/<run_id>/
         config.json       the resolved RunConfig, dataset, environment (versions, device, commit), start time
         epochs.parquet    one row per epoch, schema EPOCH_SCHEMA (a contract: report and users read it)
+        layers.parquet    per-layer diagnostics, one row per measurement x layer, schema LAYER_SCHEMA
         status.json       running | finished | diverged | interrupted, with the epoch it got to
         checkpoint.pt     model, optimizer, schedule, RNG states and the epoch rows so far
         checkpoint.prev.pt  the one before, used if the latest is torn
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.errors import BenchError
+from bench.layers import LAYER_SCHEMA
 
 EPOCH_SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -54,7 +56,7 @@ EPOCH_SCHEMA = pa.schema([
 ])
 EPOCH_COLUMNS = tuple(EPOCH_SCHEMA.names)
 
-CONFIG, EPOCHS, STATUS = "config.json", "epochs.parquet", "status.json"
+CONFIG, EPOCHS, LAYERS, STATUS = "config.json", "epochs.parquet", "layers.parquet", "status.json"
 CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 
 RUNNING, FINISHED, DIVERGED, INTERRUPTED = "running", "finished", "diverged", "interrupted"
@@ -80,8 +82,10 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:  # a Ctrl-C mid-write must not leave a stray temporary file either
         tmp.unlink(missing_ok=True)
+        if not isinstance(error, OSError):
+            raise
         if error.errno == errno.ENOSPC:
             raise BenchError(f"disk full while writing {path}: free some space and run the same command "
                              "again (finished epochs are kept)") from None
@@ -137,6 +141,11 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 def write_epochs(path: Path, rows: Sequence[dict]) -> None:
     """Write all epoch rows of a run so far to `path` (parquet, EPOCH_SCHEMA), atomically."""
     write_parquet(path, _table(rows))
+
+
+def write_layers(path: Path, rows: Sequence[dict]) -> None:
+    """Write all layer rows of a run so far to `path` (parquet, LAYER_SCHEMA), atomically."""
+    write_parquet(path, pa.Table.from_pylist(list(rows), schema=LAYER_SCHEMA))
 
 
 def write_status(directory: Path, state: str, **fields: object) -> None:

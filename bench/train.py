@@ -27,6 +27,7 @@ from bench.config import RunConfig
 from bench.data import ImageData, augment, epoch_batches, normalize
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
 from bench.errors import BenchError
+from bench.layers import RESPONSE_IMAGES, gradient_rows, response_rows
 from bench.provenance import environment, utc_now
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
 
@@ -44,17 +45,22 @@ class StopFlag:
         self.requested = False
 
 
+class ForcedStop(KeyboardInterrupt):
+    """A second Ctrl-C or SIGTERM: it may land half-way through an iteration, so nothing is saved and the
+    last whole checkpoint stays the resume point."""
+
+
 @contextmanager
 def deferred_interrupts(flag: StopFlag) -> Iterator[None]:
     """While training, the first Ctrl-C or SIGTERM only sets `flag`, so the run stops between iterations
-    (where its state is whole and resumes exactly); a second one stops at once."""
+    (where its state is whole and resumes exactly); a second one stops at once, as ForcedStop."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield
         return
 
     def handler(signum: int, frame: object) -> None:
         if flag.requested:
-            raise KeyboardInterrupt
+            raise ForcedStop
         flag.requested = True
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -208,6 +214,7 @@ class Run:
         self.epoch = 0
         self.iteration = 0
         self.rows: list[dict] = []
+        self.layer_rows: list[dict] = []  # bench.layers.LayerRow dicts
         self.warming_up = config.warmup_lr is not None
         self.recent_errors: deque[float] = deque(maxlen=WARMUP_WINDOW)
         self.partial: dict | None = None  # an epoch stopped half-way by Ctrl-C
@@ -222,6 +229,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "rng": _rng_state(self.generator),
             "rows": self.rows,
+            "layer_rows": self.layer_rows,
             "warming_up": self.warming_up,
             "recent_errors": list(self.recent_errors),
             "partial": self.partial,
@@ -237,6 +245,7 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], self.generator)
         self.epoch, self.iteration, self.rows = state["epoch"], state["iteration"], list(state["rows"])
+        self.layer_rows = list(state.get("layer_rows", []))  # checkpoints from before layers.parquet have none
         self.warming_up = state["warming_up"]
         self.recent_errors.extend(state["recent_errors"])
         self.partial = state["partial"]
@@ -246,7 +255,12 @@ class Run:
         if not self.job.is_main:
             return
         store.save_checkpoint(self.directory, self.state())
+        self.write_rows()
+
+    def write_rows(self) -> None:
+        """epochs.parquet and layers.parquet from the rows in memory."""
         store.write_epochs(self.directory / store.EPOCHS, self.rows)
+        store.write_layers(self.directory / store.LAYERS, self.layer_rows)
 
     # -- training ----------------------------------------------------------------------------------
     def train_epoch(self, on_step: OnStep | None = None) -> dict:
@@ -281,6 +295,9 @@ class Run:
                 loss = F.cross_entropy(logits.float(), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.job.is_main and (self.iteration == 0 or index == len(batches) - 1):
+                    # The first step and each epoch's last: gradients as they reach every layer, before the step.
+                    self.layer_rows += gradient_rows(config.run_id(), self.epoch, self.iteration + 1, self.model)
                 self.optimizer.step()
                 batch_wrong = (logits.argmax(1) != y).sum()
                 loss_sum += loss.detach().double() * len(y)
@@ -306,6 +323,11 @@ class Run:
                                          self.job)
         epoch_seconds = train_seconds + time.perf_counter() - started
         self.epoch += 1
+        if self.job.is_main:  # outside epoch_seconds: a diagnostic, not part of the training it times
+            probe = data.test_images[:RESPONSE_IMAGES]
+            self.layer_rows += response_rows(config.run_id(), self.epoch, self.iteration, self.model,
+                                             (_prepare(probe[i:i + 500], data.mean, config)
+                                              for i in range(0, len(probe), 500)))
         self.partial = None
         row = {
             "run_id": config.run_id(), "dataset": data.info.name, "arch": config.arch, "depth": config.depth,
@@ -362,7 +384,7 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
     if checkpoint is not None:
         run.restore(checkpoint)
         if job.is_main:  # a crash between checkpoint and parquet may have left the parquet an epoch behind
-            store.write_epochs(directory / store.EPOCHS, run.rows)
+            run.write_rows()
 
     def status(state: str, **fields: object) -> None:
         if job.is_main:
@@ -383,8 +405,8 @@ def _train_to_end(run: Run, status: Callable[..., None], notify: Notify, on_epoc
     while not run.finished:
         try:
             row = run.train_epoch(on_step)
-        except KeyboardInterrupt:
-            if not job.enabled:
+        except KeyboardInterrupt as stop:
+            if not job.enabled and not isinstance(stop, ForcedStop):
                 run.save()
             status(store.INTERRUPTED, iteration=run.iteration)
             raise
@@ -397,7 +419,7 @@ def _train_to_end(run: Run, status: Callable[..., None], notify: Notify, on_epoc
                              "run the same command again to resume from the last finished epoch") from None
         if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
             if job.is_main:
-                store.write_epochs(directory / store.EPOCHS, run.rows)
+                run.write_rows()
             status(store.DIVERGED, diverged_epoch=run.epoch)
             notify(f"{config.run_id()}: loss is {row['train_loss']} at epoch {run.epoch}: marked diverged")
             return store.DIVERGED

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The committed reference runs under results/reference/ (issue #15): the paper's CIFAR-10 recipe (section
+# 4.2) with the schedule scaled to 4,000 iterations, on the whole JPEG CIFAR-10 copy, seed 0, on the CPU.
+# Every net gets the same schedule; nothing is tuned per network.
+#
+#   scripts/reference.sh [MINUTES]    # default 150; stops cleanly after the first epoch past MINUTES
+#
+# Rerun the same command to continue: finished runs are skipped, an unfinished one resumes from its
+# checkpoint (kept, git-ignored, in its run folder). Order: the CIFAR-20 pair, then residual-56 (whether the
+# deeper residual net has caught up at this schedule decides whether an 8,000-iteration schedule is needed),
+# plain-56, then the ImageNet-layout pairs 18 and 34 at width 16.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=${1:-150}
+end=$(( $(date +%s) + minutes * 60 ))
+common=(--preset paper --iterations 4000 --dataset cifar10 --seeds 0 --results results/reference --no-progress)
+for nets in "--depths 20" "--depths 56 --arch residual" "--depths 56 --arch plain" "--depths 18 --width 16" \
+        "--depths 34 --width 16"; do
+    left=$(( (end - $(date +%s)) / 60 ))
+    if (( left < 1 )); then
+        echo "time is up: run scripts/reference.sh again to continue"
+        break
+    fi
+    # shellcheck disable=SC2086  # $nets is several options on purpose
+    bench run $nets "${common[@]}" --time-limit "$left"
+done
+bench report --results results/reference --out reports/reference --dataset cifar10
