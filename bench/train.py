@@ -27,7 +27,7 @@ from bench.config import RunConfig
 from bench.data import ImageData, augment, epoch_batches, normalize
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
 from bench.errors import BenchError
-from bench.layers import RESPONSE_IMAGES, gradient_rows, response_rows
+from bench.layers import gradient_rows, response_probe, response_rows
 from bench.provenance import environment, utc_now
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
 
@@ -149,7 +149,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
     wrong = torch.zeros((), dtype=torch.int64, device=images.device)
     for start in range(0, len(images), batch_size):
-        x = _prepare(images[start:start + batch_size], mean, config)
+        x = prepare_inputs(images[start:start + batch_size], mean, config)
         y = labels[start:start + batch_size]
         with _autocast(config, images.device):
             logits = model(x)
@@ -164,7 +164,8 @@ def _autocast(config: RunConfig, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
-def _prepare(images: torch.Tensor, mean: torch.Tensor, config: RunConfig) -> torch.Tensor:
+def prepare_inputs(images: torch.Tensor, mean: torch.Tensor, config: RunConfig) -> torch.Tensor:
+    """uint8 images -> the network's input: mean-subtracted floats in the run's memory format."""
     x = normalize(images, mean)
     return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
 
@@ -288,7 +289,7 @@ class Run:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 idx = batches[index]
-                x = _prepare(augment(data.train_images[idx], self.generator)[mine], data.mean, config)
+                x = prepare_inputs(augment(data.train_images[idx], self.generator)[mine], data.mean, config)
                 y = data.train_labels[idx][mine]
                 with _autocast(config, self.device):
                     logits = self.step_model(x)
@@ -324,9 +325,9 @@ class Run:
         epoch_seconds = train_seconds + time.perf_counter() - started
         self.epoch += 1
         if self.job.is_main:  # outside epoch_seconds: a diagnostic, not part of the training it times
-            probe = data.test_images[:RESPONSE_IMAGES]
+            probe = response_probe(data.test_images)
             self.layer_rows += response_rows(config.run_id(), self.epoch, self.iteration, self.model,
-                                             (_prepare(probe[i:i + 500], data.mean, config)
+                                             (prepare_inputs(probe[i:i + 500], data.mean, config)
                                               for i in range(0, len(probe), 500)))
         self.partial = None
         row = {
