@@ -239,6 +239,20 @@ def report(
                 notify=lambda message: console.print(message))
 
 
+@app.command()
+@handles_errors
+def analyze(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (results/<dataset>/<run_id>) or results folders.")],
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where datasets live [default: $BENCH_DATA or data/].")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Recompute Figure 7's response statistics from each run's checkpoint over the whole test split."""
+    from bench.analyze import analyze_run, run_folders
+
+    for folder in run_folders(runs):
+        analyze_run(folder, data_dir, device=device, notify=lambda message: console.print(message, highlight=False))
+
+
 def main() -> None:
     """Console-script entry point (also `python -m bench`)."""
     sys.argv[1:] = expand_lists(sys.argv[1:])

@@ -362,3 +362,68 @@ def _breakdown_bars(ax: Axes, timing: pd.DataFrame, colors: dict[str, tuple]) ->
     handles += [Patch(facecolor="white", edgecolor="0.3", hatch="//", label="plain (left bar)"),
                 Patch(facecolor="white", edgecolor="0.3", label="residual (right bar)")]
     ax.legend(handles=handles, fontsize=8.5, loc="upper left")
+
+
+ARCH_LINES = {"plain": {"ls": "--", "marker": "s"}, "residual": {"ls": "-", "marker": "o"}}
+
+
+def _net_line(ax: Axes, x: np.ndarray, y: np.ndarray, arch: str, depth: int, color: tuple, gid: str) -> Line2D:
+    label = f"{'plain' if arch == 'plain' else 'ResNet'}-{depth}"
+    (line,) = ax.plot(x, y, color=color, lw=1.6, ms=3.2 if len(x) <= 60 else 0, label=label, gid=gid,
+                      **ARCH_LINES[arch])
+    return line
+
+
+def figure7(profile: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int, tuple] | None = None,
+            title: str | None = None) -> Figure:
+    """The paper's Figure 7: the std of each 3x3 layer's response (BN output, before ReLU and addition) in
+    network order (left) and sorted by magnitude (right), plain (dashed) and residual (solid) nets of every
+    depth overlaid. `profile` is `tables.layer_profile(layers, "response_std")`."""
+    colors = colors or depth_colors(profile["depth"])
+    with style():
+        fig = Figure(figsize=(12, 4.6))
+        axes = fig.subplots(1, 2, sharey=True)
+        for (arch, depth), net in profile.sort_values("layer").groupby(["arch", "depth"]):
+            values = net["value"].to_numpy()
+            x = np.arange(1, len(values) + 1)
+            _net_line(axes[0], x, values, arch, depth, colors[depth], f"{arch}-{depth}-layer")
+            _net_line(axes[1], x, np.sort(values)[::-1], arch, depth, colors[depth], f"{arch}-{depth}-sorted")
+        for ax, xlabel in zip(axes, ("layer index (original)", "layer index (sorted by magnitude)")):
+            ax.set_xlabel(xlabel)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0].set_ylabel("std of the layer's response")
+        axes[0].set_ylim(bottom=0)
+        axes[1].legend(loc="best", fontsize=8.5)
+        epochs = ", ".join(sorted({str(int(e)) for e in runs["epochs_done"]}))
+        add_caption(fig, [*provenance_lines(runs),
+                          f"Responses: each 3x3 layer's BatchNorm output before ReLU and addition, eval mode, at the "
+                          f"last measurement (after epoch {epochs}); mean over seeds. Dashed: plain; solid: "
+                          f"residual."], title=title or _default_title(runs, "Std of layer responses (Figure 7)"))
+    return fig
+
+
+def gradient_figure(first: pd.DataFrame, last: pd.DataFrame, runs: pd.DataFrame, *,
+                    colors: dict[int, tuple] | None = None, title: str | None = None) -> Figure:
+    """The L2 norm of each conv weight's gradient across depth, at the first iteration (left) and at the last
+    measurement (right), log scale. `first`/`last` are `tables.layer_profile(layers, "grad_norm", ...)`."""
+    colors = colors or depth_colors(pd.concat([first["depth"], last["depth"]]))
+    with style():
+        fig = Figure(figsize=(12, 4.6))
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, profile, when in zip(axes, (first, last), ("first", "last")):
+            for (arch, depth), net in profile.sort_values("layer").groupby(["arch", "depth"]):
+                _net_line(ax, net["layer"].to_numpy(), net["value"].to_numpy(), arch, depth, colors[depth],
+                          f"{arch}-{depth}-grad-{when}")
+            moments = sorted({int(i) for i in profile["iteration"]})
+            ax.set_title(f"{'first iteration' if when == 'first' else 'end of training'} "
+                         f"(iteration {', '.join(f'{m:,}' for m in moments)})", fontsize=11)
+            ax.set_xlabel("conv layer (network order, input to output)")
+            ax.set_yscale("log")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0].set_ylabel("gradient norm of the conv weight")
+        axes[1].legend(loc="best", fontsize=8.5)
+        add_caption(fig, [*provenance_lines(runs),
+                          "Gradient: L2 norm of each main-path conv weight's gradient after backward, before the "
+                          "optimizer step; mean over seeds. Dashed: plain; solid: residual."],
+                    title=title or _default_title(runs, "Gradient norm across depth"))
+    return fig

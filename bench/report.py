@@ -3,7 +3,9 @@
     reports/
         README.md                      every figure and table, with where the numbers came from
         <dataset>-<preset>/            one set per experiment: degradation.png, figure1.png,
-                                       errors.{md,csv}, gaps.{md,csv}, degradation.{md,csv}
+                                       errors.{md,csv}, gaps.{md,csv}, degradation.{md,csv}, and where the
+                                       runs have layers.parquet: figure7.png, gradients.png,
+                                       responses.{md,csv}, figure7.csv, gradients.csv
         timing/<device>-<precision>-.../  speed.png and speed.{md,csv} per measurement setting
 """
 
@@ -20,9 +22,11 @@ from matplotlib.figure import Figure
 from bench import tables
 from bench.config import RunConfig
 from bench.errors import BenchError
-from bench.plots import PHASE_LABELS, degradation_figure, depth_colors, figure1, style, timing_figure
+from bench.layers import GRAD_NORM, RESPONSE_STD
+from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure, style,
+                         timing_figure)
 from bench.provenance import utc_now
-from bench.store import dataset_folder, read_results
+from bench.store import dataset_folder, read_layers, read_results
 
 FORMATS = ("png", "svg", "pdf")
 PNG_DPI = 150
@@ -30,7 +34,9 @@ PNG_DPI = 150
 # made on several machines belong together, runs of another precision or schedule do not.
 # warmup_lr varies with depth within the paper preset (110 layers and deeper warm up).
 _VARIES_WITHIN = {"arch", "depth", "seed", "dataset", "device", "channels_last", "compile", "warmup_lr"}
-EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _VARIES_WITHIN)
+# The network family is not a RunConfig field but follows the depth: CIFAR nets and ImageNet-layout nets of
+# one width are two experiments (the paper's Figures 6 and 4), never one figure.
+EXPERIMENT_FIELDS = (*(f.name for f in dataclasses.fields(RunConfig) if f.name not in _VARIES_WITHIN), "family")
 
 
 def read_timing(results: Sequence[Path]) -> pd.DataFrame:
@@ -170,8 +176,34 @@ def timing_markdown(table: pd.DataFrame) -> str:
     return tables.markdown_table(rows)
 
 
-def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, out: Path, formats: Sequence[str],
-                colors: dict, notify: Callable[[str], None]) -> tuple[list[Path], list[str]]:
+def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out: Path, formats: Sequence[str],
+                    colors: dict) -> tuple[list[Path], list[str]]:
+    """Figure 7, the gradient-norm profile and the response ratios of one experiment's layers.parquet rows."""
+    written, readme = [], []
+    responses = tables.layer_profile(layers, RESPONSE_STD)
+    if not responses.empty:
+        with_data = runs[runs["run_id"].isin(layers.loc[layers["kind"] == RESPONSE_STD, "run_id"])]
+        paths = save_figure(figure7(responses, with_data, colors=colors), folder / "figure7", formats)
+        ratios = tables.response_ratios(responses)
+        responses.to_csv(folder / "figure7.csv", index=False)
+        written += [*paths, folder / "figure7.csv"]
+        written += _write_table(ratios, folder / "responses", tables.markdown_table(ratios.round(4)))
+        readme += ["### Std of layer responses (paper Figure 7)", "", *_figure_lines(paths, out, "figure 7"),
+                   tables.response_sentence(ratios, responses), ""]
+    first = tables.layer_profile(layers, GRAD_NORM, "first")
+    if not first.empty:
+        last = tables.layer_profile(layers, GRAD_NORM, "last")
+        with_data = runs[runs["run_id"].isin(layers.loc[layers["kind"] == GRAD_NORM, "run_id"])]
+        paths = save_figure(gradient_figure(first, last, with_data, colors=colors), folder / "gradients", formats)
+        pd.concat([first.assign(when="first"), last.assign(when="last")]).to_csv(folder / "gradients.csv",
+                                                                               index=False)
+        written += [*paths, folder / "gradients.csv"]
+        readme += ["### Gradient norm across depth", "", *_figure_lines(paths, out, "gradient norms")]
+    return written, readme
+
+
+def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, out: Path,
+                formats: Sequence[str], colors: dict, notify: Callable[[str], None]) -> tuple[list[Path], list[str]]:
     """Figures and tables of one experiment; returns (files written, README lines)."""
     folder = out / name
     written, readme = [], [f"## {name}", "", *[f"- {line}" for line in tables.provenance_lines(runs)], ""]
@@ -197,7 +229,9 @@ def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, out: Path, 
                markdown["errors"], "", "### Plain minus residual at each depth (paper Table 2 form)", "",
                markdown["gaps"], "", "### The degradation, as one number (final training error, deepest minus "
                "shallowest)", "", markdown["degradation"], ""]
-    return written, readme
+    files, lines = _layer_sections(layers[layers["run_id"].isin(runs["run_id"])], runs, folder, out, formats,
+                                   colors)
+    return written + files, readme + lines
 
 
 def _timing(timing: pd.DataFrame, out: Path, formats: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -227,6 +261,7 @@ def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = Non
         raise BenchError(f"unknown format {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
     results = [Path(r) for r in results]
     epochs, runs, timing = load_results(results)
+    layers = read_layers(runs, notify)
     if runs.empty and timing.empty:
         raise BenchError(f"no results under {', '.join(map(str, results))}: make some with "
                          "`bench run --depths 18 34` (training) or `bench time` (speed)")
@@ -247,7 +282,7 @@ def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = Non
         if group_epochs.empty:
             notify(f"{name}: no epoch finished yet, nothing to draw")
             continue
-        files, lines = _experiment(name, group_epochs, group, out, formats, colors, notify)
+        files, lines = _experiment(name, group_epochs, group, layers, out, formats, colors, notify)
         written += files
         sections += lines
     if dataset is None and not timing.empty:

@@ -264,3 +264,23 @@ def read_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     epochs = pd.concat(epoch_frames, ignore_index=True)
     epochs = epochs[epochs["_path"].isin(kept)].drop(columns="_path").reset_index(drop=True)
     return epochs, runs
+
+
+def read_layers(runs: pd.DataFrame, notify: Callable[[str], None] = print) -> pd.DataFrame:
+    """The layers.parquet rows of the given runs (the `runs` frame of `read_results`), with their arch,
+    depth and seed; runs without the file (trained before it existed: see `bench analyze`) have none."""
+    frames = []
+    for run in runs.itertuples() if not runs.empty else ():
+        path = Path(run.path) / LAYERS
+        if not path.exists():
+            continue
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as error:  # pyarrow raises several types for a torn file
+            notify(f"{path} is unreadable ({type(error).__name__}): its per-layer figures are left out; "
+                   "`bench analyze` rewrites its response statistics from the checkpoint")
+            continue
+        frames.append(frame.assign(arch=run.arch, depth=run.depth, seed=run.seed))
+    if not frames:
+        return pd.DataFrame(columns=[*LAYER_SCHEMA.names, "arch", "depth", "seed"])
+    return pd.concat(frames, ignore_index=True)

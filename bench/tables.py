@@ -274,3 +274,44 @@ def markdown_table(frame: pd.DataFrame) -> str:
     for row in frame.itertuples(index=False):
         lines.append("| " + " | ".join(format_value(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+def layer_profile(layers: pd.DataFrame, kind: str, when: str = "last") -> pd.DataFrame:
+    """One row per (arch, depth, layer): `value`, the mean over seeds of `kind` at each run's first or last
+    measurement (`when`), with `iteration` (the mean over seeds of when it was taken) and `seeds`.
+
+    Layers are numbered in network order over the layers that have `kind` (Figure 7 counts 3x3 layers).
+    """
+    rows = layers[layers["kind"] == kind]
+    if rows.empty:
+        return pd.DataFrame(columns=["arch", "depth", "layer", "name", "value", "iteration", "seeds"])
+    moment = rows.groupby("run_id")["iteration"].transform("min" if when == "first" else "max")
+    rows = rows[rows["iteration"] == moment].copy()
+    rows["layer"] = rows.groupby("run_id")["layer"].rank(method="dense").astype(int)
+    return (rows.groupby(["arch", "depth", "layer"])
+            .agg(name=("name", "first"), value=("value", "mean"), iteration=("iteration", "mean"),
+                 seeds=("run_id", "nunique"))
+            .reset_index())
+
+
+def response_ratios(profile: pd.DataFrame) -> pd.DataFrame:
+    """Per depth with both nets: the mean response std over layers of the plain and the residual net
+    (from `layer_profile(..., "response_std")`), and residual / plain."""
+    means = profile.groupby(["depth", "arch"])["value"].mean().unstack("arch")
+    rows = [{"depth": int(depth), "plain_std": row["plain"], "residual_std": row["residual"],
+             "ratio": row["residual"] / row["plain"]}
+            for depth, row in means.iterrows() if {"plain", "residual"} <= set(row.dropna().index)]
+    return pd.DataFrame(rows, columns=["depth", "plain_std", "residual_std", "ratio"])
+
+
+def response_sentence(ratios: pd.DataFrame, profile: pd.DataFrame) -> str:
+    """Figure 7's finding in numbers: how large residual responses are against plain ones, per depth, and
+    how the residual nets' responses change with depth."""
+    parts = [f"at depth {r.depth} the residual net's 3x3 responses have a mean std of {r.residual_std:.3f}, "
+             f"{r.ratio:.2f}x the plain net's {r.plain_std:.3f}" for r in ratios.itertuples()]
+    residual = profile[profile["arch"] == "residual"].groupby("depth")["value"].mean()
+    if len(residual) >= 2:
+        parts.append("residual nets by depth: " + ", ".join(f"{d} layers {v:.3f}" for d, v in residual.items()))
+    if not parts:
+        return "No depth has both nets' response statistics yet."
+    return "Mean response std over the 3x3 layers, at each run's last measurement: " + "; ".join(parts) + "."

@@ -174,9 +174,11 @@ class Run:
     """One run's state: model, optimizer, data generator, position in the schedule and the rows so far."""
 
     def __init__(self, config: RunConfig, data: ImageData, directory: Path, device: torch.device,
-                 notify: Notify = print, job: Dist = Dist()) -> None:
+                 notify: Notify = print, job: Dist = Dist(), diagnostics: bool = True) -> None:
         self.config, self.data, self.directory, self.device, self.notify = config, data, directory, device, notify
         self.job = job
+        # layers.parquet; off only to show that measuring changes nothing (tests/test_layers.py).
+        self.diagnostics = diagnostics and job.is_main
         if config.batch_size % job.world_size:
             raise BenchError(f"--batch-size {config.batch_size} (the global batch) must divide evenly over "
                              f"{job.world_size} processes")
@@ -296,7 +298,7 @@ class Run:
                 loss = F.cross_entropy(logits.float(), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if self.job.is_main and (self.iteration == 0 or index == len(batches) - 1):
+                if self.diagnostics and (self.iteration == 0 or index == len(batches) - 1):
                     # The first step and each epoch's last: gradients as they reach every layer, before the step.
                     self.layer_rows += gradient_rows(config.run_id(), self.epoch, self.iteration + 1, self.model)
                 self.optimizer.step()
@@ -324,7 +326,7 @@ class Run:
                                          self.job)
         epoch_seconds = train_seconds + time.perf_counter() - started
         self.epoch += 1
-        if self.job.is_main:  # outside epoch_seconds: a diagnostic, not part of the training it times
+        if self.diagnostics:  # outside epoch_seconds: a diagnostic, not part of the training it times
             probe = response_probe(data.test_images)
             self.layer_rows += response_rows(config.run_id(), self.epoch, self.iteration, self.model,
                                              (prepare_inputs(probe[i:i + 500], data.mean, config)
@@ -370,17 +372,18 @@ def describe(run: Run) -> dict:
 def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch.device, *,
               notify: Notify = print, job: Dist = Dist(), on_epoch: Callable[[Run, dict], None] | None = None,
               on_step: OnStep | None = None, on_start: Callable[[Run], None] | None = None,
-              deadline: float | None = None) -> str:
+              deadline: float | None = None, diagnostics: bool = True) -> str:
     """Train (or resume) one run in `directory` to its end; returns its final state.
 
     `deadline` (a time.monotonic() value) stops the run cleanly after the first epoch that ends past it,
-    as 'interrupted', so a long job can run in chunks on machines lent for a fixed time.
+    as 'interrupted', so a long job can run in chunks on machines lent for a fixed time. `diagnostics`
+    records layers.parquet (bench.layers).
 
     Finished epochs are on disk after each epoch. Ctrl-C saves the half-done epoch too and re-raises, so the
     same command resumes where it stopped. A NaN or infinite loss ends the run as 'diverged'. With several
     ranks, all of them resume from rank 0's checkpoint and only rank 0 writes.
     """
-    run = Run(config, data, directory, device, notify, job)
+    run = Run(config, data, directory, device, notify, job, diagnostics)
     checkpoint = store.load_checkpoint(directory, notify)
     if checkpoint is not None:
         run.restore(checkpoint)
