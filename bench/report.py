@@ -225,8 +225,9 @@ def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, layers: pd.
                 "degradation": "\n".join(f"- {s}" for s in sentences) or "- needs two depths of one arch"}
     for table, frame in (("errors", errors), ("gaps", gaps), ("degradation", degradation)):
         written += _write_table(frame, folder / table, markdown[table])
+    caveat = [tables.paper_caveat(runs), ""] if errors["paper_test"].notna().any() else []
     readme += ["### Test error per net (paper Table 6 form; mean ± std over seeds; diverged runs left out)", "",
-               markdown["errors"], "", "### Plain minus residual at each depth (paper Table 2 form)", "",
+               markdown["errors"], "", *caveat, "### Plain minus residual at each depth (paper Table 2 form)", "",
                markdown["gaps"], "", "### The degradation, as one number (final training error, deepest minus "
                "shallowest)", "", markdown["degradation"], ""]
     files, lines = _layer_sections(layers[layers["run_id"].isin(runs["run_id"])], runs, folder, out, formats,

@@ -315,3 +315,19 @@ def response_sentence(ratios: pd.DataFrame, profile: pd.DataFrame) -> str:
     if not parts:
         return "No depth has both nets' response statistics yet."
     return "Mean response std over the 3x3 layers, at each run's last measurement: " + "; ".join(parts) + "."
+
+
+def paper_caveat(runs: pd.DataFrame) -> str:
+    """What differs between these runs and the paper's Table 6 numbers printed beside them."""
+    differences = []
+    iterations = sorted(pd.to_numeric(runs.get("iterations"), errors="coerce").dropna().astype(int).unique())
+    if iterations != [64_000]:
+        length = " / ".join(f"{i:,}" for i in iterations) + " iterations" if iterations else "epochs"
+        differences.append(f"a schedule of {length} instead of 64,000 (a shorter one ends at a higher error)")
+    note = _unique(runs, "dataset_note")
+    if note != "unknown":
+        differences.append(f"this copy of the data ({note})")
+    if not differences:
+        return "The paper's column is its Table 6 (CIFAR-10, 64,000 iterations)."
+    return ("The paper's column is its Table 6 (original CIFAR-10 images, 64,000 iterations); these runs differ "
+            "by " + " and by ".join(differences) + ", so compare trends, not digits.")

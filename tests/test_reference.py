@@ -1,0 +1,70 @@
+"""The committed reference runs (results/reference/, made by scripts/reference.sh) keep the results contract,
+keep their run_ids under today's code, and regenerate the committed report's tables exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from bench import store
+from bench.cli import app, expand_lists
+from bench.config import PAPER, GridConfig
+from bench.layers import LAYER_SCHEMA
+from bench.report import make_report
+
+ROOT = Path(__file__).parent.parent
+REFERENCE = ROOT / "results" / "reference"
+REPORT = ROOT / "reports" / "reference"
+# scripts/reference.sh: every net gets the paper's recipe at 4,000 iterations on the whole CIFAR-10 copy.
+BASE = dataclasses.replace(PAPER, iterations=4000, dataset="cifar10")
+GRIDS = {"cifar": GridConfig(base=BASE, depths=(20, 56)),
+         "imagenet": GridConfig(base=dataclasses.replace(BASE, width=16), depths=(18, 34))}
+RUNS = store.find_runs([REFERENCE])
+pytestmark = pytest.mark.skipif(not RUNS, reason="no reference runs committed yet")
+
+
+def test_every_committed_run_keeps_the_results_contract():
+    for directory in RUNS:
+        assert pq.read_schema(directory / store.EPOCHS).names == list(store.EPOCH_SCHEMA.names)
+        assert pq.read_schema(directory / store.LAYERS).names == list(LAYER_SCHEMA.names)
+        meta = store.read_json(directory / store.CONFIG)
+        assert meta["run_id"] == directory.name
+        assert store.read_json(directory / store.STATUS)["state"] in (store.FINISHED, store.INTERRUPTED)
+        assert not list(directory.glob("checkpoint*"))  # checkpoints stay out of git
+
+
+def test_the_reference_commands_still_name_the_committed_runs():
+    planned = {run.run_id() for grid in GRIDS.values() for run in grid.runs()}
+    assert {directory.name for directory in RUNS} <= planned
+
+
+@pytest.mark.data
+def test_dry_run_shows_the_committed_runs_as_finished():
+    if not (ROOT / "data" / "cifar10-jpg").is_dir():
+        pytest.skip("the CIFAR-10 copy is not extracted under data/")
+    finished = {d.name for d in RUNS if store.run_state(d) == store.FINISHED}
+    states = {}
+    for args in (["--depths", "20", "56"], ["--depths", "18", "34", "--width", "16"]):
+        result = CliRunner().invoke(app, expand_lists([
+            "run", *args, "--preset", "paper", "--iterations", "4000", "--dataset", "cifar10",
+            "--data-dir", str(ROOT / "data"), "--results", str(REFERENCE), "--dry-run"]))
+        assert result.exit_code == 0, result.output
+        states |= {line.split()[0]: line.split()[5] for line in result.output.splitlines() if line.strip()}
+    assert all(states[run_id] == "finished" for run_id in finished)
+
+
+def test_regenerating_the_report_gives_the_committed_tables(tmp_path):
+    if not REPORT.is_dir():
+        pytest.skip("no committed report yet")
+    make_report([REFERENCE], tmp_path, dataset="cifar10", notify=lambda message: None)
+    committed = sorted(p.relative_to(REPORT) for p in REPORT.rglob("*.csv"))
+    assert committed == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.csv"))
+    for name in committed:
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / name), pd.read_csv(REPORT / name))
+        if (REPORT / name).with_suffix(".md").exists():
+            assert (tmp_path / name).with_suffix(".md").read_text() == (REPORT / name).with_suffix(".md").read_text()
