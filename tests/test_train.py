@@ -138,3 +138,29 @@ def test_ctrl_c_waits_for_the_end_of_the_iteration(tmp_path, tiny_data):
         train_run(TINY, tiny_data, tmp_path, CPU, on_step=press_ctrl_c)
     assert store.read_json(tmp_path / store.STATUS)["iteration"] == 5
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are put back
+
+
+def test_a_second_ctrl_c_saves_nothing_and_the_resume_stays_exact(tmp_path, tiny_data, monkeypatch):
+    import os
+    import signal
+
+    from bench.train import ForcedStop
+
+    train_run(TINY, tiny_data, tmp_path / "whole", CPU)
+    real_step, steps = torch.optim.SGD.step, []
+
+    def step_then_ctrl_c_twice(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == 11:  # mid-epoch 2, after the weights moved and before the iteration is counted
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step_then_ctrl_c_twice)
+    with pytest.raises(ForcedStop):
+        train_run(TINY, tiny_data, tmp_path / "cut", CPU)
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    assert store.load_checkpoint(tmp_path / "cut")["iteration"] == 8  # the last whole state: epoch 1's end
+    assert train_run(TINY, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
+    pd.testing.assert_frame_equal(_numbers(tmp_path / "whole"), _numbers(tmp_path / "cut"))
