@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -13,6 +15,7 @@ from typing import Annotated, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bench.errors import BenchError
 from resnet import ModelConfigError
@@ -59,11 +62,33 @@ def handles_errors(function: F) -> F:
         except (BenchError, ModelConfigError) as error:
             errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as error:  # an output folder that is a file, read-only or full, met outside bench.store
+            if error.errno not in _CANNOT_WRITE:
+                raise
+            errors.print(f"[bold red]error:[/] cannot write {escape(str(error.filename or 'a file'))} "
+                         f"({error.strerror}): choose a writable folder (--out, --results) or free some space",
+                         highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             errors.print("[yellow]interrupted: finished work is saved; run the same command again to resume")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOSPC,
+                 errno.EDQUOT}
+
+
+def _default_threads(workers: int) -> int:
+    """CPU threads per process: $OMP_NUM_THREADS when set (a batch scheduler's or a test's word), else the
+    CPUs this process may use; one each when several worker processes share them."""
+    if workers > 1:
+        return 1
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _shard(value: str) -> tuple[int, int]:
@@ -130,6 +155,9 @@ def run(
                                                         "past it; the same command continues.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid, one run per line, and exit.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per process [default: $OMP_NUM_THREADS, "
+                                                   "else the CPUs this process may use; 1 per --devices worker]."
+                                                   )] = None,
 ) -> None:
     """Train plain and residual nets of the given depths; log train/test error per epoch to parquet."""
     from bench.config import ARCHS, GridConfig
@@ -153,13 +181,15 @@ def run(
         if value is not None:
             overrides[name] = value or None
     base = dataclasses.replace(get_preset(preset), **overrides)
+    spread = _devices(devices, device)
     grid = GridConfig(base=base, depths=tuple(depths), archs=tuple(arch or ARCHS), seeds=tuple(seeds or (0,)),
                       data_dir=str(data_dir or default_data_dir()), results=str(results), shard=_shard(shard),
-                      devices=_devices(devices, device), time_limit=time_limit)
+                      devices=spread, time_limit=time_limit,
+                      threads=threads if threads is not None else _default_threads(len(spread)))
     p = plan(grid)  # validates every run before anything is printed or trained
     if dry_run:
-        if p.notice:
-            console.print(f"[yellow]{p.notice}")
+        if p.notice:  # on stderr: stdout is one line per run, for scripts
+            errors.print(p.notice, style="yellow", markup=False, highlight=False, soft_wrap=True)
         for line in dry_run_lines(p):
             console.print(line, highlight=False, soft_wrap=True)
         return
@@ -210,6 +240,7 @@ def time(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Time forward, forward+backward and the training step of each network on CPU and GPU."""
+    from bench.grid import print_whole
     from bench.timing import TimeConfig, run_timing
     from bench.timing import render_table as timing_table
 
@@ -218,10 +249,14 @@ def time(
                         input_size=input_size, precisions=tuple(precision or ("fp32",)), width=width,
                         channels_last=channels_last, compile=compile, threads=threads, reference=reference,
                         results=str(results))
-    frame = run_timing(config, progress=progress, notify=lambda message: console.print(f"[yellow]{message}"))
+    frame = run_timing(config, progress=progress, strict=True, notify=lambda message: errors.print(
+        message, style="yellow", markup=False, highlight=False, soft_wrap=True))
+    if len(frame):
+        print_whole(console, timing_table(frame))
+    if frame.attrs.get("error"):  # the measurements were kept elsewhere; the error says where
+        raise BenchError(frame.attrs["error"])
     if frame.attrs.get("path"):
-        console.print(timing_table(frame))
-        console.print(f"wrote {frame.attrs['path']}")
+        console.print(f"wrote {frame.attrs['path']}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -124,6 +125,7 @@ class GridConfig:
     shard: tuple[int, int] = (1, 1)  # (I, N): run the I-th of N disjoint slices of the grid
     devices: tuple[str, ...] = ()  # several GPUs of one machine: one run per device at a time
     time_limit: float | None = None  # minutes; stop cleanly after the first epoch past it, resume later
+    threads: int | None = None  # torch CPU threads per process; None leaves torch's setting as it is
 
     def runs(self) -> list[RunConfig]:
         """Every run of the grid in a fixed order (depth, then arch, then seed); this shard's only."""
@@ -178,8 +180,15 @@ def validate(config: RunConfig) -> RunConfig:
             raise BenchError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if not 0 <= config.seed < 2**32:
         raise BenchError(f"--seeds {config.seed}: seeds run from 0 to 2**32 - 1")
-    if config.lr <= 0:
-        raise BenchError(f"--lr must be positive, got {config.lr}")
+    # nan compares false with everything, so `lr <= 0` alone would let it (and inf) through.
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise BenchError(f"--lr must be a positive finite number, got {config.lr}")
+    if config.warmup_lr is not None and not (math.isfinite(config.warmup_lr) and config.warmup_lr > 0):
+        raise BenchError(f"warmup_lr must be a positive finite number, got {config.warmup_lr}")
+    for name in ("momentum", "weight_decay", "lr_decay"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise BenchError(f"{name} must be a finite number of zero or more, got {value}")
     try:
         with torch.device("meta"):  # builds in no time and allocates nothing
             build_model(config.depth, config.arch, shortcut=config.shortcut, stem=config.stem, width=4)

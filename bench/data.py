@@ -13,6 +13,7 @@ Datasets (the `--dataset` names):
 
 Files are decoded once into uint8 tensors and cached as ``<folder holding the dataset>/.cache/<name>-<key>.pt``,
 keyed by the source's file names, sizes and modification times, so the next start loads in about a second.
+Each dataset also gets a content fingerprint (DataInfo.fingerprint) that a run folder records.
 The whole set then lives on the training device, where `augment` does the paper's augmentation batched.
 """
 
@@ -69,6 +70,10 @@ class DataInfo:
     train_size: int
     test_size: int
     note: str  # caveat for readers; "" if none
+    # What the data is, not where it lies: a hash of the file list (names, sizes, labels), of the decoded
+    # tensors for CIFAR's pickles, or of the synthetic set's parameters. Saved in each run's config.json so a
+    # run folder found again with other data under the same name is refused (bench.store.check_same_data).
+    fingerprint: str = ""
 
 
 @dataclasses.dataclass
@@ -194,7 +199,7 @@ def resolve_dataset(name: str, data_dir: Path | None = None) -> tuple[str, Path 
         return wanted, data_dir, (f"{title} not found under {data_dir}/: it will be downloaded from {host} "
                                   f"into {data_dir}/")
     where = (f"put {_CIFAR[wanted].filename}, {_CIFAR[wanted].base_folder}/ or an ImageFolder "
-             f"{_CIFAR_FOLDERS[wanted][1]}/{{train,test}}/<class>/ in {data_dir}/ (or set $BENCH_DATA)")
+             f"{_CIFAR_FOLDERS[wanted][0]}/{{train,test}}/<class>/ in {data_dir}/ (or set $BENCH_DATA)")
     if name == "auto":
         return "synthetic", data_dir, (f"CIFAR-10 not found under {data_dir}/ and {host} is unreachable: using "
                                        f"the offline synthetic set, whose errors are not comparable to the "
@@ -211,6 +216,22 @@ def _file_key(files: Iterable[tuple[str, os.stat_result]], extra: str) -> str:
     for name, stat in files:
         digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _fingerprint(parts: Iterable[str | bytes | memoryview]) -> str:
+    """A short content hash of `parts` (see DataInfo.fingerprint)."""
+    digest = hashlib.sha1()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _tensor_fingerprint(tensors: dict) -> str:
+    """The fingerprint of decoded tensors: exact, for sources whose decoding is (CIFAR's pickles)."""
+    arrays = [tensors[f"{split}_{kind}"].contiguous().numpy() for split in ("train", "test")
+              for kind in ("images", "labels")]
+    return _fingerprint([f"tensors {tensors['num_classes']}", *(memoryview(a).cast("B") for a in arrays)])
 
 
 def _load_cache(path: Path, notify: Notify) -> dict | None:
@@ -239,8 +260,9 @@ def _save_cache(path: Path, tensors: dict, notify: Notify) -> bool:
     try:
         store.write_atomic(path, lambda handle: torch.save(tensors, handle))
         return True
-    except (OSError, BenchError) as error:
-        notify(f"could not write the data cache {path} ({error}); the next start decodes again")
+    except Exception as error:  # torch.save raises RuntimeError for some write failures, OSError for others
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        notify(f"could not write the data cache {path} ({reason}); the next start decodes again")
         return False
 
 
@@ -278,7 +300,7 @@ def _class_files(split_dir: Path) -> dict[str, list[os.DirEntry]]:
 def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], None]) -> tuple[Tensor, bool]:
     """Decode image files into uint8 [N,3,size,size]; returns it and whether any image had to be resized."""
     from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import center_crop, resize
+    from torchvision.transforms.v2.functional import center_crop, resize, to_dtype
 
     out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
     resized = False
@@ -295,6 +317,8 @@ def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], 
             except (OSError, RuntimeError, ValueError) as error:
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise BenchError(f"cannot decode image {entry.path} ({reason}): replace or delete the file") from None
+            if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16: scale, or the values wrap mod 256
+                image = to_dtype(image, torch.uint8, scale=True)
             if image.shape[-2:] != (size, size):
                 image = center_crop(resize(image, [size], antialias=True), [size, size])
                 resized = True
@@ -305,8 +329,8 @@ def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], 
     return out, resized
 
 
-def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None) -> tuple[str, Builder]:
-    """Check an ImageFolder root; returns its cache key and the function that decodes it.
+def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None) -> tuple[str, Builder, str]:
+    """Check an ImageFolder root; returns its cache key, the function that decodes it and its fingerprint.
 
     `title` ("CIFAR-10") marks a copy of a known set, whose JPEG files get the lossy-copy note.
     """
@@ -317,9 +341,14 @@ def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None
         raise BenchError(f"{root / 'train'} and {test_dir} have different class folders ({', '.join(differ[:5])}): "
                          f"give both splits the same classes")
     files = {split: [f for entries in per_class.values() for f in entries] for split, per_class in splits.items()}
-    named = ((f"{split}/{cls}/{e.name}", e.stat()) for split, per_class in splits.items()
-             for cls, entries in per_class.items() for e in entries)
-    key = _file_key(named, f"imagefolder {test_dir.name} {size}")
+    named = [(f"{split}/{cls}/{e.name}", e.stat()) for split, per_class in splits.items()
+             for cls, entries in per_class.items() for e in entries]
+    # PNGs decoded before 16-bit images were scaled may sit in the cache wrapped: key them anew.
+    png = " png16" if any(name.lower().endswith(".png") for name, _ in named) else ""
+    key = _file_key(named, f"imagefolder {test_dir.name} {size}{png}")
+    # Names (with their class folders, so labels), sizes and the image size; not modification times, so a
+    # copy of the same files on another machine is the same data.
+    fingerprint = _fingerprint([f"imagefolder {size}", *(f"{name} {stat.st_size}" for name, stat in named)])
 
     def build() -> dict:
         tensors: dict = {"num_classes": len(splits["train"])}
@@ -338,7 +367,7 @@ def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None
         tensors["note"] = "; ".join(notes)
         return tensors
 
-    return key, build
+    return key, build, fingerprint
 
 
 def _unpickle(raw: bytes, where: str) -> dict:
@@ -457,13 +486,16 @@ def load_dataset(name: str, data_dir: Path | None = None, *, image_size: int = 3
         if notice:
             notify(notice)
 
+    fingerprint = None  # None: hash the decoded tensors
     if name == "synthetic":
         source, cache_dir = f"generated (seed {SYNTHETIC_SEED})", data_dir
         key, build = _synthetic_source(synthetic_train, synthetic_test, image_size, progress)
+        fingerprint = _fingerprint([f"synthetic {synthetic.VERSION} {synthetic_train} {synthetic_test} {image_size} "
+                                    f"{SYNTHETIC_SEED}"])
     elif name.startswith("imagefolder"):
         root = _imagefolder_root(name, data_dir)
         name, source, cache_dir = f"imagefolder:{root.resolve().name}", str(root), root.parent
-        key, build = _imagefolder_source(root, image_size, progress, title=None)
+        key, build, fingerprint = _imagefolder_source(root, image_size, progress, title=None)
     else:
         if image_size != 32:
             raise BenchError(f"{_CIFAR_TITLE[name]} images are 32x32: use --image-size 32 (or leave it out)")
@@ -475,7 +507,7 @@ def load_dataset(name: str, data_dir: Path | None = None, *, image_size: int = 3
             root = _download_cifar(name, data_dir)
         source, cache_dir = str(root), root.parent
         if _is_imagefolder(root):
-            key, build = _imagefolder_source(root, image_size, progress, title=_CIFAR_TITLE[name])
+            key, build, fingerprint = _imagefolder_source(root, image_size, progress, title=_CIFAR_TITLE[name])
         else:
             key, build = _cifar_pickle_source(name, root)
 
@@ -494,7 +526,8 @@ def load_dataset(name: str, data_dir: Path | None = None, *, image_size: int = 3
                          f"use --dataset imagefolder for other image sets")
     info = DataInfo(name=name, source=source, num_classes=num_classes, image_size=image_size,
                     train_size=len(tensors["train_images"]), test_size=len(tensors["test_images"]),
-                    note=_SYNTHETIC_NOTE if name == "synthetic" else tensors["note"])
+                    note=_SYNTHETIC_NOTE if name == "synthetic" else tensors["note"],
+                    fingerprint=fingerprint or _tensor_fingerprint(tensors))
     return ImageData(info, tensors["train_images"], tensors["train_labels"], tensors["test_images"],
                      tensors["test_labels"], tensors["mean"])
 

@@ -6,3 +6,10 @@ class BenchError(Exception):
 
     The message is shown as-is on one line, so it should say what is wrong and how to fix it.
     """
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is torch running out of memory: torch.OutOfMemoryError (CUDA) or the CPU allocator's
+    RuntimeError. Told apart by message, so this module need not import torch."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

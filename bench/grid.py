@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import math
+import re
 import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-import pandas as pd
 import torch
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from bench import distributed, store
 from bench.config import GridConfig, RunConfig, validate
-from bench.data import load_dataset, resolve_dataset, take_subset
-from bench.errors import BenchError
-from bench.train import Run, resolve_device, train_run
+from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
+from bench.errors import BenchError, is_out_of_memory
+from bench.train import Run, check_batch, resolve_device, rewrite_config, train_run
 
 Notify = Callable[[str], None]
 
@@ -41,6 +43,11 @@ class Plan:
 def plan(grid: GridConfig) -> Plan:
     """Validate every run and pin the dataset ('auto' becomes what will really be used)."""
     runs = [validate(run) for run in grid.runs()]
+    if grid.time_limit is not None and not (math.isfinite(grid.time_limit) and grid.time_limit > 0):
+        raise BenchError(f"--time-limit must be a positive number of minutes, got {grid.time_limit:g}: leave it "
+                         "out for no limit")
+    if grid.threads is not None and grid.threads < 1:
+        raise BenchError(f"--threads must be 1 or more, got {grid.threads}")
     dataset, path, notice = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
     return Plan([dataclasses.replace(run, dataset=dataset) for run in runs], dataset, path, notice,
                 Path(grid.results))
@@ -61,12 +68,15 @@ class GridProgress:
     """A live bar per run (epoch, loss, errors, images/s, time left) under one console."""
 
     def __init__(self, console: Console, enabled: bool) -> None:
+        # A live bar only on a terminal: a log file (Slurm) would get nothing until the end, so it gets the
+        # one line per epoch that --no-progress prints.
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(),
             TextColumn("ep {task.fields[epoch]}/{task.fields[epochs]}"),
             TextColumn("loss {task.fields[loss]}"), TextColumn("train {task.fields[train]}"),
             TextColumn("test {task.fields[test]}"), TextColumn("{task.fields[speed]}"),
-            TimeRemainingColumn(), console=console, disable=not enabled, refresh_per_second=4,
+            TimeRemainingColumn(), console=console, disable=not (enabled and console.is_terminal),
+            refresh_per_second=4,
         )
         self.task = None
 
@@ -87,10 +97,21 @@ class GridProgress:
             self.progress.console.print(
                 f"{row['run_id']} epoch {run.epoch}/{run.epochs_total}: loss {row['train_loss']:.3f} "
                 f"train {row['train_error']:.2%} test {row['test_error']:.2%} "
-                f"{row['images_per_second']:.0f} img/s", highlight=False)
+                f"{row['images_per_second']:.0f} img/s", highlight=False, soft_wrap=True)
         self.progress.update(self.task, epoch=run.epoch, loss=f"{row['train_loss']:.3f}",
                              train=f"{row['train_error']:.1%}", test=f"{row['test_error']:.1%}",
                              speed=f"{row['images_per_second']:.0f} img/s")
+
+
+def print_whole(console: Console, renderable: RenderableType) -> None:
+    """Print a table with every column whole: a terminal wraps it to its width, but a log file (not a
+    terminal, where rich assumes 80 columns) would get its columns cut to a few letters."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    width = console.measure(renderable, options=console.options.update_width(10_000)).maximum
+    Console(file=console.file, width=max(width, console.width), quiet=console.quiet,
+            color_system=None).print(renderable)
 
 
 def summary_table(summary: list[dict]) -> Table:
@@ -120,27 +141,35 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     device takes the runs one at a time.
     """
     console = console or Console()
+    # Notices (a fallback, cache trouble, a skipped run) go to stderr, one line each: stdout stays the
+    # configuration, the epochs and the summary (and --dry-run's one line per run).
+    notices = Console(stderr=True, soft_wrap=True, quiet=not distributed.from_environment().is_main)
     p = resolved or plan(grid)
     store.check_writable(p.results)
+    folder = p.results / store.dataset_folder(p.dataset)
+    if folder.exists():  # a file or read-only folder in the way fails now, not after the data is decoded
+        store.check_writable(folder)
     if p.notice:
-        console.print(f"[bold yellow]{p.notice}")
+        notices.print(p.notice, style="bold yellow", markup=False, highlight=False)
     if len(grid.devices) > 1:
-        return _run_on_devices(grid, p, console)
+        return _run_on_devices(grid, p, console, notices)
     if not p.runs:
         console.print(f"shard {grid.shard[0]}/{grid.shard[1]} of this grid has no runs: nothing to do")
         return []
+    if grid.threads is not None:
+        torch.set_num_threads(grid.threads)  # once, before any data or model: config.json records it
     job = distributed.from_environment()
     device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
     try:
-        return _run_plan(p, device, job, console if job.is_main else Console(quiet=True), progress,
+        return _run_plan(p, device, job, console if job.is_main else Console(quiet=True), notices, progress,
                          grid.time_limit)
     finally:
         distributed.teardown()
 
 
-def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Console, progress: bool,
-              time_limit: float | None) -> list[dict]:
-    notify: Notify = lambda message: console.print(f"[yellow]{message}")
+def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Console, notices: Console,
+              progress: bool, time_limit: float | None) -> list[dict]:
+    notify: Notify = lambda message: notices.print(message, style="yellow", markup=False, highlight=False)
     base = p.runs[0]
     data = None
     for turn in (True, False):  # rank 0 decodes and caches the data first, the other ranks then load the cache
@@ -149,9 +178,12 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
         distributed.barrier(job)
     data = take_subset(data, base.train_subset, base.test_subset).to(device)
     console.print(f"data: {data.info.name} ({data.info.train_size} train / {data.info.test_size} test, "
-                  f"{data.info.source}) on {device}" + (f" x {job.world_size} ranks" if job.enabled else ""))
+                  f"{data.info.source}) on {device}" + (f" x {job.world_size} ranks" if job.enabled else ""),
+                  soft_wrap=True)
     if data.info.note:
-        console.print(f"[yellow]note: {data.info.note}")
+        console.print(f"[yellow]note: {data.info.note}", soft_wrap=True)
+    for config in p.runs:  # before any run folder is made: a batch that cannot fit leaves nothing behind
+        check_batch(config, len(data.train_images), job.world_size)
     bars = GridProgress(console, progress and job.is_main)
     deadline = time.monotonic() + 60 * time_limit if time_limit else None
     summary = []
@@ -161,43 +193,79 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
             item = {"run_id": config.run_id(), "arch": config.arch, "depth": config.depth, "seed": config.seed,
                     "rows": [], "seconds": 0.0}
             summary.append(item)
+            out_of_memory = False
             with store.run_lock(directory) if job.is_main else nullcontext(True) as mine:
-                state = store.run_state(directory) if mine else "busy"
-                state = distributed.broadcast(state, job)
+                try:
+                    if mine:
+                        store.check_same_data(directory, data.info.fingerprint, data.info.source)
+                    state, problem = (store.run_state(directory) if mine else "busy"), None
+                except BenchError as error:  # every rank must stop, not only the one that read the files
+                    state, problem = None, str(error)
+                state, problem = distributed.broadcast((state, problem), job)
+                if problem:
+                    raise BenchError(problem)
                 if state == "busy":
                     item["state"] = "busy (another process)"
                     notify(f"{config.run_id()}: another bench process is training it; skipped")
                     continue
                 if state in (store.FINISHED, store.DIVERGED):
                     item["state"] = f"{state} (earlier)"
-                    item["rows"] = _rows(directory)
+                    if job.is_main:
+                        _found_done(config, data, directory, device, job, notify, state)
+                    item["rows"] = _rows(directory, notify, repair=job.is_main)
                     continue
                 started = time.perf_counter()
                 try:
                     item["state"] = train_run(config, data, directory, device, notify=notify, job=job,
                                               on_start=bars.start, on_step=bars.step, on_epoch=bars.epoch,
                                               deadline=deadline)
+                except RuntimeError as error:
+                    if job.enabled or not is_out_of_memory(error):
+                        raise  # under torchrun, train_run has told the ranks apart already
+                    item["state"], out_of_memory = "out of memory", True
+                    # The CPU allocator's message begins with a C++ source location: keep what it asked for.
+                    reason = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", str(error).splitlines()[0])
+                    notify(f"{config.run_id()}: out of memory on {device} ({reason[:160]}): "
+                           "lower --width or --batch-size (or --train-subset, or use --precision bf16 on a GPU); "
+                           "going on with the next run")
                 finally:
                     item["seconds"] = time.perf_counter() - started
-                    item["rows"] = _rows(directory)
+                    item["rows"] = _rows(directory, notify)
+            if out_of_memory:
+                gc.collect()  # the failed run's model and batches, before the next run allocates its own
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                store.remove_if_empty(directory)  # failed while building: nothing worth keeping
             if deadline is not None and distributed.broadcast(time.monotonic() > deadline, job):  # ranks agree
                 notify(f"--time-limit {time_limit:g} min reached: progress is saved; run the same command "
                        "to continue")
                 break
-    console.print(summary_table(summary))
+    print_whole(console, summary_table(summary))
     return summary
+
+
+def _found_done(config: RunConfig, data: ImageData, directory: Path, device: torch.device, job: distributed.Dist,
+                notify: Notify, state: str) -> None:
+    """Tidy a finished or diverged run found again: config.json back if it was deleted (else `bench report`
+    would never see the run again), and a finished run's previous checkpoint gone."""
+    if not (directory / store.CONFIG).exists():
+        rewrite_config(config, data, directory, device, world_size=job.world_size, notify=notify)
+    if state == store.FINISHED:
+        store.drop_previous_checkpoint(directory)
 
 
 def _device_worker(index: int, grid: GridConfig) -> None:
     # Several live bars from several processes would garble each other: workers print their summaries only.
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: save, then exit
-    run_grid(dataclasses.replace(grid, devices=(grid.devices[index],)), progress=False)
+    # One thread each unless told otherwise: N workers with all cores each would fight over them.
+    run_grid(dataclasses.replace(grid, devices=(grid.devices[index],), threads=grid.threads or 1), progress=False)
 
 
-def _run_on_devices(grid: GridConfig, p: Plan, console: Console) -> list[dict]:
+def _run_on_devices(grid: GridConfig, p: Plan, console: Console, notices: Console) -> list[dict]:
     """One worker process per device; each walks the grid and takes the runs nobody holds (the run locks)."""
     console.print(f"{len(grid.devices)} workers, one per device: {', '.join(grid.devices)}")
-    load_dataset(p.dataset, p.data_path, progress=True)  # decode or download once; the workers read the cache
+    notify: Notify = lambda message: notices.print(message, style="yellow", markup=False, highlight=False)
+    load_dataset(p.dataset, p.data_path, progress=True, notify=notify)  # decode once; the workers read the cache
     try:
         torch.multiprocessing.spawn(_device_worker, args=(grid,), nprocs=len(grid.devices))
     except torch.multiprocessing.ProcessException as error:  # raised in a worker, or a worker killed
@@ -205,11 +273,16 @@ def _run_on_devices(grid: GridConfig, p: Plan, console: Console) -> list[dict]:
                          "run the same command again to resume") from None
     summary = [{"run_id": run.run_id(), "arch": run.arch, "depth": run.depth, "seed": run.seed,
                 "state": store.run_state(p.directory(run)) or "not started",
-                "rows": _rows(p.directory(run)), "seconds": 0.0} for run in p.runs]
-    console.print(summary_table(summary))
+                "rows": _rows(p.directory(run), notify), "seconds": 0.0} for run in p.runs]
+    print_whole(console, summary_table(summary))
     return summary
 
 
-def _rows(directory: Path) -> list[dict]:
-    path = directory / store.EPOCHS
-    return pd.read_parquet(path).to_dict("records") if path.exists() else []
+def _rows(directory: Path, notify: Notify, *, repair: bool = False) -> list[dict]:
+    """The run's epoch rows for the summary; a torn epochs.parquet is read from the checkpoint (and written
+    again when `repair`), and an unreadable run costs a notice, never the rest of the grid."""
+    try:
+        return store.read_epochs(directory, notify, repair=repair).to_dict("records")
+    except BenchError as error:
+        notify(str(error))
+        return []

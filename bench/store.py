@@ -20,7 +20,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,6 +61,19 @@ CONFIG, EPOCHS, LAYERS, STATUS = "config.json", "epochs.parquet", "layers.parque
 CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 
 RUNNING, FINISHED, DIVERGED, INTERRUPTED = "running", "finished", "diverged", "interrupted"
+STATES = (RUNNING, FINISHED, DIVERGED, INTERRUPTED)
+
+# What the JSON files of a run folder must hold (key -> type), checked whenever one is read back.
+CONFIG_SHAPE: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "config": dict, "dataset": (dict, type(None)), "model": (dict, type(None)),
+    "schedule": (dict, type(None)), "environment": (dict, type(None))}
+STATUS_SHAPE: dict[str, type | tuple[type, ...]] = {"state": str}
+# The fix for any damaged file of a run folder: `bench run` rewrites config.json, status.json and
+# epochs.parquet of a run it finds again (from its configuration and checkpoint).
+_REWRITE = "delete it and run the same `bench run` command again, which rewrites it"
+# errno values that mean "this place cannot be written", as opposed to "the disk is full".
+UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def dataset_folder(dataset: str) -> str:
@@ -74,9 +88,9 @@ def run_dir(results: Path, dataset: str, run_id: str) -> Path:
 
 def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write through `write` into a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             write(handle)
             handle.flush()
@@ -86,24 +100,34 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         tmp.unlink(missing_ok=True)
         if not isinstance(error, OSError):
             raise
-        if error.errno == errno.ENOSPC:
+        if error.errno in DISK_FULL:
             raise BenchError(f"disk full while writing {path}: free some space and run the same command "
-                             "again (finished epochs are kept)") from None
-        if error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise BenchError(f"cannot write {path}: make the folder writable or pass --results DIR") from None
+                             "again (what was written before is kept)") from None
+        if error.errno in UNWRITABLE:
+            raise BenchError(f"cannot write {path} ({error.strerror}): make the folder writable or pass "
+                             "--results DIR") from None
         raise
 
 
-def check_writable(results: Path) -> None:
-    """Fail early, in one line, if the results folder cannot be created or written."""
+def check_writable(results: Path, *, tidy: bool = False) -> None:
+    """Fail early, in one line, if the results folder cannot be created or written. With `tidy`, the folders
+    it had to create are removed again, for callers that may yet fail before they write anything."""
+    results = Path(results)
+    created = [folder for folder in (results, *results.parents) if not folder.exists()]  # deepest first
     try:
-        Path(results).mkdir(parents=True, exist_ok=True)
-        probe = Path(results) / f".write-test-{os.getpid()}"
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
         raise BenchError(f"cannot write to results folder {results} ({error.strerror}): "
                          "pass --results DIR with a writable folder") from None
+    finally:
+        for folder in created if tidy else ():
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -112,12 +136,49 @@ def write_json(path: Path, data: dict) -> None:
     write_atomic(Path(path), lambda handle: handle.write(text.encode()))
 
 
-def read_json(path: Path) -> dict:
-    """Read a JSON file written by `write_json`; a torn or foreign file is a BenchError."""
+def read_json(path: Path, shape: Mapping[str, type | tuple[type, ...]] | None = None) -> dict:
+    """Read a JSON object written by `write_json`; a torn or foreign file, or one of another shape, is a
+    BenchError. `shape` maps keys to the types their values must have (CONFIG_SHAPE, STATUS_SHAPE)."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
-        raise BenchError(f"cannot read {path} ({error}): delete it or the run folder to start over") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BenchError(f"cannot read {path} ({reason}): {_REWRITE}") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"{path} holds a JSON {type(data).__name__}, not an object: {_REWRITE}")
+    for key, kind in (shape or {}).items():
+        if not isinstance(data.get(key), kind):
+            raise BenchError(f"{path} has no valid {key!r}: {_REWRITE}")
+    return data
+
+
+def read_status(directory: Path) -> dict:
+    """A run's status.json, checked ({} when it has none yet)."""
+    path = Path(directory) / STATUS
+    if not path.exists():
+        return {}
+    status = read_json(path, STATUS_SHAPE)
+    if status["state"] not in STATES:
+        raise BenchError(f"{path} has an unknown state {status['state']!r}: {_REWRITE}")
+    return status
+
+
+def check_same_data(directory: Path, fingerprint: str, source: str) -> None:
+    """Refuse a run folder whose config.json records other data than `fingerprint`.
+
+    The run_id names the dataset, not its content, so another folder of images with the same name finds
+    the same run folders; without this, their finished numbers would be reported as the new data's, and
+    an unfinished run would resume on other images. Folders from before fingerprints record none and pass.
+    """
+    path = Path(directory) / CONFIG
+    if not fingerprint or not path.exists():
+        return
+    recorded = read_json(path, CONFIG_SHAPE).get("dataset") or {}
+    theirs = recorded.get("fingerprint")
+    if theirs and theirs != fingerprint:
+        raise BenchError(f"{directory} holds a run on other data ({recorded.get('source')}, fingerprint {theirs}) "
+                         f"than {source} (fingerprint {fingerprint}): pass another --results folder for this "
+                         "data, or move that run folder away")
 
 
 def _table(rows: Sequence[dict]) -> pa.Table:
@@ -175,15 +236,16 @@ def load_checkpoint(directory: Path, notify: Callable[[str], None] = print) -> d
     directory = Path(directory)
     candidates = [directory / name for name in (CHECKPOINT, f"{CHECKPOINT}.new", PREVIOUS_CHECKPOINT)]
     found = [path for path in candidates if path.exists()]
-    for path in found:
+    for index, path in enumerate(found):
+        then = "; trying an older one" if index + 1 < len(found) else ""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for a torn zip or pickle
-            notify(f"checkpoint {path} is unreadable ({type(error).__name__}); trying an older one")
+            notify(f"checkpoint {path} is unreadable ({type(error).__name__}){then}")
             continue
         if isinstance(state, dict) and "epoch" in state and "model" in state:
             return state
-        notify(f"checkpoint {path} is not a bench checkpoint; trying an older one")
+        notify(f"checkpoint {path} is not a bench checkpoint{then}")
     if found:
         raise BenchError(f"corrupt checkpoint {found[0]}: delete {directory} to restart this run from scratch")
     return None
@@ -209,10 +271,63 @@ def run_lock(directory: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def drop_previous_checkpoint(directory: Path) -> None:
+    """Delete checkpoint.prev.pt: a finished run's last checkpoint is whole, the one before is dead weight."""
+    (Path(directory) / PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
+
+
+def remove_if_empty(directory: Path) -> None:
+    """Remove a run folder that holds nothing but its lock: a run that failed before writing anything."""
+    directory = Path(directory)
+    if directory.is_dir() and {path.name for path in directory.iterdir()} <= {".lock"}:
+        try:
+            (directory / ".lock").unlink(missing_ok=True)
+            directory.rmdir()
+        except OSError:  # another process got here in between: its folder now
+            pass
+
+
 def run_state(directory: Path) -> str | None:
     """The recorded state of a run folder, or None if it has no status yet."""
-    path = Path(directory) / STATUS
-    return read_json(path).get("state") if path.exists() else None
+    return read_status(directory).get("state")
+
+
+def read_epochs(directory: Path, notify: Callable[[str], None] = print, *, repair: bool = False) -> pd.DataFrame:
+    """A run's epoch rows (EPOCH_SCHEMA columns): its epochs.parquet, or, when that is torn, foreign or
+    missing, the rows its checkpoint holds (written back as epochs.parquet when `repair`, with a notice).
+
+    A BenchError only when neither can be read.
+    """
+    directory = Path(directory)
+    path = directory / EPOCHS
+    if path.exists():
+        try:
+            frame = pd.read_parquet(path)
+            missing = [c for c in EPOCH_COLUMNS if c not in frame.columns]
+            if missing:
+                raise ValueError(f"no column {missing[0]}")
+            return frame
+        except Exception as error:  # pyarrow raises several types for a torn or foreign file
+            reason = type(error).__name__ + (f": {str(error).splitlines()[0][:120]}" if str(error).strip() else "")
+    elif not any((directory / name).exists() for name in (CHECKPOINT, f"{CHECKPOINT}.new", PREVIOUS_CHECKPOINT)):
+        return epochs_frame([])  # a run that has not finished an epoch yet
+    else:
+        reason = "missing"
+    try:
+        checkpoint = load_checkpoint(directory, notify=lambda message: None)
+        frame = epochs_frame(checkpoint["rows"] if checkpoint is not None else [])
+    except (BenchError, KeyError, TypeError, ValueError, pa.ArrowException):
+        checkpoint = None
+    if checkpoint is None:
+        raise BenchError(f"cannot read {path} ({reason}) and no checkpoint holds its rows: delete {directory} "
+                         "to train that run again")
+    if repair:
+        write_epochs(path, checkpoint["rows"])
+        notify(f"{path} was unreadable ({reason}): rewrote it from the run's checkpoint")
+    else:
+        notify(f"{path} is unreadable ({reason}): using the rows of the run's checkpoint (the same `bench run` "
+               "command rewrites the file)")
+    return frame
 
 
 def find_runs(results: Sequence[Path]) -> list[Path]:
@@ -220,7 +335,17 @@ def find_runs(results: Sequence[Path]) -> list[Path]:
     return sorted({path.parent for root in results for path in Path(root).glob(f"*/*/{CONFIG}")})
 
 
-def read_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def find_orphans(results: Sequence[Path]) -> list[Path]:
+    """Run folders that lost their config.json (status or checkpoint there, config.json not)."""
+    return sorted({path.parent for root in results for name in (STATUS, CHECKPOINT)
+                   for path in Path(root).glob(f"*/*/{name}") if not (path.parent / CONFIG).exists()})
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stderr) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All runs under the given folders: (epochs, runs).
 
     `epochs` has one row per epoch (EPOCH_SCHEMA columns). `runs` has one row per run: the run's config
@@ -228,27 +353,37 @@ def read_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     interrupted), diverged_epoch, epochs_done, epochs_total, the dataset note, device_name, git_commit,
     torch version and the folder it came from. A run id found in several
     folders is kept once (the one with the most epochs), so merged copies do not double count.
+
+    A run folder that cannot be read is skipped with a one-line `notify`, never blocking the others; a torn
+    epochs.parquet is read from the run's checkpoint instead.
     """
     epoch_frames, run_rows = [], []
+    for directory in find_orphans(results):
+        notify(f"skipped {directory}: it has no {CONFIG}; run the `bench run` command that made it again to "
+               "rewrite it")
     for directory in find_runs(results):
-        meta = read_json(directory / CONFIG)
-        status = read_json(directory / STATUS) if (directory / STATUS).exists() else {}
-        frame = pd.read_parquet(directory / EPOCHS) if (directory / EPOCHS).exists() else epochs_frame([])
-        environment = meta.get("environment", {})
-        dataset = meta.get("dataset", {})
+        try:
+            meta = read_json(directory / CONFIG, CONFIG_SHAPE)
+            status = read_status(directory)
+            frame = read_epochs(directory, notify)
+        except BenchError as error:
+            notify(f"skipped {directory}: {error}")
+            continue
+        environment = meta.get("environment") or {}
+        dataset = meta.get("dataset") or {}
         run_rows.append({
             **meta.get("config", {}),
             "run_id": meta["run_id"],
             "dataset": dataset.get("name"),
             "dataset_note": dataset.get("note", ""),
-            "width": meta.get("model", {}).get("width"),
-            "shortcut": meta.get("model", {}).get("shortcut"),
-            "family": meta.get("model", {}).get("family"),
-            "params": meta.get("model", {}).get("params"),
+            "width": (meta.get("model") or {}).get("width"),
+            "shortcut": (meta.get("model") or {}).get("shortcut"),
+            "family": (meta.get("model") or {}).get("family"),
+            "params": (meta.get("model") or {}).get("params"),
             "state": status.get("state", RUNNING),
             "diverged_epoch": status.get("diverged_epoch"),
             "epochs_done": len(frame),
-            "epochs_total": status.get("epochs_total", meta.get("schedule", {}).get("epochs")),
+            "epochs_total": status.get("epochs_total", (meta.get("schedule") or {}).get("epochs")),
             "device_name": environment.get("device_name"),
             "git_commit": environment.get("git_commit"),
             "torch": environment.get("torch"),

@@ -24,6 +24,7 @@ import resource
 import secrets
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +44,7 @@ from torch import nn
 
 import resnet
 from bench import store
-from bench.errors import BenchError
+from bench.errors import BenchError, is_out_of_memory
 from bench.provenance import device_name, git_commit
 
 PHASES = ("forward", "forward_backward", "train_step")
@@ -278,10 +279,7 @@ def peak_memory(device: torch.device | str) -> int:
 
 
 def _is_oom(error: BaseException) -> bool:
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(error, torch.cuda.OutOfMemoryError) or is_out_of_memory(error)
 
 
 @dataclass(frozen=True)
@@ -394,22 +392,32 @@ def _settings(device: torch.device, threads: int | None) -> Iterator[None]:
 
 
 def run_timing(
-    config: TimeConfig, *, progress: bool = True, notify: Callable[[str], None] = print
+    config: TimeConfig, *, progress: bool = True, notify: Callable[[str], None] = print, strict: bool = False
 ) -> pd.DataFrame:
     """Time every combination in `config`, write results/timing/<id>.parquet, return its rows.
 
-    A device that is not there is skipped with a notice; a batch size that runs out of memory is
-    recorded with status "oom" and the sweep goes on. The parquet path is in ``frame.attrs["path"]``
-    (None when nothing was timed, in which case nothing is written).
+    A device that is not there is skipped with a notice (with `strict`, none there at all is a BenchError);
+    a batch size that runs out of memory is recorded with status "oom" and the sweep goes on. The results
+    folder is checked for writing before the sweep. The parquet path is in ``frame.attrs["path"]`` (None
+    when nothing was timed, in which case nothing is written). Should the write fail all the same (a disk
+    filled during the sweep), the rows go to the temporary folder instead, ``attrs["path"]`` names that
+    file and ``attrs["error"]`` says what happened.
     """
     _validate(config)
-    devices = []
+    devices, reasons = [], []
     for device in config.devices:
         reason = _available(device)
         if reason:
-            notify(reason)
+            reasons.append(reason)
         else:
             devices.append(torch.device(device))
+    if strict and not devices:
+        raise BenchError(f"{'; '.join(reasons)}: nothing to time; use --device cpu")
+    for reason in reasons:
+        notify(reason)
+    folder = Path(config.results) / "timing"
+    if devices:  # before the sweep, not after it: a sweep can take hours
+        store.check_writable(folder, tidy=True)
     nets = _nets(config, notify) if devices else []
     total = len(devices) * len(nets) * len(config.precisions) * len(config.batch_sizes)
     rows: list[dict] = []
@@ -427,8 +435,20 @@ def run_timing(
         notify("nothing was timed: no requested device is available")
         return frame
     run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-    path = Path(config.results) / "timing" / f"{run_id}.parquet"
-    store.write_parquet(path, pa.Table.from_pylist(rows, schema=TIMING_SCHEMA))
+    path = folder / f"{run_id}.parquet"
+    table = pa.Table.from_pylist(rows, schema=TIMING_SCHEMA)
+    try:
+        store.write_parquet(path, table)
+    except BenchError as error:
+        kept = Path(tempfile.gettempdir()) / f"bench-timing-{run_id}.parquet"
+        try:
+            store.write_parquet(kept, table)
+        except BenchError:
+            frame.attrs["error"] = f"{error}; the measurements could not be kept anywhere (the table above has them)"
+            return frame
+        frame.attrs["path"] = str(kept)
+        frame.attrs["error"] = f"{error}; the measurements are kept in {kept}: move it into {folder}/"
+        return frame
     frame.attrs["path"] = str(path)
     return frame
 

@@ -350,6 +350,17 @@ class Run:
         return self.iteration >= self.total and self.partial is None
 
 
+def check_batch(config: RunConfig, train_images: int, world_size: int = 1) -> None:
+    """The batch checks of `Run`, made before any run folder is created: the global batch must divide over
+    the processes and fit at least once into the training images."""
+    if config.batch_size % world_size:
+        raise BenchError(f"--batch-size {config.batch_size} (the global batch) must divide evenly over "
+                         f"{world_size} processes")
+    if train_images // config.batch_size == 0:
+        raise BenchError(f"--batch-size {config.batch_size} is larger than the {train_images} training images: "
+                         "use a smaller batch")
+
+
 def describe(run: Run) -> dict:
     """The config.json of a run: the config, what the data and model resolved to, and the environment."""
     model = run.model
@@ -367,6 +378,19 @@ def describe(run: Run) -> dict:
                         "batch_per_rank": run.config.batch_size // run.job.world_size},
         "started_at": utc_now(),
     }
+
+
+def rewrite_config(config: RunConfig, data: ImageData, directory: Path, device: torch.device, *,
+                   world_size: int = 1, notify: Notify = print) -> None:
+    """Write config.json again for a run folder that lost it (deleted by hand, as an error told), so
+    `bench report` finds the run again. It describes this machine and has no start time: both are lost."""
+    run = Run(config, data, directory, device, notify)  # one process's view: building it runs no collective
+    description = describe(run)
+    description["distributed"] = {"world_size": world_size, "batch_per_rank": config.batch_size // world_size}
+    description.update(started_at=None, rewritten_at=utc_now())
+    store.write_json(directory / store.CONFIG, description)
+    notify(f"{config.run_id()}: {store.CONFIG} was missing; rewrote it (environment of this machine, no start "
+           "time)")
 
 
 def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch.device, *,
@@ -399,8 +423,16 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
     if on_start is not None:
         on_start(run)
     status(store.RUNNING)
-    with deferred_interrupts(run.stop):
-        return _train_to_end(run, status, notify, on_epoch, on_step, deadline)
+    try:
+        with deferred_interrupts(run.stop):
+            return _train_to_end(run, status, notify, on_epoch, on_step, deadline)
+    except (BenchError, RuntimeError) as error:  # a full disk, out of memory: the run is not running any more
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        try:  # on a full disk this small file may not fit either; the error raised says what to do
+            status(store.INTERRUPTED, iteration=run.iteration, error=reason)
+        except (BenchError, OSError):
+            pass
+        raise
 
 
 def _train_to_end(run: Run, status: Callable[..., None], notify: Notify, on_epoch: Callable[[Run, dict], None] | None,
@@ -435,4 +467,6 @@ def _train_to_end(run: Run, status: Callable[..., None], notify: Notify, on_epoc
             status(store.INTERRUPTED, iteration=run.iteration)
             return store.INTERRUPTED
     status(store.FINISHED)
+    if job.is_main:
+        store.drop_previous_checkpoint(directory)
     return store.FINISHED

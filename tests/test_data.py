@@ -47,7 +47,8 @@ def test_synthetic_is_deterministic_and_balanced():
 
 def test_synthetic_dataset_is_cached(tmp_path):
     first = load_dataset("synthetic", tmp_path, synthetic_train=40, synthetic_test=20, progress=False)
-    assert first.info == DataInfo("synthetic", "generated (seed 0)", 10, 32, 40, 20, first.info.note)
+    assert first.info == DataInfo("synthetic", "generated (seed 0)", 10, 32, 40, 20, first.info.note,
+                                  first.info.fingerprint)
     assert "not comparable" in first.info.note
     assert len(list((tmp_path / ".cache").glob("synthetic-*.pt"))) == 1
     second = load_dataset("synthetic", tmp_path, synthetic_train=40, synthetic_test=20, progress=False)
