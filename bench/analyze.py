@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from bench import store
 from bench.config import RunConfig
 from bench.data import load_dataset
@@ -17,17 +19,17 @@ from bench.layers import RESPONSE_STD, response_rows
 from bench.train import make_model, prepare_inputs, resolve_device
 
 Notify = Callable[[str], None]
-BATCH = 500
 
 
 def run_folders(paths: Sequence[Path]) -> list[Path]:
-    """Each path as given if it is a run folder (holds config.json), else every run folder under it."""
+    """Each path as given if it is a run folder (holds config.json), else every run folder under it (a
+    results folder or one of its dataset folders)."""
     folders = []
     for path in map(Path, paths):
         if (path / store.CONFIG).exists():
             folders.append(path)
-        elif path.is_dir() and (found := store.find_runs([path])):
-            folders += found
+        elif path.is_dir() and (found := store.find_runs([path]) or store.find_runs([path.parent])):
+            folders += [f for f in found if path in f.parents]
         else:
             raise BenchError(f"{path} is neither a run folder (with {store.CONFIG}) nor a results folder holding "
                              "runs: pass e.g. results/cifar10/<run_id>")
@@ -36,12 +38,16 @@ def run_folders(paths: Sequence[Path]) -> list[Path]:
 
 def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = "auto",
                 notify: Notify = print) -> int:
-    """Write the response std of every 3x3 layer, over the whole test split, at the checkpoint's position into
+    """Write the response std of every 3x3 layer, over the whole test split, at the checkpoint's epoch into
     the run's layers.parquet (replacing the response rows of that epoch, keeping every other row);
-    returns the number of rows written. A run resumed later rewrites layers.parquet from its checkpoint."""
+    returns the number of rows written.
+
+    Refused for a checkpoint taken in the middle of an epoch (its weights belong to no epoch end). A run
+    that goes on training later rewrites layers.parquet from its checkpoint, without these rows.
+    """
     directory = Path(directory)
-    meta = store.read_json(directory / store.CONFIG)
-    config = RunConfig.from_dict(meta.get("config", {}) if isinstance(meta, dict) else {})
+    meta = store.read_json(directory / store.CONFIG, store.CONFIG_SHAPE)
+    config = RunConfig.from_dict(meta["config"])
     with store.run_lock(directory) as mine:
         if not mine:
             raise BenchError(f"{directory} is being trained right now: analyze it once that process stops")
@@ -49,21 +55,30 @@ def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = 
         if checkpoint is None:
             raise BenchError(f"{directory} has no checkpoint: `bench analyze` needs the trained weights "
                              "(checkpoints are not committed with reference runs; retrain with `bench run`)")
+        if checkpoint.get("partial") is not None:
+            raise BenchError(f"{directory} stopped in the middle of an epoch: run its `bench run` command to "
+                             "finish that epoch, then analyze it")
         data = load_dataset(config.dataset, data_dir, progress=False, notify=notify)
+        store.check_same_data(directory, data.info.fingerprint, data.info.source)
         model = make_model(config, data)
-        model.load_state_dict(checkpoint["model"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:
+            raise BenchError(f"{directory}: its checkpoint does not fit the network built for {data.info.source} "
+                             f"({str(error).splitlines()[0][:120]}): pass the --data-dir it was trained on") from None
         target = resolve_device(device)
         model.to(target)
-        images = data.test_images
-        batches = (prepare_inputs(images[i:i + BATCH].to(target), data.mean.to(target), config)
-                   for i in range(0, len(images), BATCH))
+        mean = data.mean.to(target)
         epoch, iteration = int(checkpoint["epoch"]), int(checkpoint["iteration"])
-        rows = response_rows(config.run_id(), epoch, iteration, model, batches)
+        rows = response_rows(meta["run_id"], epoch, iteration, model, data.test_images,
+                             lambda images: prepare_inputs(images.to(target), mean, config))
         layers = directory / store.LAYERS
-        # The checkpoint holds every row training measured (none for runs from before layers.parquet).
-        kept = [r for r in checkpoint.get("layer_rows", [])
-                if not (r["kind"] == RESPONSE_STD and r["epoch"] == epoch)]
+        try:  # the file holds every row; a checkpoint holds those up to its own epoch
+            kept = pd.read_parquet(layers).to_dict("records") if layers.exists() else checkpoint.get("layer_rows", [])
+        except Exception:  # pyarrow raises several types for a torn file
+            kept = checkpoint.get("layer_rows", [])
+        kept = [r for r in kept if not (r["kind"] == RESPONSE_STD and r["epoch"] == epoch)]
         store.write_layers(layers, kept + rows)
-    notify(f"{directory.name}: response std of {len(rows)} layers over {len(images):,} test images "
+    notify(f"{directory.name}: response std of {len(rows)} layers over {len(data.test_images):,} test images "
            f"at epoch {epoch} (iteration {iteration:,}) -> {layers}")
     return len(rows)

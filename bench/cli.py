@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import json
 import os
@@ -63,9 +62,11 @@ def handles_errors(function: F) -> F:
             errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as error:  # an output folder that is a file, read-only or full, met outside bench.store
-            if error.errno not in _CANNOT_WRITE:
+            from bench.store import DISK_FULL, UNWRITABLE
+
+            if error.errno not in (*UNWRITABLE, *DISK_FULL):
                 raise
-            errors.print(f"[bold red]error:[/] cannot write {escape(str(error.filename or 'a file'))} "
+            errors.print(f"[bold red]error:[/] cannot access {escape(str(error.filename or 'a file'))} "
                          f"({error.strerror}): choose a writable folder (--out, --results) or free some space",
                          highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -74,10 +75,6 @@ def handles_errors(function: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-_CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOSPC,
-                 errno.EDQUOT}
 
 
 def _default_threads(workers: int) -> int:
@@ -283,9 +280,15 @@ def analyze(
 ) -> None:
     """Recompute Figure 7's response statistics from each run's checkpoint over the whole test split."""
     from bench.analyze import analyze_run, run_folders
+    from bench.store import CHECKPOINT
 
-    for folder in run_folders(runs):
-        analyze_run(folder, data_dir, device=device, notify=lambda message: console.print(message, highlight=False))
+    notify = lambda message: console.print(message, markup=False, highlight=False)  # noqa: E731
+    folders = run_folders(runs)
+    for folder in folders:
+        if len(folders) > 1 and not (folder / CHECKPOINT).exists():  # a committed run: weights not in git
+            errors.print(f"skipped {folder}: no checkpoint", markup=False, highlight=False)
+            continue
+        analyze_run(folder, data_dir, device=device, notify=notify)
 
 
 def main() -> None:

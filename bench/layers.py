@@ -4,8 +4,8 @@ Three kinds of value, each one row of `layers.parquet` per run x measurement x l
 
 - ``response_std``: the standard deviation of a 3x3 layer's response, the BatchNorm output before the
   ReLU and before the shortcut is added (the paper's Figure 7), in eval mode over a fixed set of test
-  images. Computed from float64 sums over every element of the response, so one batch or the whole
-  test set give the same statistic.
+  images. Computed from float64 sums over every element of the response, so the result does not depend
+  on how the images are split into batches.
 - ``grad_norm``: the L2 norm of a conv weight's gradient, after backward and before the optimizer step.
 - ``weight_norm``: the L2 norm of that weight at the same moment.
 
@@ -16,7 +16,7 @@ plain net and its residual twin have the same layers); ``layer`` counts them fro
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -67,9 +67,10 @@ def conv_layers(model: nn.Module) -> list[ConvLayer]:
     modules = dict(model.named_modules())
     layers = []
     for name, module in modules.items():
-        if not isinstance(module, nn.Conv2d) or "downsample" in name:
-            continue
+        # The stem's conv1 and layerS.B.convN; shortcut projections (layerS.B.downsample.0) do not match.
         match = re.fullmatch(r"(?:layer(\d+)\.(\d+)\.)?conv(\d+)", name)
+        if not isinstance(module, nn.Conv2d):
+            continue
         if match is None:
             continue
         stage, block, _ = match.groups()
@@ -105,10 +106,12 @@ def _response_sums(layers: Sequence[ConvLayer]) -> Iterator[torch.Tensor]:
 
 
 def response_probe(images: torch.Tensor, n: int = RESPONSE_IMAGES) -> torch.Tensor:
-    """Every k-th test image, n in all: an ImageFolder test split is sorted by class, so its first n images
-    would all be of one class (measured: the first 1,000 of CIFAR-10 gave a first-layer std 16% off the
-    whole split's)."""
-    return images[:: max(1, len(images) // n)][:n]
+    """n test images spread evenly over the split (every 10th of CIFAR-10's 10,000), all of them if there are
+    fewer: an ImageFolder test split is sorted by class, so its first n images would all be of one class
+    (measured: the first 1,000 of CIFAR-10 gave a first-layer std 16% off the whole split's)."""
+    if len(images) <= n:
+        return images
+    return images[torch.arange(n, device=images.device) * len(images) // n]
 
 
 def three_by_three(model: nn.Module) -> list[ConvLayer]:
@@ -136,9 +139,11 @@ def response_stds(model: nn.Module, batches: Iterator[torch.Tensor]) -> list[flo
     return (squares / count - mean.square()).clamp_min(0).mul(count / (count - 1)).sqrt().tolist()
 
 
-def response_rows(run_id: str, epoch: int, iteration: int, model: nn.Module, batches: Iterator[torch.Tensor]
-                  ) -> list[dict]:
-    """LayerRow dicts of kind response_std for every 3x3 layer."""
+def response_rows(run_id: str, epoch: int, iteration: int, model: nn.Module, images: torch.Tensor,
+                  prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 500) -> list[dict]:
+    """LayerRow dicts of kind response_std for every 3x3 layer, over `images` (uint8, turned into the
+    network's input by `prepare`) in batches of `batch_size`."""
+    batches = (prepare(images[i:i + batch_size]) for i in range(0, len(images), batch_size))
     return _rows(run_id, epoch, iteration, RESPONSE_STD, three_by_three(model), response_stds(model, batches))
 
 

@@ -394,10 +394,11 @@ def figure7(profile: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int, tupl
         axes[0].set_ylabel("std of the layer's response")
         axes[0].set_ylim(bottom=0)
         axes[1].legend(loc="best", fontsize=8.5)
-        epochs = ", ".join(sorted({str(int(e)) for e in runs["epochs_done"]}))
+        iterations = ", ".join(f"{i:,}" for i in sorted({int(i) for i in profile["iteration"]}))
         add_caption(fig, [*provenance_lines(runs),
-                          f"Responses: each 3x3 layer's BatchNorm output before ReLU and addition, eval mode, at the "
-                          f"last measurement (after epoch {epochs}); mean over seeds. Dashed: plain; solid: "
+                          f"Responses: each 3x3 layer's BatchNorm output before ReLU and addition, eval mode, at each "
+                          f"run's last measurement (iteration {iterations}), over 1,000 test images spread over the "
+                          f"split (`bench analyze`: the whole split); mean over seeds. Dashed: plain; solid: "
                           f"residual."], title=title or _default_title(runs, "Std of layer responses (Figure 7)"))
     return fig
 
@@ -415,7 +416,7 @@ def gradient_figure(first: pd.DataFrame, last: pd.DataFrame, runs: pd.DataFrame,
                 _net_line(ax, net["layer"].to_numpy(), net["value"].to_numpy(), arch, depth, colors[depth],
                           f"{arch}-{depth}-grad-{when}")
             moments = sorted({int(i) for i in profile["iteration"]})
-            ax.set_title(f"{'first iteration' if when == 'first' else 'end of training'} "
+            ax.set_title(f"{'first iteration' if when == 'first' else 'last measurement'} "
                          f"(iteration {', '.join(f'{m:,}' for m in moments)})", fontsize=11)
             ax.set_xlabel("conv layer (network order, input to output)")
             ax.set_yscale("log")

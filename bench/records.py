@@ -1,4 +1,5 @@
-"""Result records are dataclasses; their parquet schemas are derived from them, never kept in step by hand."""
+"""Result records as dataclasses, with their parquet schemas derived from them rather than kept in step by hand
+(layers.parquet so far; epochs and timing still declare theirs)."""
 
 from __future__ import annotations
 

@@ -178,8 +178,11 @@ def timing_markdown(table: pd.DataFrame) -> str:
 
 def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out: Path, formats: Sequence[str],
                     colors: dict) -> tuple[list[Path], list[str]]:
-    """Figure 7, the gradient-norm profile and the response ratios of one experiment's layers.parquet rows."""
+    """Figure 7, the gradient-norm profile and the response ratios of one experiment's layers.parquet rows.
+    Diverged runs are left out, as in the error tables: their last measurement is of the blow-up."""
     written, readme = [], []
+    runs = runs[runs["state"] != "diverged"]
+    layers = layers[layers["run_id"].isin(runs["run_id"])]
     responses = tables.layer_profile(layers, RESPONSE_STD)
     if not responses.empty:
         with_data = runs[runs["run_id"].isin(layers.loc[layers["kind"] == RESPONSE_STD, "run_id"])]
@@ -187,7 +190,7 @@ def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out:
         ratios = tables.response_ratios(responses)
         responses.to_csv(folder / "figure7.csv", index=False)
         written += [*paths, folder / "figure7.csv"]
-        written += _write_table(ratios, folder / "responses", tables.markdown_table(ratios.round(4)))
+        written += _write_table(ratios, folder / "responses", tables.markdown_table(ratios))
         readme += ["### Std of layer responses (paper Figure 7)", "", *_figure_lines(paths, out, "figure 7"),
                    tables.response_sentence(ratios, responses), ""]
     first = tables.layer_profile(layers, GRAD_NORM, "first")

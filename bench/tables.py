@@ -277,16 +277,18 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def layer_profile(layers: pd.DataFrame, kind: str, when: str = "last") -> pd.DataFrame:
-    """One row per (arch, depth, layer): `value`, the mean over seeds of `kind` at each run's first or last
-    measurement (`when`), with `iteration` (the mean over seeds of when it was taken) and `seeds`.
+    """One row per (arch, depth, layer): `value`, the mean over seeds of `kind` at the first iteration
+    (`when="first"`; runs resumed from before layers.parquet existed have none) or at each run's last
+    measurement (`when="last"`), with `iteration` (the mean over seeds of when it was taken) and `seeds`.
 
     Layers are numbered in network order over the layers that have `kind` (Figure 7 counts 3x3 layers).
     """
     rows = layers[layers["kind"] == kind]
+    if when == "first":
+        rows = rows[rows["iteration"] == 1]
     if rows.empty:
         return pd.DataFrame(columns=["arch", "depth", "layer", "name", "value", "iteration", "seeds"])
-    moment = rows.groupby("run_id")["iteration"].transform("min" if when == "first" else "max")
-    rows = rows[rows["iteration"] == moment].copy()
+    rows = rows[rows["iteration"] == rows.groupby("run_id")["iteration"].transform("max")].copy()
     rows["layer"] = rows.groupby("run_id")["layer"].rank(method="dense").astype(int)
     return (rows.groupby(["arch", "depth", "layer"])
             .agg(name=("name", "first"), value=("value", "mean"), iteration=("iteration", "mean"),
@@ -324,6 +326,10 @@ def paper_caveat(runs: pd.DataFrame) -> str:
     if iterations != [64_000]:
         length = " / ".join(f"{i:,}" for i in iterations) + " iterations" if iterations else "epochs"
         differences.append(f"a schedule of {length} instead of 64,000 (a shorter one ends at a higher error)")
+    for field, paper in (("batch_size", 128), ("lr", 0.1), ("precision", "fp32")):
+        values = set(runs[field].dropna()) if field in runs else set()
+        if values - {paper}:
+            differences.append(f"{field} {', '.join(map(str, sorted(values)))} instead of {paper}")
     note = _unique(runs, "dataset_note")
     if note != "unknown":
         differences.append(f"this copy of the data ({note})")

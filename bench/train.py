@@ -179,9 +179,7 @@ class Run:
         self.job = job
         # layers.parquet; off only to show that measuring changes nothing (tests/test_layers.py).
         self.diagnostics = diagnostics and job.is_main
-        if config.batch_size % job.world_size:
-            raise BenchError(f"--batch-size {config.batch_size} (the global batch) must divide evenly over "
-                             f"{job.world_size} processes")
+        check_batch(config, len(data.train_images), job.world_size)
         _seed_everything(config.seed)
         # Every rank draws the same permutation and augmentation from its generator and keeps its own slice,
         # so N processes see exactly the global batches that one process would. The generator lives on the
@@ -207,17 +205,15 @@ class Run:
             # torch falls back to plain compiled kernels (with a warning) where a graph cannot be captured.
             self.step_model = torch.compile(self.step_model,
                                             mode="reduce-overhead" if device.type == "cuda" else None)
-        n = len(data.train_images)
-        self.iterations_per_epoch = n // config.batch_size
-        if self.iterations_per_epoch == 0:
-            raise BenchError(f"--batch-size {config.batch_size} is larger than the {n} training images: "
-                             "use a smaller batch")
+        self.iterations_per_epoch = len(data.train_images) // config.batch_size
         self.total = config.iterations or config.epochs * self.iterations_per_epoch  # type: ignore[operator]
         self.epochs_total = math.ceil(self.total / self.iterations_per_epoch)
         self.epoch = 0
         self.iteration = 0
         self.rows: list[dict] = []
-        self.layer_rows: list[dict] = []  # bench.layers.LayerRow dicts
+        # bench.layers.LayerRow dicts, in the checkpoint like the epoch rows so a resume has no gaps (a few
+        # hundred per epoch: small beside the weights even for the paper's 164-epoch 110-layer run).
+        self.layer_rows: list[dict] = []
         self.warming_up = config.warmup_lr is not None
         self.recent_errors: deque[float] = deque(maxlen=WARMUP_WINDOW)
         self.partial: dict | None = None  # an epoch stopped half-way by Ctrl-C
@@ -327,10 +323,9 @@ class Run:
         epoch_seconds = train_seconds + time.perf_counter() - started
         self.epoch += 1
         if self.diagnostics:  # outside epoch_seconds: a diagnostic, not part of the training it times
-            probe = response_probe(data.test_images)
             self.layer_rows += response_rows(config.run_id(), self.epoch, self.iteration, self.model,
-                                             (prepare_inputs(probe[i:i + 500], data.mean, config)
-                                              for i in range(0, len(probe), 500)))
+                                             response_probe(data.test_images),
+                                             lambda images: prepare_inputs(images, data.mean, config))
         self.partial = None
         row = {
             "run_id": config.run_id(), "dataset": data.info.name, "arch": config.arch, "depth": config.depth,
@@ -351,7 +346,7 @@ class Run:
 
 
 def check_batch(config: RunConfig, train_images: int, world_size: int = 1) -> None:
-    """The batch checks of `Run`, made before any run folder is created: the global batch must divide over
+    """The batch checks `Run` makes, also made before any run folder is created: the global batch must divide over
     the processes and fit at least once into the training images."""
     if config.batch_size % world_size:
         raise BenchError(f"--batch-size {config.batch_size} (the global batch) must divide evenly over "
@@ -426,7 +421,7 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
     try:
         with deferred_interrupts(run.stop):
             return _train_to_end(run, status, notify, on_epoch, on_step, deadline)
-    except (BenchError, RuntimeError) as error:  # a full disk, out of memory: the run is not running any more
+    except Exception as error:  # a full disk, out of memory, anything: the run is not running any more
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         try:  # on a full disk this small file may not fit either; the error raised says what to do
             status(store.INTERRUPTED, iteration=run.iteration, error=reason)

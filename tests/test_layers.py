@@ -142,22 +142,37 @@ def test_figure7_and_gradient_figure_plot_what_layers_parquet_holds(tmp_path, ti
     assert "x the plain net's" in (tmp_path / "reports" / "README.md").read_text()
 
 
-def test_analyze_recomputes_responses_over_the_whole_test_split(tmp_path, tiny_data, data_dir):
-    config = dataclasses.replace(TINY, epochs=1, test_subset=None)
-    train_run(config, tiny_data, tmp_path, CPU, diagnostics=False)  # as a run from before layers.parquet
-    analyze_run(tmp_path, data_dir, device="cpu", notify=lambda m: None)
-    rows = _layers(tmp_path)
-    assert set(rows["kind"]) == {layers.RESPONSE_STD} and (rows["epoch"] == 1).all() and len(rows) == 7
-
-    from bench.data import load_dataset
+def test_analyze_recomputes_responses_over_the_whole_test_split(tmp_path, data_dir):
+    from bench.data import load_dataset, take_subset
     from bench.train import make_model, prepare_inputs
 
-    data = load_dataset("synthetic", data_dir, progress=False)
+    data = load_dataset("synthetic", data_dir, progress=False)  # what analyze loads for a synthetic run
+    config = dataclasses.replace(TINY, epochs=1, test_subset=None)
+    run = tmp_path / "run"
+    train_run(config, take_subset(data, 512, 128), run, CPU, diagnostics=False)  # as before layers.parquet
+    analyze_run(run, data_dir, device="cpu", notify=lambda m: None)
+    rows = _layers(run)
+    assert set(rows["kind"]) == {layers.RESPONSE_STD} and (rows["epoch"] == 1).all() and len(rows) == 7
+
     model = make_model(config, data)
-    model.load_state_dict(store.load_checkpoint(tmp_path)["model"])
+    model.load_state_dict(store.load_checkpoint(run)["model"])
     expected = layers.response_stds(model, iter([prepare_inputs(data.test_images, data.mean, config)]))
     np.testing.assert_allclose(rows.sort_values("layer")["value"], expected, rtol=1e-9)
 
-    (tmp_path / store.CHECKPOINT).unlink()
+    other = tmp_path / "other"  # a run stopped mid-epoch: its weights belong to no epoch's end
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, take_subset(data, 512, 128), other, CPU,
+                  on_step=lambda i, total, stats: (_ for _ in ()).throw(KeyboardInterrupt) if i == 3 else None)
+    with pytest.raises(BenchError, match="middle of an epoch"):
+        analyze_run(other, data_dir, device="cpu", notify=lambda m: None)
+
+    (run / store.CHECKPOINT).unlink()
     with pytest.raises(BenchError, match="no checkpoint"):
-        analyze_run(tmp_path, data_dir, device="cpu", notify=lambda m: None)
+        analyze_run(run, data_dir, device="cpu", notify=lambda m: None)
+
+
+def test_the_probe_spreads_over_a_class_sorted_split():
+    labels = torch.arange(10).repeat_interleave(150)  # 1,500 test images sorted by class
+    assert torch.bincount(layers.response_probe(labels)).tolist() == [100] * 10
+    assert torch.equal(layers.response_probe(labels[:700]), labels[:700])  # fewer than 1,000: all of them
+    assert torch.equal(layers.response_probe(torch.arange(10_000)), torch.arange(0, 10_000, 10))

@@ -253,7 +253,7 @@ def test_report_into_a_file_or_read_only_folder_is_one_line(tmp_path, data_dir, 
     (tmp_path / "file").write_text("")
     for out in (tmp_path / "file", read_only):
         result = bench("report", "--results", str(tmp_path / "results"), "--out", str(out))
-        one_line_exit_2(result, "cannot write", "--out")
+        one_line_exit_2(result, "cannot access", "--out")
 
 
 def test_a_file_where_the_dataset_folder_goes_is_one_line(tmp_path, data_dir):

@@ -52,7 +52,7 @@ def test_dry_run_shows_the_committed_runs_as_finished():
             "run", *args, "--preset", "paper", "--iterations", "4000", "--dataset", "cifar10",
             "--data-dir", str(ROOT / "data"), "--results", str(REFERENCE), "--dry-run"]))
         assert result.exit_code == 0, result.output
-        states |= {line.split()[0]: line.split()[5] for line in result.output.splitlines() if line.strip()}
+        states |= {line.split()[0]: line.split()[5] for line in result.stdout.splitlines() if line.strip()}
     assert all(states[directory.name] == "finished" for directory in RUNS)
 
 

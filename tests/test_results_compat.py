@@ -34,7 +34,7 @@ TIMING = ["epoch_seconds", "images_per_second", "timestamp"]
 def bench(*args: str):
     result = CliRunner().invoke(app, expand_lists(list(args)))
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # notices go to stderr; stdout is one line per run
 
 
 def _epochs(results: Path, run_id: str) -> pd.DataFrame:
