@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BenchError
+from resnet import ARCHS, SHORTCUTS
 
-ARCHS = ("plain", "residual")
-PRECISIONS = ("fp32", "bf16")
+# Each name is defined once; the network's own names (ARCHS, SHORTCUTS) live with the networks.
+# A precision is the autocast dtype it trains and times in (None: plain fp32).
+PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = tuple(PRECISION_DTYPES)
 DEVICES = ("auto", "cpu", "cuda")
-SHORTCUTS = ("A", "B", "C")
 # How a run executes, not what it computes: left out of the run_id.
 EXECUTION_FIELDS = ("device", "channels_last", "compile")
 # The fields hashed into every run_id since the first release. A field added after them enters the hash

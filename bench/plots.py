@@ -22,9 +22,9 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from bench.errors import BenchError
+from resnet import ARCHS
 from bench.tables import PHASES, breakdown, curves, provenance_lines, timing_provenance, with_percent
 
-ARCHS = ("plain", "residual")
 ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)"}
 BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}
 TRAIN_WIDTH, TEST_WIDTH = 1.1, 2.4

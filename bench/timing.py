@@ -44,11 +44,11 @@ from torch import nn
 
 import resnet
 from bench import store
+from bench.config import PRECISION_DTYPES as PRECISIONS
 from bench.errors import BenchError, is_out_of_memory
+from bench.tables import PHASES
 from bench.provenance import device_name, git_commit
 
-PHASES = ("forward", "forward_backward", "train_step")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 DEFAULT_NUM_CLASSES = {"imagenet": 1000, "cifar": 10}
 OK, OOM = "ok", "oom"
