@@ -263,12 +263,13 @@ def report(
     out: Annotated[Path, typer.Option(help="Where the figures, tables and README.md go.")] = Path("reports"),
     dataset: Annotated[Optional[str], typer.Option(help="Only this dataset's runs.")] = None,
     format: Annotated[Optional[list[str]], typer.Option(help="png, svg and/or pdf [default: png].")] = None,
+    finished_only: Annotated[bool, typer.Option("--finished-only", help="Leave out runs still in progress.")] = False,
 ) -> None:
     """Draw the paper's figures and tables from the logged results into reports/."""
     from bench.report import make_report
 
     make_report(results or [Path("results")], out, dataset=dataset, formats=format or ["png"],
-                notify=lambda message: console.print(message))
+                finished_only=finished_only, notify=lambda message: console.print(message))
 
 
 @app.command()

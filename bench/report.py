@@ -34,9 +34,10 @@ PNG_DPI = 150
 # made on several machines belong together, runs of another precision or schedule do not.
 # warmup_lr varies with depth within the paper preset (110 layers and deeper warm up).
 _VARIES_WITHIN = {"arch", "depth", "seed", "dataset", "device", "channels_last", "compile", "warmup_lr"}
-# The network family is not a RunConfig field but follows the depth: CIFAR nets and ImageNet-layout nets of
-# one width are two experiments (the paper's Figures 6 and 4), never one figure.
-EXPERIMENT_FIELDS = (*(f.name for f in dataclasses.fields(RunConfig) if f.name not in _VARIES_WITHIN), "family")
+EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _VARIES_WITHIN)
+# The network family is not a RunConfig field but follows the depth: CIFAR nets and ImageNet-layout nets are
+# two experiments (the paper's Figures 6 and 4), never one figure, even at one width.
+FAMILY_NAMES = {"cifar": "cifar-nets", "imagenet": "imagenet-layout"}
 
 
 def read_timing(results: Sequence[Path]) -> pd.DataFrame:
@@ -71,16 +72,19 @@ def load_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, p
 
 
 def experiments(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """The runs split into experiments: one per (dataset, preset), split further (and named by what
-    differs, e.g. 'cifar10-quick-epochs-8') where runs of one preset were made with other settings, so
-    that a mean over seeds never mixes schedules."""
+    """The runs split into experiments: one per (dataset, preset, network family), split further (and named
+    by what differs, e.g. 'cifar10-quick-epochs-8') where runs of one preset were made with other settings,
+    so that a mean over seeds never mixes schedules. The family is named only where a preset has both."""
     out = []
-    for (dataset, preset), group in runs.groupby(["dataset", "preset"], sort=True):
-        keys = group.apply(lambda row: tuple(repr(_setting(row, f)) for f in EXPERIMENT_FIELDS), axis=1)
-        differing = [f for i, f in enumerate(EXPERIMENT_FIELDS) if keys.map(lambda k: k[i]).nunique() > 1]
-        for _, sub in group.groupby(keys, sort=True):
-            suffix = "".join(f"-{f.replace('_', '-')}-{_setting(sub.iloc[0], f)}" for f in differing)
-            out.append((dataset_folder(f"{dataset}-{preset}{suffix}"), sub.reset_index(drop=True)))
+    for (dataset, preset), by_preset in runs.groupby(["dataset", "preset"], sort=True):
+        families = by_preset["family"].fillna("") if "family" in by_preset else pd.Series("", by_preset.index)
+        for family, group in by_preset.groupby(families, sort=True):
+            name = f"{dataset}-{preset}" + (f"-{FAMILY_NAMES.get(family, family)}" if families.nunique() > 1 else "")
+            keys = group.apply(lambda row: tuple(repr(_setting(row, f)) for f in EXPERIMENT_FIELDS), axis=1)
+            differing = [f for i, f in enumerate(EXPERIMENT_FIELDS) if keys.map(lambda k: k[i]).nunique() > 1]
+            for _, sub in group.groupby(keys, sort=True):
+                suffix = "".join(f"-{f.replace('_', '-')}-{_setting(sub.iloc[0], f)}" for f in differing)
+                out.append((dataset_folder(f"{name}{suffix}"), sub.reset_index(drop=True)))
     return out
 
 
@@ -257,9 +261,12 @@ def _timing(timing: pd.DataFrame, out: Path, formats: Sequence[str]) -> tuple[li
 
 
 def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = None,
-                formats: Sequence[str] = ("png",), notify: Callable[[str], None] = print) -> list[Path]:
+                formats: Sequence[str] = ("png",), finished_only: bool = False,
+                notify: Callable[[str], None] = print) -> list[Path]:
     """Draw every figure and table of the results folders (merged) into `out`, with `out`/README.md
-    showing them all; `dataset` keeps one dataset's runs only. Returns the files written."""
+    showing them all; `dataset` keeps one dataset's runs only, `finished_only` finished runs only (what a
+    committed report shows, while later runs of the same grid are still training). Returns the files
+    written."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise BenchError(f"unknown format {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
@@ -278,6 +285,8 @@ def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = Non
             raise BenchError(f"no runs of dataset {dataset!r}: choose one of "
                              f"{', '.join(sorted(runs['dataset'].astype(str).unique()))}")
         runs = runs[keep]
+    if finished_only and not runs.empty:
+        runs = runs[runs["state"] == "finished"]
     out = Path(out)
     colors = depth_colors(runs["depth"]) if not runs.empty else {}
     written, sections = [], []

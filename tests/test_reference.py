@@ -59,10 +59,11 @@ def test_dry_run_shows_the_committed_runs_as_finished():
 def test_regenerating_the_report_gives_the_committed_tables(tmp_path):
     if not REPORT.is_dir():
         pytest.skip("no committed report yet")
-    make_report([REFERENCE], tmp_path, dataset="cifar10", notify=lambda message: None)
+    out = tmp_path / "reports"  # as scripts/reference.sh makes it: finished (committed) runs only
+    make_report([REFERENCE], out, dataset="cifar10", finished_only=True, notify=lambda message: None)
     committed = sorted(p.relative_to(REPORT) for p in REPORT.rglob("*.csv"))
-    assert committed == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.csv"))
+    assert committed == sorted(p.relative_to(out) for p in out.rglob("*.csv"))
     for name in committed:
-        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / name), pd.read_csv(REPORT / name))
+        pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(REPORT / name))
         if (REPORT / name).with_suffix(".md").exists():
-            assert (tmp_path / name).with_suffix(".md").read_text() == (REPORT / name).with_suffix(".md").read_text()
+            assert (out / name).with_suffix(".md").read_text() == (REPORT / name).with_suffix(".md").read_text()
