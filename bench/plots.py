@@ -183,7 +183,9 @@ def add_caption(fig: Figure, lines: list[str], *, title: str | None = None) -> N
 def _default_title(runs: pd.DataFrame, what: str) -> str:
     datasets = ", ".join(sorted(runs["dataset"].astype(str).unique()))
     presets = ", ".join(sorted(runs["preset"].astype(str).unique()))
-    return f"{what}: {datasets}, {presets} preset"
+    families = runs["family"].dropna().unique() if "family" in runs else []
+    layout = {"cifar": ", CIFAR nets", "imagenet": ", ImageNet layout"}.get(families[0], "") if len(families) == 1 else ""
+    return f"{what}: {datasets}, {presets} preset{layout}"
 
 
 def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "auto", band: str = "minmax",
