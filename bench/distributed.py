@@ -112,14 +112,28 @@ class SyncBatchNorm(nn.BatchNorm2d):
         return centred * scale[None, :, None, None] + self.bias[None, :, None, None]
 
 
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d of `model` by SyncBatchNorm, keeping its parameters and buffers."""
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` with every BatchNorm2d replaced by a synchronised one that keeps its parameters and buffers.
+
+    On a CUDA device that is torch's own torch.nn.SyncBatchNorm, through its documented converter: torch's
+    runs on CUDA with NCCL only, and there it is the maintained implementation. Elsewhere torch has none, so
+    the project's SyncBatchNorm above stands in (gloo on CPU). The state_dict keys are the same either way,
+    so checkpoints move between the two. Use the returned model: torch's converter may return a new module.
+    """
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert_to_own_sync_batchnorm(model)
+
+
+def _convert_to_own_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d of `model`, in place, by the project's SyncBatchNorm."""
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
             sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                  child.track_running_stats, device=child.weight.device)
             sync.load_state_dict(child.state_dict())
+            sync.train(child.training)  # as torch's converter does: an eval-mode BatchNorm stays in eval mode
             setattr(model, name, sync)
         else:
-            convert_sync_batchnorm(child)
+            _convert_to_own_sync_batchnorm(child)
     return model

@@ -1,6 +1,6 @@
 """Plain and residual networks matched layer for layer (He et al., 2015)."""
 
-from .blocks import SHORTCUTS, STRIDE_ON, BasicBlock, Bottleneck, ModelConfigError, PadShortcut
+from .blocks import SHORTCUTS, STRIDE_ON, BasicBlock, Bottleneck, ModelConfigError, NormLayer, PadShortcut
 from .flops import count_macs, count_parameters
 from .nets import (
     ARCHS,
@@ -27,6 +27,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ModelConfigError",
+    "NormLayer",
     "PadShortcut",
     "ResNet",
     "build_model",

@@ -18,6 +18,7 @@ from .blocks import (
     BasicBlock,
     Bottleneck,
     ModelConfigError,
+    NormLayer,
     check_choice,
     conv3x3,
 )
@@ -74,6 +75,8 @@ class ResNet(nn.Module):
     """Stem, stages of blocks (the first block of stages 2.. halves the resolution), pool, fc.
 
     ``widths`` are the per-stage block widths; a bottleneck stage outputs 4x its width.
+    ``norm_layer`` builds every norm layer, the stem's, the blocks' and the projection shortcuts'
+    (None: BatchNorm2d); as in torchvision it is kept as ``self._norm_layer`` and handed to each block.
     """
 
     def __init__(
@@ -89,8 +92,12 @@ class ResNet(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         stride_on: str = "3x3",
+        norm_layer: NormLayer | None = None,
     ) -> None:
         super().__init__()
+        if norm_layer is None:
+            norm_layer = nn.BatchNorm2d
+        self._norm_layer = norm_layer
         residual = arch == "residual"
         # Provenance: what was built, for logs and result rows. A plain net has no shortcut.
         self.depth = 2 + block.convs * sum(layers)
@@ -108,10 +115,10 @@ class ResNet(nn.Module):
         else:
             self.conv1 = conv3x3(in_channels, widths[0])
             self.maxpool = nn.Identity()
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.bn1 = norm_layer(widths[0])
         self.relu = nn.ReLU(inplace=True)
 
-        block_args: dict[str, Any] = {"shortcut": shortcut, "residual": residual}
+        block_args: dict[str, Any] = {"shortcut": shortcut, "residual": residual, "norm_layer": norm_layer}
         if block is Bottleneck:
             block_args["stride_on"] = stride_on
         in_planes = widths[0]
@@ -126,10 +133,12 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
 
+        # As torchvision: BatchNorm and GroupNorm start as the identity map (scale 1, shift 0). An
+        # injected norm without affine terms has nothing to initialise.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -149,6 +158,7 @@ def build_model(
     stem: str | None = None,
     width: int | None = None,
     num_classes: int = 10,
+    norm_layer: NormLayer | None = None,
     **options: Any,
 ) -> ResNet:
     """Build a plain or residual net of the given depth.
@@ -157,7 +167,9 @@ def build_model(
     cifar); pass ``family="cifar"`` for the CIFAR nets of depth 50 or 152. ``shortcut``, ``stem``
     and ``width`` (first-stage channels; later stages double) default to the family's paper choice:
     imagenet B / imagenet / 64, cifar A / cifar / 16. ``options``: ``stride_on`` ("3x3" default,
-    or "1x1" as in the paper; bottleneck nets only) and ``in_channels`` (3).
+    or "1x1" as in the paper; bottleneck nets only) and ``in_channels`` (3). ``norm_layer`` maps a
+    channel count to the norm module used everywhere, e.g. ``lambda c: nn.GroupNorm(32, c)``; None
+    keeps the paper's BatchNorm2d (torchvision's ``norm_layer``, with the same parameter names).
     Invalid choices raise ModelConfigError (a ValueError) naming the valid ones.
     """
     _check_positive_int("depth", depth)
@@ -204,4 +216,5 @@ def build_model(
         num_classes=num_classes,
         in_channels=in_channels,
         stride_on=stride_on,
+        norm_layer=norm_layer,
     )

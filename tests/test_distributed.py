@@ -3,10 +3,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from torch import nn
 
-from bench import store
+from bench import distributed, store
 from bench.config import GridConfig, RunConfig
 from bench.grid import run_grid
+from resnet import build_model
 
 TINY = ["--depths", "8", "--arch", "residual", "--epochs", "1", "--dataset", "synthetic", "--width", "4",
         "--batch-size", "32", "--train-subset", "256", "--test-subset", "64", "--no-progress", "--sync-bn"]
@@ -59,3 +62,38 @@ def test_workers_on_several_devices_take_each_run_once(tmp_path, data_dir):
     assert [item["state"] for item in summary] == ["finished"] * 8
     epochs, runs = store.read_results([tmp_path])
     assert len(runs) == 8 and len(epochs) == 8  # one epoch each: no run trained twice
+
+
+def _batchnorm_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_convert_sync_batchnorm_on_cpu_uses_our_own_and_keeps_the_state():
+    torch.manual_seed(0)
+    model = build_model(8, shortcut="B", width=4)
+    names, state = _batchnorm_names(model), {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    converted = distributed.convert_sync_batchnorm(model, torch.device("cpu"))
+    assert converted is model
+    assert [n for n, m in converted.named_modules() if type(m) is distributed.SyncBatchNorm] == names
+    assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
+    assert converted.state_dict().keys() == state.keys()
+    for key, value in converted.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    with torch.no_grad():  # no process group: it normalises like the BatchNorm it replaced
+        torch.testing.assert_close(converted(x), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_convert_sync_batchnorm_on_cuda_uses_torchs_own():
+    model = build_model(8, shortcut="B", width=4).cuda()
+    names, keys = _batchnorm_names(model), model.state_dict().keys()
+    converted = distributed.convert_sync_batchnorm(model, torch.device("cuda"))
+    assert [n for n, m in converted.named_modules() if type(m) is nn.SyncBatchNorm] == names
+    assert not _batchnorm_names(converted)
+    assert converted.state_dict().keys() == keys
+    with torch.no_grad():
+        assert converted.eval()(torch.randn(2, 3, 32, 32, device="cuda")).shape == (2, 10)

@@ -232,6 +232,49 @@ def test_kaiming_initialisation():
     assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in bns)
 
 
+def group_norm(channels: int) -> nn.Module:
+    return nn.GroupNorm(1, channels)
+
+
+@pytest.mark.parametrize("depth, shortcut", [(18, "B"), (18, "C"), (50, "B"), (20, "A"), (20, "C")])
+def test_injected_norm_layer_replaces_every_batchnorm(depth, shortcut):
+    default = build_model(depth, shortcut=shortcut, width=4)
+    net = build_model(depth, shortcut=shortcut, width=4, norm_layer=group_norm)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == sum(isinstance(m, nn.BatchNorm2d) for m in default.modules())
+    projections = [b.downsample for name in net.stage_names for b in getattr(net, name)
+                   if isinstance(b.downsample, nn.Sequential)]
+    assert (len(projections) > 0) == (shortcut != "A")
+    assert all(isinstance(p[1], nn.GroupNorm) for p in projections)
+    # Same parameters under the same names (GroupNorm has BatchNorm's affine terms); only the buffers go.
+    assert dict(net.named_parameters()).keys() == dict(default.named_parameters()).keys()
+    assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_injected_norm_layer_matches_torchvision(depth):
+    ours = on_meta(depth, num_classes=1000, norm_layer=group_norm)
+    with torch.device("meta"):
+        reference = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=group_norm)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()}
+
+
+def test_default_norm_layer_is_batchnorm():
+    torch.manual_seed(0)
+    default = build_model(20, shortcut="B")
+    torch.manual_seed(0)
+    explicit = build_model(20, shortcut="B", norm_layer=nn.BatchNorm2d)
+    assert default._norm_layer is nn.BatchNorm2d
+    assert default.state_dict().keys() == explicit.state_dict().keys()
+    for key, value in default.state_dict().items():
+        torch.testing.assert_close(explicit.state_dict()[key], value, rtol=0, atol=0)
+    assert "norm_layer" not in resnet.nets.OPTIONS  # a keyword argument, not an option
+
+
 @pytest.mark.parametrize("depth", [20, 50])
 def test_channels_last_matches_contiguous(depth):
     torch.manual_seed(0)
