@@ -12,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 
 from bench import store
-from bench.config import RunConfig
+from bench.config import RunConfig, resolve_device
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.layers import RESPONSE_STD, response_rows
-from bench.train import make_model, prepare_inputs, resolve_device
+from bench.train import make_model, prepare_inputs
 
 Notify = Callable[[str], None]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import json
 import os
@@ -16,8 +17,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from bench.config import FORMATS, PRECISIONS, PRESETS
 from bench.errors import BenchError
-from resnet import ModelConfigError
+from resnet import ARCHS, FAMILIES, SHORTCUTS, STRIDE_ON, ModelConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Re-run, time and draw the degradation experiment of He et al. (2015).")
@@ -32,6 +34,43 @@ LIST_OPTIONS = {"--depths", "--arch", "--seeds", "--device", "--batch-size", "--
 SINGLE_VALUED = {"run": {"--device", "--batch-size", "--precision", "--results"}, "time": {"--results"}}
 
 F = TypeVar("F", bound=Callable[..., object])
+
+
+def choices(name: str, values: Sequence[str]) -> type[enum.Enum]:
+    """A str Enum of names defined elsewhere, for Typer: --help lists them and Click refuses any other."""
+    return enum.Enum(name, [(value, value) for value in values], type=str)
+
+
+Arch = choices("Arch", ARCHS)
+Preset = choices("Preset", tuple(PRESETS))
+Precision = choices("Precision", PRECISIONS)
+Shortcut = choices("Shortcut", SHORTCUTS)
+Family = choices("Family", FAMILIES)
+StrideOn = choices("StrideOn", STRIDE_ON)
+Format = choices("Format", FORMATS)
+
+
+def values(options: Sequence[enum.Enum] | None) -> tuple[str, ...] | None:
+    """The strings behind enum options (None stays None: the default applies)."""
+    return None if options is None else tuple(option.value for option in options)
+
+
+# Click's usage errors (bad choice, missing or unknown option): the base class of typer.BadParameter, which
+# is click's UsageError, or the copy of it in the click that Typer 0.2x vendors.
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+class OneLineErrors(typer.core.TyperCommand):
+    """Click's usage errors (a value not among the choices, a missing option) as one line, like every other
+    error of this tool, instead of a usage panel."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
+                     **extra: object) -> typer.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except UsageError as error:
+            errors.print(f"[bold red]error:[/] {escape(error.format_message())}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
 
 def expand_lists(args: Sequence[str]) -> list[str]:
@@ -123,29 +162,31 @@ def _devices(value: str | None, device: str) -> tuple[str, ...]:
     return tuple(f"cuda:{i}" for i in indices)
 
 
-@app.command()
+@app.command(cls=OneLineErrors)
 @handles_errors
 def run(
     depths: Annotated[list[int], typer.Option(help="Depths to train, e.g. --depths 18 34 (or 20 32 44 56).")],
-    arch: Annotated[Optional[list[str]], typer.Option(help="plain and/or residual (default: both).")] = None,
+    arch: Annotated[Optional[list[Arch]], typer.Option(help="plain and/or residual (default: both).")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option(help="Seeds, e.g. --seeds 0 1 2.")] = None,
     dataset: Annotated[str, typer.Option(help="auto | cifar10 | cifar100 | imagefolder | synthetic.")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Where datasets live [default: $BENCH_DATA or data/].")] = None,
-    preset: Annotated[str, typer.Option(help="quick (minutes on a CPU) or paper (section 4.2).")] = "quick",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where datasets live (default: $BENCH_DATA or data/).")] = None,
+    preset: Annotated[Preset, typer.Option(help="quick (minutes on a CPU) or paper (section 4.2).")] = Preset.quick,
     epochs: Annotated[Optional[int], typer.Option(help="Train for N epochs (overrides the preset).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Train for N iterations (overrides the preset).")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     lr: Annotated[Optional[float], typer.Option(help="Initial learning rate.")] = None,
     width: Annotated[Optional[int], typer.Option(help="First-stage channels (imagenet 64, cifar 16).")] = None,
-    shortcut: Annotated[Optional[str], typer.Option(help="A, B or C (paper section 3.3).")] = None,
+    shortcut: Annotated[Optional[Shortcut], typer.Option(help="Paper section 3.3 (default: the family's).")] = None,
     train_subset: Annotated[Optional[int], typer.Option(help="Train on a fixed subset of N images (0: all).")] = None,
     test_subset: Annotated[Optional[int], typer.Option(help="Test on a fixed subset of N images (0: all).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
+    precision: Annotated[Precision, typer.Option(help="bf16: autocast.")] = Precision.fp32,
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last")] = False,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the training step.")] = False,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the net.")] = False,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Replay forward and backward as CUDA graphs "
+                                             "(CUDA only; see docs/benchmarks.md).")] = False,
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun: BatchNorm over the global batch.")] = False,
-    devices: Annotated[Optional[str], typer.Option(help="GPUs to spread runs over, e.g. 0,1,2,3 [default: all visible].")] = None,
+    devices: Annotated[Optional[str], typer.Option(help="GPUs to spread runs over, e.g. 0,1,2,3 (default: all visible).")] = None,
     results: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
     shard: Annotated[str, typer.Option(help="Run the I-th of N disjoint slices of the grid, as I/N.")] = "1/1",
     time_limit: Annotated[Optional[float], typer.Option(help="Minutes: stop cleanly after the first epoch "
@@ -157,29 +198,30 @@ def run(
                                                    )] = None,
 ) -> None:
     """Train plain and residual nets of the given depths; log train/test error per epoch to parquet."""
-    from bench.config import ARCHS, GridConfig
-    from bench.config import preset as get_preset
+    from bench.config import GridConfig
     from bench.data import default_data_dir
     from bench.distributed import from_environment
     from bench.grid import dry_run_lines, plan, run_grid
 
-    overrides: dict[str, object] = {"dataset": dataset, "device": device, "precision": precision,
-                                    "channels_last": channels_last, "compile": compile, "sync_bn": sync_bn}
+    overrides: dict[str, object] = {"dataset": dataset, "device": device, "precision": precision.value,
+                                    "channels_last": channels_last, "compile": compile, "cuda_graph": cuda_graph,
+                                    "sync_bn": sync_bn}
     if epochs is not None and iterations is not None:
         raise BenchError("give --epochs or --iterations, not both")
     if epochs is not None:
         overrides.update(epochs=epochs, iterations=None)
     if iterations is not None:
         overrides.update(iterations=iterations, epochs=None)
-    for name, value in (("batch_size", batch_size), ("lr", lr), ("width", width), ("shortcut", shortcut)):
+    for name, value in (("batch_size", batch_size), ("lr", lr), ("width", width),
+                        ("shortcut", shortcut and shortcut.value)):
         if value is not None:
             overrides[name] = value
     for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
         if value is not None:
             overrides[name] = value or None
-    base = dataclasses.replace(get_preset(preset), **overrides)
+    base = dataclasses.replace(PRESETS[preset.value], **overrides)
     spread = _devices(devices, device)
-    grid = GridConfig(base=base, depths=tuple(depths), archs=tuple(arch or ARCHS), seeds=tuple(seeds or (0,)),
+    grid = GridConfig(base=base, depths=tuple(depths), archs=values(arch) or ARCHS, seeds=tuple(seeds or (0,)),
                       data_dir=str(data_dir or default_data_dir()), results=str(results), shard=_shard(shard),
                       devices=spread, time_limit=time_limit,
                       threads=threads if threads is not None else _default_threads(len(spread)))
@@ -191,8 +233,10 @@ def run(
             console.print(line, highlight=False, soft_wrap=True)
         return
     if from_environment().is_main:  # under torchrun, one copy of the configuration is enough
+        # The grid's depths, archs and seeds stand for the base's single arch, depth and seed.
+        shared = {k: v for k, v in base.to_dict().items() if k not in ("arch", "depth", "seed")}
         console.print("[bold]configuration[/] " + json.dumps(
-            {**base.to_dict(), "dataset": p.dataset, "depths": grid.depths, "archs": grid.archs,
+            {**shared, "dataset": p.dataset, "depths": grid.depths, "archs": grid.archs,
              "seeds": grid.seeds, "data_dir": grid.data_dir, "results": grid.results, "shard": shard}),
             highlight=False, soft_wrap=True)
     # torchrun and batch schedulers stop jobs with SIGTERM: treat it like Ctrl-C (save, say how to resume).
@@ -200,38 +244,41 @@ def run(
     run_grid(grid, console=console, progress=progress, resolved=p)
 
 
-@app.command()
+@app.command(cls=OneLineErrors)
 @handles_errors
 def models(
     input_size: Annotated[int, typer.Option(help="Input height and width for multiply-adds (CIFAR nets: 32).")] = 224,
-    stride_on: Annotated[str, typer.Option(help="Bottleneck stride on the 3x3 conv (torchvision) or the first "
-                                           "1x1 (the paper, whose Table 1 counts that layout).")] = "3x3",
+    stride_on: Annotated[StrideOn, typer.Option(help="Bottleneck stride on the 3x3 conv (torchvision) or the "
+                                                "first 1x1 (the paper, whose Table 1 counts that layout).")] = StrideOn("3x3"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List every architecture with its parameter count and multiply-adds (compare with Table 1)."""
     from bench.catalog import architecture_table, render_table
 
-    rows = architecture_table(input_size=input_size, stride_on=stride_on)
+    rows = architecture_table(input_size=input_size, stride_on=stride_on.value)
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
         console.print(render_table(rows))
 
 
-@app.command()
+@app.command(cls=OneLineErrors)
 @handles_errors
 def time(
     depths: Annotated[list[int], typer.Option(help="Depths to time, e.g. --depths 18 34 50.")],
-    arch: Annotated[Optional[list[str]], typer.Option(help="plain and/or residual (default: both).")] = None,
-    family: Annotated[Optional[str], typer.Option(help="imagenet or cifar [default: from the depth].")] = None,
-    device: Annotated[Optional[list[str]], typer.Option(help="cpu and/or cuda [default: cpu].")] = None,
-    batch_size: Annotated[Optional[list[int]], typer.Option(help="Batch sizes, e.g. 1 32 128 [default: 32].")] = None,
-    input_size: Annotated[Optional[int], typer.Option(help="[default: 224 imagenet, 32 cifar]")] = None,
-    precision: Annotated[Optional[list[str]], typer.Option(help="fp32 and/or bf16.")] = None,
-    width: Annotated[Optional[int], typer.Option(help="First-stage channels [default: the family's].")] = None,
+    arch: Annotated[Optional[list[Arch]], typer.Option(help="plain and/or residual (default: both).")] = None,
+    family: Annotated[Optional[Family], typer.Option(help="(default: from the depth)")] = None,
+    device: Annotated[Optional[list[str]], typer.Option(help="cpu and/or cuda (default: cpu).")] = None,
+    batch_size: Annotated[Optional[list[int]], typer.Option(help="Batch sizes, e.g. 1 32 128 (default: 32).")] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="(default: 224 imagenet, 32 cifar)")] = None,
+    precision: Annotated[Optional[list[Precision]], typer.Option(help="fp32 and/or bf16 (default: fp32).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="First-stage channels (default: the family's).")] = None,
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last")] = False,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Time torch.compile'd models.")] = False,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads [default: torch's].")] = None,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Time torch.compile'd nets, as "
+                                          "bench run --compile trains them.")] = False,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Time CUDA-graph replays, as bench run "
+                                             "--cuda-graph trains (CUDA only).")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's).")] = None,
     reference: Annotated[bool, typer.Option("--reference", help="Also time torchvision's resnets.")] = False,
     results: Annotated[Path, typer.Option(help="Results folder (timing goes to results/timing/).")] = Path("results"),
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -241,11 +288,11 @@ def time(
     from bench.timing import TimeConfig, run_timing
     from bench.timing import render_table as timing_table
 
-    config = TimeConfig(depths=tuple(depths), archs=tuple(arch or ("plain", "residual")), family=family,
+    config = TimeConfig(depths=tuple(depths), archs=values(arch) or ARCHS, family=family and family.value,
                         devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (32,)),
-                        input_size=input_size, precisions=tuple(precision or ("fp32",)), width=width,
-                        channels_last=channels_last, compile=compile, threads=threads, reference=reference,
-                        results=str(results))
+                        input_size=input_size, precisions=values(precision) or ("fp32",), width=width,
+                        channels_last=channels_last, compile=compile, cuda_graph=cuda_graph, threads=threads,
+                        reference=reference, results=str(results))
     frame = run_timing(config, progress=progress, strict=True, notify=lambda message: errors.print(
         message, style="yellow", markup=False, highlight=False, soft_wrap=True))
     if len(frame):
@@ -256,27 +303,27 @@ def time(
         console.print(f"wrote {frame.attrs['path']}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=OneLineErrors)
 @handles_errors
 def report(
-    results: Annotated[Optional[list[Path]], typer.Option(help="Results folders to merge [default: results].")] = None,
+    results: Annotated[Optional[list[Path]], typer.Option(help="Results folders to merge (default: results).")] = None,
     out: Annotated[Path, typer.Option(help="Where the figures, tables and README.md go.")] = Path("reports"),
     dataset: Annotated[Optional[str], typer.Option(help="Only this dataset's runs.")] = None,
-    format: Annotated[Optional[list[str]], typer.Option(help="png, svg and/or pdf [default: png].")] = None,
+    format: Annotated[Optional[list[Format]], typer.Option(help="(default: png)")] = None,
     finished_only: Annotated[bool, typer.Option("--finished-only", help="Leave out runs still in progress.")] = False,
 ) -> None:
     """Draw the paper's figures and tables from the logged results into reports/."""
     from bench.report import make_report
 
-    make_report(results or [Path("results")], out, dataset=dataset, formats=format or ["png"],
+    make_report(results or [Path("results")], out, dataset=dataset, formats=values(format) or ("png",),
                 finished_only=finished_only, notify=lambda message: console.print(message))
 
 
-@app.command()
+@app.command(cls=OneLineErrors)
 @handles_errors
 def analyze(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (results/<dataset>/<run_id>) or results folders.")],
-    data_dir: Annotated[Optional[Path], typer.Option(help="Where datasets live [default: $BENCH_DATA or data/].")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where datasets live (default: $BENCH_DATA or data/).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Recompute Figure 7's response statistics from each run's checkpoint over the whole test split."""

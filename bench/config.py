@@ -23,8 +23,9 @@ from resnet import ARCHS, SHORTCUTS
 PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 PRECISIONS = tuple(PRECISION_DTYPES)
 DEVICES = ("auto", "cpu", "cuda")
+FORMATS = ("png", "svg", "pdf")  # what bench report draws figures as
 # How a run executes, not what it computes: left out of the run_id.
-EXECUTION_FIELDS = ("device", "channels_last", "compile")
+EXECUTION_FIELDS = ("device", "channels_last", "compile", "cuda_graph")
 # The fields hashed into every run_id since the first release. A field added after them enters the hash
 # only when it differs from its default, so adding an option never renames (and retrains) finished runs.
 RUN_ID_FIELDS_V1 = ("arch", "depth", "seed", "width", "shortcut", "stem", "dataset", "train_subset",
@@ -65,7 +66,8 @@ class RunConfig:
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile the net (bench.step: the same call bench time makes)
+    cuda_graph: bool = False  # replay forward and backward as CUDA graphs (bench.step); CUDA only
     # BatchNorm statistics over the global batch when a run spans several processes (torchrun).
     sync_bn: bool = False
 
@@ -95,6 +97,33 @@ class RunConfig:
 
 
 _DEFAULTS = RunConfig()
+
+
+def parse_device(name: str) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N' as a torch.device ('auto' is resolve_device's); anything else a BenchError."""
+    if name not in DEVICES[1:] and not re.fullmatch(r"cuda:\d+", name):
+        raise BenchError(f"unknown device {name!r}: choose cpu, cuda or cuda:N (bench run also takes auto)")
+    return torch.device(name)
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why `device` cannot be used on this machine, or None when it can."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch on this machine"
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA device(s), so cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+    return None
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks the GPU when there is one; a device that is not there is a BenchError naming the fix."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = parse_device(name)
+    problem = unavailable(device)
+    if problem:
+        raise BenchError(f"--device {name}: {problem}: use --device cpu (or auto)")
+    return device
 
 # Section 4.2 to the letter: batch 128, lr 0.1, /10 at 32k and 48k, stop at 64k iterations.
 PAPER = RunConfig(preset="paper")
@@ -151,14 +180,6 @@ def paper_rules(config: RunConfig) -> RunConfig:
     return config
 
 
-def preset(name: str) -> RunConfig:
-    """The named preset, or a BenchError listing the valid names."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise BenchError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
-
-
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise BenchError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
@@ -166,14 +187,18 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def validate(config: RunConfig) -> RunConfig:
     """Check everything that can be checked before any data is loaded; return the config unchanged."""
+    from bench.step import check_mode, mode_of  # bench.step reads this module's names
     from resnet import ModelConfigError, build_model  # a build is the only honest check of the net
 
     _choice("arch", config.arch, ARCHS)
     _choice("precision", config.precision, PRECISIONS)
-    if config.device not in DEVICES and not re.fullmatch(r"cuda:\d+", config.device):
-        raise BenchError(f"unknown device {config.device!r}: choose one of {', '.join(DEVICES)} (or cuda:N)")
+    if config.device != "auto":
+        parse_device(config.device)
     if config.shortcut is not None:
         _choice("shortcut", config.shortcut, SHORTCUTS)
+    mode = mode_of(config.compile, config.cuda_graph)
+    if config.device != "auto":
+        check_mode(mode, parse_device(config.device))
     if (config.epochs is None) == (config.iterations is None):
         raise BenchError("give exactly one of --epochs or --iterations")
     for name in ("epochs", "iterations", "batch_size", "width", "train_subset", "test_subset"):

@@ -1,4 +1,4 @@
-"""The data layer of `bench run`: find or make a dataset, decode it once, keep it on the device, augment there.
+"""The data layer of `bench run`: find, download or make a dataset, decode it once, cache it.
 
 Datasets (the `--dataset` names):
 
@@ -14,7 +14,7 @@ Datasets (the `--dataset` names):
 Files are decoded once into uint8 tensors and cached as ``<folder holding the dataset>/.cache/<name>-<key>.pt``,
 keyed by the source's file names, sizes and modification times, so the next start loads in about a second.
 Each dataset also gets a content fingerprint (DataInfo.fingerprint) that a run folder records.
-The whole set then lives on the training device, where `augment` does the paper's augmentation batched.
+The whole set then lives on the training device (`ImageData.to`), where bench/loader.py batches and augments it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -385,7 +384,13 @@ def _cifar_pickle_source(name: str, source: Path) -> tuple[str, Builder]:
 
 
 def _read_cifar_pickles(name: str, source: Path) -> dict:
-    """Read the python-pickle batches torchvision's CIFAR10/CIFAR100 use, from their folder or .tar.gz."""
+    """Read the python-pickle batches torchvision's CIFAR10/CIFAR100 use, from their folder or .tar.gz.
+
+    Not through torchvision's CIFAR10/CIFAR100 classes, which read the same pickles into the same pixels: they
+    refuse any file whose md5 differs from the official release's ("Dataset not found or corrupted", measured
+    with torchvision 0.29.1 on the small fake copies tests/test_data.py builds), they say neither which file
+    is missing or broken, and they read a folder only, so a .tar.gz would first be extracted to disk.
+    """
     cls = _CIFAR[name]
     wanted = [f for f, _ in cls.train_list] + [f for f, _ in cls.test_list] + [cls.meta["filename"]]
     raw: dict[str, bytes] = {}
@@ -532,11 +537,15 @@ def load_dataset(name: str, data_dir: Path | None = None, *, image_size: int = 3
                      tensors["test_labels"], tensors["mean"])
 
 
-# --- on the device: augmentation, normalisation, batches ----------------------------------------------------------
+# --- the subset a run trains on ---------------------------------------------------------------------------------
 
 
 def take_subset(data: ImageData, train: int | None, test: int | None) -> ImageData:
-    """The same fixed random subset for every run (seed 0, not the run's seed), so runs compare."""
+    """The same fixed random subset for every run (seed 0, not the run's seed), so runs compare.
+
+    Here, not in bench/loader.py: it chooses which data a run trains on (its sizes go into DataInfo and
+    config.json), once per run on the whole ImageData, like load_dataset and unlike the per-epoch batching.
+    """
     generator = torch.Generator().manual_seed(0)
 
     def pick(images: torch.Tensor, labels: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -551,48 +560,3 @@ def take_subset(data: ImageData, train: int | None, test: int | None) -> ImageDa
     # The per-pixel mean stays the full training set's: it is a property of the data, not of the subset.
     return dataclasses.replace(data, info=info, train_images=train_images, train_labels=train_labels,
                                test_images=test_images, test_labels=test_labels)
-
-
-def augment(images: Tensor, generator: torch.Generator, *, padding: int = 4) -> Tensor:
-    """The paper's CIFAR augmentation, per sample and batched on the images' device: pad `padding` zero
-    pixels on each side, take a random crop of the original size, flip it horizontally with probability 1/2.
-
-    uint8 [N,C,H,W] in, uint8 [N,C,H,W] out. All randomness comes from `generator` (offsets, then flips),
-    so the same generator state gives the same batch; it may live on the images' device or the CPU.
-    """
-    n, _, h, w = images.shape
-    device = images.device
-    padded = F.pad(images, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=generator.device).to(device)
-    flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(device)
-    rows = offsets[:, 0, None] + torch.arange(h, device=device)  # [N,H]: which padded row each output row reads
-    cols = offsets[:, 1, None] + torch.arange(w, device=device)
-    cols = torch.where(flips[:, None], cols.flip(1), cols)
-    # Advanced indexing around the channel slice gives [N,H,W,C]; one gather for the whole batch.
-    out = padded[torch.arange(n, device=device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()
-
-
-def normalize(images: Tensor, mean: Tensor) -> Tensor:
-    """uint8 images -> float32 on the same device, scaled to [0,1] minus the training set's per-pixel mean.
-
-    This is the paper's normalisation ("the per-pixel mean subtracted", section 4.2); it does not divide
-    by a per-channel standard deviation.
-    """
-    return images.float().div_(255.0).sub_(mean)
-
-
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False) -> list[Tensor]:
-    """Index tensors (on the generator's device) for one epoch over n samples: one random permutation split
-    into batches of `batch_size`, without a final partial batch if `drop_last`.
-
-    Under DistributedDataParallel every rank calls this with a generator in the same state, so all ranks
-    get the same global batches and each trains on its own slice of them (bench.train does the slicing).
-    """
-    if batch_size < 1:
-        raise BenchError(f"batch size must be positive, got {batch_size}")
-    order = torch.randperm(n, generator=generator, device=generator.device)
-    batches = list(order.split(batch_size))
-    if batches and drop_last and len(batches[-1]) < batch_size:
-        batches.pop()
-    return batches

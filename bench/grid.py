@@ -18,10 +18,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from bench import distributed, store
-from bench.config import GridConfig, RunConfig, validate
+from bench.config import GridConfig, RunConfig, resolve_device, validate
 from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, is_out_of_memory
-from bench.train import Run, check_batch, resolve_device, rewrite_config, train_run
+from bench.train import Run, check_batch, rewrite_config, train_run
 
 Notify = Callable[[str], None]
 
@@ -268,7 +268,7 @@ def _run_on_devices(grid: GridConfig, p: Plan, console: Console, notices: Consol
     load_dataset(p.dataset, p.data_path, progress=True, notify=notify)  # decode once; the workers read the cache
     try:
         torch.multiprocessing.spawn(_device_worker, args=(grid,), nprocs=len(grid.devices))
-    except torch.multiprocessing.ProcessException as error:  # raised in a worker, or a worker killed
+    except torch.multiprocessing.ProcessError as error:  # raised in a worker, or a worker killed
         raise BenchError(f"a device worker failed: {str(error).strip().splitlines()[-1]}; "
                          "run the same command again to resume") from None
     summary = [{"run_id": run.run_id(), "arch": run.arch, "depth": run.depth, "seed": run.seed,

@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench import tables
-from bench.config import RunConfig
+from bench.config import FORMATS, RunConfig
 from bench.errors import BenchError
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure, style,
@@ -28,7 +28,6 @@ from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1
 from bench.provenance import utc_now
 from bench.store import dataset_folder, read_layers, read_results
 
-FORMATS = ("png", "svg", "pdf")
 PNG_DPI = 150
 # The runs of one experiment (one figure, one mean over seeds) differ only in these RunConfig fields; runs
 # made on several machines belong together, runs of another precision or schedule do not.
@@ -250,7 +249,8 @@ def _timing(timing: pd.DataFrame, out: Path, formats: Sequence[str]) -> tuple[li
                               + f"-b{setting['batch_size']}-{setting['input_size']}px"
                               + (f"-w{int(setting['width'])}" if pd.notna(setting.get("width")) else "")
                               + ("-channels-last" if setting["channels_last"] else "")
-                              + ("-compiled" if setting["compiled"] else ""))
+                              + ("-compiled" if setting["compiled"] else "")
+                              + ("-cuda-graph" if tables.is_set(setting.get("cuda_graph")) else ""))
         paths = save_figure(timing_figure(rows, setting), out / "timing" / name / "speed", formats)
         table = tables.timing_table(rows)
         markdown = timing_markdown(table)

@@ -17,9 +17,9 @@ PAPER_CIFAR10_RESNET = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
 TIMING_COLUMNS = ("model", "arch", "depth", "family", "device", "device_name", "batch_size", "input_size",
                   "precision", "channels_last", "compiled", "phase", "median_ms", "images_per_second")
 # One timing figure and table per setting: numbers measured under different settings are not comparable.
-# (width is optional: files from before it was recorded lack it.)
+# (width and cuda_graph are optional: files from before they were recorded lack them.)
 TIMING_SETTING = ("device_name", "precision", "family", "batch_size", "input_size", "channels_last", "compiled",
-                  "width")
+                  "width", "cuda_graph")
 PHASES = ("forward", "forward_backward", "train_step")
 
 
@@ -192,9 +192,14 @@ def provenance_lines(runs: pd.DataFrame) -> list[str]:
     return [dataset, f"Schedule: {schedule_text(runs)}; {count}", machine]
 
 
+def is_set(flag: object) -> bool:
+    """A timing setting's flag: missing (None, or NaN from files that predate it) counts as off."""
+    return bool(flag) if pd.notna(flag) else False
+
+
 def timing_provenance(setting: dict, timing: pd.DataFrame) -> list[str]:
     """Where a set of timing rows came from: device, precision, batch, input, and the software."""
-    flags = [name for name in ("channels_last", "compiled") if bool(setting.get(name))]
+    flags = [name for name in ("channels_last", "compiled", "cuda_graph") if is_set(setting.get(name))]
     what = (f"Device: {setting['device_name']}; precision {setting['precision']}; batch {setting['batch_size']}; "
             f"input {setting['input_size']}x{setting['input_size']}; family {setting['family']}"
             + (f"; width {int(setting['width'])}" if pd.notna(setting.get("width")) else "")

@@ -6,10 +6,12 @@ Every combination of depth x arch x device x precision x batch size is timed in 
     forward_backward   train mode, forward + cross-entropy + backward: what the shortcuts add to autograd
     train_step         forward_backward plus an SGD step (momentum 0.9, weight decay 1e-4, as the paper)
 
-Each phase gets warm-up calls first (torch.compile and cudnn's autotuner do their work there, outside
-the timed region), then one sample per call, timed with CUDA events on a GPU and perf_counter on the
-CPU; the median and interquartile range of the samples are reported. The medians agree with
-torch.utils.benchmark.Timer's (tests/test_timing.py checks it).
+The phases are bench.step's: the same TrainStep `bench run` trains with (on a fixed batch, so the data
+path is left out: on the CPU it is 4% of a training iteration), run eager, compiled or as CUDA graphs
+exactly as `bench run --compile` / `--cuda-graph` runs it. Each phase gets warm-up calls first
+(torch.compile, graph capture and cudnn's autotuner do their work there, outside the timed region), then
+torch.utils.benchmark's Timer takes the samples (blocks of calls, the clock read after synchronising the
+device, the garbage collector off); the median and interquartile range are reported.
 
 FLOPs are 2 x multiply-adds of the convolutions and the fc layer (`resnet.count_macs`; the paper's
 "FLOPs" in Table 1 are multiply-adds, so half of ours). A backward pass costs about twice the forward,
@@ -18,11 +20,11 @@ so the two training phases are credited with 3x the forward FLOPs when achieved 
 
 from __future__ import annotations
 
+import copy
 import gc
-import math
+import logging
 import resource
 import secrets
-import statistics
 import sys
 import tempfile
 import time
@@ -36,18 +38,23 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 import torchvision
 from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
+# torch.utils.benchmark imports torch.utils.cpp_extension, which warns on every start on a machine without a
+# CUDA toolkit; nothing here compiles C++, so that warning would only be noise above every `bench time`.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
+
 import resnet
 from bench import store
-from bench.config import PRECISION_DTYPES as PRECISIONS
+from bench.config import PRECISIONS, parse_device, unavailable
 from bench.errors import BenchError, is_out_of_memory
-from bench.tables import PHASES
 from bench.provenance import device_name, git_commit
+from bench.step import TrainStep, accelerate, check_mode, graphed_predict, mode_of, predict, sgd
+from bench.tables import PHASES
 
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 DEFAULT_NUM_CLASSES = {"imagenet": 1000, "cifar": 10}
@@ -81,6 +88,7 @@ TIMING_SCHEMA = pa.schema([
     ("status", pa.string()),
     ("width", pa.int64()),
     ("git_commit", pa.string()),
+    ("cuda_graph", pa.bool_()),
 ])
 TIMING_COLUMNS = tuple(TIMING_SCHEMA.names)
 
@@ -105,6 +113,7 @@ class TimeConfig:
     precisions: tuple[str, ...] = ("fp32",)
     channels_last: bool = False
     compile: bool = False
+    cuda_graph: bool = False
     threads: int | None = None
     reference: bool = False
     results: Path | str = "results"
@@ -145,109 +154,61 @@ def measure(
     warmup: int = 3,
     repeats: int = 10,
     min_time: float = 0.0,
-    number: int = 1,
 ) -> Timing:
-    """Time `fn` on `device`: `warmup` untimed calls, then samples of `number` calls each.
+    """Time `fn` on `device` with torch.utils.benchmark: `warmup` untimed calls, then samples for at least
+    `min_time` seconds and at least `repeats` of them.
 
-    Takes at least `repeats` samples and enough of them to fill `min_time` seconds, judged from one
-    extra untimed call. On CUDA each sample is bracketed by events on the current stream and the host
-    synchronises once at the end, so the GPU is timed without stalling the launch queue between calls.
-    The garbage collector is off while samples are taken, as in timeit and torch.utils.benchmark.
+    A sample is a block of calls (one call for anything of a millisecond or more) timed by the wall clock
+    read after synchronising the device, so queued GPU work is counted; the Timer runs with the thread
+    count set now (its own default is one thread) and the garbage collector off.
     """
     device = torch.device(device)
     for _ in range(warmup):
         fn()
     synchronize(device)
-    count = repeats
-    if min_time > 0:
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        guess = max(time.perf_counter() - start, 1e-6)
-        count = max(repeats, math.ceil(min_time / (guess * number)))
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        samples = _samples(fn, device, count, number)
-    finally:
-        if collecting:
-            gc.enable()
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, timer=partial(_synchronized_clock, device),
+                            num_threads=torch.get_num_threads())
+    samples = list(timer.blocked_autorange(min_run_time=min_time).times) if min_time > 0 else []
+    while len(samples) < repeats:
+        samples += timer.timeit(1).times
     q1, q3 = np.percentile(samples, [25, 75])
-    return Timing(median=statistics.median(samples), iqr=float(q3 - q1), samples=tuple(samples))
+    return Timing(median=float(np.median(samples)), iqr=float(q3 - q1), samples=tuple(samples))
 
 
-def _samples(fn: Callable[[], object], device: torch.device, count: int, number: int) -> list[float]:
-    """`count` timings of `number` calls each, in seconds per call."""
-    if device.type == "cuda":
-        stream = torch.cuda.current_stream(device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(count)]
-        for begin, end in events:
-            begin.record(stream)
-            for _ in range(number):
-                fn()
-            end.record(stream)
-        synchronize(device)
-        return [begin.elapsed_time(end) / 1e3 / number for begin, end in events]
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        synchronize(device)
-        samples.append((time.perf_counter() - start) / number)
-    return samples
+def _synchronized_clock(device: torch.device) -> float:
+    synchronize(device)
+    return time.perf_counter()
 
 
-def autocast(device: torch.device | str, precision: str) -> torch.autocast:
-    """The autocast context for `precision` on `device` (disabled for fp32).
-
-    The weight-cast cache is off so the same context works inside CUDA-graph capture.
-    """
-    dtype = PRECISIONS[precision]
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=False)
-
-
-def make_optimizer(model: nn.Module) -> torch.optim.SGD:
-    """The paper's SGD (momentum 0.9, weight decay 1e-4), at a learning rate meant for timing, not learning.
-
-    A small rate keeps the weights near their initialisation over thousands of steps on random data;
-    a diverging net would be timed on denormals and NaNs, which run at a different speed.
-    """
-    return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+# A learning rate for timing, not learning: it keeps the weights near their initialisation over thousands
+# of steps on one random batch; a diverging net would be timed on denormals and NaNs, which run at another speed.
+TIMING_LR = 1e-4
 
 
 def make_phase(
-    model: nn.Module, phase: str, images: torch.Tensor, labels: torch.Tensor, *, precision: str = "fp32"
-) -> Callable[[], None]:
+    model: nn.Module, phase: str, images: torch.Tensor, labels: torch.Tensor, *, precision: str = "fp32",
+    mode: str = "eager", forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[], object]:
     """A callable that runs one `phase` (see PHASES) of `model` on the fixed batch `images`, `labels`.
 
+    `forward` is what `bench.step.accelerate(model, mode, ...)` made of `model` (default: `model`, eager).
     Puts the model in eval or train mode now, so the mode switch stays outside the timed region:
     build the callable right before timing it.
     """
     if phase not in PHASES:
         raise BenchError(f"unknown phase {phase!r}: choose one of {', '.join(PHASES)}")
+    forward = forward or model
     if phase == "forward":
         model.eval()
-
-        def forward() -> None:
-            with torch.no_grad(), autocast(images.device, precision):
-                model(images)
-
-        return forward
-
+        if mode == "cuda-graph":  # graphed modules replay their train-mode capture only
+            replay = graphed_predict(model, images, precision)
+            return partial(replay, images)
+        return partial(predict, forward, images, precision)
     model.train()
-    optimizer = make_optimizer(model) if phase == "train_step" else None
-
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        with autocast(images.device, precision):
-            loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        if optimizer is not None:
-            optimizer.step()
-
-    return step
+    step = TrainStep(model, sgd(model, TIMING_LR), precision, forward)
+    if phase == "forward_backward":
+        return partial(step.forward_backward, images, labels)
+    return partial(step, images, labels)
 
 
 def reset_peak_memory(device: torch.device | str) -> None:
@@ -276,10 +237,6 @@ def peak_memory(device: torch.device | str) -> int:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS says bytes, Linux kilobytes
-
-
-def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.cuda.OutOfMemoryError) or is_out_of_memory(error)
 
 
 @dataclass(frozen=True)
@@ -323,13 +280,9 @@ def _validate(config: TimeConfig) -> None:
                 raise BenchError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
     if not config.devices:
         raise BenchError("no device given: pass --device cpu and/or --device cuda")
+    mode = mode_of(config.compile, config.cuda_graph)
     for device in config.devices:
-        try:
-            kind = torch.device(device).type
-        except (RuntimeError, TypeError):
-            kind = None
-        if kind not in ("cpu", "cuda"):
-            raise BenchError(f"unknown device {device!r}: choose cpu, cuda or cuda:N")
+        check_mode(mode, parse_device(device))
     positive = [("batch size", b) for b in config.batch_sizes] + [
         ("input size", config.input_size), ("threads", config.threads), ("width", config.width),
         ("num_classes", config.num_classes), ("repeats", config.repeats)]
@@ -340,17 +293,6 @@ def _validate(config: TimeConfig) -> None:
         raise BenchError("no batch size given: pass --batch-size, e.g. --batch-size 32")
     if config.warmup < 0 or config.min_time < 0:
         raise BenchError("warmup and min_time must be zero or more")
-
-
-def _available(device: str) -> str | None:
-    """Why `device` cannot be used here, or None if it can."""
-    device_ = torch.device(device)
-    if device_.type == "cuda":
-        if not torch.cuda.is_available():
-            return f"skipping device {device}: no CUDA GPU is visible to torch on this machine"
-        if device_.index is not None and device_.index >= torch.cuda.device_count():
-            return f"skipping device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-    return None
 
 
 def _nets(config: TimeConfig, notify: Callable[[str], None]) -> list[_Net]:
@@ -406,9 +348,9 @@ def run_timing(
     _validate(config)
     devices, reasons = [], []
     for device in config.devices:
-        reason = _available(device)
-        if reason:
-            reasons.append(reason)
+        problem = unavailable(torch.device(device))
+        if problem:
+            reasons.append(f"skipping device {device}: {problem}")
         else:
             devices.append(torch.device(device))
     if strict and not devices:
@@ -466,39 +408,42 @@ def _time_net(
     model = model.to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    mode = mode_of(config.compile, config.cuda_graph)
     common = {
         "model": net.model, "arch": net.arch, "depth": net.depth, "family": net.family, "width": net.width,
         "device": str(device), "device_name": device_name(device), "input_size": input_size,
-        "channels_last": config.channels_last, "compiled": config.compile, "params": params,
-        "flops_per_image": flops, "torch_version": torch.__version__, "git_commit": commit,
+        "channels_last": config.channels_last, "compiled": config.compile, "cuda_graph": config.cuda_graph,
+        "params": params, "flops_per_image": flops, "torch_version": torch.__version__, "git_commit": commit,
     }
     rows = []
     for precision in config.precisions:
         for batch in config.batch_sizes:
             done, failed = [], None
-            runner = model
-            if config.compile:
-                # A fresh compile per batch size and precision, with static shapes, as a training run would
-                # have; the reset keeps dynamo's recompile limit from sending later combinations to eager.
+            # Each batch size and precision is accelerated afresh, as a training run of that shape would be:
+            # a static-shape compile (after a reset, so dynamo's recompile limit never sends a later one to
+            # eager), or a capture of its own copy (a module's forward is graphed only once).
+            if mode == "compile":
                 torch.compiler.reset()
-                runner = torch.compile(model, dynamic=False)
+            timed = copy.deepcopy(model) if mode == "cuda-graph" else model
             try:
                 images = torch.randn(batch, 3, input_size, input_size, device=device)
                 images = images.contiguous(memory_format=memory_format)
                 labels = torch.randint(num_classes, (batch,), device=device)
+                forward = accelerate(timed.train(), mode, images, precision)
                 for phase in PHASES:
                     reset_peak_memory(device)
-                    timing = measure(make_phase(runner, phase, images, labels, precision=precision), device,
-                                     warmup=config.warmup, repeats=config.repeats, min_time=config.min_time)
+                    call = make_phase(timed, phase, images, labels, precision=precision, mode=mode, forward=forward)
+                    timing = measure(call, device, warmup=config.warmup, repeats=config.repeats,
+                                     min_time=config.min_time)
                     done.append((phase, timing, peak_memory(device)))
             except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
-                if not _is_oom(error):
+                if not is_out_of_memory(error):
                     raise
                 failed = f"{net.model} batch {batch} {precision} ran out of memory on {device}; going on"
             except ValueError as error:  # train-mode BatchNorm on one value per channel
                 raise BenchError(f"{net.model} at batch {batch}, input {input_size}: {error}: use a batch size "
                                  "of 2 or more or a larger --input-size") from None
-            images = labels = None  # free the batch before the next one (and before empty_cache on OOM)
+            images = labels = forward = timed = None  # free them before the next batch (and empty_cache on OOM)
             if failed:
                 notify(failed)
                 gc.collect()

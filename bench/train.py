@@ -24,11 +24,13 @@ from torch import nn
 
 from bench import store
 from bench.config import RunConfig
-from bench.data import ImageData, augment, epoch_batches, normalize
+from bench.data import ImageData
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
 from bench.errors import BenchError
 from bench.layers import gradient_rows, response_probe, response_rows
+from bench.loader import augment, epoch_batches
 from bench.provenance import environment, utc_now
+from bench.step import TrainStep, accelerate, mode_of, network_inputs, predict, sgd
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
 
 Notify = Callable[[str], None]
@@ -71,22 +73,6 @@ def deferred_interrupts(flag: StopFlag) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks the GPU when there is one; asking for a GPU that is not there is a BenchError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BenchError(f"unknown device {name!r}: choose auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda but no CUDA GPU is visible: use --device cpu (or auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise BenchError(f"--device {name}: {torch.cuda.device_count()} GPU(s) visible, so cuda:0 to "
-                         f"cuda:{torch.cuda.device_count() - 1}")
-    return device
 
 
 def make_model(config: RunConfig, data: ImageData) -> nn.Module:
@@ -151,8 +137,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
     for start in range(0, len(images), batch_size):
         x = prepare_inputs(images[start:start + batch_size], mean, config)
         y = labels[start:start + batch_size]
-        with _autocast(config, images.device):
-            logits = model(x)
+        logits = predict(model, x, config.precision)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         wrong += (logits.argmax(1) != y).sum()
     model.train()
@@ -160,14 +145,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
     return loss_sum.item() / total, wrong.item() / total
 
 
-def _autocast(config: RunConfig, device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-
-
 def prepare_inputs(images: torch.Tensor, mean: torch.Tensor, config: RunConfig) -> torch.Tensor:
-    """uint8 images -> the network's input: mean-subtracted floats in the run's memory format."""
-    x = normalize(images, mean)
-    return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
+    """uint8 images -> the network's input for this run (bench.step.network_inputs)."""
+    return network_inputs(images, mean, config.channels_last)
 
 
 class Run:
@@ -188,23 +168,25 @@ class Run:
         self.stop = StopFlag()
         self.model = make_model(config, data)
         if config.sync_bn:
-            convert_sync_batchnorm(self.model)
+            self.model = convert_sync_batchnorm(self.model, device)
         self.model.to(device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+        self.optimizer = sgd(self.model, config.lr, config.momentum, config.weight_decay)
         # The shortcut option of the residual twin: a plain net has none, but belongs with that twin.
         self.shortcut_option = config.shortcut or FAMILY_DEFAULTS[self.model.family]["shortcut"]
-        self.step_model: nn.Module = self.model
+        mode = mode_of(config.compile, config.cuda_graph)
+        if mode == "cuda-graph" and job.enabled:
+            raise BenchError("--cuda-graph runs one process per run: leave out torchrun (--devices spreads "
+                             "runs over GPUs instead)")
+        forward: nn.Module = self.model
         if job.enabled:
-            self.step_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device] if device.type == "cuda" else None)
-        if config.compile:
-            # On a GPU, CUDA graphs take the launch overhead that dominates these small nets' steps;
-            # torch falls back to plain compiled kernels (with a warning) where a graph cannot be captured.
-            self.step_model = torch.compile(self.step_model,
-                                            mode="reduce-overhead" if device.type == "cuda" else None)
+            forward = nn.parallel.DistributedDataParallel(self.model,
+                                                          device_ids=[device] if device.type == "cuda" else None)
+        per_rank = config.batch_size // job.world_size
+        example = prepare_inputs(data.train_images[:per_rank], data.mean, config)  # the shape every step has
+        self.step = TrainStep(self.model, self.optimizer, config.precision,
+                              accelerate(forward, mode, example, config.precision))
         self.iterations_per_epoch = len(data.train_images) // config.batch_size
         self.total = config.iterations or config.epochs * self.iterations_per_epoch  # type: ignore[operator]
         self.epochs_total = math.ceil(self.total / self.iterations_per_epoch)
@@ -289,15 +271,11 @@ class Run:
                 idx = batches[index]
                 x = prepare_inputs(augment(data.train_images[idx], self.generator)[mine], data.mean, config)
                 y = data.train_labels[idx][mine]
-                with _autocast(config, self.device):
-                    logits = self.step_model(x)
-                loss = F.cross_entropy(logits.float(), y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, logits = self.step.forward_backward(x, y)
                 if self.diagnostics and (self.iteration == 0 or index == len(batches) - 1):
                     # The first step and each epoch's last: gradients as they reach every layer, before the step.
                     self.layer_rows += gradient_rows(config.run_id(), self.epoch, self.iteration + 1, self.model)
-                self.optimizer.step()
+                self.step.update()
                 batch_wrong = (logits.argmax(1) != y).sum()
                 loss_sum += loss.detach().double() * len(y)
                 wrong += batch_wrong

@@ -41,8 +41,13 @@ def test_dry_run_prints_one_line_per_run_starting_with_its_id(tmp_path, data_dir
 
 @pytest.mark.parametrize("args, fix", [
     (["run", "--depths", "19"], "choose one of"),
-    (["run", "--depths", "18", "--preset", "fast"], "quick, paper"),
-    (["run", "--depths", "18", "--shortcut", "Z"], "A, B, C"),
+    (["run", "--depths", "18", "--preset", "fast"], "'quick', 'paper'"),
+    (["run", "--depths", "18", "--shortcut", "Z"], "'A', 'B', 'C'"),
+    (["run", "--depths", "18", "--arch", "dense"], "'plain', 'residual'"),
+    (["run", "--depths", "18", "--device", "cpu", "--cuda-graph"], "--cuda-graph needs a CUDA device"),
+    (["run"], "Missing option '--depths'"),
+    (["time", "--depths", "18", "--precision", "fp8"], "'fp32', 'bf16'"),
+    (["report", "--format", "gif"], "'png', 'svg', 'pdf'"),
     (["run", "--depths", "18", "--dataset", "mnist"], "cifar10"),
     (["run", "--depths", "18", "--epochs", "2", "--iterations", "9"], "not both"),
     (["run", "--depths", "18", "--shard", "5/4"], "between 1 and N"),

@@ -1,4 +1,5 @@
-"""The data layer: synthetic set, ImageFolder and CIFAR-pickle readers, the cache, augmentation and batching."""
+"""The data layer (bench.data: synthetic set, ImageFolder and CIFAR-pickle readers, the cache) and the
+on-device loader (bench.loader: augmentation, normalisation, batches)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from PIL import Image
 
 from bench import data as data_module
 from bench import synthetic
-from bench.data import (DataInfo, ImageData, augment, default_data_dir, epoch_batches, load_dataset, normalize,
-                        resolve_dataset)
+from bench.data import DataInfo, ImageData, default_data_dir, load_dataset, resolve_dataset
 from bench.errors import BenchError
+from bench.loader import augment, epoch_batches, normalize
 
 
 @pytest.fixture

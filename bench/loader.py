@@ -1,0 +1,61 @@
+"""The on-device loader of `bench run`: batches of a dataset that already lives on the training device.
+
+`epoch_batches` draws one epoch's index batches, `augment` does the paper's CIFAR augmentation (4-pixel pad,
+random 32x32 crop, horizontal flip) batched on the device, and `normalize` subtracts the per-pixel mean.
+Nothing here copies from the host or knows about ranks: under DistributedDataParallel every rank draws the
+same global batches and the caller, bench/train.py, takes each rank's slice of them. Finding, decoding and
+caching the data (and the fixed subset a run trains on) is bench/data.py's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bench.errors import BenchError
+
+
+def augment(images: Tensor, generator: torch.Generator, *, padding: int = 4) -> Tensor:
+    """The paper's CIFAR augmentation, per sample and batched on the images' device: pad `padding` zero
+    pixels on each side, take a random crop of the original size, flip it horizontally with probability 1/2.
+
+    uint8 [N,C,H,W] in, uint8 [N,C,H,W] out. All randomness comes from `generator` (offsets, then flips),
+    so the same generator state gives the same batch; it may live on the images' device or the CPU.
+    """
+    n, _, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=generator.device).to(device)
+    flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(device)
+    rows = offsets[:, 0, None] + torch.arange(h, device=device)  # [N,H]: which padded row each output row reads
+    cols = offsets[:, 1, None] + torch.arange(w, device=device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    # Advanced indexing around the channel slice gives [N,H,W,C]; one gather for the whole batch.
+    out = padded[torch.arange(n, device=device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def normalize(images: Tensor, mean: Tensor) -> Tensor:
+    """uint8 images -> float32 on the same device, scaled to [0,1] minus the training set's per-pixel mean.
+
+    This is the paper's normalisation ("the per-pixel mean subtracted", section 4.2); it does not divide
+    by a per-channel standard deviation.
+    """
+    return images.float().div_(255.0).sub_(mean)
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False) -> list[Tensor]:
+    """Index tensors (on the generator's device) for one epoch over n samples: one random permutation split
+    into batches of `batch_size`, without a final partial batch if `drop_last`.
+
+    Under DistributedDataParallel every rank calls this with a generator in the same state, so all ranks
+    get the same global batches and each trains on its own slice of them (bench.train does the slicing).
+    """
+    if batch_size < 1:
+        raise BenchError(f"batch size must be positive, got {batch_size}")
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    batches = list(order.split(batch_size))
+    if batches and drop_last and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches

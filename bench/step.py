@@ -1,0 +1,161 @@
+"""One training step, the one `bench run` trains with and `bench time` times, and the ways to make it fast.
+
+    TrainStep        forward under the run's precision, cross-entropy, backward, SGD step
+    predict          the eval-mode forward: `bench run`'s test error and `bench time`'s forward phase
+    network_inputs   uint8 images -> the network's input (the paper's per-pixel mean subtraction)
+
+A net runs in one of three modes, chosen the same way by both commands (`--compile`, `--cuda-graph`):
+
+    eager        plain PyTorch
+    compile      torch.compile(dynamic=False): one static-shape compile per input shape
+    cuda-graph   forward and backward captured as CUDA graphs (torch.cuda.make_graphed_callables) and
+                 replayed; the SGD step stays eager, so the learning-rate schedule applies as written.
+                 On these small nets a step is mostly kernel launches, which a replay removes. CUDA only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.config import PRECISION_DTYPES
+from bench.errors import BenchError
+from bench.loader import normalize
+
+MODES = ("eager", "compile", "cuda-graph")
+GRAPH_WARMUP = 3  # eager iterations before a capture, on a side stream, as the CUDA-graph docs ask
+
+
+def mode_of(compile: bool, cuda_graph: bool) -> str:
+    """The mode named by the two flags both commands take; both at once is a BenchError."""
+    if compile and cuda_graph:
+        raise BenchError("--compile and --cuda-graph are two ways of doing the same thing: choose one")
+    return "compile" if compile else "cuda-graph" if cuda_graph else "eager"
+
+
+def check_mode(mode: str, device: torch.device) -> None:
+    """A mode the device cannot run is a BenchError that names the fix."""
+    if mode == "cuda-graph" and device.type != "cuda":
+        raise BenchError(f"--cuda-graph needs a CUDA device, not {device.type}: drop it (or use --compile)")
+
+
+def autocast(device: torch.device | str, precision: str) -> torch.autocast:
+    """The autocast context of `precision` on `device` (disabled for fp32).
+
+    The weight-cast cache is off: make_graphed_callables requires it, and every mode shares this context.
+    """
+    dtype = PRECISION_DTYPES[precision]
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.bfloat16, enabled=dtype is not None,
+                          cache_enabled=False)
+
+
+def network_inputs(images: torch.Tensor, mean: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 images -> mean-subtracted floats (bench.loader.normalize) in the run's memory format."""
+    x = normalize(images, mean)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, precision: str) -> torch.Tensor:
+    """Logits of `model` on `x` without autograd, under the precision's autocast (the caller sets eval mode)."""
+    with autocast(x.device, precision):
+        return model(x)
+
+
+def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4) -> torch.optim.SGD:
+    """The paper's optimizer (section 3.4: momentum 0.9, weight decay 1e-4)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def accelerate(model: nn.Module, mode: str, example: torch.Tensor, precision: str) -> Callable:
+    """What runs `model`'s forward in `mode`; `example` is an input of the shape it will be called with.
+
+    `model` itself stays the module to read and save (state_dict, diagnostics): the compiled and graphed
+    callables share its parameters and buffers.
+    """
+    check_mode(mode, example.device)
+    if mode == "eager":
+        return model
+    if mode == "compile":
+        return torch.compile(model, dynamic=False)
+    return graphed(model, example, precision)
+
+
+def graphed(model: nn.Module, example: torch.Tensor, precision: str) -> nn.Module:
+    """`model` with its train-mode forward and backward captured as CUDA graphs (make_graphed_callables).
+
+    The graphed module replays the graphs in train mode and runs the eager forward in eval mode, so
+    evaluation keeps any batch size. Capture runs a few forward passes, which would move BatchNorm's
+    running statistics: they are put back afterwards, so a run's numbers do not depend on the capture.
+    Inputs of another shape than `example` cannot be replayed: callers keep the batch shape fixed.
+    """
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    with autocast(example.device, precision):
+        model = torch.cuda.make_graphed_callables(model, (example,), num_warmup_iters=GRAPH_WARMUP)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])  # in place: the graphs hold these tensors' addresses
+    model.train(was_training)
+    return model
+
+
+def graphed_predict(model: nn.Module, example: torch.Tensor, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`predict(model, x)` for inputs shaped like `example`, as one CUDA graph replayed per call (the
+    whole-network capture of the CUDA-graph docs: warm-up on a side stream, capture, copy in, replay).
+
+    The logits returned are the graph's output tensor, overwritten by the next call. `bench time`'s
+    forward phase in cuda-graph mode; the caller sets eval mode.
+    """
+    static_input = example.clone()
+    side = torch.cuda.Stream(example.device)
+    side.wait_stream(torch.cuda.current_stream(example.device))
+    with torch.cuda.stream(side):
+        for _ in range(GRAPH_WARMUP):
+            predict(model, static_input, precision)
+    torch.cuda.current_stream(example.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_logits = predict(model, static_input, precision)
+
+    def replay(x: torch.Tensor) -> torch.Tensor:
+        static_input.copy_(x)
+        graph.replay()
+        return static_logits
+
+    return replay
+
+
+class TrainStep:
+    """Forward, cross-entropy, backward and the optimizer step on one batch.
+
+    `forward` is what runs the net (the module itself, or what `accelerate` or DDP made of it); the
+    step is split in two so that gradients can be read between backward and the update (bench.layers).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: str = "fp32",
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.model, self.optimizer, self.precision = model, optimizer, precision
+        self.forward = forward or model
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of the batch, with the gradients of the loss in every parameter's .grad."""
+        with autocast(x.device, self.precision):
+            logits = self.forward(x)
+        loss = F.cross_entropy(logits.float(), y)  # in fp32 whatever the precision: a bf16 sum loses digits
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss, logits
+
+    def update(self) -> None:
+        """The optimizer step on the gradients of the last `forward_backward`."""
+        self.optimizer.step()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, logits = self.forward_backward(x, y)
+        self.update()
+        return loss, logits

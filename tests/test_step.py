@@ -1,0 +1,117 @@
+"""bench.step: the one training step, what `bench run` trains with and `bench time` times, and its modes."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resnet
+from bench import store
+from bench.config import RunConfig, validate
+from bench.errors import BenchError
+from bench.step import TrainStep, accelerate, check_mode, graphed_predict, mode_of, predict, sgd
+from bench.timing import TIMING_LR, make_phase
+from bench.train import train_run
+
+CPU = torch.device("cpu")
+
+
+def _batch(n: int = 8, device: torch.device = CPU) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 16, 16, generator=generator).to(device), torch.randint(10, (n,), generator=generator).to(device)
+
+
+def _net(device: torch.device = CPU) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return resnet.build_model(8, "residual", width=4).to(device)
+
+
+def test_the_step_is_forward_cross_entropy_backward_sgd() -> None:
+    ours, theirs = _net(), _net()
+    x, y = _batch()
+    step = TrainStep(ours, sgd(ours, 0.1))
+    optimizer = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for _ in range(3):
+        loss, logits = step(x, y)
+        optimizer.zero_grad()
+        expected = F.cross_entropy(theirs(x), y)
+        expected.backward()
+        optimizer.step()
+        assert loss.item() == expected.item() and logits.shape == (8, 10)
+    for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_gradients_can_be_read_between_backward_and_update() -> None:
+    model = _net()
+    step = TrainStep(model, sgd(model, 0.1))
+    before = copy.deepcopy(model.state_dict())
+    step.forward_backward(*_batch())
+    assert all(p.grad is not None for p in model.parameters())
+    assert torch.equal(model.fc.weight, before["fc.weight"])  # not updated yet
+    step.update()
+    assert not torch.equal(model.fc.weight, before["fc.weight"])
+
+
+def test_bench_time_times_the_same_step() -> None:
+    timed, trained = _net(), _net()
+    x, y = _batch()
+    make_phase(timed, "train_step", x, y)()
+    TrainStep(trained, sgd(trained, TIMING_LR))(x, y)
+    for a, b in zip(timed.state_dict().values(), trained.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    logits = make_phase(timed, "forward", x, y)()
+    assert not timed.training and torch.equal(logits, predict(timed, x, "fp32"))
+
+
+def test_modes_are_named_once_and_checked() -> None:
+    assert (mode_of(False, False), mode_of(True, False), mode_of(False, True)) == ("eager", "compile", "cuda-graph")
+    with pytest.raises(BenchError, match="choose one"):
+        mode_of(True, True)
+    with pytest.raises(BenchError, match="--cuda-graph needs a CUDA device"):
+        check_mode("cuda-graph", CPU)
+    with pytest.raises(BenchError, match="--cuda-graph needs a CUDA device"):
+        validate(RunConfig(device="cpu", cuda_graph=True))
+    model = _net()
+    assert accelerate(model, "eager", _batch()[0], "fp32") is model
+
+
+def test_execution_modes_keep_the_run_id() -> None:
+    base = RunConfig()
+    for change in ({"compile": True}, {"cuda_graph": True}):
+        assert dataclasses.replace(base, **change).run_id() == base.run_id()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_steps_match_eager_steps() -> None:
+    cuda = torch.device("cuda")
+    eager, graphed = _net(cuda), _net(cuda)
+    x, y = _batch(device=cuda)
+    forward = accelerate(graphed, "cuda-graph", x, "fp32")
+    # The capture put BatchNorm's running statistics back: both nets start from the same state.
+    for a, b in zip(eager.state_dict().values(), graphed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    steps = TrainStep(eager, sgd(eager, 0.1)), TrainStep(graphed, sgd(graphed, 0.1), forward=forward)
+    for _ in range(3):
+        (loss_a, _), (loss_b, _) = steps[0](x, y), steps[1](x, y)
+        assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-4)
+    graphed.eval()
+    assert torch.allclose(graphed_predict(graphed, x, "fp32")(x), predict(graphed, x, "fp32"), atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_run_with_cuda_graphs_trains_like_eager(tmp_path, tiny_data) -> None:
+    config = RunConfig(arch="residual", depth=8, width=4, preset="test", dataset="synthetic", iterations=None,
+                       epochs=2, batch_size=64, lr=0.05, device="cuda")
+    cuda = torch.device("cuda")
+    data = tiny_data.to(cuda)
+    for name, run in (("eager", config), ("graph", dataclasses.replace(config, cuda_graph=True))):
+        assert train_run(run, data, tmp_path / name, cuda, notify=lambda _: None) == store.FINISHED
+    eager, graph = (store.read_epochs(tmp_path / name) for name in ("eager", "graph"))
+    assert graph["train_loss"].tolist() == pytest.approx(eager["train_loss"].tolist(), rel=1e-3)
