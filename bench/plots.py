@@ -23,7 +23,8 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 
 from bench.errors import BenchError
 from resnet import ARCHS
-from bench.tables import PHASES, breakdown, curves, provenance_lines, timing_provenance, with_percent
+from bench.tables import (PHASES, breakdown, curves, provenance_lines, schedule_provenance, timing_provenance,
+                          with_percent)
 
 ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)"}
 BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}
@@ -429,4 +430,31 @@ def gradient_figure(first: pd.DataFrame, last: pd.DataFrame, runs: pd.DataFrame,
                           "Gradient: L2 norm of each main-path conv weight's gradient after backward, before the "
                           "optimizer step; mean over seeds. Dashed: plain; solid: residual."],
                     title=title or _default_title(runs, "Gradient norm across depth"))
+    return fig
+
+
+def schedule_figure(table: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int, tuple] | None = None,
+                    title: str | None = None) -> Figure:
+    """Final training error (left) and test error (right) against schedule length, one line per net: where a
+    deeper net starts to pay off. `table` is `tables.schedule_table`; plain dashed, residual solid."""
+    colors = colors or depth_colors(table["depth"])
+    lengths = sorted(table["iterations"].unique())
+    with style():
+        fig = Figure(figsize=(12, 4.6))
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, column, what in zip(axes, ("final_train", "final_test"), ("training", "test")):
+            for (arch, depth), net in table.groupby(["arch", "depth"]):
+                _net_line(ax, net["iterations"].to_numpy(), net[column].to_numpy(), arch, depth, colors[depth],
+                          f"{arch}-{depth}-{column}")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
+            ax.minorticks_off()
+            ax.set_xlabel("schedule length (iterations)")
+            ax.set_title(f"final {what} error", fontsize=11)
+        axes[0].set_ylabel("error (%)")
+        axes[1].legend(loc="best", fontsize=8.5)
+        add_caption(fig, [*schedule_provenance(runs),
+                          "Each point: a whole run of that length (the lr decays scale with it), finished; mean "
+                          "over seeds. Dashed: plain; solid: residual."],
+                    title=title or _default_title(runs, "Final error against schedule length"))
     return fig

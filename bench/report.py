@@ -23,8 +23,8 @@ from bench import tables
 from bench.config import FORMATS, RunConfig
 from bench.errors import BenchError
 from bench.layers import GRAD_NORM, RESPONSE_STD
-from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure, style,
-                         timing_figure)
+from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure,
+                         schedule_figure, style, timing_figure)
 from bench.provenance import utc_now
 from bench.store import dataset_folder, read_layers, read_results
 
@@ -85,6 +85,31 @@ def experiments(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 suffix = "".join(f"-{f.replace('_', '-')}-{_setting(sub.iloc[0], f)}" for f in differing)
                 out.append((dataset_folder(f"{name}{suffix}"), sub.reset_index(drop=True)))
     return out
+
+
+def schedule_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Finished runs that differ only in schedule length (iterations), where there are two lengths or more:
+    one group per (dataset, preset, family, the other experiment fields), named '<experiment>-schedules'."""
+    finished = runs[(runs["state"] == "finished") & runs["iterations"].notna()]
+    fields = [f for f in EXPERIMENT_FIELDS if f != "iterations"]
+    out = []
+    for name, group in experiments(finished.assign(iterations=None)):  # one experiment whatever the length
+        group = finished[finished["run_id"].isin(group["run_id"])]
+        if group["iterations"].nunique() >= 2 and all(group[f].map(repr).nunique() <= 1 for f in fields if f in group):
+            out.append((f"{name}-schedules", group.reset_index(drop=True)))
+    return out
+
+
+def _schedules(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, out: Path, formats: Sequence[str],
+               colors: dict) -> tuple[list[Path], list[str]]:
+    """The final-error-against-schedule-length figure and table of one group of `schedule_groups`."""
+    table = tables.schedule_table(epochs, runs)
+    paths = save_figure(schedule_figure(table, runs, colors=colors), out / name / "final-error-vs-schedule", formats)
+    markdown = schedule_markdown(table)
+    readme = [f"## {name}", "", *[f"- {line}" for line in tables.schedule_provenance(runs)], "",
+              "### Final error against schedule length (where depth starts to pay off)", "",
+              *_figure_lines(paths, out, "final error against schedule length"), markdown, ""]
+    return paths + _write_table(table, out / name / "final-error-vs-schedule", markdown), readme
 
 
 def _setting(run: pd.Series, field: str) -> object:
@@ -157,6 +182,17 @@ def gap_markdown(errors: pd.DataFrame, gaps: pd.DataFrame) -> str:
     body.append(["plain - residual (points)", *[tables.format_value(g) for g in gaps["test_gap"]]])
     body.append(["same, training error", *[tables.format_value(g) for g in gaps["train_gap"]]])
     return tables.markdown_table(pd.DataFrame(body, columns=header))
+
+
+def schedule_markdown(table: pd.DataFrame) -> str:
+    """One row per net, final training then test error (%) at each schedule length."""
+    wide = table.assign(net=table["arch"] + "-" + table["depth"].astype(str)).pivot(
+        index="net", columns="iterations", values=["final_train", "final_test"])
+    columns = {("final_train", n): f"training error at {n:,}" for n in wide.columns.levels[1]}
+    columns.update({("final_test", n): f"test error at {n:,}" for n in wide.columns.levels[1]})
+    rows = wide[list(columns)].round(2)
+    rows.columns = list(columns.values())
+    return tables.markdown_table(rows.reset_index())
 
 
 def timing_markdown(table: pd.DataFrame) -> str:
@@ -296,6 +332,10 @@ def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = Non
             notify(f"{name}: no epoch finished yet, nothing to draw")
             continue
         files, lines = _experiment(name, group_epochs, group, layers, out, formats, colors, notify)
+        written += files
+        sections += lines
+    for name, group in (schedule_groups(runs) if not runs.empty else []):
+        files, lines = _schedules(name, epochs[epochs["run_id"].isin(group["run_id"])], group, out, formats, colors)
         written += files
         sections += lines
     if dataset is None and not timing.empty:

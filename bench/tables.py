@@ -177,6 +177,31 @@ def schedule_text(runs: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def schedule_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Final training and test error (percent, mean over seeds) of each finished net at each schedule length:
+    one row per (arch, depth, iterations). Runs by epochs, and unfinished or diverged runs, are left out: only
+    a whole schedule says where a net ends."""
+    finished = runs[(runs["state"] == "finished") & runs["iterations"].notna()]
+    final = final_errors(epochs, finished).merge(finished[["run_id", "iterations"]], on="run_id")
+    table = (final.groupby(["arch", "depth", "iterations"])
+             .agg(final_train=("final_train", "mean"), final_test=("final_test", "mean"), seeds=("seed", "nunique"))
+             .reset_index())
+    table["iterations"] = table["iterations"].astype(int)
+    return table.sort_values(["arch", "depth", "iterations"]).reset_index(drop=True)
+
+
+def schedule_provenance(runs: pd.DataFrame) -> list[str]:
+    """provenance_lines for runs of several schedule lengths (which schedule_text would name only one of)."""
+    *most, last = (f"{int(i):,}" for i in sorted(runs["iterations"].dropna().unique()))
+    lengths = f"{', '.join(most)} and {last}" if most else last
+    data, _, machine = provenance_lines(runs)
+    first = runs.iloc[0]
+    decays = ", ".join(f"{f:.0%}" for f in first["lr_decay_at"]) if isinstance(first.get("lr_decay_at"), list) else "?"
+    return [data, f"Schedules: preset {_unique(runs, 'preset')}, {lengths} iterations; lr {_unique(runs, 'lr')}, "
+                  f"times {_unique(runs, 'lr_decay')} at {decays} of each; batch {_unique(runs, 'batch_size')}; "
+                  f"width {_unique(runs, 'width')}", machine]
+
+
 def provenance_lines(runs: pd.DataFrame) -> list[str]:
     """Where a group of runs came from, in three short lines: data, schedule, machine and code."""
     dataset = f"Data: {_unique(runs, 'dataset')}"

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from bench import report, tables
+from bench import plots, report, tables
 from bench.config import QUICK
 from bench.errors import BenchError
 from bench.plots import degradation_figure, figure1, timing_figure
@@ -28,14 +28,17 @@ NOTE = "CIFAR-10 re-encoded as JPEG (quality 95): errors are not exactly compara
 
 
 def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCHS_TOTAL, state: str = "finished",
-              diverged_epoch: int | None = None) -> str:
+              diverged_epoch: int | None = None, iterations: int | None = None) -> str:
     """One run folder as `bench run` leaves it: plain nets train worse the deeper they are (the degradation),
-    residual nets better; a diverged epoch has NaN training loss and error."""
-    config = dataclasses.replace(QUICK, arch=arch, depth=depth, seed=seed, epochs=EPOCHS_TOTAL)
+    residual nets better; a diverged epoch has NaN training loss and error. With `iterations`, a run of that
+    schedule length (instead of EPOCHS_TOTAL epochs), which ends lower the longer it is."""
+    schedule = {"iterations": iterations, "epochs": None} if iterations else {"epochs": EPOCHS_TOTAL}
+    config = dataclasses.replace(QUICK, arch=arch, depth=depth, seed=seed, **schedule)
     run_id = config.run_id()
     directory = run_dir(root, "cifar10", run_id)
-    rng = np.random.default_rng(depth * 100 + seed + (arch == "plain") * 7)
+    rng = np.random.default_rng(depth * 100 + seed + (arch == "plain") * 7 + (iterations or 0))
     floor = (0.04 + 0.002 * depth if arch == "plain" else 0.09 - 0.0008 * depth) + rng.uniform(0, 0.03)
+    floor *= 1000 / iterations if iterations else 1
     rows = []
     for epoch in range(1, done + 1):
         train = floor + 0.7 * math.exp(-epoch / 1.5) + rng.uniform(0, 0.01)
@@ -297,3 +300,33 @@ def test_other_settings_of_a_preset_are_not_averaged_together(results: Path, tmp
     _, runs, _ = report.load_results([results])
     names = [name for name, _ in report.experiments(runs)]
     assert names == [f"cifar10-quick-lr-{QUICK.lr:g}", "cifar10-quick-lr-0.2"]
+
+
+def test_schedule_lengths_get_a_figure_of_final_error_against_length(tmp_path):
+    root = tmp_path / "results"
+    for iterations in (1000, 4000):
+        for arch in ("plain", "residual"):
+            for depth in (20, 56):
+                write_run(root, arch, depth, 0, iterations=iterations)
+    write_run(root, "residual", 56, 0, iterations=8000, done=3, state="running")  # unfinished: not a point
+    out = tmp_path / "reports"
+    report.make_report([root], out, notify=lambda message: None)
+    # Each length is its own experiment (a mean over seeds never mixes schedules) ...
+    assert {p.name for p in out.iterdir() if p.is_dir()} >= {
+        "cifar10-quick-iterations-1000", "cifar10-quick-iterations-4000", "cifar10-quick-iterations-8000",
+        "cifar10-quick-schedules"}
+    # ... and the finished lengths are drawn against each other, numbers read back from the run folders.
+    table = pd.read_csv(out / "cifar10-quick-schedules" / "final-error-vs-schedule.csv")
+    epochs, runs = report.read_results([root])
+    last = epochs.sort_values("epoch").groupby("run_id").tail(1).merge(runs[["run_id", "iterations", "state"]])
+    last = last[last["state"] == "finished"]
+    expected = last.assign(final_train=100 * last["train_error"]).groupby(["arch", "depth", "iterations"])["final_train"].mean()
+    got = table.set_index(["arch", "depth", "iterations"])["final_train"]
+    assert sorted(table["iterations"].unique()) == [1000, 4000]
+    assert got.to_dict() == pytest.approx(expected.to_dict())
+    fig = plots.schedule_figure(tables.schedule_table(epochs, runs), runs[runs["state"] == "finished"])
+    line = next(l for ax in fig.axes for l in ax.lines if l.get_gid() == "plain-56-final_train")
+    assert list(line.get_xdata()) == [1000, 4000]
+    assert list(line.get_ydata()) == pytest.approx([expected["plain", 56, 1000], expected["plain", 56, 4000]])
+    readme = (out / "README.md").read_text()
+    assert "## cifar10-quick-schedules" in readme and "training error at 4,000" in readme
