@@ -1,10 +1,16 @@
-"""Result records as dataclasses, with their parquet schemas derived from them rather than kept in step by hand
-(layers.parquet so far; epochs and timing still declare theirs)."""
+"""Result records as dataclasses, with their parquet schemas derived from them rather than kept in step by hand.
+
+`EpochRow` (epochs.parquet) lives here because both the training loop and the store need it; LayerRow
+(bench.layers) and TimingRow (bench.timing) live with what produces them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import types
 import typing
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -15,12 +21,51 @@ _ARROW_TYPES: dict[object, pa.DataType] = {
     bool: pa.bool_(),
     dt.datetime: pa.timestamp("us", tz="UTC"),
 }
+UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
-def record_schema(record: type) -> pa.Schema:
-    """The parquet schema of a record dataclass: one column per field, in field order."""
+def _arrow_type(hint: object) -> pa.DataType:
+    """The column type of a field type; `X | None` is X (parquet columns are nullable)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return _ARROW_TYPES[hint]
+
+
+def record_schema(record: type, **overrides: pa.DataType) -> pa.Schema:
+    """The parquet schema of a record dataclass: one column per field, in field order (`overrides`: a column
+    type other than the field type's, such as a timestamp kept as ISO text in memory)."""
     hints = typing.get_type_hints(record)
     try:
-        return pa.schema([(name, _ARROW_TYPES[hints[name]]) for name in record.__dataclass_fields__])
+        return pa.schema([(f.name, overrides.get(f.name) or _arrow_type(hints[f.name]))
+                          for f in dataclasses.fields(record)])
     except KeyError as error:
         raise TypeError(f"{record.__name__}: no parquet type for field type {error}") from None
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One epoch of one run: a row of epochs.parquet, the contract that `bench report` and users read."""
+
+    run_id: str
+    dataset: str
+    arch: str
+    depth: int
+    width: int
+    shortcut: str | None  # the residual twin's option; a plain net has no shortcut but belongs with that twin
+    seed: int
+    preset: str
+    epoch: int  # epochs finished, from 1
+    iteration: int  # iterations finished at the end of this epoch
+    lr: float  # the learning rate of the epoch's last iteration
+    train_loss: float  # mean over the epoch's (augmented) training batches, as the paper plots it
+    train_error: float
+    test_loss: float  # the whole test split, eval mode, after the epoch
+    test_error: float
+    epoch_seconds: float  # training plus evaluation; not the diagnostics or checkpoint writes
+    images_per_second: float  # training images over training seconds
+    device: str
+    precision: str
+    timestamp: str  # ISO 8601 UTC: text, so the rows kept in a checkpoint are plain types
+
+
+EPOCH_SCHEMA = record_schema(EpochRow, timestamp=UTC_TIMESTAMP)

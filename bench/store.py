@@ -32,29 +32,8 @@ import torch
 
 from bench.errors import BenchError
 from bench.layers import LAYER_SCHEMA
+from bench.records import EPOCH_SCHEMA
 
-EPOCH_SCHEMA = pa.schema([
-    ("run_id", pa.string()),
-    ("dataset", pa.string()),
-    ("arch", pa.string()),
-    ("depth", pa.int64()),
-    ("width", pa.int64()),
-    ("shortcut", pa.string()),
-    ("seed", pa.int64()),
-    ("preset", pa.string()),
-    ("epoch", pa.int64()),
-    ("iteration", pa.int64()),
-    ("lr", pa.float64()),
-    ("train_loss", pa.float64()),
-    ("train_error", pa.float64()),
-    ("test_loss", pa.float64()),
-    ("test_error", pa.float64()),
-    ("epoch_seconds", pa.float64()),
-    ("images_per_second", pa.float64()),
-    ("device", pa.string()),
-    ("precision", pa.string()),
-    ("timestamp", pa.timestamp("us", tz="UTC")),
-])
 EPOCH_COLUMNS = tuple(EPOCH_SCHEMA.names)
 
 CONFIG, EPOCHS, LAYERS, STATUS = "config.json", "epochs.parquet", "layers.parquet", "status.json"

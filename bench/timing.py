@@ -21,6 +21,7 @@ so the two training phases are credited with 3x the forward FLOPs when achieved 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import gc
 import logging
 import resource
@@ -30,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from bench import store
 from bench.config import PRECISIONS, parse_device, unavailable
 from bench.errors import BenchError, is_out_of_memory
 from bench.provenance import device_name, git_commit
+from bench.records import record_schema
 from bench.step import TrainStep, accelerate, check_mode, graphed_predict, mode_of, predict, sgd
 from bench.tables import PHASES
 
@@ -60,36 +62,41 @@ DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 DEFAULT_NUM_CLASSES = {"imagenet": 1000, "cifar": 10}
 OK, OOM = "ok", "oom"
 
-# One row per measurement. The first 22 columns are the documented contract; status tells an
-# out-of-memory row (its figures are null) from a measured one, width and git_commit say what was timed.
-TIMING_SCHEMA = pa.schema([
-    ("model", pa.string()),
-    ("arch", pa.string()),
-    ("depth", pa.int64()),
-    ("family", pa.string()),
-    ("device", pa.string()),
-    ("device_name", pa.string()),
-    ("batch_size", pa.int64()),
-    ("input_size", pa.int64()),
-    ("precision", pa.string()),
-    ("channels_last", pa.bool_()),
-    ("compiled", pa.bool_()),
-    ("phase", pa.string()),
-    ("median_ms", pa.float64()),
-    ("iqr_ms", pa.float64()),
-    ("images_per_second", pa.float64()),
-    ("peak_memory_bytes", pa.int64()),
-    ("params", pa.int64()),
-    ("flops_per_image", pa.int64()),
-    ("tflops", pa.float64()),
-    ("threads", pa.int64()),
-    ("torch_version", pa.string()),
-    ("timestamp", pa.timestamp("us", tz="UTC")),
-    ("status", pa.string()),
-    ("width", pa.int64()),
-    ("git_commit", pa.string()),
-    ("cuda_graph", pa.bool_()),
-])
+@dataclass(frozen=True)
+class TimingRow:
+    """One measurement: a row of results/timing/<id>.parquet. The first 22 fields are the documented contract;
+    status tells an out-of-memory row (its figures are None) from a measured one; width, git_commit and
+    cuda_graph say what was timed."""
+
+    model: str
+    arch: str
+    depth: int
+    family: str
+    device: str
+    device_name: str
+    batch_size: int
+    input_size: int
+    precision: str
+    channels_last: bool
+    compiled: bool
+    phase: str
+    median_ms: float | None
+    iqr_ms: float | None
+    images_per_second: float | None
+    peak_memory_bytes: int | None
+    params: int
+    flops_per_image: int
+    tflops: float | None
+    threads: int
+    torch_version: str
+    timestamp: dt.datetime
+    status: str
+    width: int
+    git_commit: str | None
+    cuda_graph: bool
+
+
+TIMING_SCHEMA = record_schema(TimingRow)
 TIMING_COLUMNS = tuple(TIMING_SCHEMA.names)
 
 
@@ -461,7 +468,7 @@ def _time_net(
                 else:
                     row.update(status=OOM, median_ms=None, iqr_ms=None, images_per_second=None,
                                peak_memory_bytes=None, tflops=None)
-                rows.append(row)
+                rows.append(asdict(TimingRow(**row)))  # a missing or unknown field fails here
             advance()
     return rows
 

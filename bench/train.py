@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from bench.errors import BenchError
 from bench.layers import gradient_rows, response_probe, response_rows
 from bench.loader import augment, epoch_batches
 from bench.provenance import environment, utc_now
+from bench.records import EpochRow
 from bench.step import TrainStep, accelerate, mode_of, network_inputs, predict, sgd
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
 
@@ -150,6 +152,23 @@ def prepare_inputs(images: torch.Tensor, mean: torch.Tensor, config: RunConfig) 
     return network_inputs(images, mean, config.channels_last)
 
 
+@dataclass
+class HalfEpoch:
+    """The epoch in progress: its batches, drawn at its start, and the sums so far. A Ctrl-C mid-epoch
+    checkpoints it, so the resume trains the same batches and the epoch's row counts every image once."""
+
+    batches: torch.Tensor  # [iterations, global batch] image indices, on the CPU
+    done: int = 0  # batches trained
+    loss_sum: float = 0.0  # training loss summed over the images seen
+    wrong: int = 0  # training images misclassified
+    seen: int = 0
+    seconds: float = 0.0  # training time so far
+
+    def state(self) -> dict:
+        """Plain fields for the checkpoint (which loads with weights_only=True: no classes of ours)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
 class Run:
     """One run's state: model, optimizer, data generator, position in the schedule and the rows so far."""
 
@@ -198,7 +217,7 @@ class Run:
         self.layer_rows: list[dict] = []
         self.warming_up = config.warmup_lr is not None
         self.recent_errors: deque[float] = deque(maxlen=WARMUP_WINDOW)
-        self.partial: dict | None = None  # an epoch stopped half-way by Ctrl-C
+        self.partial: HalfEpoch | None = None  # the epoch in progress
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -213,7 +232,7 @@ class Run:
             "layer_rows": self.layer_rows,
             "warming_up": self.warming_up,
             "recent_errors": list(self.recent_errors),
-            "partial": self.partial,
+            "partial": None if self.partial is None else self.partial.state(),
             "config": self.config.to_dict(),
         }
 
@@ -229,7 +248,7 @@ class Run:
         self.layer_rows = list(state.get("layer_rows", []))  # checkpoints from before layers.parquet have none
         self.warming_up = state["warming_up"]
         self.recent_errors.extend(state["recent_errors"])
-        self.partial = state["partial"]
+        self.partial = None if state["partial"] is None else HalfEpoch(**state["partial"])
 
     def save(self) -> None:
         """Checkpoint first, then the parquet, so the rows on disk never run ahead of the checkpoint."""
@@ -245,24 +264,28 @@ class Run:
 
     # -- training ----------------------------------------------------------------------------------
     def train_epoch(self, on_step: OnStep | None = None) -> dict:
-        """Train one epoch (or what is left of it, after a Ctrl-C) and evaluate; returns its row."""
-        config, data = self.config, self.data
+        """Train one epoch (or what is left of it, after a Ctrl-C) and evaluate; returns its EpochRow dict."""
         if self.partial is None:
-            batches = epoch_batches(len(data.train_images), config.batch_size, self.generator, drop_last=True)
-            batches = batches[: self.total - self.iteration]
-            self.partial = {"batches": torch.stack(batches).cpu(), "done": 0, "loss_sum": 0.0, "wrong": 0,
-                            "seen": 0, "seconds": 0.0}
-        partial = self.partial
-        batches = partial["batches"].to(self.device)
+            batches = epoch_batches(len(self.data.train_images), self.config.batch_size, self.generator,
+                                    drop_last=True)
+            self.partial = HalfEpoch(torch.stack(batches[: self.total - self.iteration]).cpu())
+        lr = self._train_batches(self.partial, on_step)
+        return self._end_epoch(self.partial, lr)
+
+    def _train_batches(self, partial: HalfEpoch, on_step: OnStep | None) -> float:
+        """The epoch's remaining iterations; returns the last learning rate. Sums go into `partial` even when
+        a Ctrl-C stops it half-way, so a checkpoint holds them."""
+        config, data = self.config, self.data
+        batches = partial.batches.to(self.device)
         per_rank = config.batch_size // self.job.world_size
         mine = slice(self.job.rank * per_rank, (self.job.rank + 1) * per_rank)
-        loss_sum = torch.tensor(partial["loss_sum"], dtype=torch.float64, device=self.device)
-        wrong = torch.tensor(partial["wrong"], dtype=torch.int64, device=self.device)
+        loss_sum = torch.tensor(partial.loss_sum, dtype=torch.float64, device=self.device)
+        wrong = torch.tensor(partial.wrong, dtype=torch.int64, device=self.device)
         started = time.perf_counter()
         lr = learning_rate(config, self.iteration, self.total, self.warming_up)
         self.model.train()
         try:
-            for index in range(partial["done"], len(batches)):
+            for index in range(partial.done, len(batches)):
                 if self.stop.requested:  # act on Ctrl-C / SIGTERM only here, between iterations
                     raise KeyboardInterrupt
                 lr = learning_rate(config, self.iteration, self.total, self.warming_up)
@@ -280,43 +303,48 @@ class Run:
                 loss_sum += loss.detach().double() * len(y)
                 wrong += batch_wrong
                 self.iteration += 1
-                partial["done"] = index + 1
-                partial["seen"] += len(idx)
+                partial.done, partial.seen = index + 1, partial.seen + len(idx)
                 if self.warming_up:  # the paper's 110-layer rule needs the error now, so sync here only
-                    self.recent_errors.append(all_sum(batch_wrong, self.job).item() / len(idx))
-                    if len(self.recent_errors) == WARMUP_WINDOW and np.mean(self.recent_errors) < config.warmup_until_error:
-                        self.warming_up = False
-                        self.notify(f"{config.run_id()}: training error below {config.warmup_until_error:.0%} "
-                                    f"at iteration {self.iteration}; lr {config.warmup_lr} -> {config.lr}")
+                    self._end_warmup_if_learning(all_sum(batch_wrong, self.job).item() / len(idx))
                 if on_step is not None:
                     on_step(self.iteration, self.total, {"loss": loss, "lr": lr})
-        finally:  # the sums so far belong to the half-done epoch a checkpoint may have to hold
-            partial.update(loss_sum=loss_sum.item(), wrong=int(wrong.item()),
-                           seconds=partial["seconds"] + time.perf_counter() - started)
-        train_seconds, seen = partial["seconds"], partial["seen"]
+        finally:
+            partial.loss_sum, partial.wrong = loss_sum.item(), int(wrong.item())
+            partial.seconds += time.perf_counter() - started
+        return lr
+
+    def _end_warmup_if_learning(self, batch_error: float) -> None:
+        config = self.config
+        self.recent_errors.append(batch_error)
+        if len(self.recent_errors) == WARMUP_WINDOW and np.mean(self.recent_errors) < config.warmup_until_error:
+            self.warming_up = False
+            self.notify(f"{config.run_id()}: training error below {config.warmup_until_error:.0%} "
+                        f"at iteration {self.iteration}; lr {config.warmup_lr} -> {config.lr}")
+
+    def _end_epoch(self, partial: HalfEpoch, lr: float) -> dict:
+        """Evaluate, take the diagnostics, and record the finished epoch's row."""
+        config, data = self.config, self.data
         started = time.perf_counter()
-        loss_sum, wrong = all_sum(loss_sum, self.job), all_sum(wrong, self.job)
+        loss_sum = all_sum(torch.tensor(partial.loss_sum, dtype=torch.float64, device=self.device), self.job)
+        wrong = all_sum(torch.tensor(partial.wrong, dtype=torch.int64, device=self.device), self.job)
         test_loss, test_error = evaluate(self.model, data.test_images, data.test_labels, data.mean, config,
                                          self.job)
-        epoch_seconds = train_seconds + time.perf_counter() - started
+        epoch_seconds = partial.seconds + time.perf_counter() - started
         self.epoch += 1
         if self.diagnostics:  # outside epoch_seconds: a diagnostic, not part of the training it times
             self.layer_rows += response_rows(config.run_id(), self.epoch, self.iteration, self.model,
                                              response_probe(data.test_images),
                                              lambda images: prepare_inputs(images, data.mean, config))
         self.partial = None
-        row = {
-            "run_id": config.run_id(), "dataset": data.info.name, "arch": config.arch, "depth": config.depth,
-            "width": self.model.width, "shortcut": self.shortcut_option, "seed": config.seed,
-            "preset": config.preset, "epoch": self.epoch, "iteration": self.iteration, "lr": lr,
-            "train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen,
-            "test_loss": test_loss, "test_error": test_error,
-            "epoch_seconds": epoch_seconds, "images_per_second": seen / train_seconds,
-            "device": str(self.device.type), "precision": config.precision,
-            "timestamp": utc_now(),
-        }
-        self.rows.append(row)
-        return row
+        row = EpochRow(
+            run_id=config.run_id(), dataset=data.info.name, arch=config.arch, depth=config.depth,
+            width=self.model.width, shortcut=self.shortcut_option, seed=config.seed, preset=config.preset,
+            epoch=self.epoch, iteration=self.iteration, lr=lr, train_loss=loss_sum.item() / partial.seen,
+            train_error=wrong.item() / partial.seen, test_loss=test_loss, test_error=test_error,
+            epoch_seconds=epoch_seconds, images_per_second=partial.seen / partial.seconds,
+            device=self.device.type, precision=config.precision, timestamp=utc_now())
+        self.rows.append(dataclasses.asdict(row))
+        return self.rows[-1]
 
     @property
     def finished(self) -> bool:

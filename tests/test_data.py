@@ -1,5 +1,5 @@
-"""The data layer (bench.data: synthetic set, ImageFolder and CIFAR-pickle readers, the cache) and the
-on-device loader (bench.loader: augmentation, normalisation, batches)."""
+"""The data layer (bench.data: synthetic set, ImageFolder and CIFAR-pickle readers, the cache); the on-device
+loader is tests/test_loader.py's."""
 
 from __future__ import annotations
 
@@ -11,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from bench import data as data_module
 from bench import synthetic
 from bench.data import DataInfo, ImageData, default_data_dir, load_dataset, resolve_dataset
 from bench.errors import BenchError
-from bench.loader import augment, epoch_batches, normalize
 
 
 @pytest.fixture
@@ -57,55 +55,6 @@ def test_synthetic_dataset_is_cached(tmp_path):
     assert not torch.equal(first.train_images[:20], first.test_images)  # separate draws for the two splits
     assert first.mean.shape == (3, 32, 32) and first.mean.dtype == torch.float32
     assert torch.allclose(first.mean, first.train_images.float().mean(0) / 255, atol=1e-6)
-
-
-# --- augmentation, normalisation, batches ----------------------------------------------------------------------
-
-
-def test_augment_is_a_padded_crop_or_its_mirror():
-    images = _random_images(40)
-    out = augment(images, torch.Generator().manual_seed(1))
-    assert out.shape == images.shape and out.dtype == torch.uint8
-    assert torch.equal(out, augment(images, torch.Generator().manual_seed(1)))
-    padded = F.pad(images, (4, 4, 4, 4))
-
-    def crop(i: int, dy: int, dx: int, flip: bool) -> torch.Tensor:
-        window = padded[i, :, dy:dy + 32, dx:dx + 32]
-        return window.flip(-1) if flip else window
-
-    seen = set()
-    for i in range(len(images)):
-        matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
-                   if torch.equal(out[i], crop(i, dy, dx, flip))]
-        assert len(matches) == 1, f"sample {i} is not exactly one crop of the padded input"
-        seen.add(matches[0])
-    assert len({(dy, dx) for dy, dx, _ in seen}) > 20 and {flip for *_, flip in seen} == {False, True}
-
-
-def test_augment_flips_about_half():
-    ramp = torch.arange(1, 33, dtype=torch.uint8).expand(2000, 3, 32, 32).contiguous()  # brighter to the right
-    out = augment(ramp, torch.Generator().manual_seed(0))
-    flipped = (out[:, 0, 16, 10] > out[:, 0, 16, 20]).float().mean().item()
-    assert 0.45 < flipped < 0.55
-
-
-def test_normalize_subtracts_the_per_pixel_mean():
-    images = _random_images(64)
-    mean = images.float().mean(0) / 255
-    x = normalize(images, mean)
-    assert x.dtype == torch.float32 and x.shape == images.shape
-    assert torch.allclose(x, images.float() / 255 - mean)
-    assert x.mean(0).abs().max() < 1e-5
-
-
-def test_epoch_batches_cover_every_index_once():
-    batches = epoch_batches(103, 10, torch.Generator().manual_seed(0))
-    assert [len(b) for b in batches] == [10] * 10 + [3]
-    assert torch.equal(torch.cat(batches).sort().values, torch.arange(103))
-    again = epoch_batches(103, 10, torch.Generator().manual_seed(0))
-    assert all(torch.equal(a, b) for a, b in zip(batches, again))
-    dropped = epoch_batches(103, 10, torch.Generator().manual_seed(0), drop_last=True)
-    assert len(dropped) == 10 and torch.equal(torch.cat(dropped), torch.cat(batches)[:100])
 
 
 def _image_folder(root: Path, classes=("ant", "bee", "cat"), per_class: int = 3, size: int = 32) -> dict:
@@ -292,19 +241,6 @@ def test_image_data_moves_as_a_whole(tmp_path):
     data = load_dataset("imagefolder", tmp_path / "tiny", progress=False)
     moved = data.to("cpu")
     assert isinstance(moved, ImageData) and moved.info == data.info and torch.equal(moved.mean, data.mean)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_augment_and_batches_on_the_gpu():
-    images = _random_images(64).cuda()
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    state = generator.get_state()
-    out = augment(images, generator)
-    generator.set_state(state)
-    assert out.is_cuda and torch.equal(out, augment(images, generator))
-    batches = epoch_batches(64, 16, generator)
-    assert batches[0].is_cuda and torch.equal(torch.cat(batches).sort().values.cpu(), torch.arange(64))
 
 
 # --- the real shared copy -----------------------------------------------------------------------------------------

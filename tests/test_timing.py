@@ -11,7 +11,7 @@ import torch
 
 import resnet
 from bench.errors import BenchError
-from bench.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, make_phase, measure, render_table, run_timing
+from bench.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, measure, render_table, run_timing
 
 # The columns the issue promises, in order; status, width, git_commit and cuda_graph follow them.
 CONTRACT = ["model", "arch", "depth", "family", "device", "device_name", "batch_size", "input_size", "precision",
