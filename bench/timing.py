@@ -10,8 +10,8 @@ The phases are bench.step's: the same TrainStep `bench run` trains with (on a fi
 path is left out: on the CPU it is 4% of a training iteration), run eager, compiled or as CUDA graphs
 exactly as `bench run --compile` / `--cuda-graph` runs it. Each phase gets warm-up calls first
 (torch.compile, graph capture and cudnn's autotuner do their work there, outside the timed region), then
-torch.utils.benchmark's Timer takes the samples (blocks of calls, the clock read after synchronising the
-device, the garbage collector off); the median and interquartile range are reported.
+torch.utils.benchmark's Timer takes the samples (means of blocks of calls, the clock read after
+synchronising the device, the garbage collector off); the median and interquartile range are reported.
 
 FLOPs are 2 x multiply-adds of the convolutions and the fc layer (`resnet.count_macs`; the paper's
 "FLOPs" in Table 1 are multiply-adds, so half of ours). A backward pass costs about twice the forward,
@@ -165,8 +165,8 @@ def measure(
     """Time `fn` on `device` with torch.utils.benchmark: `warmup` untimed calls, then samples for at least
     `min_time` seconds and at least `repeats` of them.
 
-    A sample is a block of calls (one call for anything of a millisecond or more) timed by the wall clock
-    read after synchronising the device, so queued GPU work is counted; the Timer runs with the thread
+    A sample is the mean of a block of calls (the Timer sizes it so its own overhead is below 1e-4 of the
+    block) timed by the wall clock read after synchronising the device, so queued GPU work is counted; the Timer runs with the thread
     count set now (its own default is one thread) and the garbage collector off.
     """
     device = torch.device(device)
