@@ -25,7 +25,6 @@ from bench.config import PRECISION_DTYPES
 from bench.errors import BenchError
 from bench.loader import normalize
 
-MODES = ("eager", "compile", "cuda-graph")
 GRAPH_WARMUP = 3  # eager iterations before a capture, on a side stream, as the CUDA-graph docs ask
 
 
