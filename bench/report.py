@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench import tables
-from bench.config import FORMATS, RunConfig
+from bench.config import EXECUTION_FIELDS, FORMATS, RunConfig
 from bench.errors import BenchError
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure,
@@ -32,7 +32,8 @@ PNG_DPI = 150
 # The runs of one experiment (one figure, one mean over seeds) differ only in these RunConfig fields; runs
 # made on several machines belong together, runs of another precision or schedule do not.
 # warmup_lr varies with depth within the paper preset (110 layers and deeper warm up).
-_VARIES_WITHIN = {"arch", "depth", "seed", "dataset", "device", "channels_last", "compile", "warmup_lr"}
+# How a run executes (config.EXECUTION_FIELDS) never splits an experiment.
+_VARIES_WITHIN = {"arch", "depth", "seed", "dataset", "warmup_lr", *EXECUTION_FIELDS}
 EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _VARIES_WITHIN)
 # The network family is not a RunConfig field but follows the depth: CIFAR nets and ImageNet-layout nets are
 # two experiments (the paper's Figures 6 and 4), never one figure, even at one width.
@@ -91,11 +92,11 @@ def schedule_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Finished runs that differ only in schedule length (iterations), where there are two lengths or more:
     one group per (dataset, preset, family, the other experiment fields), named '<experiment>-schedules'."""
     finished = runs[(runs["state"] == "finished") & runs["iterations"].notna()]
-    fields = [f for f in EXPERIMENT_FIELDS if f != "iterations"]
     out = []
-    for name, group in experiments(finished.assign(iterations=None)):  # one experiment whatever the length
+    # experiments() splits on every other experiment field; with the length blanked, only it may differ.
+    for name, group in experiments(finished.assign(iterations=None)):
         group = finished[finished["run_id"].isin(group["run_id"])]
-        if group["iterations"].nunique() >= 2 and all(group[f].map(repr).nunique() <= 1 for f in fields if f in group):
+        if group["iterations"].nunique() >= 2:
             out.append((f"{name}-schedules", group.reset_index(drop=True)))
     return out
 

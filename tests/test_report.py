@@ -330,3 +330,11 @@ def test_schedule_lengths_get_a_figure_of_final_error_against_length(tmp_path):
     assert list(line.get_ydata()) == pytest.approx([expected["plain", 56, 1000], expected["plain", 56, 4000]])
     readme = (out / "README.md").read_text()
     assert "## cifar10-quick-schedules" in readme and "training error at 4,000" in readme
+
+
+def test_how_a_run_executes_never_splits_an_experiment():
+    base = {**QUICK.to_dict(), "dataset": "cifar10", "arch": "plain", "depth": 20, "seed": 0, "family": "cifar"}
+    runs = pd.DataFrame([{**base, "run_id": "eager"}, {**base, "compile": True, "run_id": "compiled"},
+                         {**base, "cuda_graph": True, "run_id": "graphed"}])
+    assert [(name, sorted(group["run_id"])) for name, group in report.experiments(runs)] == [
+        ("cifar10-quick", ["compiled", "eager", "graphed"])]
