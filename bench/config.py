@@ -192,13 +192,11 @@ def validate(config: RunConfig) -> RunConfig:
 
     _choice("arch", config.arch, ARCHS)
     _choice("precision", config.precision, PRECISIONS)
-    if config.device != "auto":
-        parse_device(config.device)
-    if config.shortcut is not None:
-        _choice("shortcut", config.shortcut, SHORTCUTS)
     mode = mode_of(config.compile, config.cuda_graph)
     if config.device != "auto":
         check_mode(mode, parse_device(config.device))
+    if config.shortcut is not None:
+        _choice("shortcut", config.shortcut, SHORTCUTS)
     if (config.epochs is None) == (config.iterations is None):
         raise BenchError("give exactly one of --epochs or --iterations")
     for name in ("epochs", "iterations", "batch_size", "width", "train_subset", "test_subset"):

@@ -166,8 +166,8 @@ def measure(
     `min_time` seconds and at least `repeats` of them.
 
     A sample is the mean of a block of calls (the Timer sizes it so its own overhead is below 1e-4 of the
-    block) timed by the wall clock read after synchronising the device, so queued GPU work is counted; the Timer runs with the thread
-    count set now (its own default is one thread) and the garbage collector off.
+    block) timed by the wall clock read after synchronising the device, so queued GPU work is counted; the
+    Timer runs with the thread count set now (its own default is one thread) and the garbage collector off.
     """
     device = torch.device(device)
     for _ in range(warmup):
