@@ -179,6 +179,8 @@ def run(
     shortcut: Annotated[Optional[Shortcut], typer.Option(help="Paper section 3.3 (default: the family's).")] = None,
     train_subset: Annotated[Optional[int], typer.Option(help="Train on a fixed subset of N images (0: all).")] = None,
     test_subset: Annotated[Optional[int], typer.Option(help="Test on a fixed subset of N images (0: all).")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="The paper's crop and flip "
+                                                    "(default: the preset's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="bf16: autocast.")] = Precision.fp32,
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last")] = False,
@@ -213,7 +215,7 @@ def run(
     if iterations is not None:
         overrides.update(iterations=iterations, epochs=None)
     for name, value in (("batch_size", batch_size), ("lr", lr), ("width", width),
-                        ("shortcut", shortcut and shortcut.value)):
+                        ("shortcut", shortcut and shortcut.value), ("augment", augment)):
         if value is not None:
             overrides[name] = value
     for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):

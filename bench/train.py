@@ -292,7 +292,10 @@ class Run:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 idx = batches[index]
-                x = prepare_inputs(augment(data.train_images[idx], self.generator)[mine], data.mean, config)
+                images = data.train_images[idx]
+                if config.augment:
+                    images = augment(images, self.generator)
+                x = prepare_inputs(images[mine], data.mean, config)
                 y = data.train_labels[idx][mine]
                 loss, logits = self.step.forward_backward(x, y)
                 if self.diagnostics and (self.iteration == 0 or index == len(batches) - 1):

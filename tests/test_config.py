@@ -18,6 +18,7 @@ def test_run_id_is_stable_and_tracks_every_field():
     assert a.run_id() == RunConfig(depth=20, arch="plain").run_id()
     assert a.run_id().startswith("plain-20-s0-")
     assert a.run_id() != dataclasses.replace(a, lr=0.05).run_id()
+    assert a.run_id() != dataclasses.replace(a, augment=False).run_id()  # a field added later, when not default
     assert a.run_id() == dataclasses.replace(a, device="cuda", compile=True).run_id()  # resumes elsewhere
     assert RunConfig.from_dict(a.to_dict()) == a
 

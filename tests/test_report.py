@@ -338,3 +338,11 @@ def test_how_a_run_executes_never_splits_an_experiment():
                          {**base, "cuda_graph": True, "run_id": "graphed"}])
     assert [(name, sorted(group["run_id"])) for name, group in report.experiments(runs)] == [
         ("cifar10-quick", ["compiled", "eager", "graphed"])]
+
+
+def test_the_schedule_line_says_when_a_run_did_not_augment():
+    runs = pd.DataFrame([{**QUICK.to_dict(), "width": 8}])
+    assert "no augmentation" not in tables.schedule_text(runs)
+    assert "no augmentation" in tables.schedule_text(runs.assign(augment=False))
+    # Runs recorded before the option existed augmented: a missing value says nothing.
+    assert "no augmentation" not in tables.schedule_text(runs.drop(columns="augment").assign(augment=np.nan))

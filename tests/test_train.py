@@ -10,7 +10,8 @@ import torch
 from bench import store
 from bench.config import PAPER, RunConfig
 from bench.errors import BenchError
-from bench.train import Run, _rng_state, _set_rng_state, learning_rate, train_run
+from bench.loader import epoch_batches
+from bench.train import Run, _rng_state, _set_rng_state, learning_rate, prepare_inputs, train_run
 
 CPU = torch.device("cpu")
 TINY = RunConfig(arch="plain", depth=8, width=4, preset="test", dataset="synthetic", iterations=None, epochs=3,
@@ -54,6 +55,22 @@ def test_training_logs_every_epoch_and_is_deterministic(tmp_path, tiny_data):
     config = store.read_json(tmp_path / "a" / store.CONFIG)
     assert RunConfig.from_dict(config["config"]) == TINY
     assert config["environment"]["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize("augmented", [True, False])
+def test_the_first_step_sees_the_stored_images_only_without_augmentation(tmp_path, tiny_data, augmented):
+    config = dataclasses.replace(TINY, epochs=1, augment=augmented)
+    seen = []
+
+    def watch(run: Run) -> None:  # the inputs of the first forward in train mode
+        run.model.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()) if run.model.training
+                                            and not seen else None)
+
+    train_run(config, tiny_data, tmp_path, CPU, on_start=watch)
+    first = epoch_batches(len(tiny_data.train_images), TINY.batch_size, torch.Generator().manual_seed(TINY.seed),
+                          drop_last=True)[0]
+    stored = prepare_inputs(tiny_data.train_images[first], tiny_data.mean, config)
+    assert torch.equal(seen[0], stored) is not augmented
 
 
 def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_numbers(tmp_path, tiny_data):
