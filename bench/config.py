@@ -49,7 +49,7 @@ class RunConfig:
     dataset: str = "auto"
     train_subset: int | None = None
     test_subset: int | None = None
-    # The paper's crop and flip (section 4.2). Off only where a preset says why (QUICK).
+    # The paper's crop and flip (section 4.2); off, a run fits the stored images as they are (--no-augment).
     augment: bool = True
     # The schedule (SGD with momentum, by iteration, as the paper's section 4.2).
     preset: str = "paper"
