@@ -18,13 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-import torch
+from rich.console import Console
 
-from bench.config import QUICK, paper_rules, validate
-from bench.data import default_data_dir, load_dataset, take_subset
+from bench.config import QUICK, GridConfig
+from bench.data import default_data_dir
 from bench.errors import BenchError
-from bench.train import train_run
+from bench.grid import run_grid
 
 
 def main() -> None:
@@ -38,28 +37,20 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "quick-probe.jsonl")
     args = parser.parse_args()
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.changes).items()}
-    base = validate(dataclasses.replace(QUICK, dataset=args.dataset, seed=args.seed, **changes))
+    base = dataclasses.replace(QUICK, dataset=args.dataset, seed=args.seed, **changes)
+    grid = GridConfig(base=base, depths=tuple(args.depths), archs=tuple(args.archs), seeds=(args.seed,),
+                      data_dir=str(default_data_dir()), results=str(args.out))
 
-    started = time.perf_counter()
-    data = load_dataset(args.dataset, default_data_dir(), progress=False)
-    data = take_subset(data, base.train_subset, base.test_subset)
-    final, seconds, curves = {}, {}, {}
-    for depth in args.depths:
-        for arch in args.archs:
-            config = paper_rules(dataclasses.replace(base, depth=depth, arch=arch))
-            directory = args.out / args.dataset / config.run_id()
-            clock = time.perf_counter()
-            train_run(config, data, directory, torch.device("cpu"), notify=lambda _: None)
-            errors = pd.read_parquet(directory / "epochs.parquet")["train_error"] * 100
-            name = f"{arch}-{depth}"
-            final[name], seconds[name] = round(errors.iloc[-1], 2), round(time.perf_counter() - clock, 1)
-            curves[name] = [round(e, 1) for e in errors]
+    started = time.perf_counter()  # the grid `bench run` trains, so the time is the command's
+    summary = run_grid(grid, console=Console(quiet=True), progress=False)
+    final = {f"{s['arch']}-{s['depth']}": round(100 * s["rows"][-1]["train_error"], 2) for s in summary}
+    seconds = {f"{s['arch']}-{s['depth']}": round(s["seconds"], 1) for s in summary}
+    curves = {f"{s['arch']}-{s['depth']}": [round(100 * r["train_error"], 1) for r in s["rows"]] for s in summary}
     line = {"dataset": args.dataset, "seed": args.seed, "changes": json.loads(args.changes), "final_train": final,
             "seconds": seconds, "total_s": round(time.perf_counter() - started, 1), "curves": curves}
     print(json.dumps({k: v for k, v in line.items() if k != "curves"}))
     with args.log.open("a") as log:
         log.write(json.dumps(line) + "\n")
-
 
 if __name__ == "__main__":
     try:
