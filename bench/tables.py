@@ -153,6 +153,8 @@ def degradation_sentence(row: pd.Series) -> str:
     if row["arch"] == "plain":
         verdict = ("degradation shown (the deeper plain net trains worse)" if row["train_gap"] > 0
                    else "NEGATIVE: no degradation shown (the deeper plain net trains as well or better)")
+    elif math.isclose(row["train_gap"], 0.0, abs_tol=1e-9):  # e.g. both fit the training set to 0%
+        verdict = "the deeper residual net trains as well, no degradation (the paper's trains better)"
     else:
         verdict = ("the deeper residual net trains better, as in the paper" if row["train_gap"] < 0
                    else "the deeper residual net trains worse here, unlike the paper")

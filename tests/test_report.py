@@ -196,6 +196,15 @@ def test_negative_degradation_is_said_plainly() -> None:
     assert "NEGATIVE: no degradation shown" in tables.degradation_sentence(row)
 
 
+@pytest.mark.parametrize(("deep", "verdict"), [(8.0, "trains better, as in the paper"),
+                                               (10.0, "trains as well, no degradation"),
+                                               (12.0, "trains worse here, unlike the paper")])
+def test_the_residual_verdict_tells_better_level_and_worse(deep: float, verdict: str) -> None:
+    row = pd.Series({"arch": "residual", "shallow_depth": 18, "deep_depth": 34, "shallow_train": 10.0,
+                     "deep_train": deep, "train_gap": deep - 10.0, "test_gap": 0.0, "provisional": False})
+    assert verdict in tables.degradation_sentence(row)
+
+
 def test_paper_numbers_only_where_they_apply() -> None:
     assert tables.paper_test_error("cifar10", "paper", "residual", 56, paper_setup=True) == 6.97
     assert math.isnan(tables.paper_test_error("cifar10", "paper", "plain", 56, paper_setup=True))
@@ -342,7 +351,7 @@ def test_how_a_run_executes_never_splits_an_experiment():
 
 def test_the_schedule_line_says_when_a_run_did_not_augment():
     runs = pd.DataFrame([{**QUICK.to_dict(), "width": 8}])
-    assert "no augmentation" not in tables.schedule_text(runs)
+    assert "no augmentation" not in tables.schedule_text(runs.assign(augment=True))
     assert "no augmentation" in tables.schedule_text(runs.assign(augment=False))
     # Runs recorded before the option existed augmented: a missing value says nothing.
     assert "no augmentation" not in tables.schedule_text(runs.drop(columns="augment").assign(augment=np.nan))
