@@ -1,6 +1,5 @@
 """The numbers of a short run, pinned from a run of the code before the training step was factored out
-(issue #11, commit f8a1b15): a refactor of the step, the loop or the data path must not move them. Re-pinned
-on purpose once since, when the synthetic set's drawing changed (version 2, issue #12), at commit 8fe85f2.
+(issue #11, commit f8a1b15): a refactor of the step, the loop or the data path must not move them.
 
 Regenerate only on purpose, when a change is meant to change the numbers, and say so in the commit:
     python -m tests.test_pinned_numbers
