@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "quick-probe")
     parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "quick-probe.jsonl")
     args = parser.parse_args()
-    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.changes).items()}
+    asked = json.loads(args.changes)
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in asked.items()}
     base = dataclasses.replace(QUICK, dataset=args.dataset, seed=args.seed, **changes)
     grid = GridConfig(base=base, depths=tuple(args.depths), archs=tuple(args.archs), seeds=(args.seed,),
                       data_dir=str(default_data_dir()), results=str(args.out))
@@ -46,11 +47,12 @@ def main() -> None:
     final = {f"{s['arch']}-{s['depth']}": round(100 * s["rows"][-1]["train_error"], 2) for s in summary}
     seconds = {f"{s['arch']}-{s['depth']}": round(s["seconds"], 1) for s in summary}
     curves = {f"{s['arch']}-{s['depth']}": [round(100 * r["train_error"], 1) for r in s["rows"]] for s in summary}
-    line = {"dataset": args.dataset, "seed": args.seed, "changes": json.loads(args.changes), "final_train": final,
+    line = {"dataset": args.dataset, "seed": args.seed, "changes": asked, "final_train": final,
             "seconds": seconds, "total_s": round(time.perf_counter() - started, 1), "curves": curves}
     print(json.dumps({k: v for k, v in line.items() if k != "curves"}))
     with args.log.open("a") as log:
         log.write(json.dumps(line) + "\n")
+
 
 if __name__ == "__main__":
     try:
