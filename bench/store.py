@@ -13,6 +13,7 @@ Every file is written to a temporary name and renamed over the old one, so reade
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import fcntl
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.layers import LAYER_SCHEMA
 from bench.records import EPOCH_SCHEMA
@@ -324,6 +326,11 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+# A config.json written before a RunConfig field existed lacks it; that run behaved as the field's default says
+# (e.g. `augment`: every earlier run augmented), and reading it so keeps it in one experiment with newer runs.
+PREDATED = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+
+
 def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stderr) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All runs under the given folders: (epochs, runs).
 
@@ -351,7 +358,7 @@ def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stder
         environment = meta.get("environment") or {}
         dataset = meta.get("dataset") or {}
         run_rows.append({
-            **meta.get("config", {}),
+            **PREDATED, **meta.get("config", {}),
             "run_id": meta["run_id"],
             "dataset": dataset.get("name"),
             "dataset_note": dataset.get("note", ""),

@@ -353,5 +353,3 @@ def test_the_schedule_line_says_when_a_run_did_not_augment():
     runs = pd.DataFrame([{**QUICK.to_dict(), "width": 8}])
     assert "no augmentation" not in tables.schedule_text(runs.assign(augment=True))
     assert "no augmentation" in tables.schedule_text(runs.assign(augment=False))
-    # Runs recorded before the option existed augmented: a missing value says nothing.
-    assert "no augmentation" not in tables.schedule_text(runs.drop(columns="augment").assign(augment=np.nan))

@@ -84,3 +84,15 @@ def test_read_results_merges_folders_and_keeps_a_copied_run_once(tmp_path):
     epochs, runs = store.read_results([tmp_path / "a", tmp_path / "b"])
     assert len(runs) == 1 and runs.loc[0, "epochs_done"] == 2
     assert epochs["epoch"].tolist() == [1, 2]
+
+
+def test_a_config_from_before_a_field_existed_reads_as_that_fields_default(tmp_path):
+    # Runs committed before `augment` existed augmented; they must land in one experiment with newer runs.
+    for run_id, config in (("old", {k: v for k, v in RunConfig().to_dict().items() if k != "augment"}),
+                           ("new", RunConfig().to_dict())):
+        directory = store.run_dir(tmp_path, "synthetic", run_id)
+        store.write_json(directory / store.CONFIG, {"run_id": run_id, "config": config, "dataset": {"name": "synthetic"}})
+        store.write_epochs(directory / store.EPOCHS, [_row(1, run_id=run_id)])
+        store.write_status(directory, store.FINISHED)
+    _, runs = store.read_results([tmp_path])
+    assert runs["augment"].tolist() == [True, True]
