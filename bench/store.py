@@ -328,14 +328,14 @@ def _stderr(message: str) -> None:
 
 # A config.json written before a RunConfig field existed lacks it; that run behaved as the field's default says
 # (e.g. `augment`: every earlier run augmented), and reading it so keeps it in one experiment with newer runs.
-PREDATED = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+_PREDATED = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
 
 
 def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stderr) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All runs under the given folders: (epochs, runs).
 
     `epochs` has one row per epoch (EPOCH_SCHEMA columns). `runs` has one row per run: the run's config
-    fields (with width, shortcut and family as built), params, its state (running/finished/diverged/
+    fields (a field the run predates at its default; width, shortcut and family as built), params, its state (running/finished/diverged/
     interrupted), diverged_epoch, epochs_done, epochs_total, the dataset note, device_name, git_commit,
     torch version and the folder it came from. A run id found in several
     folders is kept once (the one with the most epochs), so merged copies do not double count.
@@ -358,7 +358,7 @@ def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stder
         environment = meta.get("environment") or {}
         dataset = meta.get("dataset") or {}
         run_rows.append({
-            **PREDATED, **meta.get("config", {}),
+            **_PREDATED, **meta.get("config", {}),
             "run_id": meta["run_id"],
             "dataset": dataset.get("name"),
             "dataset_note": dataset.get("note", ""),
