@@ -335,9 +335,9 @@ def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stder
     """All runs under the given folders: (epochs, runs).
 
     `epochs` has one row per epoch (EPOCH_SCHEMA columns). `runs` has one row per run: the run's config
-    fields (a field the run predates at its default; width, shortcut and family as built), params, its state (running/finished/diverged/
-    interrupted), diverged_epoch, epochs_done, epochs_total, the dataset note, device_name, git_commit,
-    torch version and the folder it came from. A run id found in several
+    fields (a field the run predates at its default; width, shortcut and family as built), params, its
+    state (running/finished/diverged/interrupted), diverged_epoch, epochs_done, epochs_total, the dataset
+    note, device_name, git_commit, torch version and the folder it came from. A run id found in several
     folders is kept once (the one with the most epochs), so merged copies do not double count.
 
     A run folder that cannot be read is skipped with a one-line `notify`, never blocking the others; a torn

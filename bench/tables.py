@@ -176,7 +176,7 @@ def schedule_text(runs: pd.DataFrame) -> str:
              f"lr {_unique(runs, 'lr')}", f"width {_unique(runs, 'width')}"]
     if pd.notna(first.get("train_subset")) or pd.notna(first.get("test_subset")):
         parts.append(f"subset {_count(first.get('train_subset'))} train / {_count(first.get('test_subset'))} test")
-    if not first.get("augment", True):
+    if not first["augment"]:  # read_results gives a run from before the option its default
         parts.append("no augmentation")
     return ", ".join(parts)
 
