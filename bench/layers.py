@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from bench.records import record_schema
+from bench.step import at_least_fp32
 
 RESPONSE_STD, GRAD_NORM, WEIGHT_NORM = "response_std", "grad_norm", "weight_norm"
 KINDS = (RESPONSE_STD, GRAD_NORM, WEIGHT_NORM)
@@ -154,6 +155,6 @@ def gradient_rows(run_id: str, epoch: int, iteration: int, model: nn.Module) -> 
     weights = [layer.conv.weight for layer in layers]
     grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in weights]
     # One stack and one transfer: a .item() per layer would sync the device once per layer.
-    norms = torch.stack([torch.linalg.vector_norm(t.float()) for t in grads + weights]).cpu().tolist()
+    norms = torch.stack([torch.linalg.vector_norm(at_least_fp32(t)) for t in grads + weights]).cpu().tolist()
     return (_rows(run_id, epoch, iteration, GRAD_NORM, layers, norms[:len(layers)])
             + _rows(run_id, epoch, iteration, WEIGHT_NORM, layers, norms[len(layers):]))

@@ -37,12 +37,13 @@ def augment(images: Tensor, generator: torch.Generator, *, padding: int = 4) -> 
 
 
 def normalize(images: Tensor, mean: Tensor) -> Tensor:
-    """uint8 images -> float32 on the same device, scaled to [0,1] minus the training set's per-pixel mean.
+    """uint8 images -> floats of the mean's dtype (float32 in every run) on the same device, scaled to [0,1]
+    minus the training set's per-pixel mean.
 
     This is the paper's normalisation ("the per-pixel mean subtracted", section 4.2); it does not divide
     by a per-channel standard deviation.
     """
-    return images.float().div_(255.0).sub_(mean)
+    return images.to(mean.dtype).div_(255.0).sub_(mean)
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False) -> list[Tensor]:

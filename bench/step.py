@@ -51,6 +51,12 @@ def autocast(device: torch.device | str, precision: str) -> torch.autocast:
                           cache_enabled=False)
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float32, or kept in float64: where a bf16 sum would lose digits (the loss, norms), and where
+    fp64 must stay fp64 (tests/test_pinned_numbers.py trains in it to be exact on any CPU)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def network_inputs(images: torch.Tensor, mean: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """uint8 images -> mean-subtracted floats (bench.loader.normalize) in the run's memory format."""
     x = normalize(images, mean)
@@ -145,7 +151,7 @@ class TrainStep:
         """(loss, logits) of the batch, with the gradients of the loss in every parameter's .grad."""
         with autocast(x.device, self.precision):
             logits = self.forward(x)
-        loss = F.cross_entropy(logits.float(), y)  # in fp32 whatever the precision: a bf16 sum loses digits
+        loss = F.cross_entropy(at_least_fp32(logits), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return loss, logits

@@ -32,7 +32,7 @@ from bench.layers import gradient_rows, response_probe, response_rows
 from bench.loader import augment, epoch_batches
 from bench.provenance import environment, utc_now
 from bench.records import EpochRow
-from bench.step import TrainStep, accelerate, mode_of, network_inputs, predict, sgd
+from bench.step import TrainStep, accelerate, at_least_fp32, mode_of, network_inputs, predict, sgd
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
 
 Notify = Callable[[str], None]
@@ -140,7 +140,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
         x = prepare_inputs(images[start:start + batch_size], mean, config)
         y = labels[start:start + batch_size]
         logits = predict(model, x, config.precision)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        loss_sum += F.cross_entropy(at_least_fp32(logits), y, reduction="sum")
         wrong += (logits.argmax(1) != y).sum()
     model.train()
     loss_sum, wrong = all_sum(loss_sum, job), all_sum(wrong, job)
