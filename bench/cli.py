@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from bench.config import FORMATS, PRECISIONS, PRESETS
 from bench.errors import BenchError
-from resnet import ARCHS, FAMILIES, SHORTCUTS, STRIDE_ON, ModelConfigError
+from resnet import ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Re-run, time and draw the degradation experiment of He et al. (2015).")
@@ -46,6 +46,7 @@ Preset = choices("Preset", tuple(PRESETS))
 Precision = choices("Precision", PRECISIONS)
 Shortcut = choices("Shortcut", SHORTCUTS)
 Family = choices("Family", FAMILIES)
+Stem = choices("Stem", STEMS)
 StrideOn = choices("StrideOn", STRIDE_ON)
 Format = choices("Format", FORMATS)
 
@@ -275,6 +276,8 @@ def time(
     input_size: Annotated[Optional[int], typer.Option(help="(default: 224 imagenet, 32 cifar)")] = None,
     precision: Annotated[Optional[list[Precision]], typer.Option(help="fp32 and/or bf16 (default: fp32).")] = None,
     width: Annotated[Optional[int], typer.Option(help="First-stage channels (default: the family's).")] = None,
+    stem: Annotated[Optional[Stem], typer.Option(help="cifar: the 3x3 stem bench run gives ImageNet-layout nets "
+                                                "on 32x32 images (default: the family's).")] = None,
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last")] = False,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Time torch.compile'd nets, as "
                                           "bench run --compile trains them.")] = False,
@@ -293,7 +296,7 @@ def time(
     config = TimeConfig(depths=tuple(depths), archs=values(arch) or ARCHS, family=family and family.value,
                         devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (32,)),
                         input_size=input_size, precisions=values(precision) or ("fp32",), width=width,
-                        channels_last=channels_last, compile=compile, cuda_graph=cuda_graph, threads=threads,
+                        stem=stem and stem.value, channels_last=channels_last, compile=compile, cuda_graph=cuda_graph, threads=threads,
                         reference=reference, results=str(results))
     frame = run_timing(config, progress=progress, strict=True, notify=lambda message: errors.print(
         message, style="yellow", markup=False, highlight=False, soft_wrap=True))

@@ -22,6 +22,12 @@ from resnet import ARCHS, SHORTCUTS
 # A precision is the autocast dtype it trains and times in (None: plain fp32).
 PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 PRECISIONS = tuple(PRECISION_DTYPES)
+# What each precision computes in, as `bench run` says it before training.
+PRECISION_TEXT = {
+    "fp32": "fp32 (everything in float32)",
+    "bf16": ("bf16 (autocast: convolutions and the fc layer in bfloat16, so activations are bf16; weights, "
+             "BatchNorm statistics, the loss and SGD stay in float32)"),
+}
 DEVICES = ("auto", "cpu", "cuda")
 FORMATS = ("png", "svg", "pdf")  # what bench report draws figures as
 # How a run executes, not what it computes: left out of the run_id.

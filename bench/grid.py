@@ -18,7 +18,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from bench import distributed, store
-from bench.config import GridConfig, RunConfig, resolve_device, validate
+from bench.allocator import keep_freed_memory
+from bench.config import PRECISION_TEXT, GridConfig, RunConfig, resolve_device, validate
 from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, is_out_of_memory
 from bench.train import Run, check_batch, rewrite_config, train_run
@@ -141,6 +142,7 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     device takes the runs one at a time.
     """
     console = console or Console()
+    keep_freed_memory()  # every evaluation batch would otherwise fault its activations in afresh (bench.allocator)
     # Notices (a fallback, cache trouble, a skipped run) go to stderr, one line each: stdout stays the
     # configuration, the epochs and the summary (and --dry-run's one line per run).
     notices = Console(stderr=True, soft_wrap=True, quiet=not distributed.from_environment().is_main)
@@ -178,8 +180,8 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
         distributed.barrier(job)
     data = take_subset(data, base.train_subset, base.test_subset).to(device)
     console.print(f"data: {data.info.name} ({data.info.train_size} train / {data.info.test_size} test, "
-                  f"{data.info.source}) on {device}" + (f" x {job.world_size} ranks" if job.enabled else ""),
-                  soft_wrap=True)
+                  f"{data.info.source}) on {device}" + (f" x {job.world_size} ranks" if job.enabled else "")
+                  + f"; precision: {PRECISION_TEXT[base.precision]}", soft_wrap=True)
     if data.info.note:
         console.print(f"[yellow]note: {data.info.note}", soft_wrap=True)
     for config in p.runs:  # before any run folder is made: a batch that cannot fit leaves nothing behind

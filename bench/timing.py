@@ -51,6 +51,7 @@ from torch.utils import benchmark  # noqa: E402
 
 import resnet
 from bench import store
+from bench.allocator import keep_freed_memory, release_freed_memory
 from bench.config import PRECISIONS, parse_device, unavailable
 from bench.errors import BenchError, is_out_of_memory
 from bench.provenance import device_name, git_commit
@@ -65,8 +66,8 @@ OK, OOM = "ok", "oom"
 @dataclass(frozen=True)
 class TimingRow:
     """One measurement: a row of results/timing/<id>.parquet. The first 22 fields are the documented contract;
-    status tells an out-of-memory row (its figures are None) from a measured one; width, git_commit and
-    cuda_graph say what was timed."""
+    status tells an out-of-memory row (its figures are None) from a measured one; width, git_commit,
+    cuda_graph and stem say what was timed."""
 
     model: str
     arch: str
@@ -94,6 +95,7 @@ class TimingRow:
     width: int
     git_commit: str | None
     cuda_graph: bool
+    stem: str
 
 
 TIMING_SCHEMA = record_schema(TimingRow)
@@ -105,8 +107,8 @@ class TimeConfig:
     """Everything `bench time` sweeps over, and how hard it measures.
 
     ``family`` None takes each depth's own family (18/34/50/101/152 imagenet, other 6n+2 cifar);
-    ``input_size`` None is 224 for imagenet and 32 for cifar; ``width`` None is the family's
-    (64 / 16); ``num_classes`` None is 1000 for imagenet and 10 for cifar. Each phase gets
+    ``input_size`` None is 224 for imagenet and 32 for cifar; ``width`` and ``stem`` None are the family's
+    (64 / 16; imagenet / cifar); ``num_classes`` None is 1000 for imagenet and 10 for cifar. Each phase gets
     ``warmup`` untimed calls, then at least ``repeats`` timed calls and at least ``min_time``
     seconds of them.
     """
@@ -125,6 +127,7 @@ class TimeConfig:
     reference: bool = False
     results: Path | str = "results"
     width: int | None = None
+    stem: str | None = None
     num_classes: int | None = None
     warmup: int = 3
     repeats: int = 10
@@ -255,6 +258,7 @@ class _Net:
     depth: int
     family: str
     width: int
+    stem: str
     build: Callable[[], nn.Module]
 
 
@@ -272,7 +276,7 @@ def _validate(config: TimeConfig) -> None:
         # build_model checks depth against the family; a meta-device build costs nothing.
         try:
             with torch.device("meta"):
-                resnet.build_model(depth, family=_family(config, depth), width=config.width)
+                resnet.build_model(depth, family=_family(config, depth), width=config.width, stem=config.stem)
         except resnet.ModelConfigError as error:
             raise BenchError(str(error)) from None
     checks = [
@@ -308,19 +312,21 @@ def _nets(config: TimeConfig, notify: Callable[[str], None]) -> list[_Net]:
     for depth in config.depths:
         family = _family(config, depth)
         width = config.width or resnet.FAMILY_DEFAULTS[family]["width"]
+        stem = config.stem or resnet.FAMILY_DEFAULTS[family]["stem"]
         classes = config.num_classes or DEFAULT_NUM_CLASSES[family]
         for arch in config.archs:
-            nets.append(_Net(f"{arch}-{depth}", arch, depth, family, width, partial(
-                resnet.build_model, depth, arch, family=family, width=width, num_classes=classes)))
+            nets.append(_Net(f"{arch}-{depth}", arch, depth, family, width, stem, partial(
+                resnet.build_model, depth, arch, family=family, width=width, stem=stem, num_classes=classes)))
         if not config.reference:
             continue
         if family != "imagenet":
             notify(f"--reference: torchvision has no CIFAR ResNet-{depth}; timing ours only")
-        elif width != 64:
-            notify(f"--reference: torchvision's ResNet-{depth} has width 64, not {width}; timing ours only")
+        elif width != 64 or stem != "imagenet":
+            notify(f"--reference: torchvision's ResNet-{depth} has width 64 and the ImageNet stem, not {width} and "
+                   f"the {stem} stem; timing ours only")
         else:
             builder = getattr(torchvision.models, f"resnet{depth}")
-            nets.append(_Net(f"torchvision-resnet{depth}", "torchvision", depth, family, width,
+            nets.append(_Net(f"torchvision-resnet{depth}", "torchvision", depth, family, width, stem,
                              partial(builder, weights=None, num_classes=classes)))
     return nets
 
@@ -353,6 +359,7 @@ def run_timing(
     file and ``attrs["error"]`` says what happened.
     """
     _validate(config)
+    keep_freed_memory()  # else the first net of a sweep is timed cold (bench.allocator)
     devices, reasons = [], []
     for device in config.devices:
         problem = unavailable(torch.device(device))
@@ -418,6 +425,7 @@ def _time_net(
     mode = mode_of(config.compile, config.cuda_graph)
     common = {
         "model": net.model, "arch": net.arch, "depth": net.depth, "family": net.family, "width": net.width,
+        "stem": net.stem,
         "device": str(device), "device_name": device_name(device), "input_size": input_size,
         "channels_last": config.channels_last, "compiled": config.compile, "cuda_graph": config.cuda_graph,
         "params": params, "flops_per_image": flops, "torch_version": torch.__version__, "git_commit": commit,
@@ -438,6 +446,7 @@ def _time_net(
                 labels = torch.randint(num_classes, (batch,), device=device)
                 forward = accelerate(timed.train(), mode, images, precision)
                 for phase in PHASES:
+                    release_freed_memory()  # the peak below is this phase's; the warm-up faults its memory in
                     reset_peak_memory(device)
                     call = make_phase(timed, phase, images, labels, precision=precision, mode=mode, forward=forward)
                     timing = measure(call, device, warmup=config.warmup, repeats=config.repeats,
