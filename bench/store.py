@@ -8,7 +8,8 @@
         checkpoint.pt     model, optimizer, schedule, RNG states and the epoch rows so far
         checkpoint.prev.pt  the one before, used if the latest is torn
 
-Every file is written to a temporary name and renamed over the old one, so readers never see half a file.
+Every file is written to a new temporary file (random name, O_EXCL | O_NOFOLLOW) and renamed over the old one,
+so readers never see half a file, and a link planted in a shared folder is never written through.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import io
 import json
 import os
 import re
+import secrets
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -67,18 +69,42 @@ def run_dir(results: Path, dataset: str, run_id: str) -> Path:
     return Path(results) / dataset_folder(dataset) / run_id
 
 
+def _refuse_link(path: Path) -> None:
+    """A link where a run file goes was planted (or made by hand): writing never goes through one."""
+    if path.is_symlink():
+        raise BenchError(f"{path} is a symbolic link, and bench never writes through one (in a shared folder it "
+                         "may be planted): remove the link and run the same command again")
+
+
+def _create_temporary(path: Path) -> tuple[Path, int]:
+    """A new file beside `path` under a random name, open for writing. O_EXCL and O_NOFOLLOW: a file or link
+    planted at a name someone guessed is never written through; another name is drawn instead."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(16):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return tmp, os.open(tmp, flags, 0o666)  # the umask applies, as it did to open()
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+
+
 def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through `write` into a temporary file beside `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write through `write` into a new temporary file beside `path`, then rename it over `path`; a symbolic
+    link at `path` is refused (BenchError), never followed or replaced."""
+    path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
+        _refuse_link(path)
+        tmp, descriptor = _create_temporary(path)
+        with open(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as error:  # a Ctrl-C mid-write must not leave a stray temporary file either
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if not isinstance(error, OSError):
             raise
         if error.errno in DISK_FULL:
@@ -97,8 +123,8 @@ def check_writable(results: Path, *, tidy: bool = False) -> None:
     created = [folder for folder in (results, *results.parents) if not folder.exists()]  # deepest first
     try:
         results.mkdir(parents=True, exist_ok=True)
-        probe = results / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
+        probe, descriptor = _create_temporary(results / ".write-test")
+        os.close(descriptor)
         probe.unlink()
     except OSError as error:
         raise BenchError(f"cannot write to results folder {results} ({error.strerror}): "
@@ -240,16 +266,24 @@ def run_lock(directory: Path) -> Iterator[bool]:
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a+") as handle:
+    try:  # O_NOFOLLOW: a planted .lock link would make (or lock) a file elsewhere
+        descriptor = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            _refuse_link(directory / ".lock")
+        raise
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
         try:
             yield True
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
 
 
 def drop_previous_checkpoint(directory: Path) -> None:

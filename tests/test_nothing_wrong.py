@@ -93,3 +93,45 @@ def test_a_cifar_pickle_that_carries_code_does_not_run_it(tmp_path):
                    str(tmp_path / "results"), "--epochs", "1", "--no-progress")
     one_line_exit_2(result, "data_batch_3", "not a CIFAR")
     assert not marker.exists()
+
+
+# --- 2: links planted in a shared results folder -----------------------------------------------------------------
+
+
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    """A file outside the results folder that a planted link points at."""
+    path = tmp_path / "victim.txt"
+    path.write_text("precious\n")
+    return path
+
+
+def test_writes_never_follow_a_link_planted_at_the_temporary_name(tmp_path, victim):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / f".{store.CONFIG}.{os.getpid()}.tmp").symlink_to(victim)  # the name writes used to go through
+    store.write_json(folder / store.CONFIG, {"run_id": "x"})
+    assert victim.read_text() == "precious\n"
+    assert not (folder / store.CONFIG).is_symlink() and store.read_json(folder / store.CONFIG) == {"run_id": "x"}
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / f".write-test-{os.getpid()}").symlink_to(victim)
+    store.check_writable(tmp_path / "results")
+    assert victim.read_text() == "precious\n"
+    assert [p.name for p in (tmp_path / "results").iterdir()] == [f".write-test-{os.getpid()}"]  # no probe left
+
+
+def test_a_link_at_the_destination_is_refused_not_replaced_or_followed(tmp_path, victim):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / store.STATUS).symlink_to(victim)
+    with pytest.raises(BenchError, match="status.json is a symbolic link") as error:
+        store.write_status(folder, store.RUNNING)
+    assert "\n" not in str(error.value) and victim.read_text() == "precious\n"
+    assert (folder / store.STATUS).is_symlink() and not list(folder.glob(".*tmp"))
+
+    (folder / ".lock").symlink_to(tmp_path / "made-through-the-link")
+    with pytest.raises(BenchError, match=".lock is a symbolic link"):
+        with store.run_lock(folder):
+            pass
+    assert not (tmp_path / "made-through-the-link").exists()
