@@ -137,10 +137,14 @@ def check_writable(results: Path, *, tidy: bool = False) -> None:
                 break
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write `text` (UTF-8), atomically."""
+    write_atomic(Path(path), lambda handle: handle.write(text.encode()))
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write `data` as indented JSON, atomically."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-    write_atomic(Path(path), lambda handle: handle.write(text.encode()))
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: Path, shape: Mapping[str, type | tuple[type, ...]] | None = None) -> dict:

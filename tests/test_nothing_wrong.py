@@ -135,3 +135,43 @@ def test_a_link_at_the_destination_is_refused_not_replaced_or_followed(tmp_path,
         with store.run_lock(folder):
             pass
     assert not (tmp_path / "made-through-the-link").exists()
+
+
+# --- 9: bench report killed mid-write -----------------------------------------------------------------------------
+
+
+def test_a_report_killed_mid_write_leaves_every_old_file_whole(tmp_path, monkeypatch):
+    import signal
+
+    from matplotlib.figure import Figure
+
+    from bench import report
+    from tests.test_report import write_grid
+
+    write_grid(tmp_path / "results")
+    out = tmp_path / "reports"
+    report.make_report([tmp_path / "results"], out, notify=lambda message: None)
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    real = Figure.savefig
+
+    def killed_in_the_second_figure(self, target, *args, **kwargs):
+        calls.append(target)
+        if len(calls) == 2:  # figure1.png, after degradation.png was written anew
+            handle = target if hasattr(target, "write") else open(target, "wb")
+            handle.write(b"\x89PNG half")
+            handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, target, *args, **kwargs)
+
+    calls: list = []
+    pid = os.fork()
+    if pid == 0:  # the child is killed -9 half-way through a figure, as the report was
+        try:
+            monkeypatch.setattr(Figure, "savefig", killed_in_the_second_figure)
+            report.make_report([tmp_path / "results"], out, notify=lambda message: None)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    for path, content in before.items():
+        assert path.read_bytes() == content, path
