@@ -198,6 +198,7 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
                 try:
                     if mine:
                         store.check_same_data(directory, data.info.fingerprint, data.info.source)
+                        store.record_data(directory, data.info.fingerprint, data.info.source, data.info.name)
                     state, problem = (store.run_state(directory) if mine else "busy"), None
                 except BenchError as error:  # every rank must stop, not only the one that read the files
                     state, problem = None, str(error)

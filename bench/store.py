@@ -2,6 +2,7 @@
 
     results/<dataset>/<run_id>/
         config.json       the resolved RunConfig, dataset, environment (versions, device, commit), start time
+        data.json         the data's name, source and fingerprint again, kept when config.json is deleted
         epochs.parquet    one row per epoch, schema EPOCH_SCHEMA (a contract: report and users read it)
         layers.parquet    per-layer diagnostics, one row per measurement x layer, schema LAYER_SCHEMA
         status.json       running | finished | diverged | interrupted, with the epoch it got to
@@ -41,6 +42,7 @@ from bench.records import EPOCH_SCHEMA
 EPOCH_COLUMNS = tuple(EPOCH_SCHEMA.names)
 
 CONFIG, EPOCHS, LAYERS, STATUS = "config.json", "epochs.parquet", "layers.parquet", "status.json"
+DATA = "data.json"
 CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 
 RUNNING, FINISHED, DIVERGED, INTERRUPTED = "running", "finished", "diverged", "interrupted"
@@ -174,22 +176,51 @@ def read_status(directory: Path) -> dict:
     return status
 
 
+def read_config(directory: Path) -> dict:
+    """A run's config.json, checked against its folder: its config must give its own run_id, and that run_id
+    must be the folder's name. An edited or copied-in config.json (a plain-20 relabelled residual-56) is a
+    BenchError, never believed."""
+    directory = Path(directory)
+    path = directory / CONFIG
+    meta = read_json(path, CONFIG_SHAPE)
+    try:
+        derived = RunConfig.from_dict(meta["config"]).run_id()
+    except (TypeError, ValueError):  # a field of another type than the run's fields take
+        derived = "none"
+    if not derived == meta["run_id"] == directory.name:
+        raise BenchError(f"{path} does not describe its run folder (its config gives run_id {derived}, it says "
+                         f"{meta['run_id']}, the folder is {directory.name}): {_REWRITE}")
+    return meta
+
+
 def check_same_data(directory: Path, fingerprint: str, source: str) -> None:
-    """Refuse a run folder whose config.json records other data than `fingerprint`.
+    """Refuse a run folder whose config.json, or data.json, records other data than `fingerprint`; a config.json
+    that does not describe its folder is refused too (read_config).
 
     The run_id names the dataset, not its content, so another folder of images with the same name finds
     the same run folders; without this, their finished numbers would be reported as the new data's, and
-    an unfinished run would resume on other images. Folders from before fingerprints record none and pass.
+    an unfinished run would resume on other images. data.json keeps the fingerprint when config.json is
+    deleted (as an error about it advises). Folders from before fingerprints record none and pass.
     """
-    path = Path(directory) / CONFIG
-    if not fingerprint or not path.exists():
+    directory = Path(directory)
+    if not fingerprint:
         return
-    recorded = read_json(path, CONFIG_SHAPE).get("dataset") or {}
-    theirs = recorded.get("fingerprint")
-    if theirs and theirs != fingerprint:
-        raise BenchError(f"{directory} holds a run on other data ({recorded.get('source')}, fingerprint {theirs}) "
-                         f"than {source} (fingerprint {fingerprint}): pass another --results folder for this "
-                         "data, or move that run folder away")
+    recorded = [read_config(directory).get("dataset") or {}] if (directory / CONFIG).exists() else []
+    if (directory / DATA).exists():
+        recorded.append(read_json(directory / DATA))
+    for theirs in recorded:
+        if theirs.get("fingerprint") and theirs["fingerprint"] != fingerprint:
+            raise BenchError(f"{directory} holds a run on other data ({theirs.get('source')}, fingerprint "
+                             f"{theirs['fingerprint']}) than {source} (fingerprint {fingerprint}): pass another "
+                             "--results folder for this data, or move that run folder away")
+
+
+def record_data(directory: Path, fingerprint: str, source: str, name: str) -> None:
+    """Write data.json (the data's name, source and fingerprint) into a run folder that has none, once
+    check_same_data has passed: where deleting config.json cannot lose the fingerprint."""
+    path = Path(directory) / DATA
+    if fingerprint and not path.exists():
+        write_json(path, {"name": name, "source": source, "fingerprint": fingerprint})
 
 
 def _table(rows: Sequence[dict]) -> pa.Table:
@@ -296,10 +327,11 @@ def drop_previous_checkpoint(directory: Path) -> None:
 
 
 def remove_if_empty(directory: Path) -> None:
-    """Remove a run folder that holds nothing but its lock: a run that failed before writing anything."""
+    """Remove a run folder that holds nothing but its lock (and data.json): a run that failed before training."""
     directory = Path(directory)
-    if directory.is_dir() and {path.name for path in directory.iterdir()} <= {".lock"}:
+    if directory.is_dir() and {path.name for path in directory.iterdir()} <= {".lock", DATA}:
         try:
+            (directory / DATA).unlink(missing_ok=True)
             (directory / ".lock").unlink(missing_ok=True)
             directory.rmdir()
         except OSError:  # another process got here in between: its folder now
@@ -311,24 +343,44 @@ def run_state(directory: Path) -> str | None:
     return read_status(directory).get("state")
 
 
-def read_epochs(directory: Path, notify: Callable[[str], None] = print, *, repair: bool = False) -> pd.DataFrame:
-    """A run's epoch rows (EPOCH_SCHEMA columns): its epochs.parquet, or, when that is torn, foreign or
-    missing, the rows its checkpoint holds (written back as epochs.parquet when `repair`, with a notice).
+def _check_epochs(frame: pd.DataFrame, path: Path, run_id: str, status: dict) -> None:
+    """epochs.parquet against the contract and its run folder: every EPOCH_SCHEMA column of its type, rows of
+    this run only, and, for a run that ended, as many epochs as status.json says it trained."""
+    schema = pq.read_schema(path)
+    for field in EPOCH_SCHEMA:
+        if field.name not in schema.names:
+            raise ValueError(f"no column {field.name}")
+        if not schema.field(field.name).type.equals(field.type):
+            raise ValueError(f"column {field.name} is {schema.field(field.name).type}, not {field.type}")
+    others = sorted(set(frame["run_id"]) - {run_id})
+    if others:
+        raise ValueError(f"rows of run {others[0]}")
+    epochs = status.get("epoch")
+    if status.get("state") in (FINISHED, DIVERGED) and isinstance(epochs, int) and len(frame) < epochs:
+        raise ValueError(f"{len(frame)} epochs, but status.json says {epochs}")
 
-    A BenchError only when neither can be read.
+
+def read_epochs(directory: Path, notify: Callable[[str], None] = print, *, repair: bool = False) -> pd.DataFrame:
+    """A run's epoch rows (EPOCH_SCHEMA columns): its epochs.parquet, or, when that is torn, foreign, of the
+    wrong types, short of the epochs status.json records, or missing, the rows its checkpoint holds (written
+    back as epochs.parquet when `repair`, with a notice).
+
+    A BenchError only when neither can be read, or when a run that status.json says trained epochs has
+    neither (a finished run without checkpoint, as committed runs are, whose epochs.parquet is lost).
     """
     directory = Path(directory)
     path = directory / EPOCHS
+    status = read_status(directory)
+    trained = status.get("state") in (FINISHED, DIVERGED) or bool(status.get("epoch"))
     if path.exists():
         try:
             frame = pd.read_parquet(path)
-            missing = [c for c in EPOCH_COLUMNS if c not in frame.columns]
-            if missing:
-                raise ValueError(f"no column {missing[0]}")
+            _check_epochs(frame, path, directory.name, status)
             return frame
         except Exception as error:  # pyarrow raises several types for a torn or foreign file
             reason = type(error).__name__ + (f": {str(error).splitlines()[0][:120]}" if str(error).strip() else "")
-    elif not any((directory / name).exists() for name in (CHECKPOINT, f"{CHECKPOINT}.new", PREVIOUS_CHECKPOINT)):
+    elif not trained and not any((directory / name).exists()
+                                 for name in (CHECKPOINT, f"{CHECKPOINT}.new", PREVIOUS_CHECKPOINT)):
         return epochs_frame([])  # a run that has not finished an epoch yet
     else:
         reason = "missing"
@@ -387,7 +439,7 @@ def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stder
                "rewrite it")
     for directory in find_runs(results):
         try:
-            meta = read_json(directory / CONFIG, CONFIG_SHAPE)
+            meta = read_config(directory)
             status = read_status(directory)
             frame = read_epochs(directory, notify)
         except BenchError as error:

@@ -129,10 +129,11 @@ def test_other_images_under_the_same_folder_name_are_refused(tmp_path):
     subprocess.run(["cp", "-r", str(tmp_path / "a" / "good"), str(tmp_path / "c" / "good")], check=True)
     again = bench("run", "--depths", "8", "--data-dir", str(tmp_path / "c" / "good"), *args)
     assert again.exit_code == 0 and "finished (earlier)" in again.output, again.output
-    # A run folder from before fingerprints records none, and is accepted as before.
+    # A run folder from before fingerprints records none (and has no data.json), and is accepted as before.
     meta = store.read_json(folder / store.CONFIG)
     del meta["dataset"]["fingerprint"]
     store.write_json(folder / store.CONFIG, meta)
+    (folder / store.DATA).unlink()
     assert bench("run", "--depths", "8", "--data-dir", str(tmp_path / "b" / "good"), *args).exit_code == 0
 
 

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -175,3 +176,73 @@ def test_a_report_killed_mid_write_leaves_every_old_file_whole(tmp_path, monkeyp
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     for path, content in before.items():
         assert path.read_bytes() == content, path
+
+
+# --- 3, 4, 5: a run folder checked against itself ---------------------------------------------------------------
+
+TINY = ["--dataset", "synthetic", "--preset", "quick", "--width", "2", "--batch-size", "32", "--train-subset", "128",
+        "--test-subset", "32", "--epochs", "1", "--no-progress"]
+IMAGES = ["--dataset", "imagefolder", "--width", "2", "--batch-size", "8", "--arch", "plain", "--train-subset", "0",
+          "--test-subset", "0", "--no-progress"]
+
+
+def _run(results: Path, data_dir: Path, *args: str):
+    return bench("run", "--depths", "8", "--data-dir", str(data_dir), "--results", str(results), *args)
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_deleting_config_json_does_not_lose_the_data_fingerprint(tmp_path, finished):
+    from tests.test_nothing_lost import _image_folder
+
+    _image_folder(tmp_path / "a" / "good", seed=1)
+    _image_folder(tmp_path / "b" / "good", seed=2)
+    results = tmp_path / "results"
+    schedule = ["--epochs", "2"] if finished else ["--epochs", "2", "--time-limit", "0.00001"]
+    assert _run(results, tmp_path / "a" / "good", *IMAGES, *schedule).exit_code == 0
+    [folder] = [path for path in results.glob("*/*") if path.is_dir()]
+    assert store.run_state(folder) == (store.FINISHED if finished else store.INTERRUPTED)
+    (folder / store.CONFIG).unlink()  # as the error for a damaged config.json advises
+    one_line_exit_2(_run(results, tmp_path / "b" / "good", *IMAGES, *schedule), "other data", "--results")
+    assert not (folder / store.CONFIG).exists() and len(pd.read_parquet(folder / store.EPOCHS)) == (2 if finished else 1)
+    rerun = _run(results, tmp_path / "a" / "good", *IMAGES, "--epochs", "2")  # the same data: rewritten, resumed
+    assert rerun.exit_code == 0, rerun.output
+    assert store.read_json(folder / store.CONFIG)["dataset"]["source"] == str(tmp_path / "a" / "good")
+
+
+def test_a_config_json_that_does_not_give_its_own_run_id_is_refused(tmp_path, data_dir):
+    results = tmp_path / "results"
+    assert _run(results, data_dir, *TINY).exit_code == 0  # plain-8 and residual-8
+    [plain] = results.glob("synthetic/plain-8-*")
+    meta = store.read_json(plain / store.CONFIG)
+    meta["config"].update(arch="residual", depth=56)  # relabelled by hand
+    store.write_json(plain / store.CONFIG, meta)
+    notes: list[str] = []
+    _, runs = store.read_results([results], notify=notes.append)
+    assert runs["arch"].tolist() == ["residual"] and runs["depth"].tolist() == [8]
+    [note] = notes
+    assert plain.name in note and "run_id" in note and "\n" not in note
+    one_line_exit_2(_run(results, data_dir, *TINY), str(plain / store.CONFIG), "run_id")
+
+    # A consistent config.json copied into another run's folder is refused as well.
+    [residual] = results.glob("synthetic/residual-8-*")
+    store.write_json(plain / store.CONFIG, store.read_json(residual / store.CONFIG))
+    one_line_exit_2(_run(results, data_dir, *TINY), "run_id", plain.name)
+
+
+def test_a_finished_run_whose_epochs_are_lost_is_named_not_dropped(tmp_path, data_dir):
+    results = tmp_path / "results"
+    assert _run(results, data_dir, *TINY, "--epochs", "2").exit_code == 0
+    [plain] = results.glob("synthetic/plain-8-*")
+    (plain / store.CHECKPOINT).unlink()  # as every committed run: weights are not in git
+    rows = pd.read_parquet(plain / store.EPOCHS)
+    for damage in ("lost", "one epoch short"):
+        if damage == "lost":
+            (plain / store.EPOCHS).unlink()
+        else:
+            store.write_epochs(plain / store.EPOCHS, rows.iloc[:1].to_dict("records"))
+        notes: list[str] = []
+        _, runs = store.read_results([results], notify=notes.append)
+        assert runs["arch"].tolist() == ["residual"], damage
+        assert len(notes) == 1 and str(plain) in notes[0] and "delete" in notes[0], notes
+        again = _run(results, data_dir, *TINY, "--epochs", "2")
+        assert again.exit_code == 0 and str(plain / store.EPOCHS) in again.stderr, again.output
