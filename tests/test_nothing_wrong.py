@@ -246,3 +246,71 @@ def test_a_finished_run_whose_epochs_are_lost_is_named_not_dropped(tmp_path, dat
         assert len(notes) == 1 and str(plain) in notes[0] and "delete" in notes[0], notes
         again = _run(results, data_dir, *TINY, "--epochs", "2")
         assert again.exit_code == 0 and str(plain / store.EPOCHS) in again.stderr, again.output
+
+
+# --- 6, 13: a data cache of the right shape holding other pixels or labels ----------------------------------------
+
+
+def _cache_file(folder: Path) -> Path:
+    [cache] = (folder / ".cache").glob("*.pt")
+    return cache
+
+
+def test_a_cache_with_other_pixels_or_labels_is_noticed_and_rebuilt(tmp_path):
+    import torch
+
+    from bench import data as data_module
+
+    sizes = dict(synthetic_train=20, synthetic_test=10, progress=False)
+    first = load_dataset("synthetic", tmp_path, **sizes)
+    cache = _cache_file(tmp_path)
+    for damage in ("zeroed pixels", "labels out of range, digest forged"):
+        cached = torch.load(cache, weights_only=True)
+        if damage == "zeroed pixels":
+            cached["train_images"].zero_()
+        else:
+            cached["train_labels"] += 100
+            cached["digest"] = data_module._cache_digest(cached)
+        torch.save(cached, cache)
+        notes: list[str] = []
+        again = load_dataset("synthetic", tmp_path, notify=notes.append, **sizes)
+        assert torch.equal(again.train_images, first.train_images), damage
+        assert torch.equal(again.train_labels, first.train_labels), damage
+        assert any(str(cache) in note and "decoding the data again" in note for note in notes), notes
+    notes.clear()
+    load_dataset("synthetic", tmp_path, notify=notes.append, **sizes)
+    assert notes == []  # the rebuilt cache is trusted again
+
+
+# --- 7, 12: class folders that start with '.', file names that are not UTF-8 ---------------------------------------
+
+
+def _png(path: Path, value: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(path)
+
+
+def test_a_class_folder_starting_with_a_dot_is_named_not_dropped_silently(tmp_path):
+    root = tmp_path / "shapes"
+    for split in ("train", "test"):
+        for i, cls in enumerate(("a", "b", ".c")):
+            _png(root / split / cls / "0.png", 40 * i)
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # no images: what a notebook leaves, not a class
+    notes: list[str] = []
+    data = load_dataset("imagefolder", root, image_size=8, notify=notes.append, progress=False)
+    assert data.info.num_classes == 2
+    [note] = [n for n in notes if str(root / "train" / ".c") in n]
+    assert str(root / "train" / ".c") in note and "rename" in note and ".ipynb_checkpoints" not in note
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_fingerprinted(tmp_path):
+    root = tmp_path / "shapes"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            _png(root / split / cls / os.fsdecode(b"caf\xe9.png"), 100)  # Latin-1, as old archives name files
+            _png(root / split / cls / "plain.png", 200)
+    first = load_dataset("imagefolder", root, image_size=8, progress=False)
+    assert (first.info.train_size, first.info.num_classes) == (4, 2)
+    assert load_dataset("imagefolder", root, image_size=8, progress=False).info.fingerprint == first.info.fingerprint
