@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,19 +41,24 @@ EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.nam
 FAMILY_NAMES = {"cifar": "cifar-nets", "imagenet": "imagenet-layout"}
 
 
-def read_timing(results: Sequence[Path]) -> pd.DataFrame:
-    """Every `bench time` row under `<results>/timing/*.parquet`, the same measurement kept once."""
+def read_timing(results: Sequence[Path], notify: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Every `bench time` row under `<results>/timing/*.parquet`, the same measurement kept once; a torn or
+    foreign file is skipped with a one-line `notify` (default: stderr, as read_results'), never blocking the
+    others."""
+    notify = notify or (lambda message: print(message, file=sys.stderr))
     frames = []
     for path in sorted(p for root in results for p in (Path(root) / "timing").glob("*.parquet")):
         try:
             frame = pd.read_parquet(path)
         except Exception as error:  # pyarrow raises several types for a torn or foreign file
-            raise BenchError(f"cannot read timing file {path} ({type(error).__name__}): delete it and run "
-                             "`bench time` again") from None
+            notify(f"skipped timing file {path} ({type(error).__name__}): it is unreadable; delete it and run "
+                   "`bench time` again")
+            continue
         missing = [c for c in tables.TIMING_COLUMNS if c not in frame.columns]
         if missing:
-            raise BenchError(f"timing file {path} lacks {', '.join(missing)}: it is not from `bench time`; "
-                             "move it out of the results folder")
+            notify(f"skipped timing file {path}: it lacks {', '.join(missing)}, so it is not from `bench time`; "
+                   "move it out of the results folder")
+            continue
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=list(tables.TIMING_COLUMNS))
@@ -62,7 +68,8 @@ def read_timing(results: Sequence[Path]) -> pd.DataFrame:
 
 
 def load_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(epochs, runs, timing) of all the given results folders merged; a missing folder is a BenchError."""
+    """(epochs, runs, timing) of all the given results folders merged; a missing folder is a BenchError, a
+    run folder or timing file that cannot be read is skipped with a one-line warning on stderr."""
     for root in results:
         if not Path(root).is_dir():
             raise BenchError(f"results folder {root} does not exist: pass --results DIR, or make results with "

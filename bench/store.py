@@ -343,14 +343,24 @@ def run_state(directory: Path) -> str | None:
     return read_status(directory).get("state")
 
 
+# Kinds of arrow type a column may be stored as and still mean what EPOCH_SCHEMA says (pandas writes large_string
+# for string, a user's tool may widen integers); a number stored as text is another kind, refused.
+_TYPE_KINDS = (pa.types.is_boolean, pa.types.is_integer, pa.types.is_floating, pa.types.is_timestamp,
+               lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
+
+
+def _same_kind(stored: pa.DataType, wanted: pa.DataType) -> bool:
+    return any(kind(stored) and kind(wanted) for kind in _TYPE_KINDS)
+
+
 def _check_epochs(frame: pd.DataFrame, path: Path, run_id: str, status: dict) -> None:
-    """epochs.parquet against the contract and its run folder: every EPOCH_SCHEMA column of its type, rows of
-    this run only, and, for a run that ended, as many epochs as status.json says it trained."""
+    """epochs.parquet against the contract and its run folder: every EPOCH_SCHEMA column of its kind of type,
+    rows of this run only, and, for a run that ended, as many epochs as status.json says it trained."""
     schema = pq.read_schema(path)
     for field in EPOCH_SCHEMA:
         if field.name not in schema.names:
             raise ValueError(f"no column {field.name}")
-        if not schema.field(field.name).type.equals(field.type):
+        if not _same_kind(schema.field(field.name).type, field.type):
             raise ValueError(f"column {field.name} is {schema.field(field.name).type}, not {field.type}")
     others = sorted(set(frame["run_id"]) - {run_id})
     if others:

@@ -314,3 +314,25 @@ def test_a_file_name_that_is_not_utf8_is_read_and_fingerprinted(tmp_path):
     first = load_dataset("imagefolder", root, image_size=8, progress=False)
     assert (first.info.train_size, first.info.num_classes) == (4, 2)
     assert load_dataset("imagefolder", root, image_size=8, progress=False).info.fingerprint == first.info.fingerprint
+
+
+# --- 15: a wrong-typed epochs column, a torn timing file --------------------------------------------------------
+
+
+def test_report_skips_a_wrong_typed_epochs_file_and_a_torn_timing_file(tmp_path):
+    from tests.test_report import write_grid, write_timing
+
+    results = tmp_path / "results"
+    write_grid(results)
+    write_timing(results)
+    damaged = sorted(results.glob("cifar10/plain-20-*"))[0]
+    rows = pd.read_parquet(damaged / store.EPOCHS)
+    rows["test_error"] = rows["test_error"].map(lambda value: f"{value:.1%}")  # as a spreadsheet saves it
+    rows.to_parquet(damaged / store.EPOCHS)
+    (results / "timing" / "t2.parquet").write_bytes(b"PAR1 torn")
+    result = bench("report", "--results", str(results), "--out", str(tmp_path / "reports"))
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    text = " ".join(result.output.split())
+    assert f"skipped {damaged}" in text and "test_error" in text
+    assert "t2.parquet" in text and "skipped" in text
+    assert list((tmp_path / "reports" / "timing").rglob("speed.png"))  # the good timing file is drawn
