@@ -336,3 +336,81 @@ def test_report_skips_a_wrong_typed_epochs_file_and_a_torn_timing_file(tmp_path)
     assert f"skipped {damaged}" in text and "test_error" in text
     assert "t2.parquet" in text and "skipped" in text
     assert list((tmp_path / "reports" / "timing").rglob("speed.png"))  # the good timing file is drawn
+
+
+# --- 8, 11, 16: signals wherever they land; checkpoints that do not fit ------------------------------------------
+
+
+def test_a_sigterm_in_the_last_evaluation_stops_the_grid(tmp_path, data_dir, monkeypatch):
+    import signal
+
+    import bench.train
+
+    real, calls = bench.train.evaluate, []
+
+    def evaluate_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # the first run's only (so last) evaluation: the job is told to stop
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench.train, "evaluate", evaluate_then_sigterm)
+    results = tmp_path / "results"
+    result = _run(results, data_dir, *TINY)  # plain-8, then residual-8
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert len(calls) == 1 and not list(results.glob("synthetic/residual-8-*/" + store.STATUS))  # not trained
+    [plain] = results.glob("synthetic/plain-8-*")
+    assert store.run_state(plain) == store.FINISHED  # its last epoch was whole and saved before the stop
+
+
+def test_a_second_sigterm_inside_save_checkpoint_leaves_the_run_interrupted(tmp_path, tiny_data, monkeypatch):
+    import signal
+
+    from bench.train import ForcedStop, train_run
+    from tests.test_train import CPU, TINY as CONFIG
+
+    real = store.write_atomic
+
+    def write_atomic(path, write):
+        def half_then_sigterm(handle):  # the second SIGTERM lands half-way through the checkpoint
+            handle.write(b"half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            write(handle)
+        real(path, half_then_sigterm if path.name == f"{store.CHECKPOINT}.new" else write)
+
+    def first_sigterm(iteration, total, stats):
+        if iteration == 3:
+            monkeypatch.setattr(store, "write_atomic", write_atomic)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as `bench run` sets it
+    with pytest.raises(ForcedStop):
+        train_run(CONFIG, tiny_data, tmp_path, CPU, on_step=first_sigterm, notify=lambda message: None)
+    assert store.read_status(tmp_path)["state"] == store.INTERRUPTED
+    assert not list(tmp_path.glob(".*tmp")) and not (tmp_path / store.CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("damage", ["weights of another net", "unknown half-epoch key"])
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_leaves_no_running_status(tmp_path, tiny_data, damage):
+    import torch
+
+    from bench.train import train_run
+    from tests.test_train import CPU, TINY as CONFIG
+
+    def stop_mid_epoch(iteration, total, stats):
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(CONFIG, tiny_data, tmp_path, CPU, on_step=stop_mid_epoch, notify=lambda message: None)
+    state = torch.load(tmp_path / store.CHECKPOINT, weights_only=True)
+    if damage == "weights of another net":
+        state["model"] = {name: torch.zeros(1) for name in state["model"]}
+    else:
+        state["partial"]["bogus"] = 1
+    torch.save(state, tmp_path / store.CHECKPOINT)
+    store.write_status(tmp_path, store.RUNNING)  # as a run killed with -9 leaves it
+    with pytest.raises(BenchError, match="checkpoint .* does not fit this run") as error:
+        train_run(CONFIG, tiny_data, tmp_path, CPU, notify=lambda message: None)
+    assert "\n" not in str(error.value) and f"delete {tmp_path}" in str(error.value)
+    assert store.read_status(tmp_path)["state"] == store.INTERRUPTED
