@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from bench import distributed, store
-from bench.config import GridConfig, RunConfig, resolve_device, validate
+from bench.config import GridConfig, RunConfig, resolve_device, threads_notice, validate
 from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, is_out_of_memory
 from bench.train import Run, check_batch, rewrite_config, train_run
@@ -158,6 +158,8 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
         return []
     if grid.threads is not None:
         torch.set_num_threads(grid.threads)  # once, before any data or model: config.json records it
+        if notice := threads_notice(grid.threads):
+            notices.print(notice, style="bold yellow", markup=False, highlight=False)
     job = distributed.from_environment()
     device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
     try:

@@ -414,3 +414,73 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_leaves_no_running_status
         train_run(CONFIG, tiny_data, tmp_path, CPU, notify=lambda message: None)
     assert "\n" not in str(error.value) and f"delete {tmp_path}" in str(error.value)
     assert store.read_status(tmp_path)["state"] == store.INTERRUPTED
+
+
+# --- 10, 14, 17: bench time interrupted, asked for more than any memory, or for more threads than cores -----------
+
+TIME = ["time", "--depths", "8", "--arch", "plain", "residual", "--width", "2", "--input-size", "16", "--batch-size",
+        "2", "--threads", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("stopped_at", [2, 5])
+def test_ctrl_c_in_bench_time_saves_what_was_measured_or_says_nothing_was(tmp_path, monkeypatch, stopped_at):
+    from bench import timing
+
+    real, calls = timing.measure, []
+
+    def measure_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == stopped_at:  # 2: in plain-8's phases; 5: in residual-8's, after plain-8's three
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timing, "measure", measure_then_ctrl_c)
+    monkeypatch.setattr(timing, "TimeConfig", _quick_time_config(timing.TimeConfig))
+    result = bench(*TIME, "--results", str(tmp_path))
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    saved = list((tmp_path / "timing").glob("*.parquet"))
+    message = " ".join(result.stderr.split())
+    if stopped_at == 2:
+        assert not saved and "nothing was saved" in message and "saved in" not in message
+    else:
+        [path] = saved
+        assert len(pd.read_parquet(path)) == 3 and str(path) in message and "again" in message
+
+
+def _quick_time_config(cls):
+    """TimeConfig with warm-up and timing cut to the bone: what is checked here is what is kept, not speed."""
+    import dataclasses
+
+    return lambda **kwargs: dataclasses.replace(cls(**kwargs), warmup=0, repeats=1, min_time=0.0)
+
+
+def test_bench_time_asked_for_more_than_any_memory_is_one_line_or_an_oom_row(tmp_path, monkeypatch):
+    from bench import timing
+
+    monkeypatch.setattr(timing, "TimeConfig", _quick_time_config(timing.TimeConfig))
+    args = [a for a in TIME if a not in ("residual",)]
+    args[args.index("--input-size") + 1] = "1099511627776"  # no batch of such images fits: bad input
+    one_line_exit_2(bench(*args, "--results", str(tmp_path)), "--input-size 1099511627776", "memory")
+    args = [a for a in TIME if a not in ("residual",)]
+    args[args.index("--batch-size") + 1:args.index("--batch-size") + 2] = ["2", "4611686018427387904"]
+    result = bench(*args, "--results", str(tmp_path))  # a batch too large: out of memory, as any other
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "batch 4611686018427387904 fp32 ran out of memory on cpu" in " ".join(result.stderr.split())
+    [path] = (tmp_path / "timing").glob("*.parquet")
+    rows = pd.read_parquet(path)
+    assert set(rows.loc[rows["batch_size"] == 2, "status"]) == {"ok"}
+    assert set(rows.loc[rows["batch_size"] == 4611686018427387904, "status"]) == {"oom"}
+
+
+def test_more_threads_than_cpus_is_said(tmp_path, data_dir, monkeypatch):
+    from bench import timing
+
+    monkeypatch.setattr(timing, "TimeConfig", _quick_time_config(timing.TimeConfig))
+    cpus = len(os.sched_getaffinity(0))
+    args = [a for a in TIME if a not in ("residual",)]
+    args[args.index("--threads") + 1] = str(cpus + 7)
+    timed = bench(*args, "--results", str(tmp_path))
+    assert timed.exit_code == 0, timed.output
+    assert f"--threads {cpus + 7}" in timed.stderr and f"{cpus} CPU" in timed.stderr
+    ran = _run(tmp_path / "results", data_dir, *TINY, "--arch", "plain", "--threads", str(cpus + 7))
+    assert ran.exit_code == 0 and f"--threads {cpus + 7}" in ran.stderr and f"{cpus} CPU" in ran.stderr
