@@ -238,8 +238,8 @@ def _tensor_fingerprint(tensors: dict) -> str:
 
 def _cache_digest(tensors: dict) -> str:
     """A hash of every tensor and field of a cache, stored in it when it is built and checked whenever it is
-    loaded, so a cache of the right shape holding other pixels or labels is not trusted. It costs 0.1 s for
-    CIFAR-10's 60,000 images (176 MiB, sha1; AMD EPYC, on a loaded 2-core machine) beside 0.3 s to load the
+    loaded, so a cache of the right shape holding other pixels or labels is not trusted. It costs 0.15 s for
+    CIFAR-10's 60,000 images (176 MiB, sha1; AMD EPYC, on a loaded 2-core machine) beside 0.35 s to load the
     cache. The cache is tied to its source by its key (file names, sizes and times): checking the source's
     bytes at every start would cost 1.5 s for the 60,000 JPEG files with the page cache warm, a minute cold."""
     mean = tensors["mean"].contiguous().numpy()
