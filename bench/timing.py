@@ -387,11 +387,10 @@ def run_timing(
     A device that is not there is skipped with a notice (with `strict`, none there at all is a BenchError);
     a batch size that runs out of memory is recorded with status "oom" and the sweep goes on. A Ctrl-C (or
     SIGTERM, under `bench time`) ends the sweep early: the networks timed whole are written and returned,
-    with ``attrs["interrupted"]`` True. The results
-    folder is checked for writing before the sweep. The parquet path is in ``frame.attrs["path"]`` (None
-    when nothing was timed, in which case nothing is written). Should the write fail all the same (a disk
-    filled during the sweep), the rows go to the temporary folder instead, ``attrs["path"]`` names that
-    file and ``attrs["error"]`` says what happened.
+    with ``attrs["interrupted"]`` True. The results folder is checked for writing before the sweep. The
+    parquet path is in ``frame.attrs["path"]`` (None when nothing was timed, in which case nothing is
+    written). Should the write fail all the same (a disk filled during the sweep), the rows go to the
+    temporary folder instead, ``attrs["path"]`` names that file and ``attrs["error"]`` says what happened.
     """
     _validate(config)
     if notice := threads_notice(config.threads):
