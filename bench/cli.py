@@ -122,10 +122,12 @@ def _default_threads(workers: int) -> int:
     CPUs this process may use; one each when several worker processes share them."""
     if workers > 1:
         return 1
+    from bench.config import usable_cpus
+
     given = os.environ.get("OMP_NUM_THREADS", "")
     if given.isdigit() and int(given) > 0:
         return int(given)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cpus()
 
 
 def _shard(value: str) -> tuple[int, int]:
@@ -293,6 +295,8 @@ def time(
     from bench.timing import TimeConfig, run_timing
     from bench.timing import render_table as timing_table
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop saves what was measured too
+
     config = TimeConfig(depths=tuple(depths), archs=values(arch) or ARCHS, family=family and family.value,
                         devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (32,)),
                         input_size=input_size, precisions=values(precision) or ("fp32",), width=width,
@@ -306,6 +310,12 @@ def time(
         raise BenchError(frame.attrs["error"])
     if frame.attrs.get("path"):
         console.print(f"wrote {frame.attrs['path']}", highlight=False, soft_wrap=True)
+    if frame.attrs.get("interrupted"):  # nothing resumes a sweep: say what is kept, and that it starts over
+        kept = (f"the {len(frame)} measurements made are saved in {frame.attrs['path']}" if frame.attrs.get("path")
+                else "nothing was measured yet, so nothing was saved")
+        errors.print(f"interrupted: {kept}; the same command times everything again", style="yellow",
+                     markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
 
 
 @app.command(cls=OneLineErrors)

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 
@@ -121,6 +122,21 @@ def unavailable(device: torch.device) -> str | None:
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         return f"this machine has {torch.cuda.device_count()} CUDA device(s), so cuda:0 to cuda:{torch.cuda.device_count() - 1}"
     return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a Slurm allocation), else all of them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_notice(threads: int | None) -> str | None:
+    """A warning when `threads` CPU threads are more than this process has CPUs for, else None."""
+    cpus = usable_cpus()
+    if threads is None or threads <= cpus:
+        return None
+    return (f"--threads {threads} (or $OMP_NUM_THREADS) is more than the {cpus} CPUs this process may use: threads "
+            f"that share a core spin against each other (999 threads on 2 cores ran 225x slower); use --threads "
+            f"{cpus} or fewer")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from bench import distributed, store
 from bench.allocator import keep_freed_memory
-from bench.config import PRECISION_TEXT, GridConfig, RunConfig, resolve_device, validate
+from bench.config import PRECISION_TEXT, GridConfig, RunConfig, resolve_device, threads_notice, validate
 from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, is_out_of_memory
 from bench.train import Run, check_batch, rewrite_config, train_run
@@ -160,6 +160,8 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
         return []
     if grid.threads is not None:
         torch.set_num_threads(grid.threads)  # once, before any data or model: config.json records it
+        if notice := threads_notice(grid.threads):
+            notices.print(notice, style="bold yellow", markup=False, highlight=False)
     job = distributed.from_environment()
     device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
     try:
@@ -200,6 +202,7 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
                 try:
                     if mine:
                         store.check_same_data(directory, data.info.fingerprint, data.info.source)
+                        store.record_data(directory, data.info.fingerprint, data.info.source, data.info.name)
                     state, problem = (store.run_state(directory) if mine else "busy"), None
                 except BenchError as error:  # every rank must stop, not only the one that read the files
                     state, problem = None, str(error)

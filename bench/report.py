@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure,
                          schedule_figure, style, timing_figure)
 from bench.provenance import utc_now
-from bench.store import dataset_folder, read_layers, read_results
+from bench.store import dataset_folder, read_layers, read_results, write_atomic, write_text
 
 PNG_DPI = 150
 # The runs of one experiment (one figure, one mean over seeds) differ only in these RunConfig fields; runs
@@ -40,19 +41,24 @@ EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.nam
 FAMILY_NAMES = {"cifar": "cifar-nets", "imagenet": "imagenet-layout"}
 
 
-def read_timing(results: Sequence[Path]) -> pd.DataFrame:
-    """Every `bench time` row under `<results>/timing/*.parquet`, the same measurement kept once."""
+def read_timing(results: Sequence[Path], notify: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Every `bench time` row under `<results>/timing/*.parquet`, the same measurement kept once; a torn or
+    foreign file is skipped with a one-line `notify` (default: stderr, as read_results'), never blocking the
+    others."""
+    notify = notify or (lambda message: print(message, file=sys.stderr))
     frames = []
     for path in sorted(p for root in results for p in (Path(root) / "timing").glob("*.parquet")):
         try:
             frame = pd.read_parquet(path)
         except Exception as error:  # pyarrow raises several types for a torn or foreign file
-            raise BenchError(f"cannot read timing file {path} ({type(error).__name__}): delete it and run "
-                             "`bench time` again") from None
+            notify(f"skipped timing file {path} ({type(error).__name__}): it is unreadable; delete it and run "
+                   "`bench time` again")
+            continue
         missing = [c for c in tables.TIMING_COLUMNS if c not in frame.columns]
         if missing:
-            raise BenchError(f"timing file {path} lacks {', '.join(missing)}: it is not from `bench time`; "
-                             "move it out of the results folder")
+            notify(f"skipped timing file {path}: it lacks {', '.join(missing)}, so it is not from `bench time`; "
+                   "move it out of the results folder")
+            continue
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=list(tables.TIMING_COLUMNS))
@@ -62,7 +68,8 @@ def read_timing(results: Sequence[Path]) -> pd.DataFrame:
 
 
 def load_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(epochs, runs, timing) of all the given results folders merged; a missing folder is a BenchError."""
+    """(epochs, runs, timing) of all the given results folders merged; a missing folder is a BenchError, a
+    run folder or timing file that cannot be read is skipped with a one-line warning on stderr."""
     for root in results:
         if not Path(root).is_dir():
             raise BenchError(f"results folder {root} does not exist: pass --results DIR, or make results with "
@@ -122,13 +129,15 @@ def _setting(run: pd.Series, field: str) -> object:
 
 
 def save_figure(fig: Figure, base: Path, formats: Sequence[str]) -> list[Path]:
-    """Write `fig` as `base`.<format> for each format; returns the paths."""
+    """Write `fig` as `base`.<format> for each format, atomically (a report killed mid-write leaves the old
+    figure whole, never half a PNG); returns the paths."""
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     with style():
         for fmt in formats:
             path = base.with_suffix(f".{fmt}")
-            fig.savefig(path, dpi=PNG_DPI, format=fmt, bbox_inches="tight", pad_inches=0.12)
+            write_atomic(path, lambda handle: fig.savefig(handle, dpi=PNG_DPI, format=fmt, bbox_inches="tight",
+                                                          pad_inches=0.12))
             paths.append(path)
     return paths
 
@@ -137,8 +146,8 @@ def _write_table(frame: pd.DataFrame, base: Path, markdown: str) -> list[Path]:
     """The table as CSV (full precision, for machines) and Markdown (rounded, for people)."""
     base.parent.mkdir(parents=True, exist_ok=True)
     csv, md = base.with_suffix(".csv"), base.with_suffix(".md")
-    frame.to_csv(csv, index=False)
-    md.write_text(markdown + "\n")
+    write_text(csv, frame.to_csv(index=False))
+    write_text(md, markdown + "\n")
     return [csv, md]
 
 
@@ -228,7 +237,7 @@ def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out:
         with_data = runs[runs["run_id"].isin(layers.loc[layers["kind"] == RESPONSE_STD, "run_id"])]
         paths = save_figure(figure7(responses, with_data, colors=colors), folder / "figure7", formats)
         ratios = tables.response_ratios(responses)
-        responses.to_csv(folder / "figure7.csv", index=False)
+        write_text(folder / "figure7.csv", responses.to_csv(index=False))
         written += [*paths, folder / "figure7.csv"]
         written += _write_table(ratios, folder / "responses", tables.markdown_table(ratios))
         readme += ["### Std of layer responses (paper Figure 7)", "", *_figure_lines(paths, out, "figure 7"),
@@ -238,8 +247,8 @@ def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out:
         last = tables.layer_profile(layers, GRAD_NORM, "last")
         with_data = runs[runs["run_id"].isin(layers.loc[layers["kind"] == GRAD_NORM, "run_id"])]
         paths = save_figure(gradient_figure(first, last, with_data, colors=colors), folder / "gradients", formats)
-        pd.concat([first.assign(when="first"), last.assign(when="last")]).to_csv(folder / "gradients.csv",
-                                                                               index=False)
+        write_text(folder / "gradients.csv",
+                   pd.concat([first.assign(when="first"), last.assign(when="last")]).to_csv(index=False))
         written += [*paths, folder / "gradients.csv"]
         readme += ["### Gradient norm across depth", "", *_figure_lines(paths, out, "gradient norms")]
     return written, readme
@@ -349,7 +358,7 @@ def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = Non
     readme = out / "README.md"
     header = ["# Results", "", f"Generated {utc_now()} by `bench report` from "
               f"{', '.join(f'`{r}`' for r in results)}. Errors are in percent; gaps in percentage points.", ""]
-    readme.write_text("\n".join(header + sections))
+    write_text(readme, "\n".join(header + sections))
     written.append(readme)
     notify(f"wrote {len(written)} files to {out}: open {readme}")
     return written

@@ -2,13 +2,15 @@
 
     results/<dataset>/<run_id>/
         config.json       the resolved RunConfig, dataset, environment (versions, device, commit), start time
+        data.json         the data's name, source and fingerprint again, kept when config.json is deleted
         epochs.parquet    one row per epoch, schema EPOCH_SCHEMA (a contract: report and users read it)
         layers.parquet    per-layer diagnostics, one row per measurement x layer, schema LAYER_SCHEMA
         status.json       running | finished | diverged | interrupted, with the epoch it got to
         checkpoint.pt     model, optimizer, schedule, RNG states and the epoch rows so far
         checkpoint.prev.pt  the one before, used if the latest is torn
 
-Every file is written to a temporary name and renamed over the old one, so readers never see half a file.
+Every file is written to a new temporary file (random name, O_EXCL | O_NOFOLLOW) and renamed over the old one,
+so readers never see half a file, and a link planted in a shared folder is never written through.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import io
 import json
 import os
 import re
+import secrets
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,6 +42,7 @@ from bench.records import EPOCH_SCHEMA
 EPOCH_COLUMNS = tuple(EPOCH_SCHEMA.names)
 
 CONFIG, EPOCHS, LAYERS, STATUS = "config.json", "epochs.parquet", "layers.parquet", "status.json"
+DATA = "data.json"
 CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 
 RUNNING, FINISHED, DIVERGED, INTERRUPTED = "running", "finished", "diverged", "interrupted"
@@ -67,18 +71,42 @@ def run_dir(results: Path, dataset: str, run_id: str) -> Path:
     return Path(results) / dataset_folder(dataset) / run_id
 
 
+def _refuse_link(path: Path) -> None:
+    """A link where a run file goes was planted (or made by hand): writing never goes through one."""
+    if path.is_symlink():
+        raise BenchError(f"{path} is a symbolic link, and bench never writes through one (in a shared folder it "
+                         "may be planted): remove the link and run the same command again")
+
+
+def _create_temporary(path: Path) -> tuple[Path, int]:
+    """A new file beside `path` under a random name, open for writing. O_EXCL and O_NOFOLLOW: a file or link
+    planted at a name someone guessed is never written through; another name is drawn instead."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(16):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return tmp, os.open(tmp, flags, 0o666)  # the umask applies, as it did to open()
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+
+
 def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through `write` into a temporary file beside `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write through `write` into a new temporary file beside `path`, then rename it over `path`; a symbolic
+    link at `path` is refused (BenchError), never followed or replaced."""
+    path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
+        _refuse_link(path)
+        tmp, descriptor = _create_temporary(path)
+        with open(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as error:  # a Ctrl-C mid-write must not leave a stray temporary file either
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if not isinstance(error, OSError):
             raise
         if error.errno in DISK_FULL:
@@ -97,8 +125,8 @@ def check_writable(results: Path, *, tidy: bool = False) -> None:
     created = [folder for folder in (results, *results.parents) if not folder.exists()]  # deepest first
     try:
         results.mkdir(parents=True, exist_ok=True)
-        probe = results / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
+        probe, descriptor = _create_temporary(results / ".write-test")
+        os.close(descriptor)
         probe.unlink()
     except OSError as error:
         raise BenchError(f"cannot write to results folder {results} ({error.strerror}): "
@@ -111,10 +139,14 @@ def check_writable(results: Path, *, tidy: bool = False) -> None:
                 break
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write `text` (UTF-8), atomically."""
+    write_atomic(Path(path), lambda handle: handle.write(text.encode()))
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write `data` as indented JSON, atomically."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-    write_atomic(Path(path), lambda handle: handle.write(text.encode()))
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: Path, shape: Mapping[str, type | tuple[type, ...]] | None = None) -> dict:
@@ -144,22 +176,51 @@ def read_status(directory: Path) -> dict:
     return status
 
 
+def read_config(directory: Path) -> dict:
+    """A run's config.json, checked against its folder: its config must give its own run_id, and that run_id
+    must be the folder's name. An edited or copied-in config.json (a plain-20 relabelled residual-56) is a
+    BenchError, never believed."""
+    directory = Path(directory)
+    path = directory / CONFIG
+    meta = read_json(path, CONFIG_SHAPE)
+    try:
+        derived = RunConfig.from_dict(meta["config"]).run_id()
+    except (TypeError, ValueError):  # a field of another type than the run's fields take
+        derived = "none"
+    if not derived == meta["run_id"] == directory.name:
+        raise BenchError(f"{path} does not describe its run folder (its config gives run_id {derived}, it says "
+                         f"{meta['run_id']}, the folder is {directory.name}): {_REWRITE}")
+    return meta
+
+
 def check_same_data(directory: Path, fingerprint: str, source: str) -> None:
-    """Refuse a run folder whose config.json records other data than `fingerprint`.
+    """Refuse a run folder whose config.json, or data.json, records other data than `fingerprint`; a config.json
+    that does not describe its folder is refused too (read_config).
 
     The run_id names the dataset, not its content, so another folder of images with the same name finds
     the same run folders; without this, their finished numbers would be reported as the new data's, and
-    an unfinished run would resume on other images. Folders from before fingerprints record none and pass.
+    an unfinished run would resume on other images. data.json keeps the fingerprint when config.json is
+    deleted (as an error about it advises). Folders from before fingerprints record none and pass.
     """
-    path = Path(directory) / CONFIG
-    if not fingerprint or not path.exists():
+    directory = Path(directory)
+    if not fingerprint:
         return
-    recorded = read_json(path, CONFIG_SHAPE).get("dataset") or {}
-    theirs = recorded.get("fingerprint")
-    if theirs and theirs != fingerprint:
-        raise BenchError(f"{directory} holds a run on other data ({recorded.get('source')}, fingerprint {theirs}) "
-                         f"than {source} (fingerprint {fingerprint}): pass another --results folder for this "
-                         "data, or move that run folder away")
+    recorded = [read_config(directory).get("dataset") or {}] if (directory / CONFIG).exists() else []
+    if (directory / DATA).exists():
+        recorded.append(read_json(directory / DATA))
+    for theirs in recorded:
+        if theirs.get("fingerprint") and theirs["fingerprint"] != fingerprint:
+            raise BenchError(f"{directory} holds a run on other data ({theirs.get('source')}, fingerprint "
+                             f"{theirs['fingerprint']}) than {source} (fingerprint {fingerprint}): pass another "
+                             "--results folder for this data, or move that run folder away")
+
+
+def record_data(directory: Path, fingerprint: str, source: str, name: str) -> None:
+    """Write data.json (the data's name, source and fingerprint) into a run folder that has none, once
+    check_same_data has passed: where deleting config.json cannot lose the fingerprint."""
+    path = Path(directory) / DATA
+    if fingerprint and not path.exists():
+        write_json(path, {"name": name, "source": source, "fingerprint": fingerprint})
 
 
 def _table(rows: Sequence[dict]) -> pa.Table:
@@ -240,16 +301,24 @@ def run_lock(directory: Path) -> Iterator[bool]:
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a+") as handle:
+    try:  # O_NOFOLLOW: a planted .lock link would make (or lock) a file elsewhere
+        descriptor = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            _refuse_link(directory / ".lock")
+        raise
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
         try:
             yield True
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
 
 
 def drop_previous_checkpoint(directory: Path) -> None:
@@ -258,10 +327,11 @@ def drop_previous_checkpoint(directory: Path) -> None:
 
 
 def remove_if_empty(directory: Path) -> None:
-    """Remove a run folder that holds nothing but its lock: a run that failed before writing anything."""
+    """Remove a run folder that holds nothing but its lock (and data.json): a run that failed before training."""
     directory = Path(directory)
-    if directory.is_dir() and {path.name for path in directory.iterdir()} <= {".lock"}:
+    if directory.is_dir() and {path.name for path in directory.iterdir()} <= {".lock", DATA}:
         try:
+            (directory / DATA).unlink(missing_ok=True)
             (directory / ".lock").unlink(missing_ok=True)
             directory.rmdir()
         except OSError:  # another process got here in between: its folder now
@@ -273,24 +343,54 @@ def run_state(directory: Path) -> str | None:
     return read_status(directory).get("state")
 
 
-def read_epochs(directory: Path, notify: Callable[[str], None] = print, *, repair: bool = False) -> pd.DataFrame:
-    """A run's epoch rows (EPOCH_SCHEMA columns): its epochs.parquet, or, when that is torn, foreign or
-    missing, the rows its checkpoint holds (written back as epochs.parquet when `repair`, with a notice).
+# Kinds of arrow type a column may be stored as and still mean what EPOCH_SCHEMA says (pandas writes large_string
+# for string, a user's tool may widen integers); a number stored as text is another kind, refused.
+_TYPE_KINDS = (pa.types.is_boolean, pa.types.is_integer, pa.types.is_floating, pa.types.is_timestamp,
+               lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
 
-    A BenchError only when neither can be read.
+
+def _same_kind(stored: pa.DataType, wanted: pa.DataType) -> bool:
+    return any(kind(stored) and kind(wanted) for kind in _TYPE_KINDS)
+
+
+def _check_epochs(frame: pd.DataFrame, path: Path, run_id: str, status: dict) -> None:
+    """epochs.parquet against the contract and its run folder: every EPOCH_SCHEMA column of its kind of type,
+    rows of this run only, and, for a run that ended, as many epochs as status.json says it trained."""
+    schema = pq.read_schema(path)
+    for field in EPOCH_SCHEMA:
+        if field.name not in schema.names:
+            raise ValueError(f"no column {field.name}")
+        if not _same_kind(schema.field(field.name).type, field.type):
+            raise ValueError(f"column {field.name} is {schema.field(field.name).type}, not {field.type}")
+    others = sorted(set(frame["run_id"]) - {run_id})
+    if others:
+        raise ValueError(f"rows of run {others[0]}")
+    epochs = status.get("epoch")
+    if status.get("state") in (FINISHED, DIVERGED) and isinstance(epochs, int) and len(frame) < epochs:
+        raise ValueError(f"{len(frame)} epochs, but status.json says {epochs}")
+
+
+def read_epochs(directory: Path, notify: Callable[[str], None] = print, *, repair: bool = False) -> pd.DataFrame:
+    """A run's epoch rows (EPOCH_SCHEMA columns): its epochs.parquet, or, when that is torn, foreign, of the
+    wrong types, short of the epochs status.json records, or missing, the rows its checkpoint holds (written
+    back as epochs.parquet when `repair`, with a notice).
+
+    A BenchError only when neither can be read, or when a run that status.json says trained epochs has
+    neither (a finished run without checkpoint, as committed runs are, whose epochs.parquet is lost).
     """
     directory = Path(directory)
     path = directory / EPOCHS
+    status = read_status(directory)
+    trained = status.get("state") in (FINISHED, DIVERGED) or bool(status.get("epoch"))
     if path.exists():
         try:
             frame = pd.read_parquet(path)
-            missing = [c for c in EPOCH_COLUMNS if c not in frame.columns]
-            if missing:
-                raise ValueError(f"no column {missing[0]}")
+            _check_epochs(frame, path, directory.name, status)
             return frame
         except Exception as error:  # pyarrow raises several types for a torn or foreign file
             reason = type(error).__name__ + (f": {str(error).splitlines()[0][:120]}" if str(error).strip() else "")
-    elif not any((directory / name).exists() for name in (CHECKPOINT, f"{CHECKPOINT}.new", PREVIOUS_CHECKPOINT)):
+    elif not trained and not any((directory / name).exists()
+                                 for name in (CHECKPOINT, f"{CHECKPOINT}.new", PREVIOUS_CHECKPOINT)):
         return epochs_frame([])  # a run that has not finished an epoch yet
     else:
         reason = "missing"
@@ -349,7 +449,7 @@ def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stder
                "rewrite it")
     for directory in find_runs(results):
         try:
-            meta = read_json(directory / CONFIG, CONFIG_SHAPE)
+            meta = read_config(directory)
             status = read_status(directory)
             frame = read_epochs(directory, notify)
         except BenchError as error:

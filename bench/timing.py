@@ -24,6 +24,7 @@ import copy
 import datetime as dt
 import gc
 import logging
+import os
 import resource
 import secrets
 import sys
@@ -52,7 +53,7 @@ from torch.utils import benchmark  # noqa: E402
 import resnet
 from bench import store
 from bench.allocator import keep_freed_memory, release_freed_memory
-from bench.config import PRECISIONS, parse_device, unavailable
+from bench.config import PRECISIONS, parse_device, threads_notice, unavailable
 from bench.errors import BenchError, is_out_of_memory
 from bench.provenance import device_name, git_commit
 from bench.records import record_schema
@@ -298,12 +299,50 @@ def _validate(config: TimeConfig) -> None:
         ("input size", config.input_size), ("threads", config.threads), ("width", config.width),
         ("num_classes", config.num_classes), ("repeats", config.repeats)]
     for name, value in positive:
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise BenchError(f"{name} must be a positive integer, got {value!r}")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**63):
+            raise BenchError(f"{name} must be a positive integer (below 2**63, as results store it), got {value!r}")
     if not config.batch_sizes:
         raise BenchError("no batch size given: pass --batch-size, e.g. --batch-size 32")
+    _check_input_fits(config)
     if config.warmup < 0 or config.min_time < 0:
         raise BenchError("warmup and min_time must be zero or more")
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """The memory of `device`: a GPU's, or the machine's RAM; None when it cannot be told."""
+    if device.type == "cuda":
+        available = torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+        return torch.cuda.get_device_properties(device.index or 0).total_memory if available else None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+
+
+def _input_bytes(batch: int, input_size: int) -> int:
+    return 4 * batch * 3 * input_size * input_size  # fp32 images
+
+
+def _check_input_fits(config: TimeConfig) -> None:
+    """A BenchError when one fp32 input image alone is larger than a device's memory: no batch of that size
+    can run, and torch would fail on it with a storage-overflow traceback."""
+    for device in config.devices:
+        memory = _memory_bytes(torch.device(device))
+        for depth in config.depths:
+            size = config.input_size or DEFAULT_INPUT_SIZE[_family(config, depth)]
+            if memory is not None and _input_bytes(1, size) > memory:
+                raise BenchError(f"--input-size {size}: one input image alone is {_bytes(_input_bytes(1, size))}, "
+                                 f"more than the {_bytes(memory)} of memory on {device}: use a smaller --input-size")
+
+
+def _refuse_unfittable(batch: int, input_size: int, device: torch.device) -> None:
+    """Raise the allocator's out-of-memory error, without asking it, for a batch whose input alone is larger
+    than the device's memory: asked, torch fails with a storage overflow (a traceback), or, with overcommit,
+    grants it and the process is killed."""
+    memory = _memory_bytes(device)
+    if memory is not None and _input_bytes(batch, input_size) > memory:
+        raise RuntimeError(f"out of memory: the input batch alone is {_bytes(_input_bytes(batch, input_size))}, "
+                           f"more than the {_bytes(memory)} of {device}")
 
 
 def _nets(config: TimeConfig, notify: Callable[[str], None]) -> list[_Net]:
@@ -352,14 +391,17 @@ def run_timing(
     """Time every combination in `config`, write results/timing/<id>.parquet, return its rows.
 
     A device that is not there is skipped with a notice (with `strict`, none there at all is a BenchError);
-    a batch size that runs out of memory is recorded with status "oom" and the sweep goes on. The results
-    folder is checked for writing before the sweep. The parquet path is in ``frame.attrs["path"]`` (None
-    when nothing was timed, in which case nothing is written). Should the write fail all the same (a disk
-    filled during the sweep), the rows go to the temporary folder instead, ``attrs["path"]`` names that
-    file and ``attrs["error"]`` says what happened.
+    a batch size that runs out of memory is recorded with status "oom" and the sweep goes on. A Ctrl-C (or
+    SIGTERM, under `bench time`) ends the sweep early: the networks timed whole are written and returned,
+    with ``attrs["interrupted"]`` True. The results folder is checked for writing before the sweep. The
+    parquet path is in ``frame.attrs["path"]`` (None when nothing was timed, in which case nothing is
+    written). Should the write fail all the same (a disk filled during the sweep), the rows go to the
+    temporary folder instead, ``attrs["path"]`` names that file and ``attrs["error"]`` says what happened.
     """
     _validate(config)
     keep_freed_memory()  # else the first net of a sweep is timed cold (bench.allocator)
+    if notice := threads_notice(config.threads):
+        notify(notice)
     devices, reasons = [], []
     for device in config.devices:
         problem = unavailable(torch.device(device))
@@ -378,17 +420,22 @@ def run_timing(
     total = len(devices) * len(nets) * len(config.precisions) * len(config.batch_sizes)
     rows: list[dict] = []
     commit = git_commit()
+    interrupted = False
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("timing", total=total)
-        for device in devices:
-            with _settings(device, config.threads):
-                for net in nets:
-                    bar.update(task, description=f"{net.model} on {device}")
-                    rows += _time_net(net, device, config, commit, notify, lambda: bar.advance(task))
+        try:
+            for device in devices:
+                with _settings(device, config.threads):
+                    for net in nets:
+                        bar.update(task, description=f"{net.model} on {device}")
+                        rows += _time_net(net, device, config, commit, notify, lambda: bar.advance(task))
+        except KeyboardInterrupt:  # what was measured is written below, not lost
+            interrupted = True
     frame = pa.Table.from_pylist(rows, schema=TIMING_SCHEMA).to_pandas()
-    frame.attrs["path"] = None
+    frame.attrs.update(path=None, interrupted=interrupted)
     if not rows:
-        notify("nothing was timed: no requested device is available")
+        if not interrupted:
+            notify("nothing was timed: no requested device is available")
         return frame
     run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     path = folder / f"{run_id}.parquet"
@@ -441,6 +488,7 @@ def _time_net(
                 torch.compiler.reset()
             timed = copy.deepcopy(model) if mode == "cuda-graph" else model
             try:
+                _refuse_unfittable(batch, input_size, device)
                 images = torch.randn(batch, 3, input_size, input_size, device=device)
                 images = images.contiguous(memory_format=memory_format)
                 labels = torch.randint(num_classes, (batch,), device=device)

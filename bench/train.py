@@ -241,14 +241,19 @@ class Run:
         if RunConfig.from_dict(state.get("config", {})).identity() != self.config.identity():
             raise BenchError(f"checkpoint in {self.directory} belongs to a different configuration: "
                              "delete that folder to restart the run")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], self.generator)
-        self.epoch, self.iteration, self.rows = state["epoch"], state["iteration"], list(state["rows"])
-        self.layer_rows = list(state.get("layer_rows", []))  # checkpoints from before layers.parquet have none
-        self.warming_up = state["warming_up"]
-        self.recent_errors.extend(state["recent_errors"])
-        self.partial = None if state["partial"] is None else HalfEpoch(**state["partial"])
+        try:  # weights of another net, an unknown half-epoch key: torch and dataclasses raise these
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            _set_rng_state(state["rng"], self.generator)
+            self.epoch, self.iteration, self.rows = state["epoch"], state["iteration"], list(state["rows"])
+            self.layer_rows = list(state.get("layer_rows", []))  # checkpoints from before layers.parquet have none
+            self.warming_up = state["warming_up"]
+            self.recent_errors.extend(state["recent_errors"])
+            self.partial = None if state["partial"] is None else HalfEpoch(**state["partial"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            raise BenchError(f"checkpoint in {self.directory} does not fit this run ({reason}): delete "
+                             f"{self.directory} to restart the run from scratch") from None
 
     def save(self) -> None:
         """Checkpoint first, then the parquet, so the rows on disk never run ahead of the checkpoint."""
@@ -412,11 +417,16 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
     ranks, all of them resume from rank 0's checkpoint and only rank 0 writes.
     """
     run = Run(config, data, directory, device, notify, job, diagnostics)
-    checkpoint = store.load_checkpoint(directory, notify)
-    if checkpoint is not None:
-        run.restore(checkpoint)
-        if job.is_main:  # a crash between checkpoint and parquet may have left the parquet an epoch behind
-            run.write_rows()
+    try:
+        checkpoint = store.load_checkpoint(directory, notify)
+        if checkpoint is not None:
+            run.restore(checkpoint)
+    except BenchError as error:  # a run killed with -9 says `running`: it is not, and will not be
+        if job.is_main:
+            store.write_status(directory, store.INTERRUPTED, error=str(error))
+        raise
+    if checkpoint is not None and job.is_main:  # a crash between checkpoint and parquet may have left the
+        run.write_rows()  # parquet an epoch behind
 
     def status(state: str, **fields: object) -> None:
         if job.is_main:
@@ -429,7 +439,7 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
     status(store.RUNNING)
     try:
         with deferred_interrupts(run.stop):
-            return _train_to_end(run, status, notify, on_epoch, on_step, deadline)
+            state = _train_to_end(run, status, notify, on_epoch, on_step, deadline)
     except Exception as error:  # a full disk, out of memory, anything: the run is not running any more
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         try:  # on a full disk this small file may not fit either; the error raised says what to do
@@ -437,6 +447,24 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
         except (BenchError, OSError):
             pass
         raise
+    except KeyboardInterrupt:  # a first stop, or a second one that may land anywhere (a checkpoint write too)
+        with _signals_held():  # so that a further one cannot cut this write short
+            status(store.INTERRUPTED, iteration=run.iteration)
+        raise
+    if run.stop.requested:  # a stop that landed after the last iteration (its evaluation, the last save): the
+        raise KeyboardInterrupt  # run ended whole and is recorded as it ended, but the job must stop
+    return state
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait (pending) for the block to end, then are delivered."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _train_to_end(run: Run, status: Callable[..., None], notify: Notify, on_epoch: Callable[[Run, dict], None] | None,
@@ -445,10 +473,9 @@ def _train_to_end(run: Run, status: Callable[..., None], notify: Notify, on_epoc
     while not run.finished:
         try:
             row = run.train_epoch(on_step)
-        except KeyboardInterrupt as stop:
+        except KeyboardInterrupt as stop:  # train_run records the run interrupted
             if not job.enabled and not isinstance(stop, ForcedStop):
                 run.save()
-            status(store.INTERRUPTED, iteration=run.iteration)
             raise
         except RuntimeError as error:
             if not job.enabled:

@@ -148,7 +148,7 @@ def test_analyze_recomputes_responses_over_the_whole_test_split(tmp_path, data_d
 
     data = load_dataset("synthetic", data_dir, progress=False)  # what analyze loads for a synthetic run
     config = dataclasses.replace(TINY, epochs=1, test_subset=None)
-    run = tmp_path / "run"
+    run = store.run_dir(tmp_path, "synthetic", config.run_id())  # a run folder is named by its run_id
     train_run(config, take_subset(data, 512, 128), run, CPU, diagnostics=False)  # as before layers.parquet
     analyze_run(run, data_dir, device="cpu", notify=lambda m: None)
     rows = _layers(run)

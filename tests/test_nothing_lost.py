@@ -1,6 +1,6 @@
 """Issue 14: the holes in README's "Nothing lost", each reproduced as it was reported and checked closed.
 
-Disk full is a symlink to /dev/full at the temporary name `store.write_atomic` writes (every write there
+Disk full is a link to /dev/full handed to `store.write_atomic` as its temporary file (every write there
 fails with ENOSPC); a read-only folder is `chattr +i` (root ignores chmod), skipped where that is not possible.
 """
 
@@ -79,12 +79,22 @@ def read_only(tmp_path):
     os.chmod(folder, 0o755)
 
 
-def full_disk_at(path: Path) -> Path:
-    """Make the next `store.write_atomic(path)` of this process fail as on a full disk."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.symlink_to("/dev/full")
-    return tmp
+@pytest.fixture
+def full_disk_at(monkeypatch):
+    """`full_disk_at(path)` makes the next `store.write_atomic(path)` fail as on a full disk: its temporary
+    file is a link to /dev/full (temporary names are random and opened O_NOFOLLOW, so it is handed over)."""
+    real, full = store._create_temporary, set()
+
+    def create(path: Path) -> tuple[Path, int]:
+        if path not in full:
+            return real(path)
+        full.discard(path)
+        tmp = path.with_name(f".{path.name}.full.tmp")
+        tmp.symlink_to("/dev/full")
+        return tmp, os.open(tmp, os.O_WRONLY)
+
+    monkeypatch.setattr(store, "_create_temporary", create)
+    return full.add
 
 
 # --- 1: the same folder name with other images ----------------------------------------------------------------
@@ -119,10 +129,11 @@ def test_other_images_under_the_same_folder_name_are_refused(tmp_path):
     subprocess.run(["cp", "-r", str(tmp_path / "a" / "good"), str(tmp_path / "c" / "good")], check=True)
     again = bench("run", "--depths", "8", "--data-dir", str(tmp_path / "c" / "good"), *args)
     assert again.exit_code == 0 and "finished (earlier)" in again.output, again.output
-    # A run folder from before fingerprints records none, and is accepted as before.
+    # A run folder from before fingerprints records none (and has no data.json), and is accepted as before.
     meta = store.read_json(folder / store.CONFIG)
     del meta["dataset"]["fingerprint"]
     store.write_json(folder / store.CONFIG, meta)
+    (folder / store.DATA).unlink()
     assert bench("run", "--depths", "8", "--data-dir", str(tmp_path / "b" / "good"), *args).exit_code == 0
 
 
@@ -198,7 +209,7 @@ def test_16_bit_pngs_are_scaled_not_wrapped(tmp_path):
 # --- 5: a cache that cannot be written -------------------------------------------------------------------------
 
 
-def test_a_full_disk_or_read_only_folder_costs_the_cache_only(tmp_path, read_only):
+def test_a_full_disk_or_read_only_folder_costs_the_cache_only(tmp_path, read_only, full_disk_at):
     sizes = dict(synthetic_train=20, synthetic_test=10, progress=False)
     key, _ = data_module._synthetic_source(20, 10, 32, False)
     full_disk_at(tmp_path / ".cache" / f"synthetic-{key}.pt")
@@ -340,14 +351,14 @@ def test_bench_time_on_a_missing_gpu_is_one_line(tmp_path):
     one_line_exit_2(bench(*TIME, "--device", "cuda", "--results", str(tmp_path)), "--device cpu")
 
 
-def test_disk_full_messages_speak_of_the_file_not_of_epochs(tmp_path):
+def test_disk_full_messages_speak_of_the_file_not_of_epochs(tmp_path, full_disk_at):
     full_disk_at(tmp_path / "rows.parquet")
     with pytest.raises(BenchError, match="disk full while writing") as error:
         store.write_json(tmp_path / "rows.parquet", {})
     assert "epoch" not in str(error.value) and not list(tmp_path.iterdir())
 
 
-def test_a_disk_full_error_leaves_the_run_interrupted_not_running(tmp_path, tiny_data):
+def test_a_disk_full_error_leaves_the_run_interrupted_not_running(tmp_path, tiny_data, full_disk_at):
     config = RunConfig(arch="plain", depth=8, width=2, preset="test", dataset="synthetic", iterations=None,
                        epochs=1, batch_size=64, lr=0.05)
     full_disk_at(tmp_path / f"{store.CHECKPOINT}.new")

@@ -306,6 +306,8 @@ def test_other_settings_of_a_preset_are_not_averaged_together(results: Path, tmp
     shutil.copytree(source, directory)
     meta = read_json(directory / CONFIG)
     write_json(directory / CONFIG, {**meta, "run_id": config.run_id(), "config": config.to_dict()})
+    rows = pd.read_parquet(directory / EPOCHS).assign(run_id=config.run_id())  # a folder's rows are its own run's
+    write_epochs(directory / EPOCHS, rows.to_dict("records"))
     _, runs, _ = report.load_results([results])
     names = [name for name, _ in report.experiments(runs)]
     assert names == [f"cifar10-quick-lr-{QUICK.lr:g}", "cifar10-quick-lr-0.2"]

@@ -75,11 +75,14 @@ def test_unwritable_results_folder_is_one_clear_error(tmp_path):
 
 
 def test_read_results_merges_folders_and_keeps_a_copied_run_once(tmp_path):
+    config = RunConfig(arch="plain")
+    run_id = config.run_id()  # a folder's config.json must give its own run_id (store.read_config)
     for root in ("a", "b"):
-        directory = store.run_dir(tmp_path / root, "synthetic", "plain-20-s0-x")
-        store.write_json(directory / store.CONFIG, {"run_id": "plain-20-s0-x", "config": RunConfig(arch="plain").to_dict(),
+        directory = store.run_dir(tmp_path / root, "synthetic", run_id)
+        store.write_json(directory / store.CONFIG, {"run_id": run_id, "config": config.to_dict(),
                                                     "dataset": {"name": "synthetic"}})
-        store.write_epochs(directory / store.EPOCHS, [_row(1)] + ([_row(2)] if root == "b" else []))
+        rows = [_row(epoch, run_id=run_id) for epoch in ((1,) if root == "a" else (1, 2))]
+        store.write_epochs(directory / store.EPOCHS, rows)
         store.write_status(directory, store.FINISHED)
     epochs, runs = store.read_results([tmp_path / "a", tmp_path / "b"])
     assert len(runs) == 1 and runs.loc[0, "epochs_done"] == 2
@@ -88,8 +91,9 @@ def test_read_results_merges_folders_and_keeps_a_copied_run_once(tmp_path):
 
 def test_a_config_from_before_a_field_existed_reads_as_that_fields_default(tmp_path):
     # Runs committed before `augment` existed augmented; they must land in one experiment with newer runs.
-    for run_id, config in (("old", {k: v for k, v in RunConfig().to_dict().items() if k != "augment"}),
-                           ("new", RunConfig().to_dict())):
+    for config in ({k: v for k, v in RunConfig(seed=0).to_dict().items() if k != "augment"},
+                   RunConfig(seed=1).to_dict()):
+        run_id = RunConfig.from_dict(config).run_id()  # the field left out is at its default: the same run_id
         directory = store.run_dir(tmp_path, "synthetic", run_id)
         store.write_json(directory / store.CONFIG, {"run_id": run_id, "config": config, "dataset": {"name": "synthetic"}})
         store.write_epochs(directory / store.EPOCHS, [_row(1, run_id=run_id)])
