@@ -21,6 +21,7 @@ from bench import distributed, store
 from bench.config import GridConfig, RunConfig, resolve_device, validate
 from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, is_out_of_memory
+from bench.step import device_settings
 from bench.train import Run, check_batch, rewrite_config, train_run
 
 Notify = Callable[[str], None]
@@ -161,8 +162,9 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     job = distributed.from_environment()
     device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
     try:
-        return _run_plan(p, device, job, console if job.is_main else Console(quiet=True), notices, progress,
-                         grid.time_limit)
+        with device_settings(device):  # the current CUDA device, IEEE fp32, cudnn autotuning: as bench time
+            return _run_plan(p, device, job, console if job.is_main else Console(quiet=True), notices, progress,
+                             grid.time_limit)
     finally:
         distributed.teardown()
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from bench.step import numerics
+
 
 def utc_now() -> str:
     """The current UTC time as an ISO-8601 string with a trailing Z."""
@@ -82,4 +84,5 @@ def environment(device: torch.device | str = "cpu") -> dict[str, object]:
         "hostname": platform.node(),
         "platform": platform.platform(),
         "git_commit": git_commit(),
+        **numerics(),  # cudnn autotuning and TF32: what "fp32" meant on a GPU
     }

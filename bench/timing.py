@@ -55,7 +55,8 @@ from bench.config import PRECISIONS, parse_device, unavailable
 from bench.errors import BenchError, is_out_of_memory
 from bench.provenance import device_name, git_commit
 from bench.records import record_schema
-from bench.step import TrainStep, accelerate, check_mode, graphed_predict, mode_of, predict, sgd
+from bench.step import (TrainStep, accelerate, check_mode, device_settings, graphed_predict, mode_of, numerics,
+                        predict, sgd)
 from bench.tables import PHASES
 
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
@@ -65,8 +66,8 @@ OK, OOM = "ok", "oom"
 @dataclass(frozen=True)
 class TimingRow:
     """One measurement: a row of results/timing/<id>.parquet. The first 22 fields are the documented contract;
-    status tells an out-of-memory row (its figures are None) from a measured one; width, git_commit and
-    cuda_graph say what was timed."""
+    status tells an out-of-memory row (its figures are None) from a measured one; width, git_commit,
+    cuda_graph and the math settings (cudnn_benchmark, allow_tf32_*: all False is IEEE fp32) say what was timed."""
 
     model: str
     arch: str
@@ -94,6 +95,9 @@ class TimingRow:
     width: int
     git_commit: str | None
     cuda_graph: bool
+    cudnn_benchmark: bool | None  # bench.step.numerics(); None in files from before they were recorded
+    allow_tf32_matmul: bool | None
+    allow_tf32_cudnn: bool | None
 
 
 TIMING_SCHEMA = record_schema(TimingRow)
@@ -327,17 +331,16 @@ def _nets(config: TimeConfig, notify: Callable[[str], None]) -> list[_Net]:
 
 @contextmanager
 def _settings(device: torch.device, threads: int | None) -> Iterator[None]:
-    """CPU thread count and cudnn autotuning for the sweep, put back afterwards."""
-    old_threads, old_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    """CPU thread count and bench run's device settings (bench.step.device_settings) for the sweep, put back
+    afterwards."""
+    old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    # Autotuning picks the fastest convolution algorithm in the warm-up, as a training run would.
-    torch.backends.cudnn.benchmark = device.type == "cuda"
     try:
-        yield
+        with device_settings(device):
+            yield
     finally:
         torch.set_num_threads(old_threads)
-        torch.backends.cudnn.benchmark = old_benchmark
 
 
 def run_timing(
@@ -427,10 +430,8 @@ def _time_net(
         for batch in config.batch_sizes:
             done, failed = [], None
             # Each batch size and precision is accelerated afresh, as a training run of that shape would be:
-            # a static-shape compile (after a reset, so dynamo's recompile limit never sends a later one to
-            # eager), or a capture of its own copy (a module's forward is graphed only once).
-            if mode == "compile":
-                torch.compiler.reset()
+            # a static-shape compile (accelerate resets the compiler first), or a capture of its own copy
+            # (a module's forward is graphed only once).
             timed = copy.deepcopy(model) if mode == "cuda-graph" else model
             try:
                 images = torch.randn(batch, 3, input_size, input_size, device=device)
@@ -457,7 +458,7 @@ def _time_net(
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             for i, phase in enumerate(PHASES):
-                row = {**common, "batch_size": batch, "precision": precision, "phase": phase,
+                row = {**common, **numerics(), "batch_size": batch, "precision": precision, "phase": phase,
                        "threads": torch.get_num_threads(), "timestamp": pd.Timestamp.now(tz="UTC")}
                 if i < len(done):
                     _, timing, peak = done[i]

@@ -73,6 +73,10 @@ def test_run_then_rerun_skips_finished_runs_and_report_draws_them(tmp_path, data
     epochs, runs = store.read_results([tmp_path])
     assert sorted(runs["arch"]) == ["plain", "residual"] and set(runs["state"]) == {"finished"}
     assert len(epochs) == 4
+    environment = store.read_json(next(tmp_path.glob(f"*/*/{store.CONFIG}")))["environment"]
+    # What bench time measures under too (bench.step.device_settings): IEEE fp32, cudnn autotuning.
+    assert (environment["cudnn_benchmark"], environment["allow_tf32_matmul"], environment["allow_tf32_cudnn"]) == (
+        True, False, False)
     files = sorted(tmp_path.glob(f"*/*/{store.EPOCHS}"))
     before = [path.stat().st_mtime_ns for path in files]
     second = bench(*args)

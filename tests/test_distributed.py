@@ -8,6 +8,7 @@ from torch import nn
 
 from bench import distributed, store
 from bench.config import GridConfig, RunConfig
+from bench.errors import BenchError
 from bench.grid import run_grid
 from resnet import build_model
 
@@ -84,6 +85,17 @@ def test_convert_sync_batchnorm_on_cpu_uses_our_own_and_keeps_the_state():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
     with torch.no_grad():  # no process group: it normalises like the BatchNorm it replaced
         torch.testing.assert_close(converted(x), expected)
+
+
+def test_more_ranks_than_gpus_is_one_line_naming_the_fix(monkeypatch):
+    # Issue 22, defect 10: torchrun --nproc-per-node 2 on a one-GPU machine; rank 1 would get a raw
+    # "invalid device ordinal" from set_device. The GPU count is stood in for: there is no GPU here.
+    calls = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    with pytest.raises(BenchError, match=r"this machine has 1 GPU\(s\): start at most 1 processes per node"):
+        distributed.setup(distributed.Dist(rank=1, world_size=2, local_rank=1), torch.device("cuda"))
+    assert not calls and not torch.distributed.is_initialized()
 
 
 @pytest.mark.gpu

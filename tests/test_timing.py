@@ -13,7 +13,7 @@ import resnet
 from bench.errors import BenchError
 from bench.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, measure, render_table, run_timing
 
-# The columns the issue promises, in order; status, width, git_commit and cuda_graph follow them.
+# The columns the issue promises, in order; status, width, git_commit, cuda_graph and the math flags follow them.
 CONTRACT = ["model", "arch", "depth", "family", "device", "device_name", "batch_size", "input_size", "precision",
             "channels_last", "compiled", "phase", "median_ms", "iqr_ms", "images_per_second", "peak_memory_bytes",
             "params", "flops_per_image", "tflops", "threads", "torch_version", "timestamp"]
@@ -32,7 +32,8 @@ def test_three_phases_and_exact_schema(tmp_path: Path) -> None:
     schema = pq.read_schema(path).remove_metadata()
     assert schema.equals(TIMING_SCHEMA)
     assert schema.names[:len(CONTRACT)] == CONTRACT
-    assert schema.names[len(CONTRACT):] == ["status", "width", "git_commit", "cuda_graph"]
+    assert schema.names[len(CONTRACT):] == ["status", "width", "git_commit", "cuda_graph", "cudnn_benchmark",
+                                            "allow_tf32_matmul", "allow_tf32_cudnn"]
     assert pq.read_table(path).to_pandas().equals(frame)
 
     assert sorted(frame["model"].unique()) == ["plain-8", "residual-8"]
@@ -47,6 +48,8 @@ def test_three_phases_and_exact_schema(tmp_path: Path) -> None:
     assert row["flops_per_image"] == 2 * resnet.count_macs(residual, 16)
     assert (row["family"], row["input_size"], row["device"], row["width"]) == ("cifar", 16, "cpu", 4)
     assert row["threads"] == 1
+    # bench run's settings (bench.step.device_settings), read back: fp32 is IEEE fp32, cudnn autotunes.
+    assert frame["cudnn_benchmark"].all() and not frame["allow_tf32_matmul"].any() and not frame["allow_tf32_cudnn"].any()
     assert row["peak_memory_bytes"] > 10 * 2**20  # a resident set: at least the Python interpreter and torch
     train = frame[frame["phase"] == "train_step"].iloc[0]
     assert train["tflops"] == pytest.approx(3 * train["flops_per_image"] * 2 / (train["median_ms"] / 1e3) / 1e12)
