@@ -233,8 +233,11 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
                 finally:
                     item["seconds"] = time.perf_counter() - started
                     item["rows"] = _rows(directory, notify)
+            # The run's model, optimizer and batches, before the next run allocates its own. The cyclic
+            # collector is needed: make_graphed_callables leaves a --cuda-graph run's module in a reference
+            # cycle (its forward closes over the module), graphs and memory pools with it.
+            gc.collect()
             if out_of_memory:
-                gc.collect()  # the failed run's model and batches, before the next run allocates its own
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 store.remove_if_empty(directory)  # failed while building: nothing worth keeping

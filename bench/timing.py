@@ -439,6 +439,7 @@ def _time_net(
                 labels = torch.randint(num_classes, (batch,), device=device)
                 forward = accelerate(timed.train(), mode, images, precision)
                 for phase in PHASES:
+                    call = None  # the last phase's step (optimizer state, a graph) is not this one's memory
                     reset_peak_memory(device)
                     call = make_phase(timed, phase, images, labels, precision=precision, mode=mode, forward=forward)
                     timing = measure(call, device, warmup=config.warmup, repeats=config.repeats,
@@ -451,10 +452,15 @@ def _time_net(
             except ValueError as error:  # train-mode BatchNorm on one value per channel
                 raise BenchError(f"{net.model} at batch {batch}, input {input_size}: {error}: use a batch size "
                                  "of 2 or more or a larger --input-size") from None
-            images = labels = forward = timed = None  # free them before the next batch (and empty_cache on OOM)
+            # Free this batch's tensors, step and graphs before the next batch allocates (and is measured):
+            # kept, they would inflate its peak memory and could make it run out. make_graphed_callables
+            # leaves the graphed copy in a reference cycle (its forward closes over the module), so only
+            # the cyclic collector frees it. The gradients go too: the next forward phase has none.
+            images = labels = forward = timed = call = None
+            model.zero_grad(set_to_none=True)
+            gc.collect()
             if failed:
                 notify(failed)
-                gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             for i, phase in enumerate(PHASES):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
+from torch import nn
 
 import resnet
+from bench import timing as timing_module
 from bench.errors import BenchError
+from bench.step import TrainStep
 from bench.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, measure, render_table, run_timing
 
 # The columns the issue promises, in order; status, width, git_commit, cuda_graph and the math flags follow them.
@@ -74,6 +79,61 @@ def test_measure_is_torch_utils_benchmark_with_this_process_threads() -> None:
     assert len(timing.samples) >= 4 and len(seen) * 0.005 >= 0.1
     assert 0.005 <= timing.median < 0.02 and timing.iqr >= 0
     assert len(measure(nap, warmup=0, repeats=3).samples) == 3
+
+
+class _Cyclic(nn.Module):
+    """A forward in the reference cycle torch.cuda.make_graphed_callables leaves a graphed module in: the
+    module's forward is an instance attribute closing over the module (torch/cuda/graphs.py,
+    `func.forward = make_graphed_forward(func, ...)`), so only the cyclic garbage collector frees it."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.forward = lambda x: self.inner(x)
+
+
+def test_a_batch_is_measured_without_the_last_batchs_tensors_steps_and_graphs(tmp_path: Path, monkeypatch) -> None:
+    # Issue 22, defects 4 and 5: what one batch size allocated (inputs, TrainStep with its optimizer state, the
+    # accelerated forward) must be gone before the next one allocates its own and opens its peak-memory
+    # window, also when it sits in a reference cycle. The automatic collector is off, so only an explicit
+    # collection frees a cycle.
+    made: list[tuple[int, str, weakref.ref]] = []  # (batch size, what, weak reference)
+    batch = {"now": 0}
+
+    def stale() -> list[tuple[int, str]]:
+        return [(b, what) for b, what, ref in made if ref() is not None and (what == "step" or b != batch["now"])]
+
+    def accelerate(model, mode, images, precision):
+        assert not stale(), "the last batch's objects are alive while this batch allocates"
+        batch["now"] = len(images)
+        made.append((len(images), "images", weakref.ref(images)))
+        forward = _Cyclic(model)
+        made.append((len(images), "forward", weakref.ref(forward)))
+        return forward
+
+    def make_phase(model, phase, images, labels, **kwargs):
+        call = real_make_phase(model, phase, images, labels, **kwargs)
+        step = getattr(call.func, "__self__", call.func)
+        if isinstance(step, TrainStep):
+            made.append((len(images), "step", weakref.ref(step)))
+        return call
+
+    def reset_peak_memory(device):
+        assert not stale(), "the last phase's or batch's objects are alive as this phase's peak window opens"
+        real_reset(device)
+
+    real_reset, real_make_phase = timing_module.reset_peak_memory, timing_module.make_phase
+    monkeypatch.setattr(timing_module, "accelerate", accelerate)
+    monkeypatch.setattr(timing_module, "make_phase", make_phase)
+    monkeypatch.setattr(timing_module, "reset_peak_memory", reset_peak_memory)
+    gc.disable()
+    try:
+        frame = run_timing(TimeConfig(depths=(8,), archs=("plain",), results=tmp_path, **{**TINY, "batch_sizes": (2, 3, 4)}),
+                           progress=False, notify=pytest.fail)
+    finally:
+        gc.enable()
+    assert (frame["status"] == OK).all() and len(frame) == 9
+    assert {b for b, what, _ in made if what == "step"} == {2, 3, 4}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
