@@ -20,7 +20,7 @@ from rich.table import Table
 from bench import distributed, store
 from bench.config import GridConfig, RunConfig, resolve_device, validate
 from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
-from bench.errors import BenchError, is_out_of_memory
+from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
 from bench.step import device_settings
 from bench.train import Run, check_batch, rewrite_config, train_run
 
@@ -227,7 +227,8 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
                     item["state"], out_of_memory = "out of memory", True
                     # The CPU allocator's message begins with a C++ source location: keep what it asked for.
                     reason = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", str(error).splitlines()[0])
-                    notify(f"{config.run_id()}: out of memory on {device} ({reason[:160]}): "
+                    where = out_of_memory_on(error, device)  # the model is built in host memory
+                    notify(f"{config.run_id()}: out of memory on {where} ({reason[:160]}): "
                            "lower --width or --batch-size (or --train-subset, or use --precision bf16 on a GPU); "
                            "going on with the next run")
                 finally:

@@ -52,7 +52,7 @@ from torch.utils import benchmark  # noqa: E402
 import resnet
 from bench import store
 from bench.config import PRECISIONS, parse_device, unavailable
-from bench.errors import BenchError, is_out_of_memory
+from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
 from bench.provenance import device_name, git_commit
 from bench.records import record_schema
 from bench.step import (TrainStep, accelerate, check_mode, device_settings, graphed_predict, mode_of, numerics,
@@ -448,7 +448,8 @@ def _time_net(
             except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
                 if not is_out_of_memory(error):
                     raise
-                failed = f"{net.model} batch {batch} {precision} ran out of memory on {device}; going on"
+                failed = (f"{net.model} batch {batch} {precision} ran out of memory on "
+                          f"{out_of_memory_on(error, device)}; going on")
             except ValueError as error:  # train-mode BatchNorm on one value per channel
                 raise BenchError(f"{net.model} at batch {batch}, input {input_size}: {error}: use a batch size "
                                  "of 2 or more or a larger --input-size") from None

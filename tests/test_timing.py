@@ -54,7 +54,8 @@ def test_three_phases_and_exact_schema(tmp_path: Path) -> None:
     assert (row["family"], row["input_size"], row["device"], row["width"]) == ("cifar", 16, "cpu", 4)
     assert row["threads"] == 1
     # bench run's settings (bench.step.device_settings), read back: fp32 is IEEE fp32, cudnn autotunes.
-    assert frame["cudnn_benchmark"].all() and not frame["allow_tf32_matmul"].any() and not frame["allow_tf32_cudnn"].any()
+    assert frame["cudnn_benchmark"].all()
+    assert not frame["allow_tf32_matmul"].any() and not frame["allow_tf32_cudnn"].any()
     assert row["peak_memory_bytes"] > 10 * 2**20  # a resident set: at least the Python interpreter and torch
     train = frame[frame["phase"] == "train_step"].iloc[0]
     assert train["tflops"] == pytest.approx(3 * train["flops_per_image"] * 2 / (train["median_ms"] / 1e3) / 1e12)
@@ -128,8 +129,8 @@ def test_a_batch_is_measured_without_the_last_batchs_tensors_steps_and_graphs(tm
     monkeypatch.setattr(timing_module, "reset_peak_memory", reset_peak_memory)
     gc.disable()
     try:
-        frame = run_timing(TimeConfig(depths=(8,), archs=("plain",), results=tmp_path, **{**TINY, "batch_sizes": (2, 3, 4)}),
-                           progress=False, notify=pytest.fail)
+        config = TimeConfig(depths=(8,), archs=("plain",), results=tmp_path, **{**TINY, "batch_sizes": (2, 3, 4)})
+        frame = run_timing(config, progress=False, notify=pytest.fail)
     finally:
         gc.enable()
     assert (frame["status"] == OK).all() and len(frame) == 9
