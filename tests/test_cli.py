@@ -13,8 +13,8 @@ from bench import store
 from bench.cli import app, expand_lists
 
 runner = CliRunner()
-TINY = ["--dataset", "synthetic", "--preset", "quick", "--width", "4", "--batch-size", "32", "--train-subset", "256",
-        "--test-subset", "64", "--no-progress"]
+TINY = ["--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "4", "--batch-size", "32",
+        "--train-subset", "256", "--test-subset", "64", "--no-progress"]
 
 
 def bench(*args: str, env: dict | None = None):
@@ -91,7 +91,8 @@ def test_run_then_rerun_skips_finished_runs_and_report_draws_them(tmp_path, data
 def _cli(*args: str, results: Path, data_dir: Path) -> list[str]:
     return [sys.executable, "-m", "bench", "run", "--depths", "8", "--arch", "plain", "--epochs", "4",
             "--data-dir", str(data_dir), "--results", str(results), "--dataset", "synthetic", "--width", "8",
-            "--batch-size", "32", "--train-subset", "1024", "--test-subset", "64", "--no-progress", *args]
+            "--batch-size", "32", "--train-subset", "1024", "--test-subset", "64", "--no-progress", "--device", "cpu",
+            *args]
 
 
 def test_kill_9_mid_epoch_then_rerun_gives_the_same_numbers(tmp_path, data_dir):

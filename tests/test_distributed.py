@@ -13,7 +13,8 @@ from bench.grid import run_grid
 from resnet import build_model
 
 TINY = ["--depths", "8", "--arch", "residual", "--epochs", "1", "--dataset", "synthetic", "--width", "4",
-        "--batch-size", "32", "--train-subset", "256", "--test-subset", "64", "--no-progress", "--sync-bn"]
+        "--batch-size", "32", "--train-subset", "256", "--test-subset", "64", "--no-progress", "--sync-bn",
+        "--device", "cpu"]
 
 
 def _bench(results, data_dir, nproc: int) -> subprocess.CompletedProcess:
@@ -42,7 +43,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
 
 def test_shards_run_disjoint_slices_that_cover_the_grid(tmp_path, data_dir):
     base = RunConfig(preset="test", dataset="synthetic", width=4, epochs=1, iterations=None, batch_size=32,
-                     train_subset=64, test_subset=32)
+                     train_subset=64, test_subset=32, device="cpu")
     seen = []
     for index in (1, 2, 3):
         grid = GridConfig(base=base, depths=(8, 14), seeds=(0,), data_dir=str(data_dir),
@@ -56,7 +57,7 @@ def test_shards_run_disjoint_slices_that_cover_the_grid(tmp_path, data_dir):
 def test_workers_on_several_devices_take_each_run_once(tmp_path, data_dir):
     # Two CPU "devices" stand in for two GPUs: the run locks are what keeps the workers apart.
     base = RunConfig(preset="test", dataset="synthetic", width=4, epochs=1, iterations=None, batch_size=32,
-                     train_subset=64, test_subset=32)
+                     train_subset=64, test_subset=32, device="cpu")
     grid = GridConfig(base=base, depths=(8, 14), seeds=(0, 1), data_dir=str(data_dir), results=str(tmp_path),
                       devices=("cpu", "cpu"))
     summary = run_grid(grid, progress=False)

@@ -30,8 +30,8 @@ from bench.timing import TimeConfig, run_timing
 from bench.train import train_run
 
 runner = CliRunner()
-TINY = ["--dataset", "synthetic", "--preset", "quick", "--width", "2", "--batch-size", "32", "--train-subset", "128",
-        "--test-subset", "32", "--epochs", "1", "--arch", "plain", "--no-progress"]
+TINY = ["--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "2", "--batch-size", "32",
+        "--train-subset", "128", "--test-subset", "32", "--epochs", "1", "--arch", "plain", "--no-progress"]
 
 
 def bench(*args: str, env: dict | None = None):
@@ -105,7 +105,7 @@ def test_other_images_under_the_same_folder_name_are_refused(tmp_path):
     _image_folder(tmp_path / "b" / "good", seed=2)
     results = tmp_path / "results"
     args = ["--dataset", "imagefolder", "--width", "2", "--batch-size", "8", "--epochs", "1", "--arch", "plain",
-            "--train-subset", "0", "--test-subset", "0", "--no-progress", "--results", str(results)]
+            "--train-subset", "0", "--test-subset", "0", "--no-progress", "--results", str(results), "--device", "cpu"]
     first = bench("run", "--depths", "8", "--data-dir", str(tmp_path / "a" / "good"), *args)
     assert first.exit_code == 0, first.output
     [folder] = run_folders(results)
