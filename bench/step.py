@@ -189,7 +189,7 @@ class TrainStep:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: str = "fp32",
                  forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.model, self.optimizer, self.precision = model, optimizer, precision
-        self.forward = forward or model
+        self.forward = model if forward is None else forward  # not `or`: a compiled module has no truth value
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of the batch, with the gradients of the loss in every parameter's .grad."""

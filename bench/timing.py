@@ -208,7 +208,7 @@ def make_phase(
     """
     if phase not in PHASES:
         raise BenchError(f"unknown phase {phase!r}: choose one of {', '.join(PHASES)}")
-    forward = forward or model
+    forward = model if forward is None else forward  # not `or`: a compiled module has no truth value
     if phase == "forward":
         model.eval()
         if mode == "cuda-graph":  # graphed modules replay their train-mode capture only

@@ -101,6 +101,20 @@ def test_compile_compiles_every_net_of_a_grid(monkeypatch) -> None:
     torch.compiler.reset()
 
 
+def test_a_compiled_forward_trains_and_is_timed(monkeypatch) -> None:
+    # torch.compile's module has no truth value (OptimizedModule.__len__ raises TypeError), so a
+    # `forward or model` crashed bench run --compile and bench time --compile (scripts/gpu_check.sh on the CPU).
+    counter = CompileCounter()
+    monkeypatch.setattr(step_module, "COMPILE_BACKEND", counter)
+    model = _net()
+    x, y = _batch()
+    forward = accelerate(model, "compile", x, "fp32")
+    loss, _ = TrainStep(model, sgd(model, 0.1), forward=forward)(x, y)
+    make_phase(model, "train_step", x, y, mode="compile", forward=forward)()
+    assert counter.frame_count == 1 and torch.isfinite(loss)
+    torch.compiler.reset()
+
+
 def test_device_settings_make_the_run_device_current_and_fp32_ieee(monkeypatch) -> None:
     # Issue 22, defects 1, 6 and 7: bench run and bench time both run under these settings. torch.cuda's
     # device calls are stood in for (no GPU here); the flags are torch's own, settable without a GPU.
