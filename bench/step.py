@@ -168,7 +168,10 @@ def graphed_predict(model: nn.Module, example: torch.Tensor, precision: str) -> 
             predict(model, static_input, precision)
     torch.cuda.current_stream(example.device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # On the side stream, of example's device: without `stream`, torch.cuda.graph captures on one stream per
+    # process, made on whichever device was current at the first capture (torch/cuda/graphs.py), so a sweep
+    # over cuda:0 and cuda:1 would capture cuda:1's graph on cuda:0's stream.
+    with torch.cuda.graph(graph, stream=side):
         static_logits = predict(model, static_input, precision)
 
     def replay(x: torch.Tensor) -> torch.Tensor:
