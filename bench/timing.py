@@ -67,7 +67,8 @@ OK, OOM = "ok", "oom"
 class TimingRow:
     """One measurement: a row of results/timing/<id>.parquet. The first 22 fields are the documented contract;
     status tells an out-of-memory row (its figures are None) from a measured one; width, git_commit,
-    cuda_graph and the math settings (cudnn_benchmark, allow_tf32_*: all False is IEEE fp32) say what was timed."""
+    cuda_graph and the math settings (bench.step.numerics: cudnn autotuning; TF32 allowed or, both False,
+    IEEE fp32) say what was timed."""
 
     model: str
     arch: str
@@ -95,7 +96,7 @@ class TimingRow:
     width: int
     git_commit: str | None
     cuda_graph: bool
-    cudnn_benchmark: bool | None  # bench.step.numerics(); None in files from before they were recorded
+    cudnn_benchmark: bool | None  # these three: absent from files written before they were recorded
     allow_tf32_matmul: bool | None
     allow_tf32_cudnn: bool | None
 

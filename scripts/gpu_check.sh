@@ -44,7 +44,7 @@ part() {
     local name=$1 start=$SECONDS status
     shift
     if timeout 600 "$@" >"$out/$name.log" 2>&1; then status=ok; else status="**failed** (exit $?)"; failed=1; fi
-    printf '| %s | %s | %d s | `%s` |\n' "$name" "$status" $(( SECONDS - start )) "${*#"$python" }" >>"$out/parts.md"
+    printf '| %s | %s | %d s | `%s` |\n' "$name" "$status" $(( SECONDS - start )) "$*" >>"$out/parts.md"
 }
 
 # expect_refusal NAME FRAGMENT COMMAND...: the command must fail with FRAGMENT in its output (exit 2).
@@ -55,7 +55,7 @@ expect_refusal() {
     code=$?
     if (( code != 0 )) && grep -q -- "$fragment" "$out/$name.log"; then status="ok (refused, exit $code)"
     else status="**failed** (exit $code, no \"$fragment\")"; failed=1; fi
-    printf '| %s | %s | %d s | `%s` |\n' "$name" "$status" $(( SECONDS - start )) "${*#"$python" }" >>"$out/parts.md"
+    printf '| %s | %s | %d s | `%s` |\n' "$name" "$status" $(( SECONDS - start )) "$*" >>"$out/parts.md"
 }
 
 skip() { skipped+=("$*"); }
