@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
+from bench.errors import BenchError
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,19 @@ def from_environment() -> Dist:
 
 
 def setup(job: Dist, device: torch.device, timeout_minutes: float = 10) -> torch.device:
-    """Join the process group (once) and return this rank's device (cuda:LOCAL_RANK on GPUs)."""
+    """Join the process group (once) and return this rank's device (cuda:LOCAL_RANK on GPUs).
+
+    A one-process run keeps `device`; bench.step.device_settings makes it the current CUDA device. Under
+    torchrun the rank's GPU is made current here already, as NCCL needs it before the group is joined.
+    """
     if not job.enabled:
         return device
     if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if job.local_rank >= visible:  # else torch.cuda.set_device fails with a raw "invalid device ordinal"
+            raise BenchError(f"rank {job.rank} is local rank {job.local_rank}, but this machine has {visible} "
+                             f"GPU(s): start at most {visible} processes per node (torchrun --nproc-per-node "
+                             f"{visible}), or pass --device cpu")
         device = torch.device("cuda", job.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

@@ -13,3 +13,10 @@ def is_out_of_memory(error: BaseException) -> bool:
     RuntimeError. Told apart by message, so this module need not import torch."""
     text = str(error)
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def out_of_memory_on(error: BaseException, device: object) -> str:
+    """Which memory ran out in `error` (an `is_out_of_memory` one) during work meant for `device`: the CPU
+    allocator's message means host memory whatever the device (a model is built on the CPU, then moved),
+    so "cpu"; anything else is `device`'s."""
+    return "cpu" if "can't allocate memory" in str(error) else str(device)

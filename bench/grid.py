@@ -21,7 +21,8 @@ from bench import distributed, store
 from bench.allocator import keep_freed_memory
 from bench.config import PRECISION_TEXT, GridConfig, RunConfig, resolve_device, threads_notice, validate
 from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
-from bench.errors import BenchError, is_out_of_memory
+from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
+from bench.step import device_settings
 from bench.train import Run, check_batch, rewrite_config, train_run
 
 Notify = Callable[[str], None]
@@ -165,8 +166,9 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     job = distributed.from_environment()
     device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
     try:
-        return _run_plan(p, device, job, console if job.is_main else Console(quiet=True), notices, progress,
-                         grid.time_limit)
+        with device_settings(device):  # the current CUDA device, IEEE fp32, cudnn autotuning: as bench time
+            return _run_plan(p, device, job, console if job.is_main else Console(quiet=True), notices, progress,
+                             grid.time_limit)
     finally:
         distributed.teardown()
 
@@ -230,14 +232,18 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
                     item["state"], out_of_memory = "out of memory", True
                     # The CPU allocator's message begins with a C++ source location: keep what it asked for.
                     reason = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", str(error).splitlines()[0])
-                    notify(f"{config.run_id()}: out of memory on {device} ({reason[:160]}): "
+                    where = out_of_memory_on(error, device)  # the model is built in host memory
+                    notify(f"{config.run_id()}: out of memory on {where} ({reason[:160]}): "
                            "lower --width or --batch-size (or --train-subset, or use --precision bf16 on a GPU); "
                            "going on with the next run")
                 finally:
                     item["seconds"] = time.perf_counter() - started
                     item["rows"] = _rows(directory, notify)
+            # The run's model, optimizer and batches, before the next run allocates its own. The cyclic
+            # collector is needed: make_graphed_callables leaves a --cuda-graph run's module in a reference
+            # cycle (its forward closes over the module), graphs and memory pools with it.
+            gc.collect()
             if out_of_memory:
-                gc.collect()  # the failed run's model and batches, before the next run allocates its own
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 store.remove_if_empty(directory)  # failed while building: nothing worth keeping

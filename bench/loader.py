@@ -26,14 +26,26 @@ def augment(images: Tensor, generator: torch.Generator, *, padding: int = 4) -> 
     n, _, h, w = images.shape
     device = images.device
     padded = F.pad(images, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=generator.device).to(device)
-    flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(device)
+    offsets = _to(torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=generator.device), device)
+    flips = _to(torch.rand(n, generator=generator, device=generator.device) < 0.5, device)
     rows = offsets[:, 0, None] + torch.arange(h, device=device)  # [N,H]: which padded row each output row reads
     cols = offsets[:, 1, None] + torch.arange(w, device=device)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
     # Advanced indexing around the channel slice gives [N,H,W,C]; one gather for the whole batch.
     out = padded[torch.arange(n, device=device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _to(t: Tensor, device: torch.device) -> Tensor:
+    """`t` on `device`. From the CPU to a GPU through pinned memory, without blocking: a copy from pageable
+    memory (non_blocking=False) waits for the GPU's queue to drain, a host sync every training step that
+    would hold back compiled and graphed runs. A host-to-device non_blocking copy from pinned memory is the
+    safe direction (torch's "good usage of non_blocking and pin_memory" tutorial)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def normalize(images: Tensor, mean: Tensor) -> Tensor:

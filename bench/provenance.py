@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from bench.step import numerics
+
 
 def utc_now() -> str:
     """The current UTC time as an ISO-8601 string with a trailing Z."""
@@ -76,10 +78,13 @@ def environment(device: torch.device | str = "cpu") -> dict[str, object]:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": device.type,
         "device_name": device_name(device),
+        # The GPU current while it ran (bench.step.device_settings makes cuda:N so): N, or None on the CPU.
+        "cuda_device": torch.cuda.current_device() if device.type == "cuda" else None,
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "hostname": platform.node(),
         "platform": platform.platform(),
         "git_commit": git_commit(),
+        **numerics(),  # cudnn autotuning and TF32: what "fp32" meant on a GPU
     }

@@ -15,7 +15,8 @@ A net runs in one of three modes, chosen the same way by both commands (`--compi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,45 @@ from bench.errors import BenchError
 from bench.loader import normalize
 
 GRAPH_WARMUP = 3  # eager iterations before a capture, on a side stream, as the CUDA-graph docs ask
+COMPILE_BACKEND = "inductor"  # torch.compile's default, named so a test can count compiles with its own
+
+
+def numerics() -> dict[str, bool]:
+    """The global math settings in force, as results record them (config.json, bench time's rows)."""
+    return {"cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "allow_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "allow_tf32_cudnn": torch.backends.cudnn.allow_tf32}
+
+
+@contextmanager
+def device_settings(device: torch.device) -> Iterator[None]:
+    """What both `bench run` and `bench time` run under, put back afterwards, so the timed kernels are the
+    trained ones:
+
+    - `device` is the current CUDA device: CUDA graphs are captured on the current device's streams, and
+      torch.cuda calls without a device act on it, so a run on cuda:1 must make cuda:1 current.
+    - fp32 is IEEE fp32, as in the paper: torch's defaults let cuDNN run fp32 convolutions in TF32
+      (torch.backends.cudnn.allow_tf32 is True), which would label TF32 numbers fp32. bf16 is autocast's.
+    - cuDNN's autotuner is on: every step has the same shapes, so it pays for itself in the first steps.
+
+    The flags are global and inert on the CPU; `numerics()` reads them back for the records.
+    """
+    previous = numerics()
+    old_device = None
+    if device.type == "cuda" and device.index is not None:
+        old_device = torch.cuda.current_device()
+        torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous["cudnn_benchmark"]
+        torch.backends.cuda.matmul.allow_tf32 = previous["allow_tf32_matmul"]
+        torch.backends.cudnn.allow_tf32 = previous["allow_tf32_cudnn"]
+        if old_device is not None:
+            torch.cuda.set_device(old_device)
 
 
 def mode_of(compile: bool, cuda_graph: bool) -> str:
@@ -85,7 +125,11 @@ def accelerate(model: nn.Module, mode: str, example: torch.Tensor, precision: st
     if mode == "eager":
         return model
     if mode == "compile":
-        return torch.compile(model, dynamic=False)
+        # Every net shares one `forward` code object and Dynamo keeps torch._dynamo.config.recompile_limit
+        # (8) compiled entries per code object, then runs it eager: from a grid's ninth distinct net on,
+        # "compiled" would be a lie. One run or timing is compiled at a time, so start from an empty cache.
+        torch.compiler.reset()
+        return torch.compile(model, dynamic=False, backend=COMPILE_BACKEND)
     return graphed(model, example, precision)
 
 
@@ -124,7 +168,10 @@ def graphed_predict(model: nn.Module, example: torch.Tensor, precision: str) -> 
             predict(model, static_input, precision)
     torch.cuda.current_stream(example.device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # On the side stream, of example's device: without `stream`, torch.cuda.graph captures on one stream per
+    # process, made on whichever device was current at the first capture (torch/cuda/graphs.py), so a sweep
+    # over cuda:0 and cuda:1 would capture cuda:1's graph on cuda:0's stream.
+    with torch.cuda.graph(graph, stream=side):
         static_logits = predict(model, static_input, precision)
 
     def replay(x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +192,7 @@ class TrainStep:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: str = "fp32",
                  forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.model, self.optimizer, self.precision = model, optimizer, precision
-        self.forward = forward or model
+        self.forward = model if forward is None else forward  # not `or`: a compiled module has no truth value
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of the batch, with the gradients of the loss in every parameter's .grad."""

@@ -54,10 +54,11 @@ import resnet
 from bench import store
 from bench.allocator import keep_freed_memory, release_freed_memory
 from bench.config import PRECISIONS, parse_device, threads_notice, unavailable
-from bench.errors import BenchError, is_out_of_memory
+from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
 from bench.provenance import device_name, git_commit
 from bench.records import record_schema
-from bench.step import TrainStep, accelerate, check_mode, graphed_predict, mode_of, predict, sgd
+from bench.step import (TrainStep, accelerate, check_mode, device_settings, graphed_predict, mode_of, numerics,
+                        predict, sgd)
 from bench.tables import PHASES
 
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
@@ -68,7 +69,8 @@ OK, OOM = "ok", "oom"
 class TimingRow:
     """One measurement: a row of results/timing/<id>.parquet. The first 22 fields are the documented contract;
     status tells an out-of-memory row (its figures are None) from a measured one; width, git_commit,
-    cuda_graph and stem say what was timed."""
+    cuda_graph, stem and the math settings (bench.step.numerics: cudnn autotuning; TF32 allowed or, both False,
+    IEEE fp32) say what was timed."""
 
     model: str
     arch: str
@@ -97,6 +99,9 @@ class TimingRow:
     git_commit: str | None
     cuda_graph: bool
     stem: str
+    cudnn_benchmark: bool | None  # these three: absent from files written before they were recorded
+    allow_tf32_matmul: bool | None
+    allow_tf32_cudnn: bool | None
 
 
 TIMING_SCHEMA = record_schema(TimingRow)
@@ -208,7 +213,7 @@ def make_phase(
     """
     if phase not in PHASES:
         raise BenchError(f"unknown phase {phase!r}: choose one of {', '.join(PHASES)}")
-    forward = forward or model
+    forward = model if forward is None else forward  # not `or`: a compiled module has no truth value
     if phase == "forward":
         model.eval()
         if mode == "cuda-graph":  # graphed modules replay their train-mode capture only
@@ -372,17 +377,16 @@ def _nets(config: TimeConfig, notify: Callable[[str], None]) -> list[_Net]:
 
 @contextmanager
 def _settings(device: torch.device, threads: int | None) -> Iterator[None]:
-    """CPU thread count and cudnn autotuning for the sweep, put back afterwards."""
-    old_threads, old_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    """CPU thread count and bench run's device settings (bench.step.device_settings) for the sweep, put back
+    afterwards."""
+    old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    # Autotuning picks the fastest convolution algorithm in the warm-up, as a training run would.
-    torch.backends.cudnn.benchmark = device.type == "cuda"
     try:
-        yield
+        with device_settings(device):
+            yield
     finally:
         torch.set_num_threads(old_threads)
-        torch.backends.cudnn.benchmark = old_benchmark
 
 
 def run_timing(
@@ -482,10 +486,8 @@ def _time_net(
         for batch in config.batch_sizes:
             done, failed = [], None
             # Each batch size and precision is accelerated afresh, as a training run of that shape would be:
-            # a static-shape compile (after a reset, so dynamo's recompile limit never sends a later one to
-            # eager), or a capture of its own copy (a module's forward is graphed only once).
-            if mode == "compile":
-                torch.compiler.reset()
+            # a static-shape compile (accelerate resets the compiler first), or a capture of its own copy
+            # (a module's forward is graphed only once).
             timed = copy.deepcopy(model) if mode == "cuda-graph" else model
             try:
                 _refuse_unfittable(batch, input_size, device)
@@ -494,6 +496,7 @@ def _time_net(
                 labels = torch.randint(num_classes, (batch,), device=device)
                 forward = accelerate(timed.train(), mode, images, precision)
                 for phase in PHASES:
+                    call = None  # the last phase's step (optimizer state, a graph) is not this one's memory
                     release_freed_memory()  # the peak below is this phase's; the warm-up faults its memory in
                     reset_peak_memory(device)
                     call = make_phase(timed, phase, images, labels, precision=precision, mode=mode, forward=forward)
@@ -503,18 +506,24 @@ def _time_net(
             except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
                 if not is_out_of_memory(error):
                     raise
-                failed = f"{net.model} batch {batch} {precision} ran out of memory on {device}; going on"
+                failed = (f"{net.model} batch {batch} {precision} ran out of memory on "
+                          f"{out_of_memory_on(error, device)}; going on")
             except ValueError as error:  # train-mode BatchNorm on one value per channel
                 raise BenchError(f"{net.model} at batch {batch}, input {input_size}: {error}: use a batch size "
                                  "of 2 or more or a larger --input-size") from None
-            images = labels = forward = timed = None  # free them before the next batch (and empty_cache on OOM)
+            # Free this batch's tensors, step and graphs before the next batch allocates (and is measured):
+            # kept, they would inflate its peak memory and could make it run out. make_graphed_callables
+            # leaves the graphed copy in a reference cycle (its forward closes over the module), so only
+            # the cyclic collector frees it. The gradients go too: the next forward phase has none.
+            images = labels = forward = timed = call = None
+            model.zero_grad(set_to_none=True)
+            gc.collect()
             if failed:
                 notify(failed)
-                gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             for i, phase in enumerate(PHASES):
-                row = {**common, "batch_size": batch, "precision": precision, "phase": phase,
+                row = {**common, **numerics(), "batch_size": batch, "precision": precision, "phase": phase,
                        "threads": torch.get_num_threads(), "timestamp": pd.Timestamp.now(tz="UTC")}
                 if i < len(done):
                     _, timing, peak = done[i]

@@ -94,25 +94,26 @@ def learning_rate(config: RunConfig, iteration: int, total: int, warming_up: boo
     return config.lr * config.lr_decay**decays
 
 
-def _rng_state(generator: torch.Generator) -> dict:
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
     numpy_state = np.random.get_state()
     return {
         "python": random.getstate(),
         # As a tensor and plain numbers, so the checkpoint loads with weights_only=True.
         "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        # The run's GPU's, not the current one's.
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" and torch.cuda.is_initialized() else None,
         "data": generator.get_state(),
     }
 
 
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():  # a CPU checkpoint resumed on a GPU has none
-        torch.cuda.set_rng_state(state["cuda"])
+    if state["cuda"] is not None and device.type == "cuda":  # a CPU checkpoint resumed on a GPU has none
+        torch.cuda.set_rng_state(state["cuda"], device)
     generator.set_state(state["data"])
 
 
@@ -227,7 +228,7 @@ class Run:
             "iteration": self.iteration,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(self.generator),
+            "rng": _rng_state(self.generator, self.device),
             "rows": self.rows,
             "layer_rows": self.layer_rows,
             "warming_up": self.warming_up,
@@ -244,7 +245,7 @@ class Run:
         try:  # weights of another net, an unknown half-epoch key: torch and dataclasses raise these
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"], self.generator)
+            _set_rng_state(state["rng"], self.generator, self.device)
             self.epoch, self.iteration, self.rows = state["epoch"], state["iteration"], list(state["rows"])
             self.layer_rows = list(state.get("layer_rows", []))  # checkpoints from before layers.parquet have none
             self.warming_up = state["warming_up"]

@@ -13,8 +13,8 @@ from bench import store
 from bench.cli import app, expand_lists
 
 runner = CliRunner()
-TINY = ["--dataset", "synthetic", "--preset", "quick", "--width", "4", "--batch-size", "32", "--train-subset", "256",
-        "--test-subset", "64", "--no-progress"]
+TINY = ["--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "4", "--batch-size", "32",
+        "--train-subset", "256", "--test-subset", "64", "--no-progress"]
 
 
 def bench(*args: str, env: dict | None = None):
@@ -73,6 +73,10 @@ def test_run_then_rerun_skips_finished_runs_and_report_draws_them(tmp_path, data
     epochs, runs = store.read_results([tmp_path])
     assert sorted(runs["arch"]) == ["plain", "residual"] and set(runs["state"]) == {"finished"}
     assert len(epochs) == 4
+    environment = store.read_json(next(tmp_path.glob(f"*/*/{store.CONFIG}")))["environment"]
+    # What bench time measures under too (bench.step.device_settings): IEEE fp32, cudnn autotuning.
+    assert (environment["cudnn_benchmark"], environment["allow_tf32_matmul"], environment["allow_tf32_cudnn"]) == (
+        True, False, False)
     files = sorted(tmp_path.glob(f"*/*/{store.EPOCHS}"))
     before = [path.stat().st_mtime_ns for path in files]
     second = bench(*args)
@@ -87,7 +91,8 @@ def test_run_then_rerun_skips_finished_runs_and_report_draws_them(tmp_path, data
 def _cli(*args: str, results: Path, data_dir: Path) -> list[str]:
     return [sys.executable, "-m", "bench", "run", "--depths", "8", "--arch", "plain", "--epochs", "4",
             "--data-dir", str(data_dir), "--results", str(results), "--dataset", "synthetic", "--width", "8",
-            "--batch-size", "32", "--train-subset", "1024", "--test-subset", "64", "--no-progress", *args]
+            "--batch-size", "32", "--train-subset", "1024", "--test-subset", "64", "--no-progress", "--device", "cpu",
+            *args]
 
 
 def test_kill_9_mid_epoch_then_rerun_gives_the_same_numbers(tmp_path, data_dir):

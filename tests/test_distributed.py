@@ -8,11 +8,13 @@ from torch import nn
 
 from bench import distributed, store
 from bench.config import GridConfig, RunConfig
+from bench.errors import BenchError
 from bench.grid import run_grid
 from resnet import build_model
 
 TINY = ["--depths", "8", "--arch", "residual", "--epochs", "1", "--dataset", "synthetic", "--width", "4",
-        "--batch-size", "32", "--train-subset", "256", "--test-subset", "64", "--no-progress", "--sync-bn"]
+        "--batch-size", "32", "--train-subset", "256", "--test-subset", "64", "--no-progress", "--sync-bn",
+        "--device", "cpu"]
 
 
 def _bench(results, data_dir, nproc: int) -> subprocess.CompletedProcess:
@@ -41,7 +43,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
 
 def test_shards_run_disjoint_slices_that_cover_the_grid(tmp_path, data_dir):
     base = RunConfig(preset="test", dataset="synthetic", width=4, epochs=1, iterations=None, batch_size=32,
-                     train_subset=64, test_subset=32)
+                     train_subset=64, test_subset=32, device="cpu")
     seen = []
     for index in (1, 2, 3):
         grid = GridConfig(base=base, depths=(8, 14), seeds=(0,), data_dir=str(data_dir),
@@ -55,7 +57,7 @@ def test_shards_run_disjoint_slices_that_cover_the_grid(tmp_path, data_dir):
 def test_workers_on_several_devices_take_each_run_once(tmp_path, data_dir):
     # Two CPU "devices" stand in for two GPUs: the run locks are what keeps the workers apart.
     base = RunConfig(preset="test", dataset="synthetic", width=4, epochs=1, iterations=None, batch_size=32,
-                     train_subset=64, test_subset=32)
+                     train_subset=64, test_subset=32, device="cpu")
     grid = GridConfig(base=base, depths=(8, 14), seeds=(0, 1), data_dir=str(data_dir), results=str(tmp_path),
                       devices=("cpu", "cpu"))
     summary = run_grid(grid, progress=False)
@@ -84,6 +86,17 @@ def test_convert_sync_batchnorm_on_cpu_uses_our_own_and_keeps_the_state():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
     with torch.no_grad():  # no process group: it normalises like the BatchNorm it replaced
         torch.testing.assert_close(converted(x), expected)
+
+
+def test_more_ranks_than_gpus_is_one_line_naming_the_fix(monkeypatch):
+    # Issue 22, defect 10: torchrun --nproc-per-node 2 on a one-GPU machine; rank 1 would get a raw
+    # "invalid device ordinal" from set_device. The GPU count is stood in for: there is no GPU here.
+    calls = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    with pytest.raises(BenchError, match=r"this machine has 1 GPU\(s\): start at most 1 processes per node"):
+        distributed.setup(distributed.Dist(rank=1, world_size=2, local_rank=1), torch.device("cuda"))
+    assert not calls and not torch.distributed.is_initialized()
 
 
 @pytest.mark.gpu

@@ -25,13 +25,13 @@ from bench import store
 from bench.cli import _default_threads, app, expand_lists
 from bench.config import RunConfig
 from bench.data import load_dataset
-from bench.errors import BenchError
+from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
 from bench.timing import TimeConfig, run_timing
 from bench.train import train_run
 
 runner = CliRunner()
-TINY = ["--dataset", "synthetic", "--preset", "quick", "--width", "2", "--batch-size", "32", "--train-subset", "128",
-        "--test-subset", "32", "--epochs", "1", "--arch", "plain", "--no-progress"]
+TINY = ["--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "2", "--batch-size", "32",
+        "--train-subset", "128", "--test-subset", "32", "--epochs", "1", "--arch", "plain", "--no-progress"]
 
 
 def bench(*args: str, env: dict | None = None):
@@ -115,7 +115,7 @@ def test_other_images_under_the_same_folder_name_are_refused(tmp_path):
     _image_folder(tmp_path / "b" / "good", seed=2)
     results = tmp_path / "results"
     args = ["--dataset", "imagefolder", "--width", "2", "--batch-size", "8", "--epochs", "1", "--arch", "plain",
-            "--train-subset", "0", "--test-subset", "0", "--no-progress", "--results", str(results)]
+            "--train-subset", "0", "--test-subset", "0", "--no-progress", "--results", str(results), "--device", "cpu"]
     first = bench("run", "--depths", "8", "--data-dir", str(tmp_path / "a" / "good"), *args)
     assert first.exit_code == 0, first.output
     [folder] = run_folders(results)
@@ -321,6 +321,19 @@ def test_out_of_memory_names_the_run_and_the_grid_goes_on(tmp_path, data_dir):
         assert f"{arch}-8-s0-" in result.output
     assert result.output.count("out of memory on cpu") == 2 and "lower --width" in result.output
     assert not run_folders(tmp_path)  # no empty run folder left behind
+
+
+def test_out_of_memory_says_which_memory_ran_out():
+    # Issue 22, defect 11: a model is built in host memory before it moves to the GPU, so the CPU allocator's
+    # error during a CUDA run is the host's, not the GPU's.
+    try:
+        torch.empty(2**62, dtype=torch.uint8)  # more than any address space: refused at once
+    except RuntimeError as error:
+        host = error
+    gpu = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 1 has a total capacity of 80 GiB")
+    assert is_out_of_memory(host) and is_out_of_memory(gpu)
+    assert out_of_memory_on(host, torch.device("cuda", 1)) == "cpu"
+    assert out_of_memory_on(gpu, torch.device("cuda", 1)) == "cuda:1"
 
 
 # --- 10: a deleted config.json ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from bench.cli import app, expand_lists
 FIXTURE = Path(__file__).parent / "fixtures" / "results-f13b454"
 # One thread, as the fixture was made: CPU results are exact at a fixed thread count, not across counts.
 OPTIONS = ["--dataset", "synthetic", "--preset", "quick", "--width", "2", "--batch-size", "32", "--train-subset",
-           "256", "--test-subset", "64", "--no-progress", "--threads", "1"]
+           "256", "--test-subset", "64", "--no-progress", "--threads", "1", "--device", "cpu"]
 FINISHED = {"plain-8-s0-d668bc60", "residual-8-s0-85e2c5fb"}  # --epochs 2
 INTERRUPTED = "plain-8-s0-12fee9a6"  # --epochs 3, stopped after epoch 1
 TIMING = ["epoch_seconds", "images_per_second", "timestamp"]

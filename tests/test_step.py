@@ -8,12 +8,15 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounter
 
 import resnet
 from bench import store
 from bench.config import RunConfig, validate
 from bench.errors import BenchError
-from bench.step import TrainStep, accelerate, check_mode, graphed_predict, mode_of, predict, sgd
+from bench import step as step_module
+from bench.step import (TrainStep, accelerate, check_mode, device_settings, graphed_predict, mode_of, numerics,
+                        predict, sgd)
 from bench.timing import TIMING_LR, make_phase
 from bench.train import train_run
 
@@ -84,6 +87,47 @@ def test_execution_modes_keep_the_run_id() -> None:
     base = RunConfig()
     for change in ({"compile": True}, {"cuda_graph": True}):
         assert dataclasses.replace(base, **change).run_id() == base.run_id()
+
+
+def test_compile_compiles_every_net_of_a_grid(monkeypatch) -> None:
+    # Issue 22, defect 3: all nets share one `forward`; without a reset Dynamo compiles the first
+    # recompile_limit (8) and silently runs the rest eager. Eleven distinct nets, each compiled.
+    counter = CompileCounter()
+    monkeypatch.setattr(step_module, "COMPILE_BACKEND", counter)
+    x = torch.randn(2, 3, 8, 8)
+    for width in range(1, 12):
+        accelerate(resnet.build_model(8, "plain", width=width), "compile", x, "fp32")(x)
+        assert counter.frame_count == width
+    torch.compiler.reset()
+
+
+def test_a_compiled_forward_trains_and_is_timed(monkeypatch) -> None:
+    # torch.compile's module has no truth value (OptimizedModule.__len__ raises TypeError), so a
+    # `forward or model` crashed bench run --compile and bench time --compile (scripts/gpu_check.sh on the CPU).
+    counter = CompileCounter()
+    monkeypatch.setattr(step_module, "COMPILE_BACKEND", counter)
+    model = _net()
+    x, y = _batch()
+    forward = accelerate(model, "compile", x, "fp32")
+    loss, _ = TrainStep(model, sgd(model, 0.1), forward=forward)(x, y)
+    make_phase(model, "train_step", x, y, mode="compile", forward=forward)()
+    assert counter.frame_count == 1 and torch.isfinite(loss)
+    torch.compiler.reset()
+
+
+def test_device_settings_make_the_run_device_current_and_fp32_ieee(monkeypatch) -> None:
+    # Issue 22, defects 1, 6 and 7: bench run and bench time both run under these settings. torch.cuda's
+    # device calls are stood in for (no GPU here); the flags are torch's own, settable without a GPU.
+    calls: list[object] = []
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    before = numerics()
+    with device_settings(torch.device("cuda", 1)):
+        assert calls == [torch.device("cuda", 1)]  # graphs are captured on the current device's streams
+        assert numerics() == {"cudnn_benchmark": True, "allow_tf32_matmul": False, "allow_tf32_cudnn": False}
+    assert calls == [torch.device("cuda", 1), 0] and numerics() == before
+    with device_settings(torch.device("cuda")), device_settings(CPU):  # no index: the current device stays
+        assert len(calls) == 2 and not numerics()["allow_tf32_cudnn"]
 
 
 @pytest.mark.gpu

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
+from torch import nn
 
 import resnet
+from bench import timing as timing_module
 from bench.errors import BenchError
+from bench.step import TrainStep
 from bench.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, measure, render_table, run_timing
 
-# The columns the issue promises, in order; status, width, git_commit, cuda_graph and stem follow them.
+# The columns the issue promises, in order; status, width, git_commit, cuda_graph, stem and the math flags follow
+# them.
 CONTRACT = ["model", "arch", "depth", "family", "device", "device_name", "batch_size", "input_size", "precision",
             "channels_last", "compiled", "phase", "median_ms", "iqr_ms", "images_per_second", "peak_memory_bytes",
             "params", "flops_per_image", "tflops", "threads", "torch_version", "timestamp"]
@@ -32,7 +38,8 @@ def test_three_phases_and_exact_schema(tmp_path: Path) -> None:
     schema = pq.read_schema(path).remove_metadata()
     assert schema.equals(TIMING_SCHEMA)
     assert schema.names[:len(CONTRACT)] == CONTRACT
-    assert schema.names[len(CONTRACT):] == ["status", "width", "git_commit", "cuda_graph", "stem"]
+    assert schema.names[len(CONTRACT):] == ["status", "width", "git_commit", "cuda_graph", "stem", "cudnn_benchmark",
+                                            "allow_tf32_matmul", "allow_tf32_cudnn"]
     assert pq.read_table(path).to_pandas().equals(frame)
 
     assert sorted(frame["model"].unique()) == ["plain-8", "residual-8"]
@@ -47,6 +54,9 @@ def test_three_phases_and_exact_schema(tmp_path: Path) -> None:
     assert row["flops_per_image"] == 2 * resnet.count_macs(residual, 16)
     assert (row["family"], row["input_size"], row["device"], row["width"]) == ("cifar", 16, "cpu", 4)
     assert row["threads"] == 1
+    # bench run's settings (bench.step.device_settings), read back: fp32 is IEEE fp32, cudnn autotunes.
+    assert frame["cudnn_benchmark"].all()
+    assert not frame["allow_tf32_matmul"].any() and not frame["allow_tf32_cudnn"].any()
     assert row["peak_memory_bytes"] > 10 * 2**20  # a resident set: at least the Python interpreter and torch
     train = frame[frame["phase"] == "train_step"].iloc[0]
     assert train["tflops"] == pytest.approx(3 * train["flops_per_image"] * 2 / (train["median_ms"] / 1e3) / 1e12)
@@ -71,6 +81,61 @@ def test_measure_is_torch_utils_benchmark_with_this_process_threads() -> None:
     assert len(timing.samples) >= 4 and len(seen) * 0.005 >= 0.1
     assert 0.005 <= timing.median < 0.02 and timing.iqr >= 0
     assert len(measure(nap, warmup=0, repeats=3).samples) == 3
+
+
+class _Cyclic(nn.Module):
+    """A forward in the reference cycle torch.cuda.make_graphed_callables leaves a graphed module in: the
+    module's forward is an instance attribute closing over the module (torch/cuda/graphs.py,
+    `func.forward = make_graphed_forward(func, ...)`), so only the cyclic garbage collector frees it."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.forward = lambda x: self.inner(x)
+
+
+def test_a_batch_is_measured_without_the_last_batchs_tensors_steps_and_graphs(tmp_path: Path, monkeypatch) -> None:
+    # Issue 22, defects 4 and 5: what one batch size allocated (inputs, TrainStep with its optimizer state, the
+    # accelerated forward) must be gone before the next one allocates its own and opens its peak-memory
+    # window, also when it sits in a reference cycle. The automatic collector is off, so only an explicit
+    # collection frees a cycle.
+    made: list[tuple[int, str, weakref.ref]] = []  # (batch size, what, weak reference)
+    batch = {"now": 0}
+
+    def stale() -> list[tuple[int, str]]:
+        return [(b, what) for b, what, ref in made if ref() is not None and (what == "step" or b != batch["now"])]
+
+    def accelerate(model, mode, images, precision):
+        assert not stale(), "the last batch's objects are alive while this batch allocates"
+        batch["now"] = len(images)
+        made.append((len(images), "images", weakref.ref(images)))
+        forward = _Cyclic(model)
+        made.append((len(images), "forward", weakref.ref(forward)))
+        return forward
+
+    def make_phase(model, phase, images, labels, **kwargs):
+        call = real_make_phase(model, phase, images, labels, **kwargs)
+        step = getattr(call.func, "__self__", call.func)
+        if isinstance(step, TrainStep):
+            made.append((len(images), "step", weakref.ref(step)))
+        return call
+
+    def reset_peak_memory(device):
+        assert not stale(), "the last phase's or batch's objects are alive as this phase's peak window opens"
+        real_reset(device)
+
+    real_reset, real_make_phase = timing_module.reset_peak_memory, timing_module.make_phase
+    monkeypatch.setattr(timing_module, "accelerate", accelerate)
+    monkeypatch.setattr(timing_module, "make_phase", make_phase)
+    monkeypatch.setattr(timing_module, "reset_peak_memory", reset_peak_memory)
+    gc.disable()
+    try:
+        config = TimeConfig(depths=(8,), archs=("plain",), results=tmp_path, **{**TINY, "batch_sizes": (2, 3, 4)})
+        frame = run_timing(config, progress=False, notify=pytest.fail)
+    finally:
+        gc.enable()
+    assert (frame["status"] == OK).all() and len(frame) == 9
+    assert {b for b, what, _ in made if what == "step"} == {2, 3, 4}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")

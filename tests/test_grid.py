@@ -1,0 +1,38 @@
+"""bench.grid: what one run of a grid leaves to the next."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+from bench import train
+from bench.config import GridConfig, RunConfig
+from bench.grid import run_grid
+
+
+def test_a_run_is_freed_before_the_next_is_built_also_in_a_reference_cycle(tmp_path, data_dir, monkeypatch):
+    # Issue 22, defect 5: torch.cuda.make_graphed_callables leaves a --cuda-graph run's module in a reference
+    # cycle (torch/cuda/graphs.py: `func.forward = make_graphed_forward(func, ..., func.forward)`, a closure
+    # over the module), so its graphs and memory pools outlive the run until the cyclic collector runs, and
+    # a later, deeper net can run out of memory. The same cycle on the CPU, the automatic collector off.
+    built: list[weakref.ref] = []
+
+    def make_model(config, data):
+        assert all(ref() is None for ref in built), "the last run's model is alive as the next one is built"
+        model = real_make_model(config, data)
+        original = model.forward
+        model.forward = lambda x: original(x)
+        built.append(weakref.ref(model))
+        return model
+
+    real_make_model = train.make_model
+    monkeypatch.setattr(train, "make_model", make_model)
+    base = RunConfig(preset="test", dataset="synthetic", width=2, epochs=1, iterations=None, batch_size=32,
+                     train_subset=64, test_subset=32, device="cpu")
+    gc.disable()
+    try:
+        summary = run_grid(GridConfig(base=base, depths=(8,), seeds=(0, 1), data_dir=str(data_dir),
+                                      results=str(tmp_path)), progress=False)
+    finally:
+        gc.enable()
+    assert [item["state"] for item in summary] == ["finished"] * 4 and len(built) == 4
