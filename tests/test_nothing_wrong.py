@@ -24,7 +24,8 @@ runner = CliRunner()
 
 
 def bench(*args: str):
-    return runner.invoke(app, expand_lists(list(args)))
+    """The real app; every run on the CPU (conftest refuses --device auto outside gpu tests)."""
+    return runner.invoke(app, expand_lists([*args, "--device", "cpu"] if args[0] == "run" else list(args)))
 
 
 def one_line_exit_2(result, *fragments: str) -> None:
