@@ -19,6 +19,7 @@ from bench import store
 from bench.cli import app, expand_lists
 from bench.data import load_dataset
 from bench.errors import BenchError
+from tests.test_nothing_lost import one_line_exit_2
 
 runner = CliRunner()
 
@@ -26,16 +27,6 @@ runner = CliRunner()
 def bench(*args: str):
     """The real app; every run on the CPU (conftest refuses --device auto outside gpu tests)."""
     return runner.invoke(app, expand_lists([*args, "--device", "cpu"] if args[0] == "run" else list(args)))
-
-
-def one_line_exit_2(result, *fragments: str) -> None:
-    """Exit code 2 and the error as the last line of stderr, whole, with what it must say."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in last, result.output
 
 
 # --- 1: a CIFAR batch pickle that carries code ------------------------------------------------------------------
