@@ -227,8 +227,10 @@ def _cold_and_warm(tmp_path: Path, allocator: str = "on") -> list[float]:
 @pytest.mark.slow
 def test_the_first_net_of_a_process_is_timed_warm(tmp_path: Path) -> None:
     # Issue #25: in a fresh process the first net's forward ran 2x slower than the same net timed again.
-    cold, warm = _cold_and_warm(tmp_path)
-    assert cold < 1.4 * warm, (cold, warm)
+    # Without bench.allocator the cold median was 1.7x to 2x the warm one in every try; a busy machine can make
+    # one try of the same code disagree too, so a regression is three tries out of three.
+    tries = [_cold_and_warm(tmp_path) for _ in range(3)]
+    assert any(cold < 1.4 * warm for cold, warm in tries), tries
 
 
 def test_freed_memory_is_kept_so_a_loop_stops_faulting() -> None:
@@ -246,7 +248,7 @@ torch.set_num_threads(1)
 model, x = resnet.build_model(8, "residual", width=16).eval(), torch.randn(64, 3, 32, 32)
 def faults(): return int(open("/proc/self/stat").read().split()[9])
 counts = []
-for _ in range(8):
+for _ in range(16):
     before = faults(); predict(model, x, "fp32"); counts.append(faults() - before)
 print(counts)
 """
@@ -255,5 +257,5 @@ print(counts)
     counts = {mode: eval(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                                         check=True, cwd=Path(__file__).parents[1]).stdout)
               for mode in ("off", "on")}
-    assert min(counts["off"][3:]) > 500, counts  # each call faults its activations in again
-    assert max(counts["on"][3:]) < 50, counts  # after the warm-up calls, none
+    # Past the warm-up: each call faults its activations in again, against a rare stray block once kept.
+    assert sum(counts["on"][8:]) < 0.1 * sum(counts["off"][8:]), counts
