@@ -6,8 +6,9 @@ activations then faults freshly zeroed pages in on every call, and never settles
 ResNet-20 at batch 64, eval forward on one thread, in a fresh process: about 16,000 minor page faults per call
 (64 MiB), call after call; with the thresholds raised below, 7,464, 2,086 and 1,025 faults in the first three
 calls and none after. Issue #25 measured the cost: the first net of a `bench time` sweep ran its forward at
-38.6 ms against 17.9 ms once warm. A `bench run` evaluation (batches of 1,000 images, 64 MiB per activation,
-above any adaptive threshold) paid it on every batch.
+38.6 ms against 17.9 ms once warm. A `bench run` evaluation (batches of 1,000 images: 64 MiB per activation
+of a width-16 net, past the 32 MiB where the threshold stops adapting) pays it on every batch by glibc's rules
+(counted here for the forward above, not timed for the evaluation).
 
 Elsewhere than glibc (macOS, musl) nothing is changed.
 """
