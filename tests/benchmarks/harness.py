@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import resnet
+from bench.allocator import keep_freed_memory
 from bench.provenance import cpu_name, device_name
 from bench.timing import make_phase, synchronize
 
@@ -117,6 +118,9 @@ def reference_workload(device: torch.device) -> Callable[[], None]:
 def run_benchmark(benchmark, case: Case, phase: str, *, full: bool) -> None:
     """Time `phase` of `case`'s network with pytest-benchmark, in reference units."""
     global _clock, _unit
+    # As bench run and bench time run: without it some rounds fault their activations in afresh and others do
+    # not, and a median of the two modes hid a 50% slowdown (bench.allocator).
+    keep_freed_memory()
     device = torch.device(case.device)
     torch.manual_seed(0)
     model = resnet.build_model(case.depth, case.arch, width=case.width).to(device)
