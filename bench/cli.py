@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bench.config import FORMATS, PRECISIONS, PRESETS
+from bench.config import FORMATS, PRECISIONS, PRESETS, usable_cpus
 from bench.errors import BenchError
 from resnet import ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
 
@@ -122,8 +122,6 @@ def _default_threads(workers: int) -> int:
     CPUs this process may use; one each when several worker processes share them."""
     if workers > 1:
         return 1
-    from bench.config import usable_cpus
-
     given = os.environ.get("OMP_NUM_THREADS", "")
     if given.isdigit() and int(given) > 0:
         return int(given)
@@ -300,8 +298,8 @@ def time(
     config = TimeConfig(depths=tuple(depths), archs=values(arch) or ARCHS, family=family and family.value,
                         devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (32,)),
                         input_size=input_size, precisions=values(precision) or ("fp32",), width=width,
-                        stem=stem and stem.value, channels_last=channels_last, compile=compile, cuda_graph=cuda_graph, threads=threads,
-                        reference=reference, results=str(results))
+                        stem=stem and stem.value, channels_last=channels_last, compile=compile,
+                        cuda_graph=cuda_graph, threads=threads, reference=reference, results=str(results))
     frame = run_timing(config, progress=progress, strict=True, notify=lambda message: errors.print(
         message, style="yellow", markup=False, highlight=False, soft_wrap=True))
     if len(frame):

@@ -42,7 +42,7 @@ from torch import Tensor
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from bench import store, synthetic
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 
 Notify = Callable[[str], None]
 Builder = Callable[[], dict]  # decodes or draws a dataset into the dict of tensors that is cached
@@ -282,7 +282,7 @@ def _save_cache(path: Path, tensors: dict, notify: Notify) -> bool:
         store.write_atomic(path, lambda handle: torch.save(tensors, handle))
         return True
     except Exception as error:  # torch.save raises RuntimeError for some write failures, OSError for others
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = first_line(error, 200)
         notify(f"could not write the data cache {path} ({reason}); the next start decodes again")
         return False
 
@@ -346,7 +346,7 @@ def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], 
                     raw = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
                 image = decode_image(raw, mode=ImageReadMode.RGB)
             except (OSError, RuntimeError, ValueError) as error:
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                reason = first_line(error)
                 raise BenchError(f"cannot decode image {entry.path} ({reason}): replace or delete the file") from None
             if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16: scale, or the values wrap mod 256
                 image = to_dtype(image, torch.uint8, scale=True)

@@ -20,3 +20,10 @@ def out_of_memory_on(error: BaseException, device: object) -> str:
     allocator's message means host memory whatever the device (a model is built on the CPU, then moved),
     so "cpu"; anything else is `device`'s."""
     return "cpu" if "can't allocate memory" in str(error) else str(device)
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of `error`'s message (at most `limit` characters), or its type's name when it has none:
+    what a one-line message quotes of an exception."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -27,7 +27,7 @@ from bench import store
 from bench.config import RunConfig
 from bench.data import ImageData
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 from bench.layers import gradient_rows, response_probe, response_rows
 from bench.loader import augment, epoch_batches
 from bench.provenance import environment, utc_now
@@ -252,7 +252,7 @@ class Run:
             self.recent_errors.extend(state["recent_errors"])
             self.partial = None if state["partial"] is None else HalfEpoch(**state["partial"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            reason = first_line(error, 160)
             raise BenchError(f"checkpoint in {self.directory} does not fit this run ({reason}): delete "
                              f"{self.directory} to restart the run from scratch") from None
 
@@ -442,7 +442,7 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
         with deferred_interrupts(run.stop):
             state = _train_to_end(run, status, notify, on_epoch, on_step, deadline)
     except Exception as error:  # a full disk, out of memory, anything: the run is not running any more
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = first_line(error, 200)
         try:  # on a full disk this small file may not fit either; the error raised says what to do
             status(store.INTERRUPTED, iteration=run.iteration, error=reason)
         except (BenchError, OSError):
