@@ -22,6 +22,7 @@ from bench.allocator import keep_freed_memory
 from bench.config import PRECISION_TEXT, GridConfig, RunConfig, resolve_device, threads_notice, validate
 from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
+from bench.fitting import Fit, first_fit, fit_text, fit_verdict, fits, median_pass
 from bench.step import device_settings
 from bench.train import Run, check_batch, rewrite_config, train_run
 
@@ -117,20 +118,54 @@ def print_whole(console: Console, renderable: RenderableType) -> None:
 
 
 def summary_table(summary: list[dict]) -> Table:
-    """The end-of-grid table: one line per run with its state and final errors."""
+    """The end-of-grid table: one line per run with its state, final errors and the pass at which it first
+    fit its training set (bench.fitting)."""
     table = Table(title="bench run", show_lines=False)
-    for column in ("run_id", "arch", "depth", "seed", "state", "epochs", "train err", "test err",
+    for column in ("run_id", "arch", "depth", "seed", "state", "epochs", "train err", "first fit", "test err",
                    "best test", "minutes"):
         table.add_column(column, justify="right" if column not in ("run_id", "arch", "state") else "left")
     for item in summary:
         rows = item["rows"]
         last = rows[-1] if rows else {}
         best = min((r["test_error"] for r in rows), default=float("nan"))
+        fitted, first = _fit(rows)
         table.add_row(item["run_id"], item["arch"], str(item["depth"]), str(item["seed"]), item["state"],
-                      str(len(rows)), f"{last.get('train_error', float('nan')):.2%}",
+                      str(len(rows)), f"{last.get('train_error', float('nan')):.2%}", fit_text(fitted, 1, first),
                       f"{last.get('test_error', float('nan')):.2%}", f"{best:.2%}",
                       f"{item['seconds'] / 60:.1f}")
     return table
+
+
+def _fit(rows: list[dict]) -> tuple[int, int | None]:
+    """(1 if the run ended fitted else 0, the pass of its first fit) from its epoch rows."""
+    fitted = bool(rows) and fits(rows[-1]["train_error"])
+    return int(fitted), first_fit(r["train_error"] for r in rows) if fitted else None
+
+
+def print_summary(console: Console, summary: list[dict]) -> None:
+    """The end-of-grid table, then the verdicts read at the floor."""
+    print_whole(console, summary_table(summary))
+    for line in verdict_lines(summary):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+def verdict_lines(summary: list[dict]) -> list[str]:
+    """Per arch with two depths or more, its deepest against its shallowest net read at the floor, where
+    either fits its training set (bench.fitting; `bench report` gives the rest)."""
+    lines = []
+    for arch in dict.fromkeys(item["arch"] for item in summary):
+        mine = [item for item in summary if item["arch"] == arch and item["rows"]]
+        depths = sorted({item["depth"] for item in mine})
+        if len(depths) < 2:
+            continue
+        nets = []
+        for depth in (depths[0], depths[-1]):
+            fitted = [_fit(item["rows"]) for item in mine if item["depth"] == depth]
+            nets.append(Fit(f"{arch}-{depth}", len(fitted), sum(f for f, _ in fitted),
+                            median_pass(first for _, first in fitted)))
+        if verdict := fit_verdict(arch, *nets):
+            lines.append(f"{arch}: {verdict}.")
+    return lines
 
 
 def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool = True,
@@ -251,7 +286,7 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
                 notify(f"--time-limit {time_limit:g} min reached: progress is saved; run the same command "
                        "to continue")
                 break
-    print_whole(console, summary_table(summary))
+    print_summary(console, summary)
     return summary
 
 
@@ -285,7 +320,7 @@ def _run_on_devices(grid: GridConfig, p: Plan, console: Console, notices: Consol
     summary = [{"run_id": run.run_id(), "arch": run.arch, "depth": run.depth, "seed": run.seed,
                 "state": store.run_state(p.directory(run)) or "not started",
                 "rows": _rows(p.directory(run), notify), "seconds": 0.0} for run in p.runs]
-    print_whole(console, summary_table(summary))
+    print_summary(console, summary)
     return summary
 
 

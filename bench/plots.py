@@ -22,9 +22,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from bench.errors import BenchError
+from bench.fitting import FIT_ERROR, first_fit, fits
 from resnet import ARCHS
-from bench.tables import (PHASES, breakdown, curves, provenance_lines, schedule_provenance, timing_provenance,
-                          with_percent)
+from bench.tables import (PHASES, breakdown, curves, fit_caption, provenance_lines, schedule_provenance,
+                          timing_provenance, with_percent)
 
 ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)"}
 BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}
@@ -155,8 +156,26 @@ def _mark_states(ax: Axes, epochs: pd.DataFrame, runs: pd.DataFrame, curve: pd.D
     return drawn
 
 
+def _mark_fits(ax: Axes, epochs: pd.DataFrame, runs: pd.DataFrame, *, xcol: str, scale: float,
+               color: tuple) -> set[str]:
+    """A triangle on the floor at the pass where each run that ends fitted first fit (bench.fitting)."""
+    drawn = set()
+    for run in runs.itertuples():
+        rows = epochs[epochs["run_id"] == run.run_id].sort_values("epoch")
+        if rows.empty or not fits(rows["train_error"].iloc[-1]):
+            continue
+        at = first_fit(rows["train_error"])
+        ax.plot(rows[xcol].iloc[at - 1] / scale, 0, marker="^", ms=8, color=color, mec="white", mew=0.8, ls="",
+                clip_on=False, zorder=6, gid=f"{run.arch}-{run.depth}-s{run.seed}-fit")
+        drawn.add("fit")
+    return drawn
+
+
 def _mark_handles(drawn: set[str]) -> list[Line2D]:
     handles = []
+    if "fit" in drawn:
+        handles.append(Line2D([], [], marker="^", ms=8, color="0.3", ls="",
+                              label=f"first fit (training error <= {FIT_ERROR:.1%})"))
     if "unfinished" in drawn:
         handles.append(Line2D([], [], marker="o", ms=8, mfc="white", mec="0.3", mew=2, ls="",
                               label="last epoch so far (unfinished run)"))
@@ -215,6 +234,7 @@ def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "au
                           gid=f"{arch}-{depth}-{kind}")
                 drawn |= _mark_states(ax, epochs, line_runs, curve, kind="test", xcol=xcol, scale=scale, color=color,
                                       top=top)
+                drawn |= _mark_fits(ax, epochs, line_runs, xcol=xcol, scale=scale, color=color)
                 handles.append(Line2D([], [], color=color, lw=TEST_WIDTH,
                                       label=f"{arch}-{depth}{_state_note(line_runs)}"))
             ax.set_title(ARCH_TITLES[arch], fontsize=12)
@@ -229,7 +249,8 @@ def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "au
         axes[0].set_ylim(0, top)
         _x_limits(axes[0], epochs, runs, xcol, scale)
         spread = f"; line: mean over seeds, band: {BANDS[band]}" if runs["seed"].nunique() > 1 else ""
-        add_caption(fig, [*provenance_lines(runs), f"Thin dashed: training error; bold: test error{spread}."],
+        fit = [line] if (line := fit_caption(runs)) else []
+        add_caption(fig, [*provenance_lines(runs), f"Thin dashed: training error; bold: test error{spread}.", *fit],
                     title=title or _default_title(runs, "Training plain vs residual networks"))
     return fig
 

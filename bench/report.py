@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from bench import tables
 from bench.config import EXECUTION_FIELDS, FORMATS, RunConfig
 from bench.errors import BenchError
+from bench.fitting import FIT_ERROR, fit_text
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure,
                          schedule_figure, style, timing_figure)
@@ -179,6 +180,9 @@ def error_markdown(errors: pd.DataFrame) -> str:
         "paper (%)": errors["paper_test"],
         "still running": errors["note"].replace("", "-"),
     })
+    if errors["fitted"].any():  # a set fitted to the floor: how fast says more than how low (bench.fitting)
+        rows.insert(6, f"fits (training error <= {FIT_ERROR:.1%})", [
+            fit_text(row.fitted, row.runs - row.diverged, row.first_fit) for row in errors.itertuples()])
     return tables.markdown_table(rows)
 
 
@@ -262,6 +266,8 @@ def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, layers: pd.
     paths = save_figure(degradation_figure(epochs, runs, colors=colors), folder / "degradation", formats)
     written += paths
     readme += ["### Plain vs residual (paper Figures 4 and 6)", "", *_figure_lines(paths, out, "degradation")]
+    if fit := tables.fit_caption(runs):
+        readme += [f"*{fit}*", ""]
     if runs.loc[runs["arch"] == "plain", "depth"].nunique() >= 2:
         paths = save_figure(figure1(epochs, runs, colors=colors), folder / "figure1", formats)
         written += paths

@@ -11,6 +11,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from bench.fitting import FIT_ERROR, Fit, first_fit, fit_verdict, fits, median_pass
+
 # He et al. (2015), Table 6: CIFAR-10 test error (%) of the residual nets, paper schedule, full data.
 PAPER_CIFAR10_RESNET = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
 
@@ -46,11 +48,13 @@ def curves(epochs: pd.DataFrame, x: str = "epoch") -> pd.DataFrame:
 
 def final_errors(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: its last epoch's train and test error (NaN if that epoch's is), its best test error
-    (percent), how many epochs it has done, and its state."""
+    (percent), the pass at which it first fit its training set (bench.fitting; NaN if never), how many epochs
+    it has done, and its state."""
     frame = with_percent(epochs).sort_values(["run_id", "epoch"])
     last = frame.groupby("run_id").tail(1).set_index("run_id")
+    first = frame.groupby("run_id")["train"].agg(lambda train: first_fit(train / 100))
     per_run = pd.DataFrame({"final_train": last["train"], "final_test": last["test"], "epochs_done": last["epoch"],
-                            "best_test": frame.groupby("run_id")["test"].min()})
+                            "best_test": frame.groupby("run_id")["test"].min(), "first_fit": first})
     columns = ["run_id", "arch", "depth", "seed", "state", "params", "epochs_total"]
     return runs[columns].merge(per_run.reset_index(), on="run_id", how="inner")
 
@@ -86,6 +90,7 @@ def error_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         final_test, final_test_std = _mean_std(kept["final_test"])
         best_test, best_test_std = _mean_std(kept["best_test"])
         final_train, final_train_std = _mean_std(kept["final_train"])
+        fitted = kept[(kept["final_train"] / 100).map(fits)]
         running = group[group["state"].isin(["running", "interrupted"])]
         rows.append({
             "arch": arch, "depth": int(depth), "params": group["params"].iloc[0],
@@ -94,6 +99,7 @@ def error_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             "final_test_mean": final_test, "final_test_std": final_test_std,
             "best_test_mean": best_test, "best_test_std": best_test_std,
             "final_train_mean": final_train, "final_train_std": final_train_std,
+            "fitted": len(fitted), "first_fit": median_pass(fitted["first_fit"].dropna().astype(int)) or math.nan,
             "paper_test": paper_test_error(str(first["dataset"]), str(first["preset"]), arch, int(depth), paper_setup),
             "note": _progress_note(running),
         })
@@ -141,16 +147,25 @@ def degradation(errors: pd.DataFrame) -> pd.DataFrame:
             "shallow_train": shallow["final_train_mean"], "deep_train": deep["final_train_mean"],
             "train_gap": gap, "test_gap": deep["final_test_mean"] - shallow["final_test_mean"],
             "provisional": bool(group["unfinished"].sum()),
+            **{f"{name}_{key}": net.get(key) for name, net in (("shallow", shallow), ("deep", deep))
+               for key in ("runs", "fitted", "first_fit")},
         })
     return pd.DataFrame(rows, columns=["arch", "shallow_depth", "deep_depth", "shallow_train", "deep_train",
-                                       "train_gap", "test_gap", "provisional"])
+                                       "train_gap", "test_gap", "provisional", "shallow_runs", "shallow_fitted",
+                                       "shallow_first_fit", "deep_runs", "deep_fitted", "deep_first_fit"])
 
 
 def degradation_sentence(row: pd.Series) -> str:
-    """The degradation of one arch in words, saying plainly when it is negative (none shown)."""
+    """The degradation of one arch in words, saying plainly when it is negative (none shown). Where either
+    net fits its training set, the verdict is read at the floor (bench.fitting): which fits, and which first."""
     head = (f"{row['arch']}: the {row['deep_depth']}-layer net ends at {row['deep_train']:.2f}% training error, "
             f"the {row['shallow_depth']}-layer at {row['shallow_train']:.2f}%: gap {row['train_gap']:+.2f} points")
-    if row["arch"] == "plain":
+    nets = [Fit(f"{row['arch']}-{row[f'{name}_depth']}", int(row[f"{name}_runs"]), int(row[f"{name}_fitted"]),
+                None if pd.isna(row[f"{name}_first_fit"]) else float(row[f"{name}_first_fit"]))
+            for name in ("shallow", "deep")] if pd.notna(row.get("shallow_fitted")) else None
+    if nets and (at_the_floor := fit_verdict(row["arch"], *nets)):
+        verdict = at_the_floor
+    elif row["arch"] == "plain":
         verdict = ("degradation shown (the deeper plain net trains worse)" if row["train_gap"] > 0
                    else "NEGATIVE: no degradation shown (the deeper plain net trains as well or better)")
     elif math.isclose(row["train_gap"], 0.0, abs_tol=1e-9):  # e.g. both fit the training set to 0%
@@ -219,6 +234,17 @@ def provenance_lines(runs: pd.DataFrame) -> list[str]:
     machine = (f"Device: {_unique(runs, 'device_name')}; precision {_unique(runs, 'precision')}; seeds {seeds}; "
                f"commit {_unique(runs, 'git_commit')}; torch {_unique(runs, 'torch')}")
     return [dataset, f"Schedule: {schedule_text(runs)}; {count}", machine]
+
+
+def fit_caption(runs: pd.DataFrame) -> str | None:
+    """What a figure of runs that fit a small subset as stored shows, or None for other runs."""
+    first = runs.iloc[0]
+    if first["augment"] or pd.isna(first.get("train_subset")):
+        return None
+    test = f"{_count(first.get('test_subset'))} held-out images" if pd.notna(first.get("test_subset")) else "the test split"
+    return (f"A fit: {_count(first['train_subset'])} training images as stored, no augmentation. Training error is the "
+            f"optimisation test (a net fits at <= {FIT_ERROR:.1%}: triangles mark the pass where each run first does); "
+            f"test error, on {test}, is what so few images teach, not comparable with the paper's.")
 
 
 def is_set(flag: object) -> bool:

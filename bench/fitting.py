@@ -1,0 +1,92 @@
+"""What "fits" means, defined once for `bench run`'s summary and `bench report` (issue #26).
+
+The `quick` preset fits a small training set as it is stored. At the 0% floor "which net ends lower" is
+decided by an image or two, so the question there is whether a net fits the set, and how fast: the pass
+(epoch) at which its training error first reaches the floor.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Training error (a fraction) at or below which a net fits its set: 3 images of the quick preset's 768, the
+# same fraction of any other. Not 0: one image left over is noise at the floor, not an optimisation failure.
+FIT_ERROR = 0.005
+
+
+def first_fit(train_errors: Iterable[float]) -> int | None:
+    """The pass (1-based epoch) at which the training error (fractions, one per epoch) first is at most
+    FIT_ERROR, or None when it never is."""
+    return next((epoch for epoch, error in enumerate(train_errors, start=1) if error <= FIT_ERROR), None)
+
+
+def median_pass(passes: Iterable[int | None]) -> float | None:
+    """The median of the passes that are not None, or None when all are."""
+    known = [p for p in passes if p is not None]
+    return float(statistics.median(known)) if known else None
+
+
+def fits(final_train_error: float) -> bool:
+    """Whether a run that ended at this training error (a fraction) fits its set; NaN does not."""
+    return final_train_error <= FIT_ERROR
+
+
+def fit_text(fitted: int, runs: int, first_fit: float | None) -> str:
+    """A table cell: 'pass 21' (of first fit, the median over the runs that fitted), '2 of 3 seeds, pass 21'
+    when only some fitted, 'does not fit' when none did."""
+    if not fitted or first_fit is None or math.isnan(first_fit):
+        return "does not fit"
+    return ("" if fitted == runs else f"{fitted} of {runs} seeds, ") + f"pass {first_fit:g}"
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How the runs of one net (arch x depth) fitted, over their seeds."""
+
+    net: str  # e.g. "plain-34"
+    runs: int
+    fitted: int  # runs whose final training error is at most FIT_ERROR
+    first_fit: float | None  # the median pass of first fit of the runs that fitted; None when none did
+
+    @property
+    def pass_text(self) -> str:
+        """'pass 21', or 'pass -' when no run fitted."""
+        return "pass -" if self.first_fit is None else f"pass {self.first_fit:g}"
+
+    @property
+    def share(self) -> str:
+        """'' for a single run, else ' (2 of 3 seeds)'."""
+        return "" if self.runs == 1 else f" ({self.fitted} of {self.runs} seeds)"
+
+
+def fit_verdict(arch: str, shallow: Fit, deep: Fit) -> str | None:
+    """The degradation of one arch read at the floor, or None when neither net fits (the gap in final
+    training error then says it). Deeper fits first: the paper's "deeper residual trains better"; both fit:
+    no degradation; the deeper does not fit what the shallower fits: degradation."""
+    if not shallow.fitted and not deep.fitted:
+        return None
+    plain = arch == "plain"
+    if deep.fitted < shallow.fitted:
+        head = f"{deep.net} does not fit what {shallow.net} fits{deep.share}"
+        return f"{head}: " + ("degradation shown (the deeper plain net trains worse)" if plain
+                              else "the deeper residual net trains worse here, unlike the paper")
+    if deep.fitted > shallow.fitted:
+        head = f"{deep.net} fits and {shallow.net} does not{shallow.share}"
+        return f"{head}: " + ("NEGATIVE: no degradation shown (the deeper plain net trains better)" if plain
+                              else "the deeper residual net trains better, as in the paper")
+    if deep.first_fit < shallow.first_fit:
+        head = f"both fit{deep.share}, {deep.net} first ({deep.pass_text} against {shallow.pass_text})"
+        tail = ("NEGATIVE: no degradation shown (the deeper plain net trains better)" if plain
+                else "the deeper residual net trains better, as in the paper")
+    elif deep.first_fit == shallow.first_fit:
+        head = f"both fit{deep.share}, at the same {deep.pass_text}"
+        tail = ("NEGATIVE: no degradation shown (the deeper plain net trains as well)" if plain
+                else "the deeper residual net trains as well, no degradation (the paper's trains better)")
+    else:
+        head = f"both fit{deep.share}, {deep.net} later ({deep.pass_text} against {shallow.pass_text})"
+        tail = ("NEGATIVE: no degradation shown (the deeper plain net fits too, more slowly)" if plain
+                else "no degradation, but the deeper residual net fits more slowly (the paper's trains better)")
+    return f"{head}: {tail}"

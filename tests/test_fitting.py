@@ -1,0 +1,100 @@
+"""What "fits" means (bench.fitting), and how the report and `bench run`'s summary read a fit at the floor."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bench import tables
+from bench.fitting import FIT_ERROR, Fit, first_fit, fit_text, fit_verdict, fits, median_pass
+from bench.grid import summary_table, verdict_lines
+
+
+def test_fits_is_three_images_of_768_and_not_four() -> None:
+    assert fits(3 / 768) and not fits(4 / 768)
+    assert fits(0.0) and not fits(float("nan"))
+    assert FIT_ERROR == 0.005
+
+
+def test_first_fit_is_the_first_pass_at_the_floor_counted_from_one() -> None:
+    assert first_fit([0.5, 0.1, 0.004, 0.01, 0.0]) == 3
+    assert first_fit([0.5, 0.1, 0.006]) is None
+    assert first_fit([float("nan"), 0.0]) == 2
+    assert median_pass([21, None, 25]) == 23.0 and median_pass([None]) is None
+
+
+def test_fit_text_says_the_pass_how_many_seeds_and_does_not_fit() -> None:
+    assert fit_text(1, 1, 21.0) == "pass 21"
+    assert fit_text(2, 3, 22.5) == "2 of 3 seeds, pass 22.5"
+    assert fit_text(0, 1, None) == "does not fit"
+    assert fit_text(0, 2, float("nan")) == "does not fit"
+
+
+@pytest.mark.parametrize(("arch", "deep", "shallow", "expected"), [
+    # The deeper does not fit what the shallower fits: the degradation problem, either arch.
+    ("plain", Fit("plain-34", 1, 0, None), Fit("plain-18", 1, 1, 20.0),
+     "plain-34 does not fit what plain-18 fits: degradation shown"),
+    ("residual", Fit("residual-34", 1, 0, None), Fit("residual-18", 1, 1, 20.0),
+     "residual-34 does not fit what residual-18 fits: the deeper residual net trains worse here, unlike the paper"),
+    # Both fit: the pass decides.
+    ("residual", Fit("residual-34", 1, 1, 21.0), Fit("residual-18", 1, 1, 25.0),
+     "both fit, residual-34 first (pass 21 against pass 25): the deeper residual net trains better, as in the paper"),
+    ("residual", Fit("residual-34", 1, 1, 25.0), Fit("residual-18", 1, 1, 25.0),
+     "both fit, at the same pass 25: the deeper residual net trains as well, no degradation"),
+    ("residual", Fit("residual-34", 1, 1, 28.0), Fit("residual-18", 1, 1, 25.0),
+     "both fit, residual-34 later (pass 28 against pass 25): no degradation, but the deeper residual net fits"),
+    ("plain", Fit("plain-34", 1, 1, 30.0), Fit("plain-18", 1, 1, 20.0),
+     "both fit, plain-34 later (pass 30 against pass 20): NEGATIVE: no degradation shown"),
+    # Only the deeper fits.
+    ("plain", Fit("plain-34", 1, 1, 30.0), Fit("plain-18", 1, 0, None),
+     "plain-34 fits and plain-18 does not: NEGATIVE"),
+    # Seeds: fewer of the deeper net's seeds fit.
+    ("plain", Fit("plain-34", 3, 1, 40.0), Fit("plain-18", 3, 3, 20.0),
+     "plain-34 does not fit what plain-18 fits (1 of 3 seeds): degradation shown"),
+])
+def test_the_verdict_at_the_floor(arch: str, deep: Fit, shallow: Fit, expected: str) -> None:
+    assert expected in fit_verdict(arch, shallow, deep)
+
+
+def test_no_verdict_at_the_floor_when_neither_fits() -> None:
+    assert fit_verdict("plain", Fit("plain-18", 1, 0, None), Fit("plain-34", 1, 0, None)) is None
+
+
+def _curve(floor: float, fit_at: int | None, passes: int = 8) -> list[float]:
+    """Training error per pass: falling to `floor`, reaching 0 from `fit_at` on when given."""
+    return [0.0 if fit_at and p >= fit_at else max(floor, 0.6 - 0.1 * p) for p in range(1, passes + 1)]
+
+
+NETS = {("plain", 18): _curve(0.0, 5), ("plain", 34): _curve(0.2, None),
+        ("residual", 18): _curve(0.0, 6), ("residual", 34): _curve(0.0, 4)}
+
+
+def test_the_report_reads_the_fit_from_the_logged_epochs() -> None:
+    epochs = pd.DataFrame([
+        {"run_id": f"{arch}-{depth}", "arch": arch, "depth": depth, "epoch": p, "train_error": error,
+         "test_error": 0.5, "train_loss": 1.0, "test_loss": 1.0}
+        for (arch, depth), curve in NETS.items() for p, error in enumerate(curve, start=1)])
+    runs = pd.DataFrame([{"run_id": f"{arch}-{depth}", "arch": arch, "depth": depth, "seed": 0, "state": "finished",
+                          "params": 1, "epochs_total": 8, "dataset": "synthetic", "preset": "quick",
+                          "train_subset": 768, "test_subset": 250, "width": 8} for arch, depth in NETS])
+    errors = tables.error_table(epochs, runs).set_index(["arch", "depth"])
+    assert errors.loc[("plain", 34), "fitted"] == 0 and pd.isna(errors.loc[("plain", 34), "first_fit"])
+    assert errors.loc[("residual", 34), "first_fit"] == 4
+    sentences = {row["arch"]: tables.degradation_sentence(row)
+                 for _, row in tables.degradation(errors.reset_index()).iterrows()}
+    assert "plain-34 does not fit what plain-18 fits: degradation shown" in sentences["plain"]
+    assert "20.00% training error" in sentences["plain"]  # the final errors still head the sentence
+    assert "residual-34 first (pass 4 against pass 6): the deeper residual net trains better" in sentences["residual"]
+
+
+def test_the_run_summary_gives_the_first_fit_and_the_verdicts() -> None:
+    summary = [{"run_id": f"{arch}-{depth}", "arch": arch, "depth": depth, "seed": 0, "state": "finished",
+                "seconds": 60.0, "rows": [{"train_error": e, "test_error": 0.5} for e in curve]}
+               for (arch, depth), curve in NETS.items()]
+    table = summary_table(summary)
+    column = next(c for c in table.columns if c.header == "first fit")
+    assert list(column.cells) == ["pass 5", "does not fit", "pass 6", "pass 4"]
+    assert verdict_lines(summary) == [
+        "plain: plain-34 does not fit what plain-18 fits: degradation shown (the deeper plain net trains worse).",
+        "residual: both fit, residual-34 first (pass 4 against pass 6): the deeper residual net trains better, "
+        "as in the paper."]
