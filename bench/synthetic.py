@@ -4,10 +4,14 @@ Ten classes of shapes (disk, ring, square, triangle, plus, flower, ellipse, bars
 drawn with random proportions (ring and frame thickness, arm width, ...), position, scale, rotation and a
 squeeze of up to 30% along one axis; random colours (the class never depends on colour), a striped texture
 on the shape, a background gradient, thin line clutter under and over the shape, and Gaussian pixel noise.
-Only the outline tells the class, so a network has to learn shape. Measured with the project's
-ResNet-18 at width 16 (CIFAR stem, batch 128, SGD lr 0.1, the paper's augmentation, 20,000 images): the
-training error stays near chance for ~250 iterations, is 72% at 400 and 13% at 800 (2 and 5 epochs); it
-is a real learning problem, not one solved in a couple of epochs.
+Only the outline tells the class, so a network has to learn shape.
+
+Version 2 draws the shape lighter than its background in every channel (version 1 drew each channel
+0.3-0.7 away, mod 1, so an outline was a rising edge in one channel and a falling one in the next).
+One polarity is what lets a network start on the shapes at once. Measured with the `quick` preset's nets
+(width 8, a 1,024-image subset fitted without augmentation, 37 passes, seed 0), training error after 10
+passes, version 1 -> 2: plain-18 69.0% -> 41.9%, residual-18 75.3% -> 57.1%, residual-34 80.6% -> 40.8%;
+at the end residual-34 was still at 10.6% on version 1 and at 0.0% on version 2 (issue #12).
 
 Everything is drawn in torch, vectorised over images, from a seeded CPU `torch.Generator`: the same
 (n, seed, image_size) gives the same tensors (bit-identical on a given machine and torch version).
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-VERSION = 1  # bump when the drawing changes, so cached copies of the set are drawn again
+VERSION = 2  # bump when the drawing changes, so cached copies of the set are drawn again
 CLASSES = ("disk", "ring", "square", "triangle", "plus", "flower", "ellipse", "bars", "crescent", "frame")
 
 _SUPERSAMPLE = 2  # shapes are drawn at 2x and averaged down, so their edges are anti-aliased like a photo's
@@ -131,10 +135,10 @@ def _params(n: int, size: int, g: torch.Generator) -> dict[str, Tensor]:
     def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
         return low + (high - low) * torch.rand(*shape, generator=g)
 
-    bg = uniform(n, 3)
-    # Each foreground channel sits 0.3..0.7 away (mod 1) from the background's: always visible, never
-    # a colour the class could be read from.
-    fg = (bg + uniform(n, 3, low=0.3, high=0.7)) % 1.0
+    # The shape is 0.35-0.55 lighter than the background in every channel: always visible, never a colour
+    # the class could be read from, and its outline always the same way up (see the module's docstring).
+    bg = uniform(n, 3, low=0.0, high=0.45)
+    fg = bg + uniform(n, 3, low=0.35, high=0.55)
     grad_angle = uniform(n, low=0, high=2 * math.pi)
     return {
         "bg": bg,
