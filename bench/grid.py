@@ -83,10 +83,11 @@ class GridProgress:
         self.task = None
 
     def start(self, run: Run) -> None:
-        last = run.rows[-1] if run.rows else None
+        state = run.state
+        last = state.rows[-1] if state.rows else None
         self.task = self.progress.add_task(
-            f"{run.config.arch}-{run.config.depth} s{run.config.seed}", total=run.total, completed=run.iteration,
-            epoch=run.epoch, epochs=run.epochs_total, loss="-", speed="",
+            f"{run.config.arch}-{run.config.depth} s{run.config.seed}", total=run.schedule.iterations,
+            completed=state.iteration, epoch=state.epoch, epochs=run.schedule.epochs, loss="-", speed="",
             train=f"{last['train_error']:.1%}" if last else "-", test=f"{last['test_error']:.1%}" if last else "-",
         )
 
@@ -97,10 +98,10 @@ class GridProgress:
     def epoch(self, run: Run, row: dict) -> None:
         if self.progress.disable:  # logs without a live display still get one line per epoch
             self.progress.console.print(
-                f"{row['run_id']} epoch {run.epoch}/{run.epochs_total}: loss {row['train_loss']:.3f} "
+                f"{row['run_id']} epoch {run.state.epoch}/{run.schedule.epochs}: loss {row['train_loss']:.3f} "
                 f"train {row['train_error']:.2%} test {row['test_error']:.2%} "
                 f"{row['images_per_second']:.0f} img/s", highlight=False, soft_wrap=True)
-        self.progress.update(self.task, epoch=run.epoch, loss=f"{row['train_loss']:.3f}",
+        self.progress.update(self.task, epoch=run.state.epoch, loss=f"{row['train_loss']:.3f}",
                              train=f"{row['train_error']:.1%}", test=f"{row['test_error']:.1%}",
                              speed=f"{row['images_per_second']:.0f} img/s")
 
