@@ -17,8 +17,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bench.config import FORMATS, PRECISIONS, PRESETS, usable_cpus
+from bench.config import FORMATS, PRESETS, usable_cpus
 from bench.errors import BenchError
+from bench.modes import PRECISIONS
 from resnet import ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -102,7 +103,7 @@ def handles_errors(function: F) -> F:
             errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as error:  # an output folder that is a file, read-only or full, met outside bench.store
-            from bench.store import DISK_FULL, UNWRITABLE
+            from bench.files import DISK_FULL, UNWRITABLE
 
             if error.errno not in (*UNWRITABLE, *DISK_FULL):
                 raise

@@ -17,18 +17,11 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BenchError
-from resnet import ARCHS, SHORTCUTS
+from bench.modes import PRECISIONS, check_mode, mode_of
+from resnet import ARCHS, SHORTCUTS, ModelConfigError, build_model, family_of
 
-# Each name is defined once; the network's own names (ARCHS, SHORTCUTS) live with the networks.
-# A precision is the autocast dtype it trains and times in (None: plain fp32).
-PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
-PRECISIONS = tuple(PRECISION_DTYPES)
-# What each precision computes in, as `bench run` says it before training.
-PRECISION_TEXT = {
-    "fp32": "fp32 (everything in float32)",
-    "bf16": ("bf16 (autocast: convolutions and the fc layer in bfloat16, so activations are bf16; weights, "
-             "BatchNorm statistics, the loss and SGD stay in float32)"),
-}
+# Each name is defined once; the network's own names (ARCHS, SHORTCUTS) live with the networks, the
+# precisions and modes in bench.modes.
 DEVICES = ("auto", "cpu", "cuda")
 FORMATS = ("png", "svg", "pdf")  # what bench report draws figures as
 # How a run executes, not what it computes: left out of the run_id.
@@ -197,8 +190,6 @@ class GridConfig:
 def paper_rules(config: RunConfig) -> RunConfig:
     """Section 4.2's one exception: CIFAR nets of 110 layers and more warm up at lr 0.01 until training
     error is below 80%, because 0.1 is too large to start converging."""
-    from resnet import family_of
-
     if config.preset == "paper" and config.depth >= 110 and config.warmup_lr is None and family_of(config.depth) == "cifar":
         return dataclasses.replace(config, warmup_lr=config.lr / 10)
     return config
@@ -211,9 +202,6 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def validate(config: RunConfig) -> RunConfig:
     """Check everything that can be checked before any data is loaded; return the config unchanged."""
-    from bench.step import check_mode, mode_of  # bench.step reads this module's names
-    from resnet import ModelConfigError, build_model  # a build is the only honest check of the net
-
     _choice("arch", config.arch, ARCHS)
     _choice("precision", config.precision, PRECISIONS)
     mode = mode_of(config.compile, config.cuda_graph)

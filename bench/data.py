@@ -41,8 +41,9 @@ import torch
 from torch import Tensor
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from bench import store, synthetic
+from bench import synthetic
 from bench.errors import BenchError, first_line
+from bench.files import write_atomic
 
 Notify = Callable[[str], None]
 Builder = Callable[[], dict]  # decodes or draws a dataset into the dict of tensors that is cached
@@ -279,7 +280,7 @@ def _save_cache(path: Path, tensors: dict, notify: Notify) -> bool:
     """Write atomically, so a killed process never leaves half a cache behind; a cache that cannot be written
     only costs the next start a decode."""
     try:
-        store.write_atomic(path, lambda handle: torch.save(tensors, handle))
+        write_atomic(path, lambda handle: torch.save(tensors, handle))
         return True
     except Exception as error:  # torch.save raises RuntimeError for some write failures, OSError for others
         reason = first_line(error, 200)

@@ -19,9 +19,11 @@ from rich.table import Table
 
 from bench import distributed, store
 from bench.allocator import keep_freed_memory
-from bench.config import PRECISION_TEXT, GridConfig, RunConfig, resolve_device, threads_notice, validate
+from bench.config import GridConfig, RunConfig, resolve_device, threads_notice, validate
 from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
+from bench.files import check_writable
+from bench.modes import PRECISION_TEXT
 from bench.step import device_settings
 from bench.train import Run, check_batch, rewrite_config, train_run
 
@@ -149,10 +151,10 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     # configuration, the epochs and the summary (and --dry-run's one line per run).
     notices = Console(stderr=True, soft_wrap=True, quiet=not distributed.from_environment().is_main)
     p = resolved or plan(grid)
-    store.check_writable(p.results)
+    check_writable(p.results)
     folder = p.results / store.dataset_folder(p.dataset)
     if folder.exists():  # a file or read-only folder in the way fails now, not after the data is decoded
-        store.check_writable(folder)
+        check_writable(folder)
     if p.notice:
         notices.print(p.notice, style="bold yellow", markup=False, highlight=False)
     if len(grid.devices) > 1:

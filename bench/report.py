@@ -26,8 +26,10 @@ from bench.errors import BenchError
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure,
                          schedule_figure, style, timing_figure)
+from bench.files import write_atomic
 from bench.provenance import utc_now
-from bench.store import dataset_folder, read_layers, read_results, write_atomic, write_text
+from bench.records import DIVERGED, FINISHED
+from bench.store import dataset_folder, read_layers, read_results, write_text
 
 PNG_DPI = 150
 # The runs of one experiment (one figure, one mean over seeds) differ only in these RunConfig fields; runs
@@ -98,7 +100,7 @@ def experiments(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def schedule_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Finished runs that differ only in schedule length (iterations), where there are two lengths or more:
     one group per (dataset, preset, family, the other experiment fields), named '<experiment>-schedules'."""
-    finished = runs[(runs["state"] == "finished") & runs["iterations"].notna()]
+    finished = runs[(runs["state"] == FINISHED) & runs["iterations"].notna()]
     out = []
     # experiments() splits on every other experiment field; with the length blanked, only it may differ.
     for name, group in experiments(finished.assign(iterations=None)):
@@ -230,7 +232,7 @@ def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out:
     """Figure 7, the gradient-norm profile and the response ratios of one experiment's layers.parquet rows.
     Diverged runs are left out, as in the error tables: their last measurement is of the blow-up."""
     written, readme = [], []
-    runs = runs[runs["state"] != "diverged"]
+    runs = runs[runs["state"] != DIVERGED]
     layers = layers[layers["run_id"].isin(runs["run_id"])]
     responses = tables.layer_profile(layers, RESPONSE_STD)
     if not responses.empty:
@@ -332,7 +334,7 @@ def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = Non
                              f"{', '.join(sorted(runs['dataset'].astype(str).unique()))}")
         runs = runs[keep]
     if finished_only and not runs.empty:
-        runs = runs[runs["state"] == "finished"]
+        runs = runs[runs["state"] == FINISHED]
     out = Path(out)
     colors = depth_colors(runs["depth"]) if not runs.empty else {}
     written, sections = [], []

@@ -9,8 +9,8 @@
         checkpoint.pt     model, optimizer, schedule, RNG states and the epoch rows so far
         checkpoint.prev.pt  the one before, used if the latest is torn
 
-Every file is written to a new temporary file (random name, O_EXCL | O_NOFOLLOW) and renamed over the old one,
-so readers never see half a file, and a link planted in a shared folder is never written through.
+Every file is written whole or not at all (bench.files.write_atomic), so readers never see half a file, and a
+link planted in a shared folder is never written through.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import io
 import json
 import os
 import re
-import secrets
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,8 +35,10 @@ import torch
 
 from bench.config import RunConfig
 from bench.errors import BenchError
+from bench.files import refuse_link, write_atomic
 from bench.layers import LAYER_SCHEMA
-from bench.records import EPOCH_SCHEMA
+from bench.provenance import utc_now
+from bench.records import DIVERGED, EPOCH_SCHEMA, FINISHED, INTERRUPTED, RUNNING, STATES
 
 EPOCH_COLUMNS = tuple(EPOCH_SCHEMA.names)
 
@@ -45,8 +46,7 @@ CONFIG, EPOCHS, LAYERS, STATUS = "config.json", "epochs.parquet", "layers.parque
 DATA = "data.json"
 CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 
-RUNNING, FINISHED, DIVERGED, INTERRUPTED = "running", "finished", "diverged", "interrupted"
-STATES = (RUNNING, FINISHED, DIVERGED, INTERRUPTED)
+# The run states (bench.records) are store.RUNNING, store.FINISHED... to callers of the results folder too.
 
 # What the JSON files of a run folder must hold (key -> type), checked whenever one is read back.
 CONFIG_SHAPE: dict[str, type | tuple[type, ...]] = {
@@ -56,9 +56,7 @@ STATUS_SHAPE: dict[str, type | tuple[type, ...]] = {"state": str}
 # The fix for any damaged file of a run folder: `bench run` rewrites config.json, status.json and
 # epochs.parquet of a run it finds again (from its configuration and checkpoint).
 _REWRITE = "delete it and run the same `bench run` command again, which rewrites it"
-# errno values that mean "this place cannot be written", as opposed to "the disk is full".
-UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
 
 
 def dataset_folder(dataset: str) -> str:
@@ -69,74 +67,6 @@ def dataset_folder(dataset: str) -> str:
 def run_dir(results: Path, dataset: str, run_id: str) -> Path:
     """Where the run's files live."""
     return Path(results) / dataset_folder(dataset) / run_id
-
-
-def _refuse_link(path: Path) -> None:
-    """A link where a run file goes was planted (or made by hand): writing never goes through one."""
-    if path.is_symlink():
-        raise BenchError(f"{path} is a symbolic link, and bench never writes through one (in a shared folder it "
-                         "may be planted): remove the link and run the same command again")
-
-
-def _create_temporary(path: Path) -> tuple[Path, int]:
-    """A new file beside `path` under a random name, open for writing. O_EXCL and O_NOFOLLOW: a file or link
-    planted at a name someone guessed is never written through; another name is drawn instead."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(16):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return tmp, os.open(tmp, flags, 0o666)  # the umask applies, as it did to open()
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
-
-
-def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through `write` into a new temporary file beside `path`, then rename it over `path`; a symbolic
-    link at `path` is refused (BenchError), never followed or replaced."""
-    path, tmp = Path(path), None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _refuse_link(path)
-        tmp, descriptor = _create_temporary(path)
-        with open(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:  # a Ctrl-C mid-write must not leave a stray temporary file either
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if not isinstance(error, OSError):
-            raise
-        if error.errno in DISK_FULL:
-            raise BenchError(f"disk full while writing {path}: free some space and run the same command "
-                             "again (what was written before is kept)") from None
-        if error.errno in UNWRITABLE:
-            raise BenchError(f"cannot write {path} ({error.strerror}): make the folder writable or pass "
-                             "--results DIR") from None
-        raise
-
-
-def check_writable(results: Path, *, tidy: bool = False) -> None:
-    """Fail early, in one line, if the results folder cannot be created or written. With `tidy`, the folders
-    it had to create are removed again, for callers that may yet fail before they write anything."""
-    results = Path(results)
-    created = [folder for folder in (results, *results.parents) if not folder.exists()]  # deepest first
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-        probe, descriptor = _create_temporary(results / ".write-test")
-        os.close(descriptor)
-        probe.unlink()
-    except OSError as error:
-        raise BenchError(f"cannot write to results folder {results} ({error.strerror}): "
-                         "pass --results DIR with a writable folder") from None
-    finally:
-        for folder in created if tidy else ():
-            try:
-                folder.rmdir()
-            except OSError:
-                break
 
 
 def write_text(path: Path, text: str) -> None:
@@ -253,8 +183,6 @@ def write_layers(path: Path, rows: Sequence[dict]) -> None:
 
 def write_status(directory: Path, state: str, **fields: object) -> None:
     """Record where the run stands (`state` is one of running/finished/diverged/interrupted)."""
-    from bench.provenance import utc_now
-
     write_json(Path(directory) / STATUS, {"state": state, "updated": utc_now(), **fields})
 
 
@@ -305,7 +233,7 @@ def run_lock(directory: Path) -> Iterator[bool]:
         descriptor = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            _refuse_link(directory / ".lock")
+            refuse_link(directory / ".lock")
         raise
     try:
         try:

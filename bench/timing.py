@@ -53,13 +53,13 @@ from torch.utils import benchmark  # noqa: E402
 import resnet
 from bench import store
 from bench.allocator import keep_freed_memory, release_freed_memory
-from bench.config import PRECISIONS, parse_device, threads_notice, unavailable
+from bench.config import parse_device, threads_notice, unavailable
 from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
+from bench.files import check_writable
+from bench.modes import PRECISIONS, check_mode, mode_of
 from bench.provenance import device_name, git_commit
-from bench.records import record_schema
-from bench.step import (TrainStep, accelerate, check_mode, device_settings, graphed_predict, mode_of, numerics,
-                        predict, sgd)
-from bench.tables import PHASES
+from bench.records import PHASES, record_schema
+from bench.step import TrainStep, accelerate, device_settings, graphed_predict, numerics, predict, sgd
 
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 DEFAULT_NUM_CLASSES = {"imagenet": 1000, "cifar": 10}
@@ -105,7 +105,6 @@ class TimingRow:
 
 
 TIMING_SCHEMA = record_schema(TimingRow)
-TIMING_COLUMNS = tuple(TIMING_SCHEMA.names)
 
 
 @dataclass(frozen=True)
@@ -419,7 +418,7 @@ def run_timing(
         notify(reason)
     folder = Path(config.results) / "timing"
     if devices:  # before the sweep, not after it: a sweep can take hours
-        store.check_writable(folder, tidy=True)
+        check_writable(folder, tidy=True)
     nets = _nets(config, notify) if devices else []
     total = len(devices) * len(nets) * len(config.precisions) * len(config.batch_sizes)
     rows: list[dict] = []

@@ -35,7 +35,8 @@ from bench.layers import gradient_rows, response_probe, response_rows
 from bench.loader import augment, epoch_batches
 from bench.provenance import environment, utc_now
 from bench.records import EpochRow
-from bench.step import TrainStep, accelerate, at_least_fp32, mode_of, network_inputs, predict, sgd
+from bench.modes import mode_of
+from bench.step import TrainStep, accelerate, at_least_fp32, network_inputs, predict, sgd
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
 
 __all__ = ["ForcedStop", "Run", "RunState", "Schedule", "check_batch", "describe", "evaluate", "learning_rate",

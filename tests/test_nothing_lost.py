@@ -21,7 +21,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bench import data as data_module
-from bench import store
+from bench import files, store
 from bench.cli import _default_threads, app, expand_lists
 from bench.config import RunConfig
 from bench.data import load_dataset
@@ -83,7 +83,7 @@ def read_only(tmp_path):
 def full_disk_at(monkeypatch):
     """`full_disk_at(path)` makes the next `store.write_atomic(path)` fail as on a full disk: its temporary
     file is a link to /dev/full (temporary names are random and opened O_NOFOLLOW, so it is handed over)."""
-    real, full = store._create_temporary, set()
+    real, full = files._create_temporary, set()
 
     def create(path: Path) -> tuple[Path, int]:
         if path not in full:
@@ -93,7 +93,7 @@ def full_disk_at(monkeypatch):
         tmp.symlink_to("/dev/full")
         return tmp, os.open(tmp, os.O_WRONLY)
 
-    monkeypatch.setattr(store, "_create_temporary", create)
+    monkeypatch.setattr(files, "_create_temporary", create)
     return full.add
 
 
