@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.errors import BenchError
-from bench.modes import PRECISIONS, check_mode, mode_of
-from resnet import ARCHS, SHORTCUTS, ModelConfigError, build_model, family_of
+from bench.errors import BenchError, check_choice, check_positive
+from bench.modes import PRECISIONS, check_mode, check_net, mode_of
+from resnet import ARCHS, family_of
 
 # Each name is defined once; the network's own names (ARCHS, SHORTCUTS) live with the networks, the
 # precisions and modes in bench.modes.
@@ -195,40 +195,24 @@ def paper_rules(config: RunConfig) -> RunConfig:
     return config
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise BenchError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
-
-
 def validate(config: RunConfig) -> RunConfig:
     """Check everything that can be checked before any data is loaded; return the config unchanged."""
-    _choice("arch", config.arch, ARCHS)
-    _choice("precision", config.precision, PRECISIONS)
+    # The net's own checks first (arch, depth, shortcut, stem), where the arch was checked before.
+    check_net(config.depth, config.arch, shortcut=config.shortcut, stem=config.stem, width=4)
+    check_choice("precision", config.precision, PRECISIONS)
     mode = mode_of(config.compile, config.cuda_graph)
     if config.device != "auto":
         check_mode(mode, parse_device(config.device))
-    if config.shortcut is not None:
-        _choice("shortcut", config.shortcut, SHORTCUTS)
     if (config.epochs is None) == (config.iterations is None):
         raise BenchError("give exactly one of --epochs or --iterations")
     for name in ("epochs", "iterations", "batch_size", "width", "train_subset", "test_subset"):
-        value = getattr(config, name)
-        if value is not None and value <= 0:
-            raise BenchError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        check_positive(f"--{name.replace('_', '-')}", getattr(config, name), integer=True)
     if not 0 <= config.seed < 2**32:
         raise BenchError(f"--seeds {config.seed}: seeds run from 0 to 2**32 - 1")
-    # nan compares false with everything, so `lr <= 0` alone would let it (and inf) through.
-    if not (math.isfinite(config.lr) and config.lr > 0):
-        raise BenchError(f"--lr must be a positive finite number, got {config.lr}")
-    if config.warmup_lr is not None and not (math.isfinite(config.warmup_lr) and config.warmup_lr > 0):
-        raise BenchError(f"warmup_lr must be a positive finite number, got {config.warmup_lr}")
+    check_positive("--lr", config.lr)
+    check_positive("warmup_lr", config.warmup_lr)
     for name in ("momentum", "weight_decay", "lr_decay"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):
             raise BenchError(f"{name} must be a finite number of zero or more, got {value}")
-    try:
-        with torch.device("meta"):  # builds in no time and allocates nothing
-            build_model(config.depth, config.arch, shortcut=config.shortcut, stem=config.stem, width=4)
-    except ModelConfigError as error:
-        raise BenchError(str(error)) from None
     return config

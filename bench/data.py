@@ -42,10 +42,9 @@ from torch import Tensor
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from bench import synthetic
-from bench.errors import BenchError, first_line
+from bench.errors import BenchError, Notify, first_line
 from bench.files import write_atomic
 
-Notify = Callable[[str], None]
 Builder = Callable[[], dict]  # decodes or draws a dataset into the dict of tensors that is cached
 
 DATASETS = ("auto", "cifar10", "cifar100", "imagefolder", "synthetic")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import re
 import signal
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,13 +19,12 @@ from bench import distributed, store
 from bench.allocator import keep_freed_memory
 from bench.config import GridConfig, RunConfig, resolve_device, threads_notice, validate
 from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
-from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
+from bench.errors import BenchError, Notify, check_positive, first_line, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
 from bench.modes import PRECISION_TEXT
 from bench.step import device_settings
 from bench.train import Run, check_batch, rewrite_config, train_run
 
-Notify = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +44,8 @@ class Plan:
 def plan(grid: GridConfig) -> Plan:
     """Validate every run and pin the dataset ('auto' becomes what will really be used)."""
     runs = [validate(run) for run in grid.runs()]
-    if grid.time_limit is not None and not (math.isfinite(grid.time_limit) and grid.time_limit > 0):
-        raise BenchError(f"--time-limit must be a positive number of minutes, got {grid.time_limit:g}: leave it "
-                         "out for no limit")
-    if grid.threads is not None and grid.threads < 1:
-        raise BenchError(f"--threads must be 1 or more, got {grid.threads}")
+    check_positive("--time-limit", grid.time_limit, detail=" of minutes", fix=": leave it out for no limit")
+    check_positive("--threads", grid.threads, integer=True)
     dataset, path, notice = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
     return Plan([dataclasses.replace(run, dataset=dataset) for run in runs], dataset, path, notice,
                 Path(grid.results))
@@ -234,7 +228,7 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
                         raise  # under torchrun, train_run has told the ranks apart already
                     item["state"], out_of_memory = "out of memory", True
                     # The CPU allocator's message begins with a C++ source location: keep what it asked for.
-                    reason = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", str(error).splitlines()[0])
+                    reason = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", first_line(error))
                     where = out_of_memory_on(error, device)  # the model is built in host memory
                     notify(f"{config.run_id()}: out of memory on {where} ({reason[:160]}): "
                            "lower --width or --batch-size (or --train-subset, or use --precision bf16 on a GPU); "

@@ -1,5 +1,6 @@
-"""Names both `bench run` and `bench time` speak, below everything that uses them: the precisions a net
-trains and is timed in, and the modes it runs in (bench.step says what each mode does).
+"""What both `bench run` and `bench time` check and speak, below everything that uses it: the precisions a
+net trains and is timed in, the modes it runs in (bench.step says what each mode does), and the check
+that a net can be built.
 
 Here rather than in bench.config or bench.step, so that the configuration can check a mode and the step
 can read a precision without either importing the other.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from bench.errors import BenchError
+from resnet import ModelConfigError, build_model
 
 # A precision is the autocast dtype it trains and times in (None: plain fp32).
 PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
@@ -21,6 +23,16 @@ PRECISION_TEXT = {
              "BatchNorm statistics, the loss and SGD stay in float32)"),
 }
 MODES = ("eager", "compile", "cuda-graph")
+
+
+def check_net(depth: int, arch: str = "residual", **options: object) -> None:
+    """The networks' own checks of depth, arch, family, shortcut, stem and width, as a BenchError: the net is
+    built on the meta device, which takes no time and allocates nothing."""
+    try:
+        with torch.device("meta"):
+            build_model(depth, arch, **options)  # type: ignore[arg-type]
+    except ModelConfigError as error:
+        raise BenchError(str(error)) from None
 
 
 def mode_of(compile: bool, cuda_graph: bool) -> str:

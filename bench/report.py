@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from bench import tables
 from bench.config import EXECUTION_FIELDS, FORMATS, RunConfig
-from bench.errors import BenchError
+from bench.errors import BenchError, Notify
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure,
                          schedule_figure, style, timing_figure)
@@ -43,7 +43,7 @@ EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.nam
 FAMILY_NAMES = {"cifar": "cifar-nets", "imagenet": "imagenet-layout"}
 
 
-def read_timing(results: Sequence[Path], notify: Callable[[str], None] | None = None) -> pd.DataFrame:
+def read_timing(results: Sequence[Path], notify: Notify | None = None) -> pd.DataFrame:
     """Every `bench time` row under `<results>/timing/*.parquet`, the same measurement kept once; a torn or
     foreign file is skipped with a one-line `notify` (default: stderr, as read_results'), never blocking the
     others."""
@@ -257,7 +257,7 @@ def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out:
 
 
 def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, out: Path,
-                formats: Sequence[str], colors: dict, notify: Callable[[str], None]) -> tuple[list[Path], list[str]]:
+                formats: Sequence[str], colors: dict, notify: Notify) -> tuple[list[Path], list[str]]:
     """Figures and tables of one experiment; returns (files written, README lines)."""
     folder = out / name
     written, readme = [], [f"## {name}", "", *[f"- {line}" for line in tables.provenance_lines(runs)], ""]
@@ -310,7 +310,7 @@ def _timing(timing: pd.DataFrame, out: Path, formats: Sequence[str]) -> tuple[li
 
 def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = None,
                 formats: Sequence[str] = ("png",), finished_only: bool = False,
-                notify: Callable[[str], None] = print) -> list[Path]:
+                notify: Notify = print) -> list[Path]:
     """Draw every figure and table of the results folders (merged) into `out`, with `out`/README.md
     showing them all; `dataset` keeps one dataset's runs only, `finished_only` finished runs only (what a
     committed report shows, while later runs of the same grid are still training). Returns the files

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.config import RunConfig
-from bench.errors import BenchError
+from bench.errors import BenchError, Notify, first_line
 from bench.files import refuse_link, write_atomic
 from bench.layers import LAYER_SCHEMA
 from bench.provenance import utc_now
@@ -85,7 +85,7 @@ def read_json(path: Path, shape: Mapping[str, type | tuple[type, ...]] | None = 
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise BenchError(f"cannot read {path} ({reason}): {_REWRITE}") from None
     if not isinstance(data, dict):
         raise BenchError(f"{path} holds a JSON {type(data).__name__}, not an object: {_REWRITE}")
@@ -198,7 +198,7 @@ def save_checkpoint(directory: Path, state: dict) -> None:
     os.replace(directory / f"{CHECKPOINT}.new", latest)
 
 
-def load_checkpoint(directory: Path, notify: Callable[[str], None] = print) -> dict | None:
+def load_checkpoint(directory: Path, notify: Notify = print) -> dict | None:
     """The latest readable checkpoint of a run, the previous one if the latest is torn, or None if none.
 
     A checkpoint that cannot be read at all is a BenchError naming the file, never an unpickling traceback.
@@ -298,7 +298,7 @@ def _check_epochs(frame: pd.DataFrame, path: Path, run_id: str, status: dict) ->
         raise ValueError(f"{len(frame)} epochs, but status.json says {epochs}")
 
 
-def read_epochs(directory: Path, notify: Callable[[str], None] = print, *, repair: bool = False) -> pd.DataFrame:
+def read_epochs(directory: Path, notify: Notify = print, *, repair: bool = False) -> pd.DataFrame:
     """A run's epoch rows (EPOCH_SCHEMA columns): its epochs.parquet, or, when that is torn, foreign, of the
     wrong types, short of the epochs status.json records, or missing, the rows its checkpoint holds (written
     back as epochs.parquet when `repair`, with a notice).
@@ -316,7 +316,7 @@ def read_epochs(directory: Path, notify: Callable[[str], None] = print, *, repai
             _check_epochs(frame, path, directory.name, status)
             return frame
         except Exception as error:  # pyarrow raises several types for a torn or foreign file
-            reason = type(error).__name__ + (f": {str(error).splitlines()[0][:120]}" if str(error).strip() else "")
+            reason = type(error).__name__ + (f": {first_line(error, 120)}" if str(error).strip() else "")
     elif not trained and not any((directory / name).exists()
                                  for name in (CHECKPOINT, f"{CHECKPOINT}.new", PREVIOUS_CHECKPOINT)):
         return epochs_frame([])  # a run that has not finished an epoch yet
@@ -359,7 +359,7 @@ def _stderr(message: str) -> None:
 _PREDATED = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
 
 
-def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stderr) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_results(results: Sequence[Path], notify: Notify = _stderr) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All runs under the given folders: (epochs, runs).
 
     `epochs` has one row per epoch (EPOCH_SCHEMA columns). `runs` has one row per run: the run's config
@@ -415,7 +415,7 @@ def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stder
     return epochs, runs
 
 
-def read_layers(runs: pd.DataFrame, notify: Callable[[str], None] = print) -> pd.DataFrame:
+def read_layers(runs: pd.DataFrame, notify: Notify = print) -> pd.DataFrame:
     """The layers.parquet rows of the given runs (the `runs` frame of `read_results`), with their arch,
     depth and seed; runs without the file (trained before it existed: see `bench analyze`) have none."""
     frames = []

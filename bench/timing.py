@@ -54,15 +54,14 @@ import resnet
 from bench import store
 from bench.allocator import keep_freed_memory, release_freed_memory
 from bench.config import parse_device, threads_notice, unavailable
-from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
+from bench.errors import BenchError, Notify, check_choice, check_positive, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
-from bench.modes import PRECISIONS, check_mode, mode_of
+from bench.modes import PRECISIONS, check_mode, check_net, mode_of
 from bench.provenance import device_name, git_commit
 from bench.records import PHASES, record_schema
 from bench.step import TrainStep, accelerate, device_settings, graphed_predict, numerics, predict, sgd
 
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
-DEFAULT_NUM_CLASSES = {"imagenet": 1000, "cifar": 10}
 OK, OOM = "ok", "oom"
 
 @dataclass(frozen=True)
@@ -210,8 +209,7 @@ def make_phase(
     Puts the model in eval or train mode now, so the mode switch stays outside the timed region:
     build the callable right before timing it.
     """
-    if phase not in PHASES:
-        raise BenchError(f"unknown phase {phase!r}: choose one of {', '.join(PHASES)}")
+    check_choice("phase", phase, PHASES)
     forward = model if forward is None else forward  # not `or`: a compiled module has no truth value
     if phase == "forward":
         model.eval()
@@ -275,25 +273,15 @@ def _validate(config: TimeConfig) -> None:
     """Raise BenchError, naming the fix, for the first thing in `config` that cannot be run."""
     if not config.depths:
         raise BenchError("no depths given: pass --depths, e.g. --depths 18 34 50")
-    if config.family is not None and config.family not in resnet.FAMILIES:
-        raise BenchError(f"unknown family {config.family!r}: choose one of {', '.join(resnet.FAMILIES)}")
-    for depth in config.depths:
-        # build_model checks depth against the family; a meta-device build costs nothing.
-        try:
-            with torch.device("meta"):
-                resnet.build_model(depth, family=_family(config, depth), width=config.width, stem=config.stem)
-        except resnet.ModelConfigError as error:
-            raise BenchError(str(error)) from None
-    checks = [
-        ("arch", config.archs, resnet.ARCHS),
-        ("precision", config.precisions, tuple(PRECISIONS)),
-    ]
-    for name, values, choices in checks:
-        if not values:
-            raise BenchError(f"no {name} given: choose from {', '.join(choices)}")
-        for value in values:
-            if value not in choices:
-                raise BenchError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+    if not config.archs:
+        raise BenchError(f"no arch given: choose from {', '.join(resnet.ARCHS)}")
+    for depth in config.depths:  # the nets' own checks: family, depth against it, arch, width, stem
+        for arch in config.archs:
+            check_net(depth, arch, family=config.family, width=config.width, stem=config.stem)
+    if not config.precisions:
+        raise BenchError(f"no precision given: choose from {', '.join(PRECISIONS)}")
+    for precision in config.precisions:
+        check_choice("precision", precision, PRECISIONS)
     if not config.devices:
         raise BenchError("no device given: pass --device cpu and/or --device cuda")
     mode = mode_of(config.compile, config.cuda_graph)
@@ -303,8 +291,7 @@ def _validate(config: TimeConfig) -> None:
         ("input size", config.input_size), ("threads", config.threads), ("width", config.width),
         ("num_classes", config.num_classes), ("repeats", config.repeats)]
     for name, value in positive:
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**63):
-            raise BenchError(f"{name} must be a positive integer (below 2**63, as results store it), got {value!r}")
+        check_positive(name, value, integer=True, detail=" (below 2**63, as results store it)")
     if not config.batch_sizes:
         raise BenchError("no batch size given: pass --batch-size, e.g. --batch-size 32")
     _check_input_fits(config)
@@ -349,14 +336,14 @@ def _refuse_unfittable(batch: int, input_size: int, device: torch.device) -> Non
                            f"more than the {_bytes(memory)} of {device}")
 
 
-def _nets(config: TimeConfig, notify: Callable[[str], None]) -> list[_Net]:
+def _nets(config: TimeConfig, notify: Notify) -> list[_Net]:
     """Our nets for every depth and arch, each depth followed by torchvision's twin when asked."""
     nets = []
     for depth in config.depths:
         family = _family(config, depth)
         width = config.width or resnet.FAMILY_DEFAULTS[family]["width"]
         stem = config.stem or resnet.FAMILY_DEFAULTS[family]["stem"]
-        classes = config.num_classes or DEFAULT_NUM_CLASSES[family]
+        classes = config.num_classes or resnet.FAMILY_DEFAULTS[family]["num_classes"]
         for arch in config.archs:
             nets.append(_Net(f"{arch}-{depth}", arch, depth, family, width, stem, partial(
                 resnet.build_model, depth, arch, family=family, width=width, stem=stem, num_classes=classes)))
@@ -389,7 +376,7 @@ def _settings(device: torch.device, threads: int | None) -> Iterator[None]:
 
 
 def run_timing(
-    config: TimeConfig, *, progress: bool = True, notify: Callable[[str], None] = print, strict: bool = False
+    config: TimeConfig, *, progress: bool = True, notify: Notify = print, strict: bool = False
 ) -> pd.DataFrame:
     """Time every combination in `config`, write results/timing/<id>.parquet, return its rows.
 
@@ -461,11 +448,11 @@ def run_timing(
 
 def _time_net(
     net: _Net, device: torch.device, config: TimeConfig, commit: str | None,
-    notify: Callable[[str], None], advance: Callable[[], None],
+    notify: Notify, advance: Callable[[], None],
 ) -> list[dict]:
     """All rows for one network on one device: every precision x batch size x phase."""
     input_size = config.input_size or DEFAULT_INPUT_SIZE[net.family]
-    num_classes = config.num_classes or DEFAULT_NUM_CLASSES[net.family]
+    num_classes = config.num_classes or resnet.FAMILY_DEFAULTS[net.family]["num_classes"]
     model = net.build()
     params = resnet.count_parameters(model)
     flops = 2 * resnet.count_macs(model, input_size)

@@ -29,7 +29,7 @@ from bench import store
 from bench.config import RunConfig
 from bench.data import ImageData
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
-from bench.errors import BenchError, first_line
+from bench.errors import BenchError, Notify, first_line
 from bench.interrupts import ForcedStop, StopFlag, deferred_interrupts, signals_held
 from bench.layers import gradient_rows, response_probe, response_rows
 from bench.loader import augment, epoch_batches
@@ -42,7 +42,6 @@ from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
 __all__ = ["ForcedStop", "Run", "RunState", "Schedule", "check_batch", "describe", "evaluate", "learning_rate",
            "make_model", "prepare_inputs", "rewrite_config", "train_epochs", "train_run"]
 
-Notify = Callable[[str], None]
 # Called after every iteration with (iteration, total, stats); stats holds the latest epoch row or running numbers.
 OnStep = Callable[[int, int, dict], None]
 
