@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,11 @@ from bench.errors import BenchError
 # errno values that mean "this place cannot be written", as opposed to "the disk is full".
 UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def safe_name(text: str) -> str:
+    """`text` as a file or folder name: every run of other characters than letters, digits, _ . - becomes -."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
 
 def refuse_link(path: Path) -> None:

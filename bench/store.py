@@ -22,7 +22,6 @@ import fcntl
 import io
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ import torch
 
 from bench.config import RunConfig
 from bench.errors import BenchError, Notify, first_line
-from bench.files import refuse_link, write_atomic
+from bench.files import refuse_link, safe_name, write_atomic
 from bench.layers import LAYER_SCHEMA
 from bench.provenance import utc_now
 from bench.records import DIVERGED, EPOCH_SCHEMA, FINISHED, INTERRUPTED, RUNNING, STATES
@@ -61,7 +60,7 @@ _REWRITE = "delete it and run the same `bench run` command again, which rewrites
 
 def dataset_folder(dataset: str) -> str:
     """A folder name for a dataset name ('imagefolder:tiny' -> 'imagefolder-tiny')."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-") or "dataset"
+    return safe_name(dataset).strip("-") or "dataset"
 
 
 def run_dir(results: Path, dataset: str, run_id: str) -> Path:

@@ -130,8 +130,7 @@ def prepare_inputs(images: torch.Tensor, mean: torch.Tensor, config: RunConfig) 
 
 
 def check_batch(config: RunConfig, train_images: int, world_size: int = 1) -> None:
-    """The global batch must divide over the processes and fit at least once into the training images;
-    `bench run` checks every run of its grid so before any run folder is created."""
+    """The global batch must divide over the processes and fit at least once into the training images."""
     if config.batch_size % world_size:
         raise BenchError(f"--batch-size {config.batch_size} (the global batch) must divide evenly over "
                          f"{world_size} processes")
@@ -149,8 +148,11 @@ class Schedule:
     epochs: int
 
     @classmethod
-    def of(cls, config: RunConfig, train_images: int) -> Schedule:
-        """The schedule of `config` on `train_images` images (a batch `check_batch` has passed)."""
+    def of(cls, config: RunConfig, train_images: int, world_size: int = 1) -> Schedule:
+        """The schedule of `config` on `train_images` images over `world_size` processes; a batch that does
+        not fit is a BenchError (check_batch). `bench run` works out every run's before any run folder is
+        created and hands each to its run."""
+        check_batch(config, train_images, world_size)
         per_epoch = train_images // config.batch_size
         total = config.iterations or config.epochs * per_epoch  # type: ignore[operator]
         return cls(total, per_epoch, math.ceil(total / per_epoch))
@@ -214,13 +216,13 @@ class Run:
     the schedule, and the state a checkpoint saves."""
 
     def __init__(self, config: RunConfig, data: ImageData, directory: Path, device: torch.device,
-                 notify: Notify = print, job: Dist = Dist(), diagnostics: bool = True) -> None:
+                 notify: Notify = print, job: Dist = Dist(), diagnostics: bool = True,
+                 schedule: Schedule | None = None) -> None:
         self.config, self.data, self.directory, self.device, self.notify = config, data, directory, device, notify
         self.job = job
         # layers.parquet; off only to show that measuring changes nothing (tests/test_layers.py).
         self.diagnostics = diagnostics and job.is_main
-        check_batch(config, len(data.train_images), job.world_size)
-        self.schedule = Schedule.of(config, len(data.train_images))
+        self.schedule = schedule or Schedule.of(config, len(data.train_images), job.world_size)
         _seed_everything(config.seed)
         # Every rank draws the same permutation and augmentation from its generator and keeps its own slice,
         # so N processes see exactly the global batches that one process would. The generator lives on the
@@ -414,12 +416,13 @@ def describe(config: RunConfig, data: ImageData, model: nn.Module, schedule: Sch
 
 
 def rewrite_config(config: RunConfig, data: ImageData, directory: Path, device: torch.device, *,
-                   world_size: int = 1, notify: Notify = print) -> None:
+                   world_size: int = 1, notify: Notify = print, schedule: Schedule | None = None) -> None:
     """Write config.json again for a run folder that lost it (deleted by hand, as an error told), so
     `bench report` finds the run again. It describes this machine and has no start time: both are lost."""
     with torch.device("meta"):  # the net's shape and parameter count, without its weights or a compile
         model = make_model(config, data)
-    description = describe(config, data, model, Schedule.of(config, len(data.train_images)), device, world_size)
+    schedule = schedule or Schedule.of(config, len(data.train_images), world_size)
+    description = describe(config, data, model, schedule, device, world_size)
     description.update(started_at=None, rewritten_at=utc_now())
     store.write_json(directory / store.CONFIG, description)
     notify(f"{config.run_id()}: {store.CONFIG} was missing; rewrote it (environment of this machine, no start "
@@ -429,18 +432,18 @@ def rewrite_config(config: RunConfig, data: ImageData, directory: Path, device: 
 def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch.device, *,
               notify: Notify = print, job: Dist = Dist(), on_epoch: Callable[[Run, dict], None] | None = None,
               on_step: OnStep | None = None, on_start: Callable[[Run], None] | None = None,
-              deadline: float | None = None, diagnostics: bool = True) -> str:
+              deadline: float | None = None, diagnostics: bool = True, schedule: Schedule | None = None) -> str:
     """Train (or resume) one run in `directory` to its end; returns its final state.
 
     `deadline` (a time.monotonic() value) stops the run cleanly after the first epoch that ends past it,
     as 'interrupted', so a long job can run in chunks on machines lent for a fixed time. `diagnostics`
-    records layers.parquet (bench.layers).
+    records layers.parquet (bench.layers). `schedule` is the run's, when the caller has worked it out already.
 
     Finished epochs are on disk after each epoch. Ctrl-C saves the half-done epoch too and re-raises, so the
     same command resumes where it stopped. A NaN or infinite loss ends the run as 'diverged'. With several
     ranks, all of them resume from rank 0's checkpoint and only rank 0 writes.
     """
-    run = Run(config, data, directory, device, notify, job, diagnostics)
+    run = Run(config, data, directory, device, notify, job, diagnostics, schedule)
     try:
         checkpoint = store.load_checkpoint(directory, notify)
         if checkpoint is not None:

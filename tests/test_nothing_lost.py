@@ -21,6 +21,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bench import data as data_module
+from bench import sources
 from bench import files, store
 from bench.cli import _default_threads, app, expand_lists
 from bench.config import RunConfig
@@ -407,7 +408,7 @@ def test_logs_get_whole_tables_epoch_lines_and_notices_apart(tmp_path, data_dir,
     assert any(run_id in line and "finished" in line for line in result.stdout.splitlines())  # not cut to 80
     assert not (folder / store.PREVIOUS_CHECKPOINT).exists() and (folder / store.CHECKPOINT).exists()
 
-    monkeypatch.setattr(data_module, "_reachable", lambda host, *rest, **kw: False)
+    monkeypatch.setattr(sources, "_reachable", lambda host, *rest, **kw: False)
     dry = bench("run", "--depths", "8", "20", "--dataset", "auto", "--data-dir", str(tmp_path / "empty"),
                 "--results", str(tmp_path / "r"), "--dry-run")
     assert dry.exit_code == 0, dry.output
