@@ -46,9 +46,8 @@ def architecture_table(
                 # Meta skips initialising imagenet's tens of millions of weights; the small but
                 # many-layered cifar nets build faster without its per-call dispatch (1202: 0.7 s vs 2 s).
                 with torch.device("meta") if family == "imagenet" else contextlib.nullcontext():
-                    model = resnet.build_model(
-                        depth, arch, family=family, num_classes=resnet.FAMILY_DEFAULTS[family]["num_classes"], stride_on=stride_on
-                    )
+                    model = resnet.build_model(depth, arch, family=family, stride_on=stride_on,
+                                               num_classes=resnet.FAMILY_DEFAULTS[family]["num_classes"])
                 rows.append(
                     {
                         "family": family,

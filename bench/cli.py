@@ -291,8 +291,8 @@ def time(
 ) -> None:
     """Time forward, forward+backward and the training step of each network on CPU and GPU."""
     from bench.grid import print_whole
-    from bench.timing import TimeConfig, run_timing
-    from bench.timing import render_table as timing_table
+    from bench.timing import TimeConfig, sweep
+    from bench.timing_rows import render_table as timing_table
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop saves what was measured too
 
@@ -301,16 +301,16 @@ def time(
                         input_size=input_size, precisions=values(precision) or ("fp32",), width=width,
                         stem=stem and stem.value, channels_last=channels_last, compile=compile,
                         cuda_graph=cuda_graph, threads=threads, reference=reference, results=str(results))
-    frame = run_timing(config, progress=progress, strict=True, notify=lambda message: errors.print(
+    result = sweep(config, progress=progress, strict=True, notify=lambda message: errors.print(
         message, style="yellow", markup=False, highlight=False, soft_wrap=True))
-    if len(frame):
-        print_whole(console, timing_table(frame))
-    if frame.attrs.get("error"):  # the measurements were kept elsewhere; the error says where
-        raise BenchError(frame.attrs["error"])
-    if frame.attrs.get("path"):
-        console.print(f"wrote {frame.attrs['path']}", highlight=False, soft_wrap=True)
-    if frame.attrs.get("interrupted"):  # nothing resumes a sweep: say what is kept, and that it starts over
-        kept = (f"the {len(frame)} measurements made are saved in {frame.attrs['path']}" if frame.attrs.get("path")
+    if len(result.rows):
+        print_whole(console, timing_table(result.rows))
+    if result.error:  # the measurements were kept elsewhere; the error says where
+        raise BenchError(result.error)
+    if result.path:
+        console.print(f"wrote {result.path}", highlight=False, soft_wrap=True)
+    if result.interrupted:  # nothing resumes a sweep: say what is kept, and that it starts over
+        kept = (f"the {len(result.rows)} measurements made are saved in {result.path}" if result.path
                 else "nothing was measured yet, so nothing was saved")
         errors.print(f"interrupted: {kept}; the same command times everything again", style="yellow",
                      markup=False, highlight=False, soft_wrap=True)
