@@ -22,7 +22,6 @@ PRECISION_TEXT = {
     "bf16": ("bf16 (autocast: convolutions and the fc layer in bfloat16, so activations are bf16; weights, "
              "BatchNorm statistics, the loss and SGD stay in float32)"),
 }
-MODES = ("eager", "compile", "cuda-graph")
 
 
 def check_net(depth: int, arch: str = "residual", **options: object) -> None:
