@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bench.config import FORMATS, PRESETS, usable_cpus
+from bench.config import FORMATS, PRESETS, parse_gpus, usable_cpus
 from bench.errors import BenchError
 from bench.modes import PRECISIONS
 from resnet import ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
@@ -152,16 +152,7 @@ def _devices(value: str | None, device: str) -> tuple[str, ...]:
         return tuple(f"cuda:{i}" for i in range(count)) if count > 1 else ()
     if device == "cpu":
         raise BenchError("--devices names GPUs, but --device is cpu: drop one of them")
-    try:
-        indices = [int(part) for part in value.split(",")]
-    except ValueError:
-        raise BenchError(f"--devices {value!r}: give GPU indices, e.g. 0,1,2,3") from None
-    visible = torch.cuda.device_count()
-    if visible == 0:
-        raise BenchError("--devices needs CUDA GPUs and none is visible: leave --devices out")
-    if any(not 0 <= i < visible for i in indices):
-        raise BenchError(f"--devices {value!r}: {visible} GPU(s) visible, so indices run 0..{visible - 1}")
-    return tuple(f"cuda:{i}" for i in indices)
+    return parse_gpus(value)
 
 
 @app.command(cls=OneLineErrors)

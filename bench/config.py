@@ -108,6 +108,21 @@ def parse_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def parse_gpus(value: str) -> tuple[str, ...]:
+    """GPU indices as `--devices` takes them, '0,1' -> ('cuda:0', 'cuda:1'), each a GPU this machine has;
+    anything else a BenchError."""
+    try:
+        indices = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise BenchError(f"--devices {value!r}: give GPU indices, e.g. 0,1,2,3") from None
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        raise BenchError("--devices needs CUDA GPUs and none is visible: leave --devices out")
+    if any(not 0 <= i < visible for i in indices):
+        raise BenchError(f"--devices {value!r}: {visible} GPU(s) visible, so indices run 0..{visible - 1}")
+    return tuple(f"cuda:{i}" for i in indices)
+
+
 def unavailable(device: torch.device) -> str | None:
     """Why `device` cannot be used on this machine, or None when it can."""
     if device.type == "cuda" and not torch.cuda.is_available():
