@@ -348,7 +348,7 @@ def train_epochs(run: Run, on_step: OnStep | None = None) -> Iterator[dict]:
     per_rank = config.batch_size // job.world_size
     mine = slice(job.rank * per_rank, (job.rank + 1) * per_rank)
     while not run.finished:
-        if state.partial is None:
+        if state.partial is None:  # drawn at the epoch's start and checkpointed with it: a resume trains the same
             batches = epoch_batches(len(data.train_images), config.batch_size, run.generator, drop_last=True)
             state.partial = HalfEpoch(torch.stack(batches[: total - state.iteration]).cpu())
         epoch = state.partial
@@ -386,13 +386,13 @@ def train_epochs(run: Run, on_step: OnStep | None = None) -> Iterator[dict]:
             epoch.loss_sum, epoch.wrong = loss_sum.item(), int(wrong.item())
             epoch.seconds += time.perf_counter() - started
         started = time.perf_counter()
-        train_sums = tuple(all_sum(value, job) for value in epoch.sums(run.device))
+        loss_total, wrong_total = (all_sum(value, job) for value in epoch.sums(run.device))
         test = evaluate(run.model, data.test_images, data.test_labels, data.mean, config, job)
         seconds = epoch.seconds + time.perf_counter() - started
         state.epoch += 1
         run.record_responses()  # outside the epoch's seconds: a diagnostic, not part of the training it times
         state.partial = None
-        state.rows.append(run.epoch_row(epoch, lr, train_sums, test, seconds))  # type: ignore[arg-type]
+        state.rows.append(run.epoch_row(epoch, lr, (loss_total, wrong_total), test, seconds))
         yield state.rows[-1]
 
 
