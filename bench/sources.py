@@ -3,7 +3,8 @@
 `resolve_dataset` turns a name into the dataset that will really be used and where it lies: a CIFAR copy in
 the data folder (any form bench.decoding reads), an ImageFolder, the offline synthetic set, or CIFAR to be
 downloaded when the internet is reachable (a 3 s connect test). `bench run` resolves once, in its plan,
-and hands the DataSource to `bench.data.load_dataset`, which loads it without resolving again.
+and hands the DataSource to `bench.data.load_dataset`, which loads it without resolving again. The helpers
+keep their leading underscore: bench.data's and bench.decoding's, not an API of their own.
 """
 
 from __future__ import annotations
