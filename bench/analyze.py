@@ -6,7 +6,7 @@ wants the statistic over every test image rather than the 1,000 that training me
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +14,10 @@ import pandas as pd
 from bench import store
 from bench.config import RunConfig, resolve_device
 from bench.data import load_dataset
-from bench.errors import BenchError
+from bench.errors import BenchError, Notify, first_line
 from bench.layers import RESPONSE_STD, response_rows
 from bench.train import make_model, prepare_inputs
 
-Notify = Callable[[str], None]
 
 
 def run_folders(paths: Sequence[Path]) -> list[Path]:
@@ -65,7 +64,7 @@ def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = 
             model.load_state_dict(checkpoint["model"])
         except RuntimeError as error:
             raise BenchError(f"{directory}: its checkpoint does not fit the network built for {data.info.source} "
-                             f"({str(error).splitlines()[0][:120]}): pass the --data-dir it was trained on") from None
+                             f"({first_line(error, 120)}): pass the --data-dir it was trained on") from None
         target = resolve_device(device)
         model.to(target)
         mean = data.mean.to(target)

@@ -9,7 +9,7 @@ import torch
 from rich.table import Table
 
 import resnet
-from bench.errors import BenchError
+from bench.errors import check_choice, check_positive
 
 # Paper Table 1, multiply-adds at 224x224 ("FLOPs" there), of the residual nets; the paper's
 # plain nets are 18 and 34 deep only, and it gives them the same counts (section 3.3).
@@ -19,7 +19,6 @@ PAPER_PLAIN_DEPTHS = (18, 34)
 PAPER_PARAMS = {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6, 1202: 19.4e6}
 
 _DEPTHS = {"imagenet": resnet.IMAGENET_DEPTHS, "cifar": resnet.CIFAR_DEPTHS}
-_NUM_CLASSES = {"imagenet": 1000, "cifar": 10}
 
 
 def architecture_table(
@@ -38,10 +37,8 @@ def architecture_table(
     """
     families = tuple(families)
     for family in families:
-        if family not in _DEPTHS:
-            raise BenchError(f"unknown family {family!r}: choose from {', '.join(_DEPTHS)}")
-    if input_size < 1:
-        raise BenchError(f"input size must be a positive number of pixels, got {input_size}")
+        check_choice("family", family, tuple(_DEPTHS))
+    check_positive("input size", input_size, integer=True, detail=" of pixels")
     rows = []
     for family in families:
         for depth in _DEPTHS[family]:
@@ -49,9 +46,8 @@ def architecture_table(
                 # Meta skips initialising imagenet's tens of millions of weights; the small but
                 # many-layered cifar nets build faster without its per-call dispatch (1202: 0.7 s vs 2 s).
                 with torch.device("meta") if family == "imagenet" else contextlib.nullcontext():
-                    model = resnet.build_model(
-                        depth, arch, family=family, num_classes=_NUM_CLASSES[family], stride_on=stride_on
-                    )
+                    model = resnet.build_model(depth, arch, family=family, stride_on=stride_on,
+                                               num_classes=resnet.FAMILY_DEFAULTS[family]["num_classes"])
                 rows.append(
                     {
                         "family": family,

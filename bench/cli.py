@@ -17,8 +17,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bench.config import FORMATS, PRECISIONS, PRESETS, usable_cpus
+from bench.config import FORMATS, PRESETS, parse_gpus, usable_cpus
 from bench.errors import BenchError
+from bench.modes import PRECISIONS
 from resnet import ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -102,7 +103,7 @@ def handles_errors(function: F) -> F:
             errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as error:  # an output folder that is a file, read-only or full, met outside bench.store
-            from bench.store import DISK_FULL, UNWRITABLE
+            from bench.files import DISK_FULL, UNWRITABLE
 
             if error.errno not in (*UNWRITABLE, *DISK_FULL):
                 raise
@@ -151,16 +152,7 @@ def _devices(value: str | None, device: str) -> tuple[str, ...]:
         return tuple(f"cuda:{i}" for i in range(count)) if count > 1 else ()
     if device == "cpu":
         raise BenchError("--devices names GPUs, but --device is cpu: drop one of them")
-    try:
-        indices = [int(part) for part in value.split(",")]
-    except ValueError:
-        raise BenchError(f"--devices {value!r}: give GPU indices, e.g. 0,1,2,3") from None
-    visible = torch.cuda.device_count()
-    if visible == 0:
-        raise BenchError("--devices needs CUDA GPUs and none is visible: leave --devices out")
-    if any(not 0 <= i < visible for i in indices):
-        raise BenchError(f"--devices {value!r}: {visible} GPU(s) visible, so indices run 0..{visible - 1}")
-    return tuple(f"cuda:{i}" for i in indices)
+    return parse_gpus(value)
 
 
 @app.command(cls=OneLineErrors)
@@ -290,8 +282,8 @@ def time(
 ) -> None:
     """Time forward, forward+backward and the training step of each network on CPU and GPU."""
     from bench.grid import print_whole
-    from bench.timing import TimeConfig, run_timing
-    from bench.timing import render_table as timing_table
+    from bench.timing import TimeConfig, sweep
+    from bench.timing_rows import render_table as timing_table
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop saves what was measured too
 
@@ -300,16 +292,16 @@ def time(
                         input_size=input_size, precisions=values(precision) or ("fp32",), width=width,
                         stem=stem and stem.value, channels_last=channels_last, compile=compile,
                         cuda_graph=cuda_graph, threads=threads, reference=reference, results=str(results))
-    frame = run_timing(config, progress=progress, strict=True, notify=lambda message: errors.print(
+    result = sweep(config, progress=progress, strict=True, notify=lambda message: errors.print(
         message, style="yellow", markup=False, highlight=False, soft_wrap=True))
-    if len(frame):
-        print_whole(console, timing_table(frame))
-    if frame.attrs.get("error"):  # the measurements were kept elsewhere; the error says where
-        raise BenchError(frame.attrs["error"])
-    if frame.attrs.get("path"):
-        console.print(f"wrote {frame.attrs['path']}", highlight=False, soft_wrap=True)
-    if frame.attrs.get("interrupted"):  # nothing resumes a sweep: say what is kept, and that it starts over
-        kept = (f"the {len(frame)} measurements made are saved in {frame.attrs['path']}" if frame.attrs.get("path")
+    if len(result.rows):
+        print_whole(console, timing_table(result.rows))
+    if result.error:  # the measurements were kept elsewhere; the error says where
+        raise BenchError(result.error)
+    if result.path:
+        console.print(f"wrote {result.path}", highlight=False, soft_wrap=True)
+    if result.interrupted:  # nothing resumes a sweep: say what is kept, and that it starts over
+        kept = (f"the {len(result.rows)} measurements made are saved in {result.path}" if result.path
                 else "nothing was measured yet, so nothing was saved")
         errors.print(f"interrupted: {kept}; the same command times everything again", style="yellow",
                      markup=False, highlight=False, soft_wrap=True)

@@ -16,19 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.errors import BenchError
-from resnet import ARCHS, SHORTCUTS
+from bench.errors import BenchError, check_choice, check_positive
+from bench.modes import PRECISIONS, check_mode, check_net, mode_of
+from resnet import ARCHS, family_of
 
-# Each name is defined once; the network's own names (ARCHS, SHORTCUTS) live with the networks.
-# A precision is the autocast dtype it trains and times in (None: plain fp32).
-PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
-PRECISIONS = tuple(PRECISION_DTYPES)
-# What each precision computes in, as `bench run` says it before training.
-PRECISION_TEXT = {
-    "fp32": "fp32 (everything in float32)",
-    "bf16": ("bf16 (autocast: convolutions and the fc layer in bfloat16, so activations are bf16; weights, "
-             "BatchNorm statistics, the loss and SGD stay in float32)"),
-}
+# Each name is defined once; the network's own names (ARCHS, SHORTCUTS) live with the networks, the
+# precisions and modes in bench.modes.
 DEVICES = ("auto", "cpu", "cuda")
 FORMATS = ("png", "svg", "pdf")  # what bench report draws figures as
 # How a run executes, not what it computes: left out of the run_id.
@@ -115,6 +108,21 @@ def parse_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def parse_gpus(value: str) -> tuple[str, ...]:
+    """GPU indices as `--devices` takes them, '0,1' -> ('cuda:0', 'cuda:1'), each a GPU this machine has;
+    anything else a BenchError."""
+    try:
+        indices = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise BenchError(f"--devices {value!r}: give GPU indices, e.g. 0,1,2,3") from None
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        raise BenchError("--devices needs CUDA GPUs and none is visible: leave --devices out")
+    if any(not 0 <= i < visible for i in indices):
+        raise BenchError(f"--devices {value!r}: {visible} GPU(s) visible, so indices run 0..{visible - 1}")
+    return tuple(f"cuda:{i}" for i in indices)
+
+
 def unavailable(device: torch.device) -> str | None:
     """Why `device` cannot be used on this machine, or None when it can."""
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -197,50 +205,29 @@ class GridConfig:
 def paper_rules(config: RunConfig) -> RunConfig:
     """Section 4.2's one exception: CIFAR nets of 110 layers and more warm up at lr 0.01 until training
     error is below 80%, because 0.1 is too large to start converging."""
-    from resnet import family_of
-
     if config.preset == "paper" and config.depth >= 110 and config.warmup_lr is None and family_of(config.depth) == "cifar":
         return dataclasses.replace(config, warmup_lr=config.lr / 10)
     return config
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise BenchError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
-
-
 def validate(config: RunConfig) -> RunConfig:
     """Check everything that can be checked before any data is loaded; return the config unchanged."""
-    from bench.step import check_mode, mode_of  # bench.step reads this module's names
-    from resnet import ModelConfigError, build_model  # a build is the only honest check of the net
-
-    _choice("arch", config.arch, ARCHS)
-    _choice("precision", config.precision, PRECISIONS)
+    # The net's own checks first (arch, depth, shortcut, stem), where the arch was checked before.
+    check_net(config.depth, config.arch, shortcut=config.shortcut, stem=config.stem, width=4)
+    check_choice("precision", config.precision, PRECISIONS)
     mode = mode_of(config.compile, config.cuda_graph)
     if config.device != "auto":
         check_mode(mode, parse_device(config.device))
-    if config.shortcut is not None:
-        _choice("shortcut", config.shortcut, SHORTCUTS)
     if (config.epochs is None) == (config.iterations is None):
         raise BenchError("give exactly one of --epochs or --iterations")
     for name in ("epochs", "iterations", "batch_size", "width", "train_subset", "test_subset"):
-        value = getattr(config, name)
-        if value is not None and value <= 0:
-            raise BenchError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        check_positive(f"--{name.replace('_', '-')}", getattr(config, name), integer=True)
     if not 0 <= config.seed < 2**32:
         raise BenchError(f"--seeds {config.seed}: seeds run from 0 to 2**32 - 1")
-    # nan compares false with everything, so `lr <= 0` alone would let it (and inf) through.
-    if not (math.isfinite(config.lr) and config.lr > 0):
-        raise BenchError(f"--lr must be a positive finite number, got {config.lr}")
-    if config.warmup_lr is not None and not (math.isfinite(config.warmup_lr) and config.warmup_lr > 0):
-        raise BenchError(f"warmup_lr must be a positive finite number, got {config.warmup_lr}")
+    check_positive("--lr", config.lr)
+    check_positive("warmup_lr", config.warmup_lr)
     for name in ("momentum", "weight_decay", "lr_decay"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):
             raise BenchError(f"{name} must be a finite number of zero or more, got {value}")
-    try:
-        with torch.device("meta"):  # builds in no time and allocates nothing
-            build_model(config.depth, config.arch, shortcut=config.shortcut, stem=config.stem, width=4)
-    except ModelConfigError as error:
-        raise BenchError(str(error)) from None
     return config

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import re
 import signal
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,25 +17,30 @@ from rich.table import Table
 
 from bench import distributed, store
 from bench.allocator import keep_freed_memory
-from bench.config import PRECISION_TEXT, GridConfig, RunConfig, resolve_device, threads_notice, validate
-from bench.data import ImageData, load_dataset, resolve_dataset, take_subset
-from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
+from bench.config import GridConfig, RunConfig, resolve_device, threads_notice, validate
+from bench.data import DataSource, ImageData, load_dataset, resolve_dataset, take_subset
+from bench.errors import BenchError, Notify, check_positive, first_line, is_out_of_memory, out_of_memory_on
+from bench.files import check_writable
 from bench.fitting import Fit, first_fit, fit_text, fit_verdict, fits, median_pass
+from bench.modes import PRECISION_TEXT
 from bench.step import device_settings
-from bench.train import Run, check_batch, rewrite_config, train_run
-
-Notify = Callable[[str], None]
-
+from bench.train import Run, Schedule, rewrite_config, train_run
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What a grid resolves to before anything is trained."""
 
     runs: list[RunConfig]
-    dataset: str
-    data_path: Path | None
-    notice: str | None
+    source: DataSource  # resolved once here; the loading, and every --devices worker, take it as it is
     results: Path
+
+    @property
+    def dataset(self) -> str:
+        return self.source.name
+
+    @property
+    def notice(self) -> str | None:
+        return self.source.notice
 
     def directory(self, run: RunConfig) -> Path:
         return store.run_dir(self.results, self.dataset, run.run_id())
@@ -46,14 +49,10 @@ class Plan:
 def plan(grid: GridConfig) -> Plan:
     """Validate every run and pin the dataset ('auto' becomes what will really be used)."""
     runs = [validate(run) for run in grid.runs()]
-    if grid.time_limit is not None and not (math.isfinite(grid.time_limit) and grid.time_limit > 0):
-        raise BenchError(f"--time-limit must be a positive number of minutes, got {grid.time_limit:g}: leave it "
-                         "out for no limit")
-    if grid.threads is not None and grid.threads < 1:
-        raise BenchError(f"--threads must be 1 or more, got {grid.threads}")
-    dataset, path, notice = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
-    return Plan([dataclasses.replace(run, dataset=dataset) for run in runs], dataset, path, notice,
-                Path(grid.results))
+    check_positive("--time-limit", grid.time_limit, detail=" of minutes", fix=": leave it out for no limit")
+    check_positive("--threads", grid.threads, integer=True)
+    source = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
+    return Plan([dataclasses.replace(run, dataset=source.name) for run in runs], source, Path(grid.results))
 
 
 def dry_run_lines(p: Plan) -> list[str]:
@@ -84,10 +83,11 @@ class GridProgress:
         self.task = None
 
     def start(self, run: Run) -> None:
-        last = run.rows[-1] if run.rows else None
+        state = run.state
+        last = state.rows[-1] if state.rows else None
         self.task = self.progress.add_task(
-            f"{run.config.arch}-{run.config.depth} s{run.config.seed}", total=run.total, completed=run.iteration,
-            epoch=run.epoch, epochs=run.epochs_total, loss="-", speed="",
+            f"{run.config.arch}-{run.config.depth} s{run.config.seed}", total=run.schedule.iterations,
+            completed=state.iteration, epoch=state.epoch, epochs=run.schedule.epochs, loss="-", speed="",
             train=f"{last['train_error']:.1%}" if last else "-", test=f"{last['test_error']:.1%}" if last else "-",
         )
 
@@ -98,10 +98,10 @@ class GridProgress:
     def epoch(self, run: Run, row: dict) -> None:
         if self.progress.disable:  # logs without a live display still get one line per epoch
             self.progress.console.print(
-                f"{row['run_id']} epoch {run.epoch}/{run.epochs_total}: loss {row['train_loss']:.3f} "
+                f"{row['run_id']} epoch {run.state.epoch}/{run.schedule.epochs}: loss {row['train_loss']:.3f} "
                 f"train {row['train_error']:.2%} test {row['test_error']:.2%} "
                 f"{row['images_per_second']:.0f} img/s", highlight=False, soft_wrap=True)
-        self.progress.update(self.task, epoch=run.epoch, loss=f"{row['train_loss']:.3f}",
+        self.progress.update(self.task, epoch=run.state.epoch, loss=f"{row['train_loss']:.3f}",
                              train=f"{row['train_error']:.1%}", test=f"{row['test_error']:.1%}",
                              speed=f"{row['images_per_second']:.0f} img/s")
 
@@ -183,10 +183,10 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     # configuration, the epochs and the summary (and --dry-run's one line per run).
     notices = Console(stderr=True, soft_wrap=True, quiet=not distributed.from_environment().is_main)
     p = resolved or plan(grid)
-    store.check_writable(p.results)
+    check_writable(p.results)
     folder = p.results / store.dataset_folder(p.dataset)
     if folder.exists():  # a file or read-only folder in the way fails now, not after the data is decoded
-        store.check_writable(folder)
+        check_writable(folder)
     if p.notice:
         notices.print(p.notice, style="bold yellow", markup=False, highlight=False)
     if len(grid.devices) > 1:
@@ -211,69 +211,22 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
 def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Console, notices: Console,
               progress: bool, time_limit: float | None) -> list[dict]:
     notify: Notify = lambda message: notices.print(message, style="yellow", markup=False, highlight=False)
-    base = p.runs[0]
-    data = None
-    for turn in (True, False):  # rank 0 decodes and caches the data first, the other ranks then load the cache
-        if job.is_main == turn:
-            data = load_dataset(p.dataset, p.data_path, progress=progress and job.is_main, notify=notify)
-        distributed.barrier(job)
-    data = take_subset(data, base.train_subset, base.test_subset).to(device)
+    data = _load_data(p, device, job, progress, notify)
     console.print(f"data: {data.info.name} ({data.info.train_size} train / {data.info.test_size} test, "
                   f"{data.info.source}) on {device}" + (f" x {job.world_size} ranks" if job.enabled else "")
-                  + f"; precision: {PRECISION_TEXT[base.precision]}", soft_wrap=True)
+                  + f"; precision: {PRECISION_TEXT[p.runs[0].precision]}", soft_wrap=True)
     if data.info.note:
         console.print(f"[yellow]note: {data.info.note}", soft_wrap=True)
-    for config in p.runs:  # before any run folder is made: a batch that cannot fit leaves nothing behind
-        check_batch(config, len(data.train_images), job.world_size)
+    # Before any run folder is made: a batch that cannot fit leaves nothing behind.
+    schedules = [Schedule.of(config, len(data.train_images), job.world_size) for config in p.runs]
     bars = GridProgress(console, progress and job.is_main)
     deadline = time.monotonic() + 60 * time_limit if time_limit else None
     summary = []
     with bars.progress:
-        for config in p.runs:
+        for config, schedule in zip(p.runs, schedules):
             directory = p.directory(config)
-            item = {"run_id": config.run_id(), "arch": config.arch, "depth": config.depth, "seed": config.seed,
-                    "rows": [], "seconds": 0.0}
+            item, out_of_memory = _grid_run(config, schedule, directory, data, device, job, bars, notify, deadline)
             summary.append(item)
-            out_of_memory = False
-            with store.run_lock(directory) if job.is_main else nullcontext(True) as mine:
-                try:
-                    if mine:
-                        store.check_same_data(directory, data.info.fingerprint, data.info.source)
-                        store.record_data(directory, data.info.fingerprint, data.info.source, data.info.name)
-                    state, problem = (store.run_state(directory) if mine else "busy"), None
-                except BenchError as error:  # every rank must stop, not only the one that read the files
-                    state, problem = None, str(error)
-                state, problem = distributed.broadcast((state, problem), job)
-                if problem:
-                    raise BenchError(problem)
-                if state == "busy":
-                    item["state"] = "busy (another process)"
-                    notify(f"{config.run_id()}: another bench process is training it; skipped")
-                    continue
-                if state in (store.FINISHED, store.DIVERGED):
-                    item["state"] = f"{state} (earlier)"
-                    if job.is_main:
-                        _found_done(config, data, directory, device, job, notify, state)
-                    item["rows"] = _rows(directory, notify, repair=job.is_main)
-                    continue
-                started = time.perf_counter()
-                try:
-                    item["state"] = train_run(config, data, directory, device, notify=notify, job=job,
-                                              on_start=bars.start, on_step=bars.step, on_epoch=bars.epoch,
-                                              deadline=deadline)
-                except RuntimeError as error:
-                    if job.enabled or not is_out_of_memory(error):
-                        raise  # under torchrun, train_run has told the ranks apart already
-                    item["state"], out_of_memory = "out of memory", True
-                    # The CPU allocator's message begins with a C++ source location: keep what it asked for.
-                    reason = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", str(error).splitlines()[0])
-                    where = out_of_memory_on(error, device)  # the model is built in host memory
-                    notify(f"{config.run_id()}: out of memory on {where} ({reason[:160]}): "
-                           "lower --width or --batch-size (or --train-subset, or use --precision bf16 on a GPU); "
-                           "going on with the next run")
-                finally:
-                    item["seconds"] = time.perf_counter() - started
-                    item["rows"] = _rows(directory, notify)
             # The run's model, optimizer and batches, before the next run allocates its own. The cyclic
             # collector is needed: make_graphed_callables leaves a --cuda-graph run's module in a reference
             # cycle (its forward closes over the module), graphs and memory pools with it.
@@ -290,30 +243,93 @@ def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Con
     return summary
 
 
-def _found_done(config: RunConfig, data: ImageData, directory: Path, device: torch.device, job: distributed.Dist,
-                notify: Notify, state: str) -> None:
+def _load_data(p: Plan, device: torch.device, job: distributed.Dist, progress: bool, notify: Notify) -> ImageData:
+    """The plan's data, its runs' subset, on `device`: rank 0 decodes and caches it first, the other ranks
+    then load the cache."""
+    data = None
+    for turn in (True, False):
+        if job.is_main == turn:
+            data = load_dataset(p.source, progress=progress and job.is_main, notify=notify)
+        distributed.barrier(job)
+    base = p.runs[0]
+    return take_subset(data, base.train_subset, base.test_subset).to(device)  # type: ignore[arg-type]
+
+
+def _grid_run(config: RunConfig, schedule: Schedule, directory: Path, data: ImageData, device: torch.device,
+              job: distributed.Dist, bars: GridProgress, notify: Notify,
+              deadline: float | None) -> tuple[dict, bool]:
+    """One run of the grid, unless it is done or another process holds it: its summary item, and whether it
+    ran out of memory."""
+    item = {"run_id": config.run_id(), "arch": config.arch, "depth": config.depth, "seed": config.seed,
+            "rows": [], "seconds": 0.0}
+    with store.run_lock(directory) if job.is_main else nullcontext(True) as mine:
+        try:
+            if mine:
+                store.check_same_data(directory, data.info.fingerprint, data.info.source)
+                store.record_data(directory, data.info.fingerprint, data.info.source, data.info.name)
+            state, problem = (store.run_state(directory) if mine else "busy"), None
+        except BenchError as error:  # every rank must stop, not only the one that read the files
+            state, problem = None, str(error)
+        state, problem = distributed.broadcast((state, problem), job)
+        if problem:
+            raise BenchError(problem)
+        if state == "busy":
+            item["state"] = "busy (another process)"
+            notify(f"{config.run_id()}: another bench process is training it; skipped")
+            return item, False
+        if state in (store.FINISHED, store.DIVERGED):
+            item["state"] = f"{state} (earlier)"
+            if job.is_main:
+                _found_done(config, schedule, data, directory, device, job, notify, state)
+            item["rows"] = _rows(directory, notify, repair=job.is_main)
+            return item, False
+        started = time.perf_counter()
+        try:
+            item["state"] = train_run(config, data, directory, device, notify=notify, job=job, on_start=bars.start,
+                                      on_step=bars.step, on_epoch=bars.epoch, deadline=deadline, schedule=schedule)
+        except RuntimeError as error:
+            if job.enabled or not is_out_of_memory(error):
+                raise  # under torchrun, train_run has told the ranks apart already
+            item["state"] = "out of memory"
+            # The CPU allocator's message begins with a C++ source location: keep what it asked for.
+            reason = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", first_line(error))
+            where = out_of_memory_on(error, device)  # the model is built in host memory
+            notify(f"{config.run_id()}: out of memory on {where} ({reason[:160]}): "
+                   "lower --width or --batch-size (or --train-subset, or use --precision bf16 on a GPU); "
+                   "going on with the next run")
+            return item, True
+        finally:
+            item["seconds"] = time.perf_counter() - started
+            item["rows"] = _rows(directory, notify)
+    return item, False
+
+
+def _found_done(config: RunConfig, schedule: Schedule, data: ImageData, directory: Path, device: torch.device,
+                job: distributed.Dist, notify: Notify, state: str) -> None:
     """Tidy a finished or diverged run found again: config.json back if it was deleted (else `bench report`
     would never see the run again), and a finished run's previous checkpoint gone."""
     if not (directory / store.CONFIG).exists():
-        rewrite_config(config, data, directory, device, world_size=job.world_size, notify=notify)
+        rewrite_config(config, data, directory, device, world_size=job.world_size, notify=notify, schedule=schedule)
     if state == store.FINISHED:
         store.drop_previous_checkpoint(directory)
 
 
-def _device_worker(index: int, grid: GridConfig) -> None:
+def _device_worker(index: int, grid: GridConfig, p: Plan) -> None:
     # Several live bars from several processes would garble each other: workers print their summaries only.
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: save, then exit
-    # One thread each unless told otherwise: N workers with all cores each would fight over them.
-    run_grid(dataclasses.replace(grid, devices=(grid.devices[index],), threads=grid.threads or 1), progress=False)
+    # One thread each unless told otherwise: N workers with all cores each would fight over them. The plan is
+    # the parent's: validated and its dataset resolved once, not again per worker.
+    run_grid(dataclasses.replace(grid, devices=(grid.devices[index],), threads=grid.threads or 1), progress=False,
+             resolved=p)
 
 
 def _run_on_devices(grid: GridConfig, p: Plan, console: Console, notices: Console) -> list[dict]:
     """One worker process per device; each walks the grid and takes the runs nobody holds (the run locks)."""
     console.print(f"{len(grid.devices)} workers, one per device: {', '.join(grid.devices)}")
     notify: Notify = lambda message: notices.print(message, style="yellow", markup=False, highlight=False)
-    load_dataset(p.dataset, p.data_path, progress=True, notify=notify)  # decode once; the workers read the cache
+    load_dataset(p.source, progress=True, notify=notify)  # decode once; the workers read the cache
     try:
-        torch.multiprocessing.spawn(_device_worker, args=(grid,), nprocs=len(grid.devices))
+        torch.multiprocessing.spawn(_device_worker, args=(grid, p), nprocs=len(grid.devices))
     except torch.multiprocessing.ProcessError as error:  # raised in a worker, or a worker killed
         raise BenchError(f"a device worker failed: {str(error).strip().splitlines()[-1]}; "
                          "run the same command again to resume") from None

@@ -27,7 +27,6 @@ from bench.records import record_schema
 from bench.step import at_least_fp32
 
 RESPONSE_STD, GRAD_NORM, WEIGHT_NORM = "response_std", "grad_norm", "weight_norm"
-KINDS = (RESPONSE_STD, GRAD_NORM, WEIGHT_NORM)
 # Test images the per-epoch response statistics are measured on during training, fixed for the whole run.
 # 1,000 images cost ~10% of one evaluation pass, well under 1% of an epoch.
 RESPONSE_IMAGES = 1_000

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.errors import BenchError
+from bench.errors import check_positive
 
 
 def augment(images: Tensor, generator: torch.Generator, *, padding: int = 4) -> Tensor:
@@ -65,8 +65,7 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, drop_l
     Under DistributedDataParallel every rank calls this with a generator in the same state, so all ranks
     get the same global batches and each trains on its own slice of them (bench.train does the slicing).
     """
-    if batch_size < 1:
-        raise BenchError(f"batch size must be positive, got {batch_size}")
+    check_positive("batch size", batch_size, integer=True)
     order = torch.randperm(n, generator=generator, device=generator.device)
     batches = list(order.split(batch_size))
     if batches and drop_last and len(batches[-1]) < batch_size:

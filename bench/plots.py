@@ -23,16 +23,16 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 
 from bench.errors import BenchError
 from bench.fitting import FIT_ERROR, first_fit, fits
+from bench.records import DIVERGED, PHASES, UNFINISHED
 from resnet import ARCHS
-from bench.tables import (PHASES, breakdown, curves, fit_caption, provenance_lines, schedule_provenance,
-                          timing_provenance, with_percent)
+from bench.tables import (breakdown, curves, fit_caption, provenance_lines, schedule_provenance, timing_provenance,
+                          with_percent)
 
 ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)"}
 BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}
 TRAIN_WIDTH, TEST_WIDTH = 1.1, 2.4
 PHASE_LABELS = {"forward": "forward", "forward_backward": "forward + backward", "train_step": "train step"}
 PHASE_STYLES = {"forward": ":", "forward_backward": "--", "train_step": "-"}
-UNFINISHED = ("running", "interrupted")
 CAPTION_SIZE = 7.5
 
 
@@ -120,7 +120,7 @@ def _state_note(runs: pd.DataFrame) -> str:
         total = "?" if pd.isna(run.epochs_total) else int(run.epochs_total)
         if run.state in UNFINISHED:
             notes.append(f"{seed}{run.state}, {run.epochs_done}/{total} epochs")
-        elif run.state == "diverged":
+        elif run.state == DIVERGED:
             epoch = run.diverged_epoch if pd.notna(run.diverged_epoch) else run.epochs_done
             notes.append(f"{seed}diverged at epoch {int(epoch)}")
     return f" ({'; '.join(notes)})" if notes else ""
@@ -134,21 +134,21 @@ def _mark_states(ax: Axes, epochs: pd.DataFrame, runs: pd.DataFrame, curve: pd.D
     frame = with_percent(epochs)
     mean = curve.set_index("epoch")[f"{kind}_mean"]
     for run in runs.itertuples():
-        if run.state not in (*UNFINISHED, "diverged"):
+        if run.state not in (*UNFINISHED, DIVERGED):
             continue
         rows = frame[frame["run_id"] == run.run_id].sort_values("epoch")
         if rows.empty:
             continue
         own = rows[kind].dropna()
         last = own.iloc[-1] if len(own) else top
-        if run.state == "diverged":
+        if run.state == DIVERGED:
             at = rows[rows["epoch"] == run.diverged_epoch] if pd.notna(run.diverged_epoch) else rows.iloc[:0]
             row = at.iloc[-1] if len(at) else rows.iloc[-1]
             y = mean.get(row["epoch"], math.nan)
             ax.plot(row[xcol] / scale, min(last if pd.isna(y) else y, top), marker="X", ms=11, color=color,
                     mec="black", mew=0.8, ls="", clip_on=False, zorder=5,
                     gid=f"{run.arch}-{run.depth}-s{run.seed}-diverged")
-            drawn.add("diverged")
+            drawn.add(DIVERGED)
         else:
             ax.plot(rows.iloc[-1][xcol] / scale, min(last, top), marker="o", ms=10, mfc="white", mec=color, mew=2,
                     ls="", clip_on=False, zorder=5, gid=f"{run.arch}-{run.depth}-s{run.seed}-{run.state}")
@@ -179,7 +179,7 @@ def _mark_handles(drawn: set[str]) -> list[Line2D]:
     if "unfinished" in drawn:
         handles.append(Line2D([], [], marker="o", ms=8, mfc="white", mec="0.3", mew=2, ls="",
                               label="last epoch so far (unfinished run)"))
-    if "diverged" in drawn:
+    if DIVERGED in drawn:
         handles.append(Line2D([], [], marker="X", ms=9, color="0.5", mec="black", mew=0.8, ls="",
                               label="diverged here (loss NaN/inf)"))
     return handles

@@ -1,7 +1,8 @@
 """Result records as dataclasses, with their parquet schemas derived from them rather than kept in step by hand.
 
 `EpochRow` (epochs.parquet) lives here because both the training loop and the store need it; LayerRow
-(bench.layers) and TimingRow (bench.timing) live with what produces them.
+(bench.layers) and TimingRow (bench.timing) live with what produces them. So do the names results record that
+both their writers and the report read: run states and timing phases.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ _ARROW_TYPES: dict[object, pa.DataType] = {
     dt.datetime: pa.timestamp("us", tz="UTC"),
 }
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+# The states a run's status.json records: bench.store writes and checks them, the report reads them.
+RUNNING, FINISHED, DIVERGED, INTERRUPTED = "running", "finished", "diverged", "interrupted"
+STATES = (RUNNING, FINISHED, DIVERGED, INTERRUPTED)
+UNFINISHED = (RUNNING, INTERRUPTED)  # may train further
+# The phases `bench time` measures, in this order, as its rows name them (bench.timing.make_phase).
+PHASES = ("forward", "forward_backward", "train_step")
 
 
 def _arrow_type(hint: object) -> pa.DataType:

@@ -22,13 +22,15 @@ from matplotlib.figure import Figure
 
 from bench import tables
 from bench.config import EXECUTION_FIELDS, FORMATS, RunConfig
-from bench.errors import BenchError
+from bench.errors import BenchError, Notify
 from bench.fitting import FIT_ERROR, fit_text
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure,
                          schedule_figure, style, timing_figure)
+from bench.files import write_atomic
 from bench.provenance import utc_now
-from bench.store import dataset_folder, read_layers, read_results, write_atomic, write_text
+from bench.records import DIVERGED, FINISHED
+from bench.store import dataset_folder, read_layers, read_results, write_text
 
 PNG_DPI = 150
 # The runs of one experiment (one figure, one mean over seeds) differ only in these RunConfig fields; runs
@@ -42,7 +44,7 @@ EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.nam
 FAMILY_NAMES = {"cifar": "cifar-nets", "imagenet": "imagenet-layout"}
 
 
-def read_timing(results: Sequence[Path], notify: Callable[[str], None] | None = None) -> pd.DataFrame:
+def read_timing(results: Sequence[Path], notify: Notify | None = None) -> pd.DataFrame:
     """Every `bench time` row under `<results>/timing/*.parquet`, the same measurement kept once; a torn or
     foreign file is skipped with a one-line `notify` (default: stderr, as read_results'), never blocking the
     others."""
@@ -99,7 +101,7 @@ def experiments(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def schedule_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Finished runs that differ only in schedule length (iterations), where there are two lengths or more:
     one group per (dataset, preset, family, the other experiment fields), named '<experiment>-schedules'."""
-    finished = runs[(runs["state"] == "finished") & runs["iterations"].notna()]
+    finished = runs[(runs["state"] == FINISHED) & runs["iterations"].notna()]
     out = []
     # experiments() splits on every other experiment field; with the length blanked, only it may differ.
     for name, group in experiments(finished.assign(iterations=None)):
@@ -234,7 +236,7 @@ def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out:
     """Figure 7, the gradient-norm profile and the response ratios of one experiment's layers.parquet rows.
     Diverged runs are left out, as in the error tables: their last measurement is of the blow-up."""
     written, readme = [], []
-    runs = runs[runs["state"] != "diverged"]
+    runs = runs[runs["state"] != DIVERGED]
     layers = layers[layers["run_id"].isin(runs["run_id"])]
     responses = tables.layer_profile(layers, RESPONSE_STD)
     if not responses.empty:
@@ -259,7 +261,7 @@ def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out:
 
 
 def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, out: Path,
-                formats: Sequence[str], colors: dict, notify: Callable[[str], None]) -> tuple[list[Path], list[str]]:
+                formats: Sequence[str], colors: dict, notify: Notify) -> tuple[list[Path], list[str]]:
     """Figures and tables of one experiment; returns (files written, README lines)."""
     folder = out / name
     written, readme = [], [f"## {name}", "", *[f"- {line}" for line in tables.provenance_lines(runs)], ""]
@@ -314,7 +316,7 @@ def _timing(timing: pd.DataFrame, out: Path, formats: Sequence[str]) -> tuple[li
 
 def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = None,
                 formats: Sequence[str] = ("png",), finished_only: bool = False,
-                notify: Callable[[str], None] = print) -> list[Path]:
+                notify: Notify = print) -> list[Path]:
     """Draw every figure and table of the results folders (merged) into `out`, with `out`/README.md
     showing them all; `dataset` keeps one dataset's runs only, `finished_only` finished runs only (what a
     committed report shows, while later runs of the same grid are still training). Returns the files
@@ -338,7 +340,7 @@ def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = Non
                              f"{', '.join(sorted(runs['dataset'].astype(str).unique()))}")
         runs = runs[keep]
     if finished_only and not runs.empty:
-        runs = runs[runs["state"] == "finished"]
+        runs = runs[runs["state"] == FINISHED]
     out = Path(out)
     colors = depth_colors(runs["depth"]) if not runs.empty else {}
     written, sections = [], []

@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.config import PRECISION_DTYPES
-from bench.errors import BenchError
 from bench.loader import normalize
+from bench.modes import PRECISION_DTYPES, check_mode
 
 GRAPH_WARMUP = 3  # eager iterations before a capture, on a side stream, as the CUDA-graph docs ask
 COMPILE_BACKEND = "inductor"  # torch.compile's default, named so a test can count compiles with its own
@@ -66,19 +65,6 @@ def device_settings(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = previous["allow_tf32_cudnn"]
         if old_device is not None:
             torch.cuda.set_device(old_device)
-
-
-def mode_of(compile: bool, cuda_graph: bool) -> str:
-    """The mode named by the two flags both commands take; both at once is a BenchError."""
-    if compile and cuda_graph:
-        raise BenchError("--compile and --cuda-graph are two ways of doing the same thing: choose one")
-    return "compile" if compile else "cuda-graph" if cuda_graph else "eager"
-
-
-def check_mode(mode: str, device: torch.device) -> None:
-    """A mode the device cannot run is a BenchError that names the fix."""
-    if mode == "cuda-graph" and device.type != "cuda":
-        raise BenchError(f"--cuda-graph needs a CUDA device, not {device.type}: drop it (or use --compile)")
 
 
 def autocast(device: torch.device | str, precision: str) -> torch.autocast:

@@ -9,8 +9,8 @@
         checkpoint.pt     model, optimizer, schedule, RNG states and the epoch rows so far
         checkpoint.prev.pt  the one before, used if the latest is torn
 
-Every file is written to a new temporary file (random name, O_EXCL | O_NOFOLLOW) and renamed over the old one,
-so readers never see half a file, and a link planted in a shared folder is never written through.
+Every file is written whole or not at all (bench.files.write_atomic), so readers never see half a file, and a
+link planted in a shared folder is never written through.
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ import fcntl
 import io
 import json
 import os
-import re
-import secrets
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,9 +33,11 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.config import RunConfig
-from bench.errors import BenchError
+from bench.errors import BenchError, Notify, first_line
+from bench.files import refuse_link, safe_name, write_atomic
 from bench.layers import LAYER_SCHEMA
-from bench.records import EPOCH_SCHEMA
+from bench.provenance import utc_now
+from bench.records import DIVERGED, EPOCH_SCHEMA, FINISHED, INTERRUPTED, RUNNING, STATES
 
 EPOCH_COLUMNS = tuple(EPOCH_SCHEMA.names)
 
@@ -45,8 +45,7 @@ CONFIG, EPOCHS, LAYERS, STATUS = "config.json", "epochs.parquet", "layers.parque
 DATA = "data.json"
 CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 
-RUNNING, FINISHED, DIVERGED, INTERRUPTED = "running", "finished", "diverged", "interrupted"
-STATES = (RUNNING, FINISHED, DIVERGED, INTERRUPTED)
+# The run states (bench.records) are store.RUNNING, store.FINISHED... to callers of the results folder too.
 
 # What the JSON files of a run folder must hold (key -> type), checked whenever one is read back.
 CONFIG_SHAPE: dict[str, type | tuple[type, ...]] = {
@@ -56,87 +55,17 @@ STATUS_SHAPE: dict[str, type | tuple[type, ...]] = {"state": str}
 # The fix for any damaged file of a run folder: `bench run` rewrites config.json, status.json and
 # epochs.parquet of a run it finds again (from its configuration and checkpoint).
 _REWRITE = "delete it and run the same `bench run` command again, which rewrites it"
-# errno values that mean "this place cannot be written", as opposed to "the disk is full".
-UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
 
 
 def dataset_folder(dataset: str) -> str:
     """A folder name for a dataset name ('imagefolder:tiny' -> 'imagefolder-tiny')."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-") or "dataset"
+    return safe_name(dataset).strip("-") or "dataset"
 
 
 def run_dir(results: Path, dataset: str, run_id: str) -> Path:
     """Where the run's files live."""
     return Path(results) / dataset_folder(dataset) / run_id
-
-
-def _refuse_link(path: Path) -> None:
-    """A link where a run file goes was planted (or made by hand): writing never goes through one."""
-    if path.is_symlink():
-        raise BenchError(f"{path} is a symbolic link, and bench never writes through one (in a shared folder it "
-                         "may be planted): remove the link and run the same command again")
-
-
-def _create_temporary(path: Path) -> tuple[Path, int]:
-    """A new file beside `path` under a random name, open for writing. O_EXCL and O_NOFOLLOW: a file or link
-    planted at a name someone guessed is never written through; another name is drawn instead."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(16):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return tmp, os.open(tmp, flags, 0o666)  # the umask applies, as it did to open()
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
-
-
-def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through `write` into a new temporary file beside `path`, then rename it over `path`; a symbolic
-    link at `path` is refused (BenchError), never followed or replaced."""
-    path, tmp = Path(path), None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _refuse_link(path)
-        tmp, descriptor = _create_temporary(path)
-        with open(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:  # a Ctrl-C mid-write must not leave a stray temporary file either
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if not isinstance(error, OSError):
-            raise
-        if error.errno in DISK_FULL:
-            raise BenchError(f"disk full while writing {path}: free some space and run the same command "
-                             "again (what was written before is kept)") from None
-        if error.errno in UNWRITABLE:
-            raise BenchError(f"cannot write {path} ({error.strerror}): make the folder writable or pass "
-                             "--results DIR") from None
-        raise
-
-
-def check_writable(results: Path, *, tidy: bool = False) -> None:
-    """Fail early, in one line, if the results folder cannot be created or written. With `tidy`, the folders
-    it had to create are removed again, for callers that may yet fail before they write anything."""
-    results = Path(results)
-    created = [folder for folder in (results, *results.parents) if not folder.exists()]  # deepest first
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-        probe, descriptor = _create_temporary(results / ".write-test")
-        os.close(descriptor)
-        probe.unlink()
-    except OSError as error:
-        raise BenchError(f"cannot write to results folder {results} ({error.strerror}): "
-                         "pass --results DIR with a writable folder") from None
-    finally:
-        for folder in created if tidy else ():
-            try:
-                folder.rmdir()
-            except OSError:
-                break
 
 
 def write_text(path: Path, text: str) -> None:
@@ -155,7 +84,7 @@ def read_json(path: Path, shape: Mapping[str, type | tuple[type, ...]] | None = 
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise BenchError(f"cannot read {path} ({reason}): {_REWRITE}") from None
     if not isinstance(data, dict):
         raise BenchError(f"{path} holds a JSON {type(data).__name__}, not an object: {_REWRITE}")
@@ -253,8 +182,6 @@ def write_layers(path: Path, rows: Sequence[dict]) -> None:
 
 def write_status(directory: Path, state: str, **fields: object) -> None:
     """Record where the run stands (`state` is one of running/finished/diverged/interrupted)."""
-    from bench.provenance import utc_now
-
     write_json(Path(directory) / STATUS, {"state": state, "updated": utc_now(), **fields})
 
 
@@ -270,7 +197,7 @@ def save_checkpoint(directory: Path, state: dict) -> None:
     os.replace(directory / f"{CHECKPOINT}.new", latest)
 
 
-def load_checkpoint(directory: Path, notify: Callable[[str], None] = print) -> dict | None:
+def load_checkpoint(directory: Path, notify: Notify = print) -> dict | None:
     """The latest readable checkpoint of a run, the previous one if the latest is torn, or None if none.
 
     A checkpoint that cannot be read at all is a BenchError naming the file, never an unpickling traceback.
@@ -305,7 +232,7 @@ def run_lock(directory: Path) -> Iterator[bool]:
         descriptor = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            _refuse_link(directory / ".lock")
+            refuse_link(directory / ".lock")
         raise
     try:
         try:
@@ -370,7 +297,7 @@ def _check_epochs(frame: pd.DataFrame, path: Path, run_id: str, status: dict) ->
         raise ValueError(f"{len(frame)} epochs, but status.json says {epochs}")
 
 
-def read_epochs(directory: Path, notify: Callable[[str], None] = print, *, repair: bool = False) -> pd.DataFrame:
+def read_epochs(directory: Path, notify: Notify = print, *, repair: bool = False) -> pd.DataFrame:
     """A run's epoch rows (EPOCH_SCHEMA columns): its epochs.parquet, or, when that is torn, foreign, of the
     wrong types, short of the epochs status.json records, or missing, the rows its checkpoint holds (written
     back as epochs.parquet when `repair`, with a notice).
@@ -388,7 +315,7 @@ def read_epochs(directory: Path, notify: Callable[[str], None] = print, *, repai
             _check_epochs(frame, path, directory.name, status)
             return frame
         except Exception as error:  # pyarrow raises several types for a torn or foreign file
-            reason = type(error).__name__ + (f": {str(error).splitlines()[0][:120]}" if str(error).strip() else "")
+            reason = type(error).__name__ + (f": {first_line(error, 120)}" if str(error).strip() else "")
     elif not trained and not any((directory / name).exists()
                                  for name in (CHECKPOINT, f"{CHECKPOINT}.new", PREVIOUS_CHECKPOINT)):
         return epochs_frame([])  # a run that has not finished an epoch yet
@@ -431,7 +358,7 @@ def _stderr(message: str) -> None:
 _PREDATED = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
 
 
-def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stderr) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_results(results: Sequence[Path], notify: Notify = _stderr) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All runs under the given folders: (epochs, runs).
 
     `epochs` has one row per epoch (EPOCH_SCHEMA columns). `runs` has one row per run: the run's config
@@ -487,7 +414,7 @@ def read_results(results: Sequence[Path], notify: Callable[[str], None] = _stder
     return epochs, runs
 
 
-def read_layers(runs: pd.DataFrame, notify: Callable[[str], None] = print) -> pd.DataFrame:
+def read_layers(runs: pd.DataFrame, notify: Notify = print) -> pd.DataFrame:
     """The layers.parquet rows of the given runs (the `runs` frame of `read_results`), with their arch,
     depth and seed; runs without the file (trained before it existed: see `bench analyze`) have none."""
     frames = []

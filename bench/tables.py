@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.fitting import FIT_ERROR, Fit, first_fit, fit_verdict, fits, median_pass
+from bench.records import DIVERGED, FINISHED, PHASES, UNFINISHED
 
 # He et al. (2015), Table 6: CIFAR-10 test error (%) of the residual nets, paper schedule, full data.
 PAPER_CIFAR10_RESNET = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
@@ -22,7 +23,6 @@ TIMING_COLUMNS = ("model", "arch", "depth", "family", "device", "device_name", "
 # (width and cuda_graph are optional: files from before they were recorded lack them.)
 TIMING_SETTING = ("device_name", "precision", "family", "batch_size", "input_size", "channels_last", "compiled",
                   "width", "cuda_graph")
-PHASES = ("forward", "forward_backward", "train_step")
 
 
 def with_percent(epochs: pd.DataFrame) -> pd.DataFrame:
@@ -83,7 +83,7 @@ def error_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     finals = final_errors(epochs, runs)
     rows = []
     for (arch, depth), group in finals.groupby(["arch", "depth"]):
-        kept = group[group["state"] != "diverged"]
+        kept = group[group["state"] != DIVERGED]
         first = runs[(runs["arch"] == arch) & (runs["depth"] == depth)].iloc[0]
         paper_setup = (pd.isna(first.get("train_subset")) and pd.isna(first.get("test_subset"))
                        and first.get("width") in (16, None))
@@ -91,10 +91,10 @@ def error_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         best_test, best_test_std = _mean_std(kept["best_test"])
         final_train, final_train_std = _mean_std(kept["final_train"])
         fitted = kept[(kept["final_train"] / 100).map(fits)]
-        running = group[group["state"].isin(["running", "interrupted"])]
+        running = group[group["state"].isin(UNFINISHED)]
         rows.append({
             "arch": arch, "depth": int(depth), "params": group["params"].iloc[0],
-            "runs": len(group), "diverged": int((group["state"] == "diverged").sum()),
+            "runs": len(group), "diverged": int((group["state"] == DIVERGED).sum()),
             "unfinished": len(running),
             "final_test_mean": final_test, "final_test_std": final_test_std,
             "best_test_mean": best_test, "best_test_std": best_test_std,
@@ -200,7 +200,7 @@ def schedule_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Final training and test error (percent, mean over seeds) of each finished net at each schedule length:
     one row per (arch, depth, iterations). Runs by epochs, and unfinished or diverged runs, are left out: only
     a whole schedule says where a net ends."""
-    finished = runs[(runs["state"] == "finished") & runs["iterations"].notna()]
+    finished = runs[(runs["state"] == FINISHED) & runs["iterations"].notna()]
     final = final_errors(epochs, finished).merge(finished[["run_id", "iterations"]], on="run_id")
     table = (final.groupby(["arch", "depth", "iterations"])
              .agg(final_train=("final_train", "mean"), final_test=("final_test", "mean"), seeds=("seed", "nunique"))

@@ -1,5 +1,9 @@
 """`bench time`: what a forward pass, a backward pass and a training step cost, per network and device.
 
+    bench.measure       the clock, the phases and their peak memory
+    bench.timing        the sweep: nets x devices x precisions x batch sizes, out-of-memory rows, this module
+    bench.timing_rows   the rows (TimingRow), the typed result (TimingResult), the file and the table
+
 Every combination of depth x arch x device x precision x batch size is timed in three phases:
 
     forward            eval mode under no_grad: what inference costs
@@ -21,91 +25,37 @@ so the two training phases are credited with 3x the forward FLOPs when achieved 
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import gc
-import logging
-import os
-import resource
-import secrets
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
 import torchvision
 from rich.progress import Progress
-from rich.table import Table
 from torch import nn
 
-# torch.utils.benchmark imports torch.utils.cpp_extension, which warns on every start on a machine without a
-# CUDA toolkit; nothing here compiles C++, so that warning would only be noise above every `bench time`.
-logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-from torch.utils import benchmark  # noqa: E402
-
 import resnet
-from bench import store
 from bench.allocator import keep_freed_memory, release_freed_memory
-from bench.config import PRECISIONS, parse_device, threads_notice, unavailable
-from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
+from bench.config import parse_device, threads_notice, unavailable
+from bench.errors import BenchError, Notify, check_choice, check_positive, is_out_of_memory, out_of_memory_on
+from bench.files import check_writable
+from bench.measure import (TIMING_LR, Timing, make_phase, measure, memory_bytes, peak_memory, reset_peak_memory,
+                           synchronize)
+from bench.modes import PRECISIONS, check_mode, check_net, mode_of
 from bench.provenance import device_name, git_commit
-from bench.records import record_schema
-from bench.step import (TrainStep, accelerate, check_mode, device_settings, graphed_predict, mode_of, numerics,
-                        predict, sgd)
-from bench.tables import PHASES
+from bench.records import PHASES
+from bench.step import accelerate, device_settings, numerics
+from bench.timing_rows import OK, OOM, TIMING_SCHEMA, TimingResult, TimingRow, format_bytes, render_table, write_timing
+
+__all__ = ["OK", "OOM", "PHASES", "TIMING_LR", "TIMING_SCHEMA", "TimeConfig", "Timing", "TimingResult", "TimingRow",
+           "make_phase", "measure", "render_table", "run_timing", "sweep", "synchronize"]
 
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
-DEFAULT_NUM_CLASSES = {"imagenet": 1000, "cifar": 10}
-OK, OOM = "ok", "oom"
-
-@dataclass(frozen=True)
-class TimingRow:
-    """One measurement: a row of results/timing/<id>.parquet. The first 22 fields are the documented contract;
-    status tells an out-of-memory row (its figures are None) from a measured one; width, git_commit,
-    cuda_graph, stem and the math settings (bench.step.numerics: cudnn autotuning; TF32 allowed or, both False,
-    IEEE fp32) say what was timed."""
-
-    model: str
-    arch: str
-    depth: int
-    family: str
-    device: str
-    device_name: str
-    batch_size: int
-    input_size: int
-    precision: str
-    channels_last: bool
-    compiled: bool
-    phase: str
-    median_ms: float | None
-    iqr_ms: float | None
-    images_per_second: float | None
-    peak_memory_bytes: int | None
-    params: int
-    flops_per_image: int
-    tflops: float | None
-    threads: int
-    torch_version: str
-    timestamp: dt.datetime
-    status: str
-    width: int
-    git_commit: str | None
-    cuda_graph: bool
-    stem: str
-    cudnn_benchmark: bool | None  # these three: absent from files written before they were recorded
-    allow_tf32_matmul: bool | None
-    allow_tf32_cudnn: bool | None
-
-
-TIMING_SCHEMA = record_schema(TimingRow)
-TIMING_COLUMNS = tuple(TIMING_SCHEMA.names)
 
 
 @dataclass(frozen=True)
@@ -148,114 +98,6 @@ class TimeConfig:
 
 
 @dataclass(frozen=True)
-class Timing:
-    """Seconds per call of a timed function: median and interquartile range of the samples."""
-
-    median: float
-    iqr: float
-    samples: tuple[float, ...] = field(repr=False)
-
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for all queued work on `device` (a no-op on the CPU, where work is synchronous)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(
-    fn: Callable[[], object],
-    device: torch.device | str = "cpu",
-    *,
-    warmup: int = 3,
-    repeats: int = 10,
-    min_time: float = 0.0,
-) -> Timing:
-    """Time `fn` on `device` with torch.utils.benchmark: `warmup` untimed calls, then samples for at least
-    `min_time` seconds and at least `repeats` of them.
-
-    A sample is the mean of a block of calls (the Timer sizes it so its own overhead is below 1e-4 of the
-    block) timed by the wall clock read after synchronising the device, so queued GPU work is counted; the
-    Timer runs with the thread count set now (its own default is one thread) and the garbage collector off.
-    """
-    device = torch.device(device)
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    timer = benchmark.Timer("fn()", globals={"fn": fn}, timer=partial(_synchronized_clock, device),
-                            num_threads=torch.get_num_threads())
-    samples = list(timer.blocked_autorange(min_run_time=min_time).times) if min_time > 0 else []
-    while len(samples) < repeats:
-        samples += timer.timeit(1).times
-    q1, q3 = np.percentile(samples, [25, 75])
-    return Timing(median=float(np.median(samples)), iqr=float(q3 - q1), samples=tuple(samples))
-
-
-def _synchronized_clock(device: torch.device) -> float:
-    synchronize(device)
-    return time.perf_counter()
-
-
-# A learning rate for timing, not learning: it keeps the weights near their initialisation over thousands
-# of steps on one random batch; a diverging net would be timed on denormals and NaNs, which run at another speed.
-TIMING_LR = 1e-4
-
-
-def make_phase(
-    model: nn.Module, phase: str, images: torch.Tensor, labels: torch.Tensor, *, precision: str = "fp32",
-    mode: str = "eager", forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> Callable[[], object]:
-    """A callable that runs one `phase` (see PHASES) of `model` on the fixed batch `images`, `labels`.
-
-    `forward` is what `bench.step.accelerate(model, mode, ...)` made of `model` (default: `model`, eager).
-    Puts the model in eval or train mode now, so the mode switch stays outside the timed region:
-    build the callable right before timing it.
-    """
-    if phase not in PHASES:
-        raise BenchError(f"unknown phase {phase!r}: choose one of {', '.join(PHASES)}")
-    forward = model if forward is None else forward  # not `or`: a compiled module has no truth value
-    if phase == "forward":
-        model.eval()
-        if mode == "cuda-graph":  # graphed modules replay their train-mode capture only
-            replay = graphed_predict(model, images, precision)
-            return partial(replay, images)
-        return partial(predict, forward, images, precision)
-    model.train()
-    step = TrainStep(model, sgd(model, TIMING_LR), precision, forward)
-    if phase == "forward_backward":
-        return partial(step.forward_backward, images, labels)
-    return partial(step, images, labels)
-
-
-def reset_peak_memory(device: torch.device | str) -> None:
-    """Start a new peak-memory window: the CUDA allocator's peak, or the process's peak resident set."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        # Linux: writing 5 to clear_refs resets VmHWM, the peak resident set, to the current one.
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # elsewhere the peak covers the whole process lifetime
-
-
-def peak_memory(device: torch.device | str) -> int:
-    """Bytes at the peak since `reset_peak_memory`: GPU allocator peak, or the process's resident set."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS says bytes, Linux kilobytes
-
-
-@dataclass(frozen=True)
 class _Net:
     """One network to time: how to build it and what to call it in the results."""
 
@@ -276,25 +118,15 @@ def _validate(config: TimeConfig) -> None:
     """Raise BenchError, naming the fix, for the first thing in `config` that cannot be run."""
     if not config.depths:
         raise BenchError("no depths given: pass --depths, e.g. --depths 18 34 50")
-    if config.family is not None and config.family not in resnet.FAMILIES:
-        raise BenchError(f"unknown family {config.family!r}: choose one of {', '.join(resnet.FAMILIES)}")
-    for depth in config.depths:
-        # build_model checks depth against the family; a meta-device build costs nothing.
-        try:
-            with torch.device("meta"):
-                resnet.build_model(depth, family=_family(config, depth), width=config.width, stem=config.stem)
-        except resnet.ModelConfigError as error:
-            raise BenchError(str(error)) from None
-    checks = [
-        ("arch", config.archs, resnet.ARCHS),
-        ("precision", config.precisions, tuple(PRECISIONS)),
-    ]
-    for name, values, choices in checks:
-        if not values:
-            raise BenchError(f"no {name} given: choose from {', '.join(choices)}")
-        for value in values:
-            if value not in choices:
-                raise BenchError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+    if not config.archs:
+        raise BenchError(f"no arch given: choose from {', '.join(resnet.ARCHS)}")
+    for depth in config.depths:  # the nets' own checks: family, depth against it, arch, width, stem
+        for arch in config.archs:
+            check_net(depth, arch, family=config.family, width=config.width, stem=config.stem)
+    if not config.precisions:
+        raise BenchError(f"no precision given: choose from {', '.join(PRECISIONS)}")
+    for precision in config.precisions:
+        check_choice("precision", precision, PRECISIONS)
     if not config.devices:
         raise BenchError("no device given: pass --device cpu and/or --device cuda")
     mode = mode_of(config.compile, config.cuda_graph)
@@ -304,24 +136,12 @@ def _validate(config: TimeConfig) -> None:
         ("input size", config.input_size), ("threads", config.threads), ("width", config.width),
         ("num_classes", config.num_classes), ("repeats", config.repeats)]
     for name, value in positive:
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**63):
-            raise BenchError(f"{name} must be a positive integer (below 2**63, as results store it), got {value!r}")
+        check_positive(name, value, integer=True, detail=" (below 2**63, as results store it)")
     if not config.batch_sizes:
         raise BenchError("no batch size given: pass --batch-size, e.g. --batch-size 32")
     _check_input_fits(config)
     if config.warmup < 0 or config.min_time < 0:
         raise BenchError("warmup and min_time must be zero or more")
-
-
-def _memory_bytes(device: torch.device) -> int | None:
-    """The memory of `device`: a GPU's, or the machine's RAM; None when it cannot be told."""
-    if device.type == "cuda":
-        available = torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-        return torch.cuda.get_device_properties(device.index or 0).total_memory if available else None
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return None
 
 
 def _input_bytes(batch: int, input_size: int) -> int:
@@ -332,32 +152,34 @@ def _check_input_fits(config: TimeConfig) -> None:
     """A BenchError when one fp32 input image alone is larger than a device's memory: no batch of that size
     can run, and torch would fail on it with a storage-overflow traceback."""
     for device in config.devices:
-        memory = _memory_bytes(torch.device(device))
+        memory = memory_bytes(torch.device(device))
         for depth in config.depths:
             size = config.input_size or DEFAULT_INPUT_SIZE[_family(config, depth)]
             if memory is not None and _input_bytes(1, size) > memory:
-                raise BenchError(f"--input-size {size}: one input image alone is {_bytes(_input_bytes(1, size))}, "
-                                 f"more than the {_bytes(memory)} of memory on {device}: use a smaller --input-size")
+                raise BenchError(f"--input-size {size}: one input image alone is "
+                                 f"{format_bytes(_input_bytes(1, size))}, more than the {format_bytes(memory)} of "
+                                 f"memory on {device}: use a smaller --input-size")
 
 
 def _refuse_unfittable(batch: int, input_size: int, device: torch.device) -> None:
     """Raise the allocator's out-of-memory error, without asking it, for a batch whose input alone is larger
     than the device's memory: asked, torch fails with a storage overflow (a traceback), or, with overcommit,
     grants it and the process is killed."""
-    memory = _memory_bytes(device)
+    memory = memory_bytes(device)
     if memory is not None and _input_bytes(batch, input_size) > memory:
-        raise RuntimeError(f"out of memory: the input batch alone is {_bytes(_input_bytes(batch, input_size))}, "
-                           f"more than the {_bytes(memory)} of {device}")
+        raise RuntimeError(f"out of memory: the input batch alone is "
+                           f"{format_bytes(_input_bytes(batch, input_size))}, more than the {format_bytes(memory)} "
+                           f"of {device}")
 
 
-def _nets(config: TimeConfig, notify: Callable[[str], None]) -> list[_Net]:
+def _nets(config: TimeConfig, notify: Notify) -> list[_Net]:
     """Our nets for every depth and arch, each depth followed by torchvision's twin when asked."""
     nets = []
     for depth in config.depths:
         family = _family(config, depth)
         width = config.width or resnet.FAMILY_DEFAULTS[family]["width"]
         stem = config.stem or resnet.FAMILY_DEFAULTS[family]["stem"]
-        classes = config.num_classes or DEFAULT_NUM_CLASSES[family]
+        classes = config.num_classes or resnet.FAMILY_DEFAULTS[family]["num_classes"]
         for arch in config.archs:
             nets.append(_Net(f"{arch}-{depth}", arch, depth, family, width, stem, partial(
                 resnet.build_model, depth, arch, family=family, width=width, stem=stem, num_classes=classes)))
@@ -389,18 +211,14 @@ def _settings(device: torch.device, threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old_threads)
 
 
-def run_timing(
-    config: TimeConfig, *, progress: bool = True, notify: Callable[[str], None] = print, strict: bool = False
-) -> pd.DataFrame:
-    """Time every combination in `config`, write results/timing/<id>.parquet, return its rows.
+def sweep(config: TimeConfig, *, progress: bool = True, notify: Notify = print, strict: bool = False) -> TimingResult:
+    """Time every combination in `config` and write results/timing/<id>.parquet.
 
     A device that is not there is skipped with a notice (with `strict`, none there at all is a BenchError);
     a batch size that runs out of memory is recorded with status "oom" and the sweep goes on. A Ctrl-C (or
     SIGTERM, under `bench time`) ends the sweep early: the networks timed whole are written and returned,
-    with ``attrs["interrupted"]`` True. The results folder is checked for writing before the sweep. The
-    parquet path is in ``frame.attrs["path"]`` (None when nothing was timed, in which case nothing is
-    written). Should the write fail all the same (a disk filled during the sweep), the rows go to the
-    temporary folder instead, ``attrs["path"]`` names that file and ``attrs["error"]`` says what happened.
+    marked interrupted. The results folder is checked for writing before the sweep. What went wrong in
+    writing the rows is in the result (TimingResult), not raised.
     """
     _validate(config)
     keep_freed_memory()  # else the first net of a sweep is timed cold (bench.allocator)
@@ -419,7 +237,7 @@ def run_timing(
         notify(reason)
     folder = Path(config.results) / "timing"
     if devices:  # before the sweep, not after it: a sweep can take hours
-        store.check_writable(folder, tidy=True)
+        check_writable(folder, tidy=True)
     nets = _nets(config, notify) if devices else []
     total = len(devices) * len(nets) * len(config.precisions) * len(config.batch_sizes)
     rows: list[dict] = []
@@ -435,45 +253,35 @@ def run_timing(
                         rows += _time_net(net, device, config, commit, notify, lambda: bar.advance(task))
         except KeyboardInterrupt:  # what was measured is written below, not lost
             interrupted = True
-    frame = pa.Table.from_pylist(rows, schema=TIMING_SCHEMA).to_pandas()
-    frame.attrs.update(path=None, interrupted=interrupted)
+    result = TimingResult(pa.Table.from_pylist(rows, schema=TIMING_SCHEMA).to_pandas(), interrupted=interrupted)
     if not rows:
         if not interrupted:
             notify("nothing was timed: no requested device is available")
-        return frame
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-    path = folder / f"{run_id}.parquet"
-    table = pa.Table.from_pylist(rows, schema=TIMING_SCHEMA)
-    try:
-        store.write_parquet(path, table)
-    except BenchError as error:
-        kept = Path(tempfile.gettempdir()) / f"bench-timing-{run_id}.parquet"
-        try:
-            store.write_parquet(kept, table)
-        except BenchError:
-            frame.attrs["error"] = f"{error}; the measurements could not be kept anywhere (the table above has them)"
-            return frame
-        frame.attrs["path"] = str(kept)
-        frame.attrs["error"] = f"{error}; the measurements are kept in {kept}: move it into {folder}/"
-        return frame
-    frame.attrs["path"] = str(path)
-    return frame
+        return result
+    result.path, result.error = write_timing(rows, folder)
+    return result
+
+
+def run_timing(config: TimeConfig, *, progress: bool = True, notify: Notify = print,
+               strict: bool = False) -> pd.DataFrame:
+    """`sweep`'s rows as a DataFrame whose attrs hold the rest of its result: ``attrs["path"]`` (str or
+    None), ``attrs["interrupted"]`` and, when writing went wrong, ``attrs["error"]``. For callers that read
+    the frame; `bench time` reads the typed result."""
+    return sweep(config, progress=progress, notify=notify, strict=strict).frame()
 
 
 def _time_net(
     net: _Net, device: torch.device, config: TimeConfig, commit: str | None,
-    notify: Callable[[str], None], advance: Callable[[], None],
+    notify: Notify, advance: Callable[[], None],
 ) -> list[dict]:
     """All rows for one network on one device: every precision x batch size x phase."""
     input_size = config.input_size or DEFAULT_INPUT_SIZE[net.family]
-    num_classes = config.num_classes or DEFAULT_NUM_CLASSES[net.family]
     model = net.build()
     params = resnet.count_parameters(model)
     flops = 2 * resnet.count_macs(model, input_size)
     model = model.to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    mode = mode_of(config.compile, config.cuda_graph)
     common = {
         "model": net.model, "arch": net.arch, "depth": net.depth, "family": net.family, "width": net.width,
         "stem": net.stem,
@@ -484,86 +292,73 @@ def _time_net(
     rows = []
     for precision in config.precisions:
         for batch in config.batch_sizes:
-            done, failed = [], None
-            # Each batch size and precision is accelerated afresh, as a training run of that shape would be:
-            # a static-shape compile (accelerate resets the compiler first), or a capture of its own copy
-            # (a module's forward is graphed only once).
-            timed = copy.deepcopy(model) if mode == "cuda-graph" else model
-            try:
-                _refuse_unfittable(batch, input_size, device)
-                images = torch.randn(batch, 3, input_size, input_size, device=device)
-                images = images.contiguous(memory_format=memory_format)
-                labels = torch.randint(num_classes, (batch,), device=device)
-                forward = accelerate(timed.train(), mode, images, precision)
-                for phase in PHASES:
-                    call = None  # the last phase's step (optimizer state, a graph) is not this one's memory
-                    release_freed_memory()  # the peak below is this phase's; the warm-up faults its memory in
-                    reset_peak_memory(device)
-                    call = make_phase(timed, phase, images, labels, precision=precision, mode=mode, forward=forward)
-                    timing = measure(call, device, warmup=config.warmup, repeats=config.repeats,
-                                     min_time=config.min_time)
-                    done.append((phase, timing, peak_memory(device)))
-            except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
-                if not is_out_of_memory(error):
-                    raise
-                failed = (f"{net.model} batch {batch} {precision} ran out of memory on "
-                          f"{out_of_memory_on(error, device)}; going on")
-            except ValueError as error:  # train-mode BatchNorm on one value per channel
-                raise BenchError(f"{net.model} at batch {batch}, input {input_size}: {error}: use a batch size "
-                                 "of 2 or more or a larger --input-size") from None
+            done, failed = _time_batch(model, net, device, config, precision, batch, memory_format)
             # Free this batch's tensors, step and graphs before the next batch allocates (and is measured):
             # kept, they would inflate its peak memory and could make it run out. make_graphed_callables
             # leaves the graphed copy in a reference cycle (its forward closes over the module), so only
             # the cyclic collector frees it. The gradients go too: the next forward phase has none.
-            images = labels = forward = timed = call = None
             model.zero_grad(set_to_none=True)
             gc.collect()
             if failed:
                 notify(failed)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            for i, phase in enumerate(PHASES):
-                row = {**common, **numerics(), "batch_size": batch, "precision": precision, "phase": phase,
-                       "threads": torch.get_num_threads(), "timestamp": pd.Timestamp.now(tz="UTC")}
-                if i < len(done):
-                    _, timing, peak = done[i]
-                    work = 1 if phase == "forward" else 3
-                    row.update(status=OK, median_ms=timing.median * 1e3, iqr_ms=timing.iqr * 1e3,
-                               images_per_second=batch / timing.median, peak_memory_bytes=peak,
-                               tflops=work * flops * batch / timing.median / 1e12)
-                else:
-                    row.update(status=OOM, median_ms=None, iqr_ms=None, images_per_second=None,
-                               peak_memory_bytes=None, tflops=None)
-                rows.append(asdict(TimingRow(**row)))  # a missing or unknown field fails here
+            rows += _batch_rows(common, batch, precision, done, flops)
             advance()
     return rows
 
 
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+def _time_batch(model: nn.Module, net: _Net, device: torch.device, config: TimeConfig, precision: str, batch: int,
+                memory_format: torch.memory_format) -> tuple[list[tuple[str, Timing, int]], str | None]:
+    """Every phase of `model` at one batch size and precision: (phase, timing, peak memory) of each phase
+    measured, and a notice when the batch ran out of memory (the phases left then have no measurement)."""
+    input_size = config.input_size or DEFAULT_INPUT_SIZE[net.family]
+    num_classes = config.num_classes or resnet.FAMILY_DEFAULTS[net.family]["num_classes"]
+    mode = mode_of(config.compile, config.cuda_graph)
+    done: list[tuple[str, Timing, int]] = []
+    # Each batch size and precision is accelerated afresh, as a training run of that shape would be:
+    # a static-shape compile (accelerate resets the compiler first), or a capture of its own copy
+    # (a module's forward is graphed only once).
+    timed = copy.deepcopy(model) if mode == "cuda-graph" else model
+    try:
+        _refuse_unfittable(batch, input_size, device)
+        images = torch.randn(batch, 3, input_size, input_size, device=device)
+        images = images.contiguous(memory_format=memory_format)
+        labels = torch.randint(num_classes, (batch,), device=device)
+        forward = accelerate(timed.train(), mode, images, precision)
+        for phase in PHASES:
+            call = None  # the last phase's step (optimizer state, a graph) is not this one's memory
+            release_freed_memory()  # the peak below is this phase's; the warm-up faults its memory in
+            reset_peak_memory(device)
+            call = make_phase(timed, phase, images, labels, precision=precision, mode=mode, forward=forward)
+            timing = measure(call, device, warmup=config.warmup, repeats=config.repeats, min_time=config.min_time)
+            done.append((phase, timing, peak_memory(device)))
+    except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
+        if not is_out_of_memory(error):
+            raise
+        return done, (f"{net.model} batch {batch} {precision} ran out of memory on "
+                      f"{out_of_memory_on(error, device)}; going on")
+    except ValueError as error:  # train-mode BatchNorm on one value per channel
+        raise BenchError(f"{net.model} at batch {batch}, input {input_size}: {error}: use a batch size "
+                         "of 2 or more or a larger --input-size") from None
+    return done, None
 
 
-def render_table(df: pd.DataFrame) -> Table:
-    """The rows of `run_timing` as a rich table, one line per measurement, nets of a depth together."""
-    table = Table(title="bench time", title_justify="left")
-    for name in ("model", "device", "batch", "size", "precision", "phase"):
-        table.add_column(name)
-    for name in ("median ms", "IQR ms", "images/s", "peak memory", "TFLOP/s", "params", "GFLOP/img"):
-        table.add_column(name, justify="right")
-    for row in df.itertuples(index=False):
-        shown = row.model + (" (compiled)" if row.compiled else "") + (" CL" if row.channels_last else "")
-        if row.status == OOM:
-            figures = ["out of memory", "", "", "", ""]
+def _batch_rows(common: dict, batch: int, precision: str, done: list[tuple[str, Timing, int]],
+                flops: int) -> list[dict]:
+    """One TimingRow dict per phase: measured, or out of memory where `done` stops short."""
+    rows = []
+    for i, phase in enumerate(PHASES):
+        row = {**common, **numerics(), "batch_size": batch, "precision": precision, "phase": phase,
+               "threads": torch.get_num_threads(), "timestamp": pd.Timestamp.now(tz="UTC")}
+        if i < len(done):
+            _, timing, peak = done[i]
+            work = 1 if phase == "forward" else 3
+            row.update(status=OK, median_ms=timing.median * 1e3, iqr_ms=timing.iqr * 1e3,
+                       images_per_second=batch / timing.median, peak_memory_bytes=peak,
+                       tflops=work * flops * batch / timing.median / 1e12)
         else:
-            figures = [f"{row.median_ms:.2f}", f"{row.iqr_ms:.2f}", f"{row.images_per_second:,.0f}",
-                       _bytes(row.peak_memory_bytes), f"{row.tflops:.3f}"]
-        table.add_row(shown, row.device, str(row.batch_size), str(row.input_size), row.precision, row.phase,
-                      *figures, f"{row.params / 1e6:.2f}M", f"{row.flops_per_image / 1e9:.3f}")
-    if len(df):
-        names = ", ".join(sorted(set(df["device_name"])))
-        table.caption = f"{names}; {int(df['threads'].iloc[0])} CPU threads; torch {df['torch_version'].iloc[0]}"
-    return table
+            row.update(status=OOM, median_ms=None, iqr_ms=None, images_per_second=None,
+                       peak_memory_bytes=None, tflops=None)
+        rows.append(asdict(TimingRow(**row)))  # a missing or unknown field fails here
+    return rows

@@ -39,9 +39,11 @@ IMAGENET_LAYOUT: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
 }
 
 # The paper's choice for each family; build_model's None arguments fall back to these.
+# num_classes: the classes of the dataset each family was made for (ImageNet, CIFAR-10), which `bench models`
+# and `bench time` build; build_model itself takes num_classes as given.
 FAMILY_DEFAULTS = {
-    "imagenet": {"shortcut": "B", "stem": "imagenet", "width": 64},
-    "cifar": {"shortcut": "A", "stem": "cifar", "width": 16},
+    "imagenet": {"shortcut": "B", "stem": "imagenet", "width": 64, "num_classes": 1000},
+    "cifar": {"shortcut": "A", "stem": "cifar", "width": 16, "num_classes": 10},
 }
 
 OPTIONS = ("stride_on", "in_channels")

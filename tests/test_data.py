@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from bench import data as data_module
+from bench import sources
 from bench import synthetic
 from bench.data import DataInfo, ImageData, default_data_dir, load_dataset, resolve_dataset
 from bench.errors import BenchError
@@ -22,7 +23,7 @@ from bench.errors import BenchError
 @pytest.fixture
 def offline(monkeypatch):
     """No network, decided instantly."""
-    monkeypatch.setattr(data_module, "_reachable", lambda host, *args, **kwargs: False)
+    monkeypatch.setattr(sources, "_reachable", lambda host, *args, **kwargs: False)
 
 
 def _random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -214,14 +215,14 @@ def test_auto_without_data_or_network_is_synthetic(tmp_path, offline):
 
 
 def test_auto_with_network_downloads(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "_reachable", lambda host, *args, **kwargs: True)
+    monkeypatch.setattr(sources, "_reachable", lambda host, *args, **kwargs: True)
     name, path, notice = resolve_dataset("auto", tmp_path)
     assert (name, path) == ("cifar10", tmp_path) and "downloaded" in notice
 
 
 def test_reachability_check_does_not_hang():
     started = time.perf_counter()
-    assert not data_module._reachable("192.0.2.1", 9, timeout=0.2)  # TEST-NET-1: routed nowhere
+    assert not sources._reachable("192.0.2.1", 9, timeout=0.2)  # TEST-NET-1: routed nowhere
     assert time.perf_counter() - started < 2
 
 

@@ -21,7 +21,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bench import data as data_module
-from bench import store
+from bench import sources
+from bench import files, store
 from bench.cli import _default_threads, app, expand_lists
 from bench.config import RunConfig
 from bench.data import load_dataset
@@ -83,7 +84,7 @@ def read_only(tmp_path):
 def full_disk_at(monkeypatch):
     """`full_disk_at(path)` makes the next `store.write_atomic(path)` fail as on a full disk: its temporary
     file is a link to /dev/full (temporary names are random and opened O_NOFOLLOW, so it is handed over)."""
-    real, full = store._create_temporary, set()
+    real, full = files._create_temporary, set()
 
     def create(path: Path) -> tuple[Path, int]:
         if path not in full:
@@ -93,7 +94,7 @@ def full_disk_at(monkeypatch):
         tmp.symlink_to("/dev/full")
         return tmp, os.open(tmp, os.O_WRONLY)
 
-    monkeypatch.setattr(store, "_create_temporary", create)
+    monkeypatch.setattr(files, "_create_temporary", create)
     return full.add
 
 
@@ -407,7 +408,7 @@ def test_logs_get_whole_tables_epoch_lines_and_notices_apart(tmp_path, data_dir,
     assert any(run_id in line and "finished" in line for line in result.stdout.splitlines())  # not cut to 80
     assert not (folder / store.PREVIOUS_CHECKPOINT).exists() and (folder / store.CHECKPOINT).exists()
 
-    monkeypatch.setattr(data_module, "_reachable", lambda host, *rest, **kw: False)
+    monkeypatch.setattr(sources, "_reachable", lambda host, *rest, **kw: False)
     dry = bench("run", "--depths", "8", "20", "--dataset", "auto", "--data-dir", str(tmp_path / "empty"),
                 "--results", str(tmp_path / "r"), "--dry-run")
     assert dry.exit_code == 0, dry.output

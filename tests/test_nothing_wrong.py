@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from bench import store
+from bench import files, store
 from bench.cli import app, expand_lists
 from bench.data import load_dataset
 from bench.errors import BenchError
@@ -109,7 +109,7 @@ def test_writes_never_follow_a_link_planted_at_the_temporary_name(tmp_path, vict
 
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / f".write-test-{os.getpid()}").symlink_to(victim)
-    store.check_writable(tmp_path / "results")
+    files.check_writable(tmp_path / "results")
     assert victim.read_text() == "precious\n"
     assert [p.name for p in (tmp_path / "results").iterdir()] == [f".write-test-{os.getpid()}"]  # no probe left
 

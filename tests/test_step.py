@@ -15,8 +15,8 @@ from bench import store
 from bench.config import RunConfig, validate
 from bench.errors import BenchError
 from bench import step as step_module
-from bench.step import (TrainStep, accelerate, check_mode, device_settings, graphed_predict, mode_of, numerics,
-                        predict, sgd)
+from bench.modes import check_mode, mode_of
+from bench.step import TrainStep, accelerate, device_settings, graphed_predict, numerics, predict, sgd
 from bench.timing import TIMING_LR, make_phase
 from bench.train import train_run
 

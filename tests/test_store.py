@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import store
+from bench import files, store
 from bench.config import RunConfig
 from bench.errors import BenchError
 
@@ -71,7 +71,7 @@ def test_unwritable_results_folder_is_one_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(BenchError, match="--results"):
-        store.check_writable(blocker / "results")
+        files.check_writable(blocker / "results")
 
 
 def test_read_results_merges_folders_and_keeps_a_copied_run_once(tmp_path):

@@ -1,0 +1,328 @@
+"""Decoding a dataset once and caching it: ImageFolder files, CIFAR's python pickles, the synthetic set.
+
+Each source gives a cache key (its file names, sizes and modification times, or the synthetic set's
+parameters), a function that decodes or draws it into a dict of uint8 tensors, and a content fingerprint
+(bench.data.DataInfo.fingerprint). The cache is ``<folder holding the dataset>/.cache/<name>-<key>.pt``; a
+digest of its tensors, checked at every load (`_cache_digest`), makes a damaged or edited cache decode again.
+The names keep their leading underscore: they are bench.data's helpers, not an API of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench import synthetic
+from bench.errors import BenchError, Notify, first_line
+from bench.files import write_atomic
+from bench.sources import _CIFAR, _CIFAR_TITLE
+
+Builder = Callable[[], dict]  # decodes or draws a dataset into the dict of tensors that is cached
+
+SYNTHETIC_SEED = 0
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # single-frame formats torchvision.io.decode_image reads
+
+_CACHE_VERSION = 1  # bump when the cached tensors' meaning changes, so old caches are not trusted
+
+_JPEG_NOTE = ("decoded from JPEG files (lossy re-encoding): errors run higher than on the original {title}")
+
+
+def _file_key(files: Iterable[tuple[str, os.stat_result]], extra: str) -> str:
+    """A short hash of (relative name, stat) pairs' names, sizes and mtimes: it changes when the data does."""
+    digest = hashlib.sha1(f"v{_CACHE_VERSION} {extra}".encode())
+    for name, stat in files:
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode(errors="surrogateescape"))
+    return digest.hexdigest()[:16]
+
+def _fingerprint(parts: Iterable[str | bytes | memoryview]) -> str:
+    """A short content hash of `parts` (see DataInfo.fingerprint). A file name that is not UTF-8 (os.fsdecode
+    keeps its bytes as surrogates) is hashed as those bytes."""
+    digest = hashlib.sha1()
+    for part in parts:
+        digest.update(part.encode(errors="surrogateescape") if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+def _tensor_fingerprint(tensors: dict) -> str:
+    """The fingerprint of decoded tensors: exact, for sources whose decoding is (CIFAR's pickles)."""
+    arrays = [tensors[f"{split}_{kind}"].contiguous().numpy() for split in ("train", "test")
+              for kind in ("images", "labels")]
+    return _fingerprint([f"tensors {tensors['num_classes']}", *(memoryview(a).cast("B") for a in arrays)])
+
+def _cache_digest(tensors: dict) -> str:
+    """A hash of every tensor and field of a cache, stored in it when it is built and checked whenever it is
+    loaded, so a cache of the right shape holding other pixels or labels is not trusted. It costs 0.15 s for
+    CIFAR-10's 60,000 images (176 MiB, sha1; AMD EPYC, on a loaded 2-core machine) beside 0.35 s to load the
+    cache. The cache is tied to its source by its key (file names, sizes and times): checking the source's
+    bytes at every start would cost 1.5 s for the 60,000 JPEG files with the page cache warm, a minute cold."""
+    mean = tensors["mean"].contiguous().numpy()
+    return _fingerprint([_tensor_fingerprint(tensors), memoryview(mean).cast("B"), tensors["note"]])
+
+def _load_cache(path: Path, notify: Notify) -> dict | None:
+    """The cached tensors, or None when there is no cache or it is unreadable, damaged or edited (its digest or
+    its labels are off): then it is rebuilt."""
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        for split in ("train", "test"):
+            images, labels = cached[f"{split}_images"], cached[f"{split}_labels"]
+            if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
+                raise ValueError(f"bad {split} tensors")
+        if cached["mean"].dtype != torch.float32 or cached["mean"].shape != cached["train_images"].shape[1:]:
+            raise ValueError("bad mean")
+        if not isinstance(cached["note"], str) or not isinstance(cached["num_classes"], int):
+            raise ValueError("bad metadata")
+        for split in ("train", "test"):  # a label outside the classes would fail deep in the loss
+            labels = cached[f"{split}_labels"]
+            if labels.dtype != torch.int64 or labels.dim() != 1 or (
+                    len(labels) and not 0 <= labels.min() <= labels.max() < cached["num_classes"]):
+                raise ValueError(f"{split} labels outside the {cached['num_classes']} classes")
+        if cached.get("digest") != _cache_digest(cached):
+            raise ValueError("its tensors do not match its digest: damaged, edited, or from before digests")
+    except Exception as error:  # any damage (truncated file, foreign pickle, wrong keys) means: decode again
+        reason = f"{type(error).__name__}: {error}" if isinstance(error, ValueError) else type(error).__name__
+        notify(f"cache {path} is unreadable ({reason}); decoding the data again")
+        return None
+    return cached
+
+def _save_cache(path: Path, tensors: dict, notify: Notify) -> bool:
+    """Write atomically, so a killed process never leaves half a cache behind; a cache that cannot be written
+    only costs the next start a decode."""
+    try:
+        write_atomic(path, lambda handle: torch.save(tensors, handle))
+        return True
+    except Exception as error:  # torch.save raises RuntimeError for some write failures, OSError for others
+        reason = first_line(error, 200)
+        notify(f"could not write the data cache {path} ({reason}); the next start decodes again")
+        return False
+
+@contextmanager
+def _progress(enabled: bool, total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """A transient rich progress bar (hidden when not enabled); yields `advance(n)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True, disable=not enabled) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+def _images_in(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return sorted((e for e in entries if e.is_file() and not e.name.startswith(".")
+                       and e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name)
+
+def _class_files(split_dir: Path, notify: Notify) -> dict[str, list[os.DirEntry]]:
+    """{class name: image files sorted by name} of one split; a class folder without images is a BenchError.
+    A folder whose name starts with '.' is hidden, not a class (.ipynb_checkpoints, .git); one that holds
+    images is named in a notice, since it may be a class someone named so.
+
+    os.scandir, not pathlib: listing and stat-ing 60,000 files through Path objects takes seconds.
+    """
+    folders = [p for p in split_dir.iterdir() if p.is_dir()]
+    for hidden in sorted(p for p in folders if p.name.startswith(".") and _images_in(p)):
+        notify(f"{hidden} is left out: a folder whose name starts with '.' is hidden, not a class; rename it "
+               "without the dot if it is one")
+    classes = sorted(p.name for p in folders if not p.name.startswith("."))
+    if not classes:
+        raise BenchError(f"{split_dir} has no class folders: put the images in {split_dir}/<class>/")
+    files = {}
+    for cls in classes:
+        found = _images_in(split_dir / cls)
+        if not found:
+            raise BenchError(f"{split_dir / cls} has no images ({', '.join(IMAGE_EXTENSIONS)}): add some or "
+                             f"remove the folder")
+        files[cls] = found
+    return files
+
+def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], None]) -> tuple[Tensor, bool]:
+    """Decode image files into uint8 [N,3,size,size]; returns it and whether any image had to be resized."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2.functional import center_crop, resize, to_dtype
+
+    out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    resized = False
+    # One file at a time in this process: decode_image on 32x32 JPEGs runs ~15k images/s per core, faster
+    # than a thread or process pool once their overhead is counted, and ~5x faster than PIL.
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its codecs deprecated (in favour of TorchCodec) on every call; they still work.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for i, entry in enumerate(files):
+            try:
+                with open(entry.path, "rb") as handle:
+                    raw = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
+                image = decode_image(raw, mode=ImageReadMode.RGB)
+            except (OSError, RuntimeError, ValueError) as error:
+                reason = first_line(error)
+                raise BenchError(f"cannot decode image {entry.path} ({reason}): replace or delete the file") from None
+            if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16: scale, or the values wrap mod 256
+                image = to_dtype(image, torch.uint8, scale=True)
+            if image.shape[-2:] != (size, size):
+                image = center_crop(resize(image, [size], antialias=True), [size, size])
+                resized = True
+            out[i] = image
+            if i % 512 == 511:
+                advance(512)
+    advance(len(files) % 512)
+    return out, resized
+
+def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None,
+                        notify: Notify) -> tuple[str, Builder, str]:
+    """Check an ImageFolder root; returns its cache key, the function that decodes it and its fingerprint.
+
+    `title` ("CIFAR-10") marks a copy of a known set, whose JPEG files get the lossy-copy note.
+    """
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    splits = {"train": _class_files(root / "train", notify), "test": _class_files(test_dir, notify)}
+    if list(splits["train"]) != list(splits["test"]):
+        differ = sorted(set(splits["train"]) ^ set(splits["test"]))
+        raise BenchError(f"{root / 'train'} and {test_dir} have different class folders ({', '.join(differ[:5])}): "
+                         f"give both splits the same classes")
+    files = {split: [f for entries in per_class.values() for f in entries] for split, per_class in splits.items()}
+    named = [(f"{split}/{cls}/{e.name}", e.stat()) for split, per_class in splits.items()
+             for cls, entries in per_class.items() for e in entries]
+    # PNGs decoded before 16-bit images were scaled may sit in the cache wrapped: key them anew.
+    png = " png16" if any(name.lower().endswith(".png") for name, _ in named) else ""
+    key = _file_key(named, f"imagefolder {test_dir.name} {size}{png}")
+    # Names (with their class folders, so labels), sizes and the image size; not modification times, so a
+    # copy of the same files on another machine is the same data.
+    fingerprint = _fingerprint([f"imagefolder {size}", *(f"{name} {stat.st_size}" for name, stat in named)])
+
+    def build() -> dict:
+        tensors: dict = {"num_classes": len(splits["train"])}
+        resized = False
+        with _progress(progress, len(files["train"]) + len(files["test"]), f"decoding {root}") as advance:
+            for split, per_class in splits.items():
+                tensors[f"{split}_images"], split_resized = _decode_files(files[split], size, advance)
+                counts = torch.tensor([len(entries) for entries in per_class.values()])
+                tensors[f"{split}_labels"] = torch.repeat_interleave(torch.arange(len(per_class)), counts)
+                resized |= split_resized
+        notes = []
+        if title and any(f.name.lower().endswith((".jpg", ".jpeg")) for f in files["train"]):
+            notes.append(_JPEG_NOTE.format(title=title))
+        if resized:
+            notes.append(f"images resized (shorter side) and centre-cropped to {size}x{size}")
+        tensors["note"] = "; ".join(notes)
+        return tensors
+
+    return key, build, fingerprint
+
+# Every global a CIFAR batch pickle names: numpy's array and scalar reconstructors (numpy 1 pickles say
+# numpy.core, numpy 2 ones numpy._core; protocol 5 frombuffer), and _codecs.encode, which Python 3's protocol 2
+# writes bytes as. Dicts, lists, str, int and bytes are pickle opcodes, not globals.
+_CIFAR_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                  *((f"numpy.{core}.multiarray", name) for core in ("core", "_core")
+                    for name in ("_reconstruct", "scalar")),
+                  *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core"))}
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR's python pickles and nothing else: a global outside _CIFAR_GLOBALS (os.system, any
+    class's constructor) is refused before it is imported, so a planted batch cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which no CIFAR batch holds")
+        if module.startswith("numpy.core") and hasattr(np, "_core"):  # numpy 2 warns on numpy.core
+            module = module.replace("numpy.core", "numpy._core", 1)
+        return super().find_class(module, name)
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    try:
+        return _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except pickle.UnpicklingError as error:
+        raise BenchError(f"refused to read {where} ({error}): it is not a CIFAR python pickle; delete it "
+                         f"and download the archive again") from None
+    except Exception as error:  # the format has many ways to be broken; each means the same to the user
+        raise BenchError(f"cannot read {where} ({type(error).__name__}): it is not a CIFAR python pickle; "
+                         f"delete it and download the archive again") from None
+
+def _cifar_pickle_source(name: str, source: Path) -> tuple[str, Builder]:
+    """The cache key of a CIFAR python-pickle copy (folder or .tar.gz) and the function that reads it."""
+    files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
+    return _file_key(((p.name, p.stat()) for p in files), name), lambda: _read_cifar_pickles(name, source)
+
+def _read_cifar_pickles(name: str, source: Path) -> dict:
+    """Read the python-pickle batches torchvision's CIFAR10/CIFAR100 use, from their folder or .tar.gz.
+
+    Not through torchvision's CIFAR10/CIFAR100 classes, which read the same pickles into the same pixels: they
+    refuse any file whose md5 differs from the official release's ("Dataset not found or corrupted", measured
+    with torchvision 0.29.1 on the small fake copies tests/test_data.py builds), they say neither which file
+    is missing or broken, and they read a folder only, so a .tar.gz would first be extracted to disk.
+    """
+    cls = _CIFAR[name]
+    wanted = [f for f, _ in cls.train_list] + [f for f, _ in cls.test_list] + [cls.meta["filename"]]
+    raw: dict[str, bytes] = {}
+    if source.is_file():
+        try:
+            with tarfile.open(source, "r:*") as archive:
+                # Stream the archive once: random access into a .tar.gz would decompress it again per member.
+                for member in archive:
+                    path = Path(member.name)
+                    if member.isfile() and path.name in wanted and path.parent.name == cls.base_folder:
+                        raw[path.name] = archive.extractfile(member).read()  # type: ignore[union-attr]
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise BenchError(f"cannot read archive {source} ({error}): delete it and download it again") from None
+    else:
+        for f in wanted:
+            if (source / f).is_file():
+                raw[f] = (source / f).read_bytes()
+    missing = [f for f in wanted if f not in raw]
+    if missing:
+        raise BenchError(f"{source} lacks {', '.join(missing)}: it is not a complete {_CIFAR_TITLE[name]} "
+                         f"copy; delete it and download it again")
+
+    def split(files: list) -> tuple[Tensor, Tensor]:
+        entries = [_unpickle(raw[f], f"{source}/{f}") for f, _ in files]
+        try:
+            data = np.concatenate([np.asarray(e["data"], dtype=np.uint8) for e in entries]).reshape(-1, 3, 32, 32)
+            labels = np.concatenate([e["labels"] if "labels" in e else e["fine_labels"] for e in entries])
+        except (KeyError, ValueError, TypeError) as error:
+            raise BenchError(f"{source} has a malformed batch ({type(error).__name__}: {error}): delete it and "
+                             f"download it again") from None
+        return torch.from_numpy(data), torch.from_numpy(labels.astype(np.int64))
+
+    train_images, train_labels = split(cls.train_list)
+    test_images, test_labels = split(cls.test_list)
+    classes = _unpickle(raw[cls.meta["filename"]], f"{source}/{cls.meta['filename']}")[cls.meta["key"]]
+    if max(train_labels.max(), test_labels.max()) >= len(classes) or min(train_labels.min(), test_labels.min()) < 0:
+        raise BenchError(f"{source} has labels outside its {len(classes)} classes: delete it and download it again")
+    return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
+            "test_labels": test_labels, "num_classes": len(classes), "note": ""}
+
+def _train_mean(images: Tensor) -> Tensor:
+    """Per-pixel mean in [0,1] units. Summed in chunks of 4096, where float32 sums of uint8 are exact, so
+    no float copy of the whole set is made."""
+    total = torch.zeros(images.shape[1:], dtype=torch.float64)
+    for start in range(0, len(images), 4096):
+        total += images[start:start + 4096].float().sum(0)
+    return (total / (255.0 * max(len(images), 1))).float()
+
+def _synthetic_source(train: int, test: int, size: int, progress: bool) -> tuple[str, Builder]:
+    """The offline set's cache key and builder: train and test drawn from separate seeds of one generator."""
+    if min(train, test) < len(synthetic.CLASSES):
+        raise BenchError(f"the synthetic set needs at least {len(synthetic.CLASSES)} train and test images "
+                         f"(one per class): raise its sizes")
+
+    def build() -> dict:
+        with _progress(progress, train + test, "drawing the synthetic set") as advance:
+            train_images, train_labels = synthetic.generate(train, seed=2 * SYNTHETIC_SEED, image_size=size)
+            advance(train)
+            test_images, test_labels = synthetic.generate(test, seed=2 * SYNTHETIC_SEED + 1, image_size=size)
+            advance(test)
+        return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
+                "test_labels": test_labels, "num_classes": len(synthetic.CLASSES), "note": ""}
+
+    key = f"v{_CACHE_VERSION} {synthetic.VERSION} {train} {test} {size} {SYNTHETIC_SEED}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16], build

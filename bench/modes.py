@@ -1,0 +1,47 @@
+"""What both `bench run` and `bench time` check and speak, below everything that uses it: the precisions a
+net trains and is timed in, the modes it runs in (bench.step says what each mode does), and the check
+that a net can be built.
+
+Here rather than in bench.config or bench.step, so that the configuration can check a mode and the step
+can read a precision without either importing the other.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.errors import BenchError
+from resnet import ModelConfigError, build_model
+
+# A precision is the autocast dtype it trains and times in (None: plain fp32).
+PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = tuple(PRECISION_DTYPES)
+# What each precision computes in, as `bench run` says it before training.
+PRECISION_TEXT = {
+    "fp32": "fp32 (everything in float32)",
+    "bf16": ("bf16 (autocast: convolutions and the fc layer in bfloat16, so activations are bf16; weights, "
+             "BatchNorm statistics, the loss and SGD stay in float32)"),
+}
+
+
+def check_net(depth: int, arch: str = "residual", **options: object) -> None:
+    """The networks' own checks of depth, arch, family, shortcut, stem and width, as a BenchError: the net is
+    built on the meta device, which takes no time and allocates nothing."""
+    try:
+        with torch.device("meta"):
+            build_model(depth, arch, **options)  # type: ignore[arg-type]
+    except ModelConfigError as error:
+        raise BenchError(str(error)) from None
+
+
+def mode_of(compile: bool, cuda_graph: bool) -> str:
+    """The mode named by the two flags both commands take; both at once is a BenchError."""
+    if compile and cuda_graph:
+        raise BenchError("--compile and --cuda-graph are two ways of doing the same thing: choose one")
+    return "compile" if compile else "cuda-graph" if cuda_graph else "eager"
+
+
+def check_mode(mode: str, device: torch.device) -> None:
+    """A mode the device cannot run is a BenchError that names the fix."""
+    if mode == "cuda-graph" and device.type != "cuda":
+        raise BenchError(f"--cuda-graph needs a CUDA device, not {device.type}: drop it (or use --compile)")
