@@ -160,16 +160,23 @@ def resolve_device(name: str) -> torch.device:
 # Section 4.2 to the letter: batch 128, lr 0.1, /10 at 32k and 48k, stop at 64k iterations.
 PAPER = RunConfig(preset="paper")
 
-# Sized so that `bench run --depths 18 34` (4 runs) ends within 5 minutes on a 2-core CPU: narrow nets,
-# a fixed random subset of the data, short schedule. Long enough for the plain nets to part.
+# A fitting test (issue #26), sized so that `bench run --depths 18 34` (4 runs) ends within 5 minutes on a
+# 2-core CPU: width-8 nets fit a fixed 768-image subset as it is stored (no crop or flip) in 32 passes (192
+# iterations, lr /10 at passes 16 and 24). The degradation problem is an optimisation failure, and fitting a
+# small set is that optimisation alone; training error is what the paper plots. The test subset is small
+# because every pass evaluates it. Measured (CIFAR-10 copy, AMD EPYC, plain nets on seed 3): the passes decide
+# both halves at once. At 48 passes both residual nets fit by pass 21-26, but plain-34 catches up (2.1% against
+# plain-18's 0.0%); at 40 it ends at 6.4%; at 32 at 15.1% against plain-18's 5.0%, while residual-34 still
+# fits at pass 21 on seed 2 (its slowest at 48). Seeds 0-5 on both datasets: the README's quick-start table.
 QUICK = dataclasses.replace(
     PAPER,
     preset="quick",
     width=8,
-    train_subset=9_000,
-    test_subset=1_000,
+    train_subset=768,
+    test_subset=250,
+    augment=False,
     iterations=None,
-    epochs=5,
+    epochs=32,
 )
 
 PRESETS: dict[str, RunConfig] = {"quick": QUICK, "paper": PAPER}

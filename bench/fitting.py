@@ -44,12 +44,18 @@ def fit_text(fitted: int, runs: int, first_fit: float | None) -> str:
 
 @dataclass(frozen=True)
 class Fit:
-    """How the runs of one net (arch x depth) fitted, over their seeds."""
+    """How the runs of one net (arch x depth) ended, over their seeds."""
 
-    net: str  # e.g. "plain-34"
+    arch: str
+    depth: int
+    final_train: float  # final training error, percent, mean over the seeds
     runs: int
     fitted: int  # runs whose final training error is at most FIT_ERROR
     first_fit: float | None  # the median pass of first fit of the runs that fitted; None when none did
+
+    @property
+    def net(self) -> str:
+        return f"{self.arch}-{self.depth}"
 
     @property
     def pass_text(self) -> str:
@@ -62,13 +68,35 @@ class Fit:
         return "" if self.runs == 1 else f" ({self.fitted} of {self.runs} seeds)"
 
 
-def fit_verdict(arch: str, shallow: Fit, deep: Fit) -> str | None:
-    """The degradation of one arch read at the floor, or None when neither net fits (the gap in final
-    training error then says it). Deeper fits first: the paper's "deeper residual trains better"; both fit:
-    no degradation; the deeper does not fit what the shallower fits: degradation."""
+def degradation_sentence(shallow: Fit, deep: Fit, *, provisional: bool = False) -> str:
+    """The degradation of one arch, its deepest net against its shallowest, in one sentence: the final
+    training errors and their gap, then the verdict (read at the floor where either net fits, else from the
+    gap), saying plainly when it is negative (none shown)."""
+    gap = deep.final_train - shallow.final_train
+    head = (f"{deep.arch}: the {deep.depth}-layer net ends at {deep.final_train:.2f}% training error, "
+            f"the {shallow.depth}-layer at {shallow.final_train:.2f}%: gap {gap:+.2f} points")
+    verdict = fit_verdict(shallow, deep) or _gap_verdict(deep.arch, gap)
+    tail = " (provisional: runs still in progress)" if provisional else ""
+    return f"{head}, {verdict}{tail}."
+
+
+def _gap_verdict(arch: str, gap: float) -> str:
+    if arch == "plain":
+        return ("degradation shown (the deeper plain net trains worse)" if gap > 0
+                else "NEGATIVE: no degradation shown (the deeper plain net trains as well or better)")
+    if math.isclose(gap, 0.0, abs_tol=1e-9):
+        return "the deeper residual net trains as well, no degradation (the paper's trains better)"
+    return ("the deeper residual net trains better, as in the paper" if gap < 0
+            else "the deeper residual net trains worse here, unlike the paper")
+
+
+def fit_verdict(shallow: Fit, deep: Fit) -> str | None:
+    """The degradation read at the floor, or None when neither net fits. Deeper fits first: the paper's
+    "deeper residual trains better"; both fit: no degradation; the deeper does not fit what the shallower
+    fits: degradation."""
     if not shallow.fitted and not deep.fitted:
         return None
-    plain = arch == "plain"
+    plain = deep.arch == "plain"
     if deep.fitted < shallow.fitted:
         head = f"{deep.net} does not fit what {shallow.net} fits{deep.share}"
         return f"{head}: " + ("degradation shown (the deeper plain net trains worse)" if plain

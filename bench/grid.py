@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import re
 import signal
+import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,8 +22,9 @@ from bench.config import GridConfig, RunConfig, resolve_device, threads_notice, 
 from bench.data import DataSource, ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, Notify, check_positive, first_line, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
-from bench.fitting import Fit, first_fit, fit_text, fit_verdict, fits, median_pass
+from bench.fitting import Fit, degradation_sentence, first_fit, fit_text, fits, median_pass
 from bench.modes import PRECISION_TEXT
+from bench.records import UNFINISHED
 from bench.step import device_settings
 from bench.train import Run, Schedule, rewrite_config, train_run
 
@@ -150,8 +152,8 @@ def print_summary(console: Console, summary: list[dict]) -> None:
 
 
 def verdict_lines(summary: list[dict]) -> list[str]:
-    """Per arch with two depths or more, its deepest against its shallowest net read at the floor, where
-    either fits its training set (bench.fitting; `bench report` gives the rest)."""
+    """Per arch with two depths or more, its deepest net against its shallowest in one sentence, as
+    `bench report` says it (bench.fitting)."""
     lines = []
     for arch in dict.fromkeys(item["arch"] for item in summary):
         mine = [item for item in summary if item["arch"] == arch and item["rows"]]
@@ -160,11 +162,13 @@ def verdict_lines(summary: list[dict]) -> list[str]:
             continue
         nets = []
         for depth in (depths[0], depths[-1]):
-            fitted = [_fit(item["rows"]) for item in mine if item["depth"] == depth]
-            nets.append(Fit(f"{arch}-{depth}", len(fitted), sum(f for f, _ in fitted),
+            runs = [item["rows"] for item in mine if item["depth"] == depth]
+            fitted = [_fit(rows) for rows in runs]
+            final = statistics.fmean(100 * rows[-1]["train_error"] for rows in runs)
+            nets.append(Fit(arch, depth, final, len(runs), sum(f for f, _ in fitted),
                             median_pass(first for _, first in fitted)))
-        if verdict := fit_verdict(arch, *nets):
-            lines.append(f"{arch}: {verdict}.")
+        provisional = any(str(item["state"]).split()[0] in UNFINISHED for item in mine)  # "finished (earlier)"
+        lines.append(degradation_sentence(*nets, provisional=provisional))
     return lines
 
 

@@ -11,7 +11,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from bench.fitting import FIT_ERROR, Fit, first_fit, fit_verdict, fits, median_pass
+from bench import fitting
+from bench.fitting import FIT_ERROR, Fit, first_fit, fits, median_pass
 from bench.records import DIVERGED, FINISHED, PHASES, UNFINISHED
 
 # He et al. (2015), Table 6: CIFAR-10 test error (%) of the residual nets, paper schedule, full data.
@@ -156,25 +157,15 @@ def degradation(errors: pd.DataFrame) -> pd.DataFrame:
 
 
 def degradation_sentence(row: pd.Series) -> str:
-    """The degradation of one arch in words, saying plainly when it is negative (none shown). Where either
-    net fits its training set, the verdict is read at the floor (bench.fitting): which fits, and which first."""
-    head = (f"{row['arch']}: the {row['deep_depth']}-layer net ends at {row['deep_train']:.2f}% training error, "
-            f"the {row['shallow_depth']}-layer at {row['shallow_train']:.2f}%: gap {row['train_gap']:+.2f} points")
-    nets = [Fit(f"{row['arch']}-{row[f'{name}_depth']}", int(row[f"{name}_runs"]), int(row[f"{name}_fitted"]),
-                None if pd.isna(row[f"{name}_first_fit"]) else float(row[f"{name}_first_fit"]))
-            for name in ("shallow", "deep")] if pd.notna(row.get("shallow_fitted")) else None
-    if nets and (at_the_floor := fit_verdict(row["arch"], *nets)):
-        verdict = at_the_floor
-    elif row["arch"] == "plain":
-        verdict = ("degradation shown (the deeper plain net trains worse)" if row["train_gap"] > 0
-                   else "NEGATIVE: no degradation shown (the deeper plain net trains as well or better)")
-    elif math.isclose(row["train_gap"], 0.0, abs_tol=1e-9):  # e.g. both fit the training set to 0%
-        verdict = "the deeper residual net trains as well, no degradation (the paper's trains better)"
-    else:
-        verdict = ("the deeper residual net trains better, as in the paper" if row["train_gap"] < 0
-                   else "the deeper residual net trains worse here, unlike the paper")
-    tail = " (provisional: runs still in progress)" if row["provisional"] else ""
-    return f"{head}, {verdict}{tail}."
+    """One row of `degradation` in words (bench.fitting.degradation_sentence)."""
+    def net(name: str) -> Fit:
+        fitted = row.get(f"{name}_fitted")
+        first = row.get(f"{name}_first_fit")
+        return Fit(row["arch"], int(row[f"{name}_depth"]), float(row[f"{name}_train"]),
+                   int(row.get(f"{name}_runs", 1)), 0 if pd.isna(fitted) else int(fitted),
+                   None if first is None or pd.isna(first) else float(first))
+
+    return fitting.degradation_sentence(net("shallow"), net("deep"), provisional=bool(row["provisional"]))
 
 
 def _unique(frame: pd.DataFrame, column: str) -> str:

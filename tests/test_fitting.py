@@ -30,34 +30,34 @@ def test_fit_text_says_the_pass_how_many_seeds_and_does_not_fit() -> None:
     assert fit_text(0, 2, float("nan")) == "does not fit"
 
 
-@pytest.mark.parametrize(("arch", "deep", "shallow", "expected"), [
+@pytest.mark.parametrize(("deep", "shallow", "expected"), [
     # The deeper does not fit what the shallower fits: the degradation problem, either arch.
-    ("plain", Fit("plain-34", 1, 0, None), Fit("plain-18", 1, 1, 20.0),
+    (Fit("plain", 34, 0.0, 1, 0, None), Fit("plain", 18, 0.0, 1, 1, 20.0),
      "plain-34 does not fit what plain-18 fits: degradation shown"),
-    ("residual", Fit("residual-34", 1, 0, None), Fit("residual-18", 1, 1, 20.0),
+    (Fit("residual", 34, 0.0, 1, 0, None), Fit("residual", 18, 0.0, 1, 1, 20.0),
      "residual-34 does not fit what residual-18 fits: the deeper residual net trains worse here, unlike the paper"),
     # Both fit: the pass decides.
-    ("residual", Fit("residual-34", 1, 1, 21.0), Fit("residual-18", 1, 1, 25.0),
+    (Fit("residual", 34, 0.0, 1, 1, 21.0), Fit("residual", 18, 0.0, 1, 1, 25.0),
      "both fit, residual-34 first (pass 21 against pass 25): the deeper residual net trains better, as in the paper"),
-    ("residual", Fit("residual-34", 1, 1, 25.0), Fit("residual-18", 1, 1, 25.0),
+    (Fit("residual", 34, 0.0, 1, 1, 25.0), Fit("residual", 18, 0.0, 1, 1, 25.0),
      "both fit, at the same pass 25: the deeper residual net trains as well, no degradation"),
-    ("residual", Fit("residual-34", 1, 1, 28.0), Fit("residual-18", 1, 1, 25.0),
+    (Fit("residual", 34, 0.0, 1, 1, 28.0), Fit("residual", 18, 0.0, 1, 1, 25.0),
      "both fit, residual-34 later (pass 28 against pass 25): no degradation, but the deeper residual net fits"),
-    ("plain", Fit("plain-34", 1, 1, 30.0), Fit("plain-18", 1, 1, 20.0),
+    (Fit("plain", 34, 0.0, 1, 1, 30.0), Fit("plain", 18, 0.0, 1, 1, 20.0),
      "both fit, plain-34 later (pass 30 against pass 20): NEGATIVE: no degradation shown"),
     # Only the deeper fits.
-    ("plain", Fit("plain-34", 1, 1, 30.0), Fit("plain-18", 1, 0, None),
+    (Fit("plain", 34, 0.0, 1, 1, 30.0), Fit("plain", 18, 0.0, 1, 0, None),
      "plain-34 fits and plain-18 does not: NEGATIVE"),
     # Seeds: fewer of the deeper net's seeds fit.
-    ("plain", Fit("plain-34", 3, 1, 40.0), Fit("plain-18", 3, 3, 20.0),
+    (Fit("plain", 34, 0.0, 3, 1, 40.0), Fit("plain", 18, 0.0, 3, 3, 20.0),
      "plain-34 does not fit what plain-18 fits (1 of 3 seeds): degradation shown"),
 ])
-def test_the_verdict_at_the_floor(arch: str, deep: Fit, shallow: Fit, expected: str) -> None:
-    assert expected in fit_verdict(arch, shallow, deep)
+def test_the_verdict_at_the_floor(deep: Fit, shallow: Fit, expected: str) -> None:
+    assert expected in fit_verdict(shallow, deep)
 
 
 def test_no_verdict_at_the_floor_when_neither_fits() -> None:
-    assert fit_verdict("plain", Fit("plain-18", 1, 0, None), Fit("plain-34", 1, 0, None)) is None
+    assert fit_verdict(Fit("plain", 18, 0.0, 1, 0, None), Fit("plain", 34, 0.0, 1, 0, None)) is None
 
 
 def _curve(floor: float, fit_at: int | None, passes: int = 8) -> list[float]:
@@ -95,6 +95,16 @@ def test_the_run_summary_gives_the_first_fit_and_the_verdicts() -> None:
     column = next(c for c in table.columns if c.header == "first fit")
     assert list(column.cells) == ["pass 5", "does not fit", "pass 6", "pass 4"]
     assert verdict_lines(summary) == [
-        "plain: plain-34 does not fit what plain-18 fits: degradation shown (the deeper plain net trains worse).",
-        "residual: both fit, residual-34 first (pass 4 against pass 6): the deeper residual net trains better, "
-        "as in the paper."]
+        "plain: the 34-layer net ends at 20.00% training error, the 18-layer at 0.00%: gap +20.00 points, "
+        "plain-34 does not fit what plain-18 fits: degradation shown (the deeper plain net trains worse).",
+        "residual: the 34-layer net ends at 0.00% training error, the 18-layer at 0.00%: gap +0.00 points, "
+        "both fit, residual-34 first (pass 4 against pass 6): the deeper residual net trains better, as in the paper."]
+
+
+def test_where_neither_fits_the_summary_reads_the_gap() -> None:
+    summary = [{"run_id": f"plain-{depth}", "arch": "plain", "depth": depth, "seed": 0, "state": state,
+                "seconds": 60.0, "rows": [{"train_error": error, "test_error": 0.5}]}
+               for depth, error, state in ((18, 0.03, "finished (earlier)"), (34, 0.5, "interrupted"))]
+    assert verdict_lines(summary) == [
+        "plain: the 34-layer net ends at 50.00% training error, the 18-layer at 3.00%: gap +47.00 points, "
+        "degradation shown (the deeper plain net trains worse) (provisional: runs still in progress)."]
