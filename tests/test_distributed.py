@@ -35,8 +35,11 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     b, runs_b = store.read_results([tmp_path / "two"])
     assert list(a.columns) == list(b.columns) and len(b) == 1  # rank 0 alone wrote, in the same schema
     assert runs_a["run_id"].tolist() == runs_b["run_id"].tolist()
-    for column in ("train_loss", "train_error", "test_loss", "test_error"):
+    for column in ("train_loss", "test_loss"):
         assert b[column].iloc[0] == pytest.approx(a[column].iloc[0], rel=1e-3, abs=1e-3), column
+    # Two ranks sum in another order, and one image whose two top logits nearly tie may flip: one image, no more.
+    for column, images in (("train_error", 256), ("test_error", 64)):
+        assert abs(b[column].iloc[0] - a[column].iloc[0]) <= 1 / images + 1e-9, column
     config = store.read_json(next((tmp_path / "two").glob(f"*/*/{store.CONFIG}")))
     assert config["distributed"] == {"world_size": 2, "batch_per_rank": 16}
 
