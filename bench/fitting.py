@@ -1,8 +1,10 @@
-"""What "fits" means, defined once for `bench run`'s summary and `bench report` (issue #26).
+"""What "fits" means, and the verdict on a pair of nets, defined once for `bench run`'s summary and
+`bench report` (issue #26).
 
 The `quick` preset fits a small training set as it is stored. At the 0% floor "which net ends lower" is
 decided by an image or two, so the question there is whether a net fits the set, and how fast: the pass
-(epoch) at which its training error first reaches the floor.
+(epoch) at which its training error first reaches the floor. Where neither net of a pair fits, the gap in
+final training error gives the verdict, as it always did.
 """
 
 from __future__ import annotations
