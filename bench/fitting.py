@@ -25,6 +25,13 @@ def first_fit(train_errors: Iterable[float]) -> int | None:
     return next((epoch for epoch, error in enumerate(train_errors, start=1) if error <= FIT_ERROR), None)
 
 
+def fit_pass(train_errors: Iterable[float]) -> int | None:
+    """The pass of first fit of a run that ends fitted (its last epoch fits), else None: a run that touched the
+    floor and left it does not fit its set. What `bench run`'s summary, the report's table and its figure show."""
+    errors = list(train_errors)
+    return first_fit(errors) if errors and fits(errors[-1]) else None
+
+
 def median_pass(passes: Iterable[int | None]) -> float | None:
     """The median of the passes that are not None, or None when all are."""
     known = [p for p in passes if p is not None]

@@ -22,7 +22,7 @@ from bench.config import GridConfig, RunConfig, resolve_device, threads_notice, 
 from bench.data import DataSource, ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, Notify, check_positive, first_line, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
-from bench.fitting import Fit, degradation_sentence, first_fit, fit_text, fits, median_pass
+from bench.fitting import Fit, degradation_sentence, fit_pass, fit_text, median_pass
 from bench.modes import PRECISION_TEXT
 from bench.records import UNFINISHED
 from bench.step import device_settings
@@ -140,8 +140,8 @@ def summary_table(summary: list[dict]) -> Table:
 
 def _fit(rows: list[dict]) -> tuple[int, int | None]:
     """(1 if the run ended fitted else 0, the pass of its first fit) from its epoch rows."""
-    fitted = bool(rows) and fits(rows[-1]["train_error"])
-    return int(fitted), first_fit(r["train_error"] for r in rows) if fitted else None
+    at = fit_pass(r["train_error"] for r in rows)
+    return int(at is not None), at
 
 
 def print_summary(console: Console, summary: list[dict]) -> None:

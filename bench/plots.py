@@ -19,14 +19,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 from bench.errors import BenchError
-from bench.fitting import FIT_ERROR, first_fit, fits
+from bench.fitting import FIT_ERROR, fit_pass
 from bench.records import DIVERGED, PHASES, UNFINISHED
 from resnet import ARCHS
-from bench.tables import (breakdown, curves, fit_caption, provenance_lines, schedule_provenance, timing_provenance,
-                          with_percent)
+from bench.tables import (breakdown, crossings, curves, fit_caption, provenance_lines, schedule_provenance,
+                          timing_provenance, with_percent)
 
 ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)"}
 BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}
@@ -34,6 +34,8 @@ TRAIN_WIDTH, TEST_WIDTH = 1.1, 2.4
 PHASE_LABELS = {"forward": "forward", "forward_backward": "forward + backward", "train_step": "train step"}
 PHASE_STYLES = {"forward": ":", "forward_backward": "--", "train_step": "-"}
 CAPTION_SIZE = 7.5
+# The training-gap axis (points, symlog): tenths of a point near a crossing, tens in the first epochs.
+GAP_TICKS = [-30, -10, -3, -1, -0.5, 0, 0.5, 1, 3, 10, 30, 100]
 
 
 def style() -> matplotlib.rc_context:
@@ -162,9 +164,8 @@ def _mark_fits(ax: Axes, epochs: pd.DataFrame, runs: pd.DataFrame, *, xcol: str,
     drawn = set()
     for run in runs.itertuples():
         rows = epochs[epochs["run_id"] == run.run_id].sort_values("epoch")
-        if rows.empty or not fits(rows["train_error"].iloc[-1]):
+        if (at := fit_pass(rows["train_error"])) is None:
             continue
-        at = first_fit(rows["train_error"])
         ax.plot(rows[xcol].iloc[at - 1] / scale, 0, marker="^", ms=8, color=color, mec="white", mew=0.8, ls="",
                 clip_on=False, zorder=6, gid=f"{run.arch}-{run.depth}-s{run.seed}-fit")
         drawn.add("fit")
@@ -457,25 +458,87 @@ def gradient_figure(first: pd.DataFrame, last: pd.DataFrame, runs: pd.DataFrame,
 def schedule_figure(table: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int, tuple] | None = None,
                     title: str | None = None) -> Figure:
     """Final training error (left) and test error (right) against schedule length, one line per net: where a
-    deeper net starts to pay off. `table` is `tables.schedule_table`; plain dashed, residual solid."""
+    deeper net starts to pay off. `table` is `tables.schedule_table`; plain dashed, residual solid. Where the
+    table mixes precisions, each precision's points get their own marker fill (fp32 filled, others hollow)
+    and the line joins the mean over every run of a length."""
     colors = colors or depth_colors(table["depth"])
     lengths = sorted(table["iterations"].unique())
+    precisions = sorted(table["precision"].unique(), key=lambda p: (p != "fp32", p))
+    mixed = len(precisions) > 1
     with style():
         fig = Figure(figsize=(12, 4.6))
         axes = fig.subplots(1, 2, sharey=True)
         for ax, column, what in zip(axes, ("final_train", "final_test"), ("training", "test")):
             for (arch, depth), net in table.groupby(["arch", "depth"]):
-                _net_line(ax, net["iterations"].to_numpy(), net[column].to_numpy(), arch, depth, colors[depth],
-                          f"{arch}-{depth}-{column}")
+                sums = net.assign(total=net[column] * net["seeds"]).groupby("iterations")[["total", "seeds"]].sum()
+                line = _net_line(ax, sums.index.to_numpy(), (sums["total"] / sums["seeds"]).to_numpy(), arch,
+                                 depth, colors[depth], f"{arch}-{depth}-{column}")
+                if mixed:
+                    line.set_marker("None")
+                    for precision, points in net.groupby("precision"):
+                        ax.plot(points["iterations"], points[column], ls="none", marker=ARCH_LINES[arch]["marker"],
+                                ms=5, color=colors[depth], mfc=colors[depth] if precision == "fp32" else "white",
+                                gid=f"{arch}-{depth}-{column}-{precision}")
             ax.set_xscale("log", base=2)
             ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
             ax.minorticks_off()
             ax.set_xlabel("schedule length (iterations)")
             ax.set_title(f"final {what} error", fontsize=11)
         axes[0].set_ylabel("error (%)")
-        axes[1].legend(loc="best", fontsize=8.5)
-        add_caption(fig, [*schedule_provenance(runs),
-                          "Each point: a whole run of that length (the lr decays scale with it), finished; mean "
-                          "over seeds. Dashed: plain; solid: residual."],
+        handles = axes[1].get_legend_handles_labels()[0]
+        if mixed:
+            handles += [Line2D([], [], ls="none", marker="o", color="0.4", mfc="0.4" if p == "fp32" else "white",
+                               label=p) for p in precisions]
+        axes[1].legend(handles=handles, loc="best", fontsize=8.5)
+        notes = ["Each point: a whole run of that length (the lr decays scale with it), finished; mean over seeds. "
+                 "Dashed: plain; solid: residual."]
+        if mixed:
+            notes.append(f"Precisions mixed ({', '.join(precisions)}): fp32 points filled, "
+                         f"{', '.join(precisions[1:])} hollow; where a length has both, the line joins the mean "
+                         "over all its runs.")
+        add_caption(fig, [*schedule_provenance(runs), *notes],
                     title=title or _default_title(runs, "Final error against schedule length"))
+    return fig
+
+
+def crossing_figure(gaps: pd.DataFrame, runs: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """A deeper net's training error minus a shallower one's against iteration, one panel per arch and one line
+    per schedule length (and precision and seed, where they vary): below zero the deeper net trains better;
+    a dot where a curve goes below for good. `gaps` is `tables.training_gaps`. The y axis is linear within
+    ±1 point and logarithmic beyond, so that the first epochs' gap of tens of points and a crossing of a
+    tenth of a point are both legible."""
+    archs = [a for a in ARCHS if a in set(gaps["arch"])]
+    lengths = sorted(gaps["iterations"].unique())
+    palette = dict(zip(lengths, sns.color_palette("viridis_r", len(lengths) + 1)[1:]))
+    varies = [k for k in ("precision", "seed") if gaps[k].nunique() > 1]
+    settles = crossings(gaps).set_index(["arch", "shallow", "deep", "iterations", "precision", "seed"])
+    with style():
+        fig = Figure(figsize=(6 * len(archs), 4.6))
+        axes = np.atleast_1d(fig.subplots(1, len(archs), squeeze=False)[0])
+        for ax, arch in zip(axes, archs):
+            ax.axhline(0, color="0.3", lw=0.9)
+            keys = ["shallow", "deep", "iterations", "precision", "seed"]
+            for (shallow, deep, iterations, precision, seed), curve in gaps[gaps["arch"] == arch].groupby(keys):
+                extra = ", ".join(f"seed {seed}" if k == "seed" else precision for k in varies)
+                label = f"{deep} − {shallow}, {iterations:,} iterations" + (f" ({extra})" if extra else "")
+                ax.plot(curve["iteration"], curve["gap"], color=palette[iterations], lw=1.5, label=label,
+                        gid=f"{arch}-{deep}-{shallow}-{iterations}-{precision}-s{seed}", **ARCH_LINES[arch],
+                        ms=0)
+                settled = settles.loc[(arch, shallow, deep, iterations, precision, seed), "below_from"]
+                if pd.notna(settled):
+                    ax.plot([settled], curve.loc[curve["iteration"] == settled, "gap"].to_numpy(), "o",
+                            color=palette[iterations], ms=6, mec="black", mew=0.6, zorder=5)
+            ax.set_yscale("symlog", linthresh=1)
+            ax.yaxis.set_major_locator(FixedLocator(GAP_TICKS))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:+g}" if value else "0"))
+            ax.yaxis.set_minor_locator(NullLocator())
+            ax.set_xlabel("iteration")
+            ax.set_title(f"{ARCH_TITLES[arch]}: deeper minus shallower", fontsize=11)
+            ax.legend(loc="best", fontsize=8)
+        axes[0].set_ylabel("training error gap (points)")
+        add_caption(fig, [*schedule_provenance(runs),
+                          "Training error of each epoch (running, augmented) of the deeper net minus the shallower's "
+                          "of one schedule and seed; below zero the deeper trains better. Dot: the epoch from which "
+                          "it stays below to the end. y: linear within ±1 point, logarithmic beyond."],
+                    title=title or _default_title(runs, "Where the deeper net crosses the shallower"))
     return fig

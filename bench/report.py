@@ -25,8 +25,8 @@ from bench.config import EXECUTION_FIELDS, FORMATS, RunConfig
 from bench.errors import BenchError, Notify
 from bench.fitting import FIT_ERROR, fit_text
 from bench.layers import GRAD_NORM, RESPONSE_STD
-from bench.plots import (PHASE_LABELS, degradation_figure, depth_colors, figure1, figure7, gradient_figure,
-                         schedule_figure, style, timing_figure)
+from bench.plots import (PHASE_LABELS, crossing_figure, degradation_figure, depth_colors, figure1, figure7,
+                         gradient_figure, schedule_figure, style, timing_figure)
 from bench.files import write_atomic
 from bench.provenance import utc_now
 from bench.records import DIVERGED, FINISHED
@@ -99,12 +99,14 @@ def experiments(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def schedule_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Finished runs that differ only in schedule length (iterations), where there are two lengths or more:
-    one group per (dataset, preset, family, the other experiment fields), named '<experiment>-schedules'."""
+    """Finished runs that differ only in schedule length (iterations) and precision, where there are two
+    lengths or more: one group per (dataset, preset, family, the other experiment fields), named
+    '<experiment>-schedules'. Precisions share a group (#25 measured bf16 against fp32 at 4,000 iterations
+    within seed noise) so that one figure spans every length; its table and figure tell them apart."""
     finished = runs[(runs["state"] == FINISHED) & runs["iterations"].notna()]
     out = []
-    # experiments() splits on every other experiment field; with the length blanked, only it may differ.
-    for name, group in experiments(finished.assign(iterations=None)):
+    # experiments() splits on every other experiment field; with length and precision blanked, only they differ.
+    for name, group in experiments(finished.assign(iterations=None, precision=None)):
         group = finished[finished["run_id"].isin(group["run_id"])]
         if group["iterations"].nunique() >= 2:
             out.append((f"{name}-schedules", group.reset_index(drop=True)))
@@ -113,14 +115,25 @@ def schedule_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def _schedules(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, out: Path, formats: Sequence[str],
                colors: dict) -> tuple[list[Path], list[str]]:
-    """The final-error-against-schedule-length figure and table of one group of `schedule_groups`."""
+    """The final-error-against-schedule-length figure and table of one group of `schedule_groups`, and where
+    each deeper net's training error crosses the shallower's (a figure of the gap, a table, sentences)."""
+    folder = out / name
     table = tables.schedule_table(epochs, runs)
-    paths = save_figure(schedule_figure(table, runs, colors=colors), out / name / "final-error-vs-schedule", formats)
+    paths = save_figure(schedule_figure(table, runs, colors=colors), folder / "final-error-vs-schedule", formats)
     markdown = schedule_markdown(table)
     readme = [f"## {name}", "", *[f"- {line}" for line in tables.schedule_provenance(runs)], "",
               "### Final error against schedule length (where depth starts to pay off)", "",
               *_figure_lines(paths, out, "final error against schedule length"), markdown, ""]
-    return paths + _write_table(table, out / name / "final-error-vs-schedule", markdown), readme
+    written = paths + _write_table(table, folder / "final-error-vs-schedule", markdown)
+    gaps = tables.training_gaps(epochs, runs)
+    if not gaps.empty:
+        crossing = tables.crossings(gaps)
+        figure = save_figure(crossing_figure(gaps, runs), folder / "training-gap", formats)
+        lines = crossing_lines(crossing)
+        readme += ["### Where the deeper net's training error crosses the shallower's", "",
+                   *_figure_lines(figure, out, "training error gap against iteration"), *lines, ""]
+        written += figure + _write_table(crossing, folder / "crossings", "\n".join(lines))
+    return written, readme
 
 
 def _setting(run: pd.Series, field: str) -> object:
@@ -201,14 +214,47 @@ def gap_markdown(errors: pd.DataFrame, gaps: pd.DataFrame) -> str:
 
 
 def schedule_markdown(table: pd.DataFrame) -> str:
-    """One row per net, final training then test error (%) at each schedule length."""
-    wide = table.assign(net=table["arch"] + "-" + table["depth"].astype(str)).pivot(
-        index="net", columns="iterations", values=["final_train", "final_test"])
-    columns = {("final_train", n): f"training error at {n:,}" for n in wide.columns.levels[1]}
-    columns.update({("final_test", n): f"test error at {n:,}" for n in wide.columns.levels[1]})
-    rows = wide[list(columns)].round(2)
-    rows.columns = list(columns.values())
-    return tables.markdown_table(rows.reset_index())
+    """One row per net, final training then test error (%) at each schedule length (and precision, where the
+    group has two); a mean over seeds says how many."""
+    mixed = table["precision"].nunique() > 1
+    table = table.assign(net=table["arch"] + "-" + table["depth"].astype(str),
+                         column=[(n, p) for n, p in zip(table["iterations"], table["precision"])])
+    rows = table[["net"]].drop_duplicates().set_index("net")
+    for (iterations, precision), cells in sorted(table.groupby("column"), key=lambda item: (item[0][0], item[0][1] != "fp32", item[0][1])):
+        name = f"{iterations:,}" + (f" ({precision})" if mixed else "")
+        for column, what in (("final_train", "training"), ("final_test", "test")):
+            values = cells.set_index("net").apply(
+                lambda row: f"{row[column]:.2f}" + (f" ({row['seeds']} seeds)" if row["seeds"] > 1 else ""), axis=1)
+            rows[f"{what} error at {name}"] = values
+    order = [c for what in ("training", "test") for c in rows.columns if c.startswith(what)]
+    return tables.markdown_table(rows[order].fillna("-").reset_index())
+
+
+def crossing_lines(crossings: pd.DataFrame) -> list[str]:
+    """Where each deeper net's training error crosses below the shallower's, schedule by schedule, in words;
+    first, per pair, the final gap at each length and the lengths at which the deeper net ends below."""
+    lines = []
+    for (arch, shallow, deep), pair in crossings.groupby(["arch", "shallow", "deep"], sort=True):
+        a, b = f"{arch}-{deep}", f"{arch}-{shallow}"
+        finals = pair.groupby("iterations")["final_gap"].mean()
+        ends_below = [f"{n:,}" for n, gap in finals.items() if gap < 0]
+        lines.append(f"- **{a} against {b}**, final training error, deeper minus shallower: "
+                     + ", ".join(f"{gap:+.2f} points at {n:,} iterations" for n, gap in finals.items())
+                     + f"; {a} ends below {b} in "
+                     + (f"the {' and '.join(ends_below)}-iteration schedule{'s' if len(ends_below) > 1 else ''}"
+                        if ends_below else "none of them") + ".")
+        for row in pair.itertuples():
+            where = f"{row.iterations:,} iterations ({row.precision}, seed {row.seed})"
+            finals_text = f"{row.deep_final:.2f}% vs {row.shallow_final:.2f}% ({row.final_gap:+.2f} points)"
+            if pd.notna(row.below_from):
+                first = "" if row.first_below == row.below_from else f"first below at iteration {row.first_below:,.0f}, "
+                lines.append(f"    - {where}: crosses; {first}below from iteration {row.below_from:,.0f} (lr "
+                             f"{row.lr_then:g}) to the end; final {finals_text}.")
+            else:
+                dips = (f"below at some epochs (first at iteration {row.first_below:,.0f}) but " if
+                        pd.notna(row.first_below) else "")
+                lines.append(f"    - {where}: does not cross; {dips}ends above: final {finals_text}.")
+    return lines
 
 
 def timing_markdown(table: pd.DataFrame) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench import fitting
-from bench.fitting import FIT_ERROR, Fit, first_fit, fits, median_pass
+from bench.fitting import FIT_ERROR, Fit, fit_pass, fits, median_pass
 from bench.records import DIVERGED, FINISHED, PHASES, UNFINISHED
 
 # He et al. (2015), Table 6: CIFAR-10 test error (%) of the residual nets, paper schedule, full data.
@@ -49,11 +49,11 @@ def curves(epochs: pd.DataFrame, x: str = "epoch") -> pd.DataFrame:
 
 def final_errors(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: its last epoch's train and test error (NaN if that epoch's is), its best test error
-    (percent), the pass at which it first fit its training set (bench.fitting; NaN if never), how many epochs
-    it has done, and its state."""
+    (percent), the pass at which it first fit its training set (bench.fitting.fit_pass; NaN unless it ends
+    fitted), how many epochs it has done, and its state."""
     frame = with_percent(epochs).sort_values(["run_id", "epoch"])
     last = frame.groupby("run_id").tail(1).set_index("run_id")
-    first = frame.groupby("run_id")["train"].agg(lambda train: first_fit(train / 100))
+    first = frame.groupby("run_id")["train"].agg(lambda train: fit_pass(train / 100))
     per_run = pd.DataFrame({"final_train": last["train"], "final_test": last["test"], "epochs_done": last["epoch"],
                             "best_test": frame.groupby("run_id")["test"].min(), "first_fit": first})
     columns = ["run_id", "arch", "depth", "seed", "state", "params", "epochs_total"]
@@ -188,16 +188,67 @@ def schedule_text(runs: pd.DataFrame) -> str:
 
 
 def schedule_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Final training and test error (percent, mean over seeds) of each finished net at each schedule length:
-    one row per (arch, depth, iterations). Runs by epochs, and unfinished or diverged runs, are left out: only
-    a whole schedule says where a net ends."""
+    """Final training and test error (percent, mean over seeds) of each finished net at each schedule length
+    and precision: one row per (arch, depth, iterations, precision). Runs by epochs, and unfinished or diverged
+    runs, are left out: only a whole schedule says where a net ends."""
     finished = runs[(runs["state"] == FINISHED) & runs["iterations"].notna()]
-    final = final_errors(epochs, finished).merge(finished[["run_id", "iterations"]], on="run_id")
-    table = (final.groupby(["arch", "depth", "iterations"])
+    final = final_errors(epochs, finished).merge(finished[["run_id", "iterations", "precision"]], on="run_id")
+    table = (final.groupby(["arch", "depth", "iterations", "precision"])
              .agg(final_train=("final_train", "mean"), final_test=("final_test", "mean"), seeds=("seed", "nunique"))
              .reset_index())
     table["iterations"] = table["iterations"].astype(int)
-    return table.sort_values(["arch", "depth", "iterations"]).reset_index(drop=True)
+    return table.sort_values(["arch", "depth", "iterations", "precision"]).reset_index(drop=True)
+
+
+def training_gaps(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Epoch by epoch, a deeper net's training error minus a shallower one's of the same arch (points; below
+    zero the deeper trains better), for each pair of depths that both finished one schedule (iterations,
+    precision) with one seed: columns arch, shallow, deep, iterations, precision, seed, iteration, lr, shallow
+    and deep (their training errors, %) and gap."""
+    finished = runs[(runs["state"] == FINISHED) & runs["iterations"].notna()]
+    mine = epochs[epochs["run_id"].isin(finished["run_id"])].drop(columns=["iterations", "precision"], errors="ignore")
+    frame = with_percent(mine).merge(finished[["run_id", "iterations", "precision"]], on="run_id")
+    keys = ["arch", "iterations", "precision", "seed"]
+    parts = []
+    for key, group in frame.groupby(keys):
+        train = group.pivot_table(index="iteration", columns="depth", values="train").sort_index()
+        lr = group.groupby("iteration")["lr"].first()
+        depths = sorted(train.columns)
+        for i, shallow in enumerate(depths):
+            for deep in depths[i + 1:]:
+                both = train[[shallow, deep]].dropna()
+                parts.append(pd.DataFrame({
+                    **dict(zip(keys, key)), "shallow": shallow, "deep": deep, "iteration": both.index,
+                    "lr": lr.reindex(both.index).to_numpy(), "shallow_train": both[shallow].to_numpy(),
+                    "deep_train": both[deep].to_numpy(), "gap": (both[deep] - both[shallow]).to_numpy()}))
+    columns = ["arch", "shallow", "deep", "iterations", "precision", "seed", "iteration", "lr", "shallow_train",
+               "deep_train", "gap"]
+    gaps = pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+    return gaps.astype({"iterations": int}).sort_values(columns[:7]).reset_index(drop=True)
+
+
+def crossings(gaps: pd.DataFrame) -> pd.DataFrame:
+    """Where each curve of `training_gaps` crosses zero: one row per (arch, shallow, deep, iterations,
+    precision, seed). `first_below` is the first iteration at which the deeper net's training error is lower;
+    `below_from` the iteration from which it stays lower to the end, at learning rate `lr_then` (both NaN
+    where it never is, or ends above); `shallow_final`, `deep_final` and `final_gap` are the last epoch's."""
+    keys = ["arch", "shallow", "deep", "iterations", "precision", "seed"]
+    rows = []
+    for key, curve in gaps.groupby(keys, sort=True):
+        below = curve["gap"].to_numpy() < 0
+        at = curve["iteration"].to_numpy()
+        # The last epoch at or above zero; the curve stays below after it.
+        last_above = np.flatnonzero(~below).max() if (~below).any() else -1
+        settled = bool(below[-1])
+        last = curve.iloc[-1]
+        rows.append({**dict(zip(keys, key)),
+                     "first_below": at[below.argmax()] if below.any() else math.nan,
+                     "below_from": at[last_above + 1] if settled else math.nan,
+                     "lr_then": curve["lr"].iloc[last_above + 1] if settled else math.nan,
+                     "shallow_final": last["shallow_train"], "deep_final": last["deep_train"],
+                     "final_gap": last["gap"]})
+    return pd.DataFrame(rows, columns=[*keys, "first_below", "below_from", "lr_then", "shallow_final",
+                                       "deep_final", "final_gap"])
 
 
 def schedule_provenance(runs: pd.DataFrame) -> list[str]:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from bench import tables
-from bench.fitting import FIT_ERROR, Fit, first_fit, fit_text, fit_verdict, fits, median_pass
+from bench.fitting import FIT_ERROR, Fit, first_fit, fit_pass, fit_text, fit_verdict, fits, median_pass
 from bench.grid import summary_table, verdict_lines
 
 
@@ -21,6 +21,12 @@ def test_first_fit_is_the_first_pass_at_the_floor_counted_from_one() -> None:
     assert first_fit([0.5, 0.1, 0.006]) is None
     assert first_fit([float("nan"), 0.0]) == 2
     assert median_pass([21, None, 25]) == 23.0 and median_pass([None]) is None
+
+
+def test_a_run_fits_only_if_it_ends_at_the_floor() -> None:
+    assert fit_pass([0.5, 0.004, 0.01, 0.0]) == 2  # left the floor and came back: its first pass there
+    assert fit_pass([0.5, 0.004, 0.01]) is None  # touched the floor and left it
+    assert fit_pass([]) is None
 
 
 def test_fit_text_says_the_pass_how_many_seeds_and_does_not_fit() -> None:

@@ -28,12 +28,12 @@ NOTE = "CIFAR-10 re-encoded as JPEG (quality 95): errors are not exactly compara
 
 
 def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCHS_TOTAL, state: str = "finished",
-              diverged_epoch: int | None = None, iterations: int | None = None) -> str:
+              diverged_epoch: int | None = None, iterations: int | None = None, precision: str = "fp32") -> str:
     """One run folder as `bench run` leaves it: plain nets train worse the deeper they are (the degradation),
     residual nets better; a diverged epoch has NaN training loss and error. With `iterations`, a run of that
     schedule length (instead of EPOCHS_TOTAL epochs), which ends lower the longer it is."""
     schedule = {"iterations": iterations, "epochs": None} if iterations else {"epochs": EPOCHS_TOTAL}
-    config = dataclasses.replace(QUICK, arch=arch, depth=depth, seed=seed, **schedule)
+    config = dataclasses.replace(QUICK, arch=arch, depth=depth, seed=seed, precision=precision, **schedule)
     run_id = config.run_id()
     directory = run_dir(root, "cifar10", run_id)
     rng = np.random.default_rng(depth * 100 + seed + (arch == "plain") * 7 + (iterations or 0))
@@ -49,7 +49,7 @@ def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCH
             "iteration": epoch * 157, "lr": 0.05, "train_loss": math.nan if diverged else 2 * train,
             "train_error": math.nan if diverged else train, "test_loss": 1.0,
             "test_error": 0.9 if diverged else train + 0.05 + rng.uniform(0, 0.01),
-            "epoch_seconds": 10.0, "images_per_second": 1000.0, "device": "cpu", "precision": "fp32",
+            "epoch_seconds": 10.0, "images_per_second": 1000.0, "device": "cpu", "precision": precision,
             "timestamp": dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=epoch),
         })
     write_epochs(directory / EPOCHS, rows)
@@ -341,6 +341,68 @@ def test_schedule_lengths_get_a_figure_of_final_error_against_length(tmp_path):
     assert list(line.get_ydata()) == pytest.approx([expected["plain", 56, 1000], expected["plain", 56, 4000]])
     readme = (out / "README.md").read_text()
     assert "## cifar10-quick-schedules" in readme and "training error at 4,000" in readme
+
+
+def test_precisions_share_one_schedule_figure_and_the_table_tells_them_apart(tmp_path):
+    root = tmp_path / "results"
+    for arch in ("plain", "residual"):
+        for depth in (20, 56):
+            write_run(root, arch, depth, 0, iterations=4000)
+            write_run(root, arch, depth, 0, iterations=16000, precision="bf16")
+    write_run(root, "residual", 20, 0, iterations=4000, precision="bf16")
+    out = tmp_path / "reports"
+    report.make_report([root], out, notify=lambda message: None)
+    # Each precision's lengths are experiments of their own; the lengths across precisions are one figure.
+    assert [p.name for p in out.iterdir() if p.name.endswith("-schedules")] == ["cifar10-quick-schedules"]
+    table = pd.read_csv(out / "cifar10-quick-schedules" / "final-error-vs-schedule.csv")
+    assert sorted(set(zip(table["iterations"], table["precision"]))) == [(4000, "bf16"), (4000, "fp32"),
+                                                                          (16000, "bf16")]
+    markdown = (out / "cifar10-quick-schedules" / "final-error-vs-schedule.md").read_text()
+    header = markdown.splitlines()[0]
+    assert header.index("training error at 4,000 (fp32)") < header.index("training error at 4,000 (bf16)") \
+        < header.index("training error at 16,000 (bf16)")
+    epochs, runs = report.read_results([root])
+    fig = plots.schedule_figure(tables.schedule_table(epochs, runs), runs)
+    lines = {l.get_gid(): l for ax in fig.axes for l in ax.lines}
+    # The line joins the mean over both precisions at 4,000; each precision keeps its own points.
+    both = table[(table["arch"] == "residual") & (table["depth"] == 20) & (table["iterations"] == 4000)]
+    assert lines["residual-20-final_train"].get_ydata()[0] == pytest.approx(both["final_train"].mean())
+    assert list(lines["residual-20-final_train-bf16"].get_xdata()) == [4000, 16000]
+    assert "Precisions mixed" in next(t for t in fig.texts if t.get_gid() == "caption").get_text()
+
+
+def _gap_runs(deep_minus_shallow: list[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A residual-20 at 30% training error throughout and a residual-56 at 30% plus the given gaps (points), one
+    epoch of 100 iterations each, the lr dropping tenfold at the second half: epochs and runs as read back."""
+    rows = []
+    for depth, gaps in ((20, [0.0] * len(deep_minus_shallow)), (56, deep_minus_shallow)):
+        for epoch, gap in enumerate(gaps, 1):
+            rows.append({"run_id": f"r{depth}", "arch": "residual", "depth": depth, "seed": 0, "epoch": epoch,
+                         "iteration": 100 * epoch, "lr": 0.1 if epoch <= len(gaps) // 2 else 0.01,
+                         "train_error": 0.30 + gap / 100, "test_error": 0.35, "train_loss": 1.0, "test_loss": 1.0,
+                         "precision": "fp32"})
+    runs = pd.DataFrame({"run_id": ["r20", "r56"], "state": "finished", "iterations": 100 * len(deep_minus_shallow),
+                         "precision": "fp32"})
+    return pd.DataFrame(rows), runs
+
+
+@pytest.mark.parametrize("gaps, first_below, below_from, lr", [
+    ([5, 2, -0.5, 0.3, -0.2, -0.4], 300, 500, 0.01),  # dips, comes back, then stays below from the fifth epoch
+    ([5, 2, -0.5, 0.3, 0.2, 0.1], 300, None, None),  # dips once, ends above: no crossing
+    ([3, 2, 1, 0.5, 0.2, 0.0], None, None, None),  # a tie is not below
+    ([-1, -2, -3, -1], 100, 100, 0.1),  # below from the first epoch
+])
+def test_a_crossing_is_where_the_deeper_net_stays_below_to_the_end(gaps, first_below, below_from, lr):
+    epochs, runs = _gap_runs(gaps)
+    gap_curve = tables.training_gaps(epochs, runs)
+    assert gap_curve["gap"].to_numpy() == pytest.approx(gaps)
+    (row,) = tables.crossings(gap_curve).itertuples()
+    assert (row.shallow, row.deep, row.final_gap) == (20, 56, pytest.approx(gaps[-1]))
+    for got, want in ((row.first_below, first_below), (row.below_from, below_from), (row.lr_then, lr)):
+        assert (math.isnan(got) if want is None else got == pytest.approx(want))
+    words = "\n".join(report.crossing_lines(tables.crossings(gap_curve)))
+    assert ("crosses;" in words) == (below_from is not None)
+    assert ("ends below residual-20 in none" in words) == (gaps[-1] >= 0)
 
 
 def test_how_a_run_executes_never_splits_an_experiment():
