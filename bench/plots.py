@@ -521,13 +521,13 @@ def crossing_figure(gaps: pd.DataFrame, runs: pd.DataFrame, *, title: str | None
             for (shallow, deep, iterations, precision, seed), curve in gaps[gaps["arch"] == arch].groupby(keys):
                 extra = ", ".join(f"seed {seed}" if k == "seed" else precision for k in varies)
                 label = f"{deep} − {shallow}, {iterations:,} iterations" + (f" ({extra})" if extra else "")
-                ax.plot(curve["iteration"], curve["gap"], color=palette[iterations], lw=1.5, label=label,
-                        gid=f"{arch}-{deep}-{shallow}-{iterations}-{precision}-s{seed}", **ARCH_LINES[arch],
-                        ms=0)
+                gid = f"{arch}-{deep}-{shallow}-{iterations}-{precision}-s{seed}"
+                ax.plot(curve["iteration"], curve["gap"], color=palette[iterations], lw=1.5, label=label, gid=gid,
+                        **ARCH_LINES[arch], ms=0)
                 settled = settles.loc[(arch, shallow, deep, iterations, precision, seed), "below_from"]
                 if pd.notna(settled):
                     ax.plot([settled], curve.loc[curve["iteration"] == settled, "gap"].to_numpy(), "o",
-                            color=palette[iterations], ms=6, mec="black", mew=0.6, zorder=5)
+                            color=palette[iterations], ms=6, mec="black", mew=0.6, zorder=5, gid=f"{gid}-crossing")
             ax.set_yscale("symlog", linthresh=1)
             ax.yaxis.set_major_locator(FixedLocator(GAP_TICKS))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:+g}" if value else "0"))

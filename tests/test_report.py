@@ -381,8 +381,9 @@ def _gap_runs(deep_minus_shallow: list[float]) -> tuple[pd.DataFrame, pd.DataFra
                          "iteration": 100 * epoch, "lr": 0.1 if epoch <= len(gaps) // 2 else 0.01,
                          "train_error": 0.30 + gap / 100, "test_error": 0.35, "train_loss": 1.0, "test_loss": 1.0,
                          "precision": "fp32"})
-    runs = pd.DataFrame({"run_id": ["r20", "r56"], "state": "finished", "iterations": 100 * len(deep_minus_shallow),
-                         "precision": "fp32"})
+    runs = pd.DataFrame([{**QUICK.to_dict(), "run_id": f"r{depth}", "arch": "residual", "depth": depth, "seed": 0,
+                          "state": "finished", "iterations": 100 * len(deep_minus_shallow), "epochs": None}
+                         for depth in (20, 56)])
     return pd.DataFrame(rows), runs
 
 
@@ -400,6 +401,11 @@ def test_a_crossing_is_where_the_deeper_net_stays_below_to_the_end(gaps, first_b
     assert (row.shallow, row.deep, row.final_gap) == (20, 56, pytest.approx(gaps[-1]))
     for got, want in ((row.first_below, first_below), (row.below_from, below_from), (row.lr_then, lr)):
         assert (math.isnan(got) if want is None else got == pytest.approx(want))
+    fig = plots.crossing_figure(gap_curve, runs)
+    lines = {line.get_gid(): line for ax in fig.axes for line in ax.lines}
+    assert list(lines[f"residual-56-20-{100 * len(gaps)}-fp32-s0"].get_ydata()) == pytest.approx(gaps)
+    dots = [line for gid, line in lines.items() if gid and gid.endswith("-crossing")]
+    assert [list(dot.get_xdata()) for dot in dots] == ([[below_from]] if below_from else [])
     words = "\n".join(report.crossing_lines(tables.crossings(gap_curve)))
     assert ("crosses;" in words) == (below_from is not None)
     assert ("ends below residual-20 in none" in words) == (gaps[-1] >= 0)
