@@ -217,15 +217,15 @@ def schedule_markdown(table: pd.DataFrame) -> str:
     """One row per net, final training then test error (%) at each schedule length (and precision, where the
     group has two); a mean over seeds says how many."""
     mixed = table["precision"].nunique() > 1
-    table = table.assign(net=table["arch"] + "-" + table["depth"].astype(str),
-                         column=[(n, p) for n, p in zip(table["iterations"], table["precision"])])
+    table = table.assign(net=table["arch"] + "-" + table["depth"].astype(str))
     rows = table[["net"]].drop_duplicates().set_index("net")
-    for (iterations, precision), cells in sorted(table.groupby("column"), key=lambda item: (item[0][0], item[0][1] != "fp32", item[0][1])):
+    lengths = table[["iterations", "precision"]].drop_duplicates().itertuples(index=False)
+    for iterations, precision in sorted(lengths, key=lambda length: (length[0], length[1] != "fp32", length[1])):
+        cells = table[(table["iterations"] == iterations) & (table["precision"] == precision)].set_index("net")
         name = f"{iterations:,}" + (f" ({precision})" if mixed else "")
         for column, what in (("final_train", "training"), ("final_test", "test")):
-            values = cells.set_index("net").apply(
+            rows[f"{what} error at {name}"] = cells.apply(
                 lambda row: f"{row[column]:.2f}" + (f" ({row['seeds']} seeds)" if row["seeds"] > 1 else ""), axis=1)
-            rows[f"{what} error at {name}"] = values
     order = [c for what in ("training", "test") for c in rows.columns if c.startswith(what)]
     return tables.markdown_table(rows[order].fillna("-").reset_index())
 
@@ -247,7 +247,8 @@ def crossing_lines(crossings: pd.DataFrame) -> list[str]:
             where = f"{row.iterations:,} iterations ({row.precision}, seed {row.seed})"
             finals_text = f"{row.deep_final:.2f}% vs {row.shallow_final:.2f}% ({row.final_gap:+.2f} points)"
             if pd.notna(row.below_from):
-                first = "" if row.first_below == row.below_from else f"first below at iteration {row.first_below:,.0f}, "
+                first = ("" if row.first_below == row.below_from
+                         else f"first below at iteration {row.first_below:,.0f}, ")
                 lines.append(f"    - {where}: crosses; {first}below from iteration {row.below_from:,.0f} (lr "
                              f"{row.lr_then:g}) to the end; final {finals_text}.")
             else:

@@ -203,11 +203,12 @@ def schedule_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def training_gaps(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Epoch by epoch, a deeper net's training error minus a shallower one's of the same arch (points; below
     zero the deeper trains better), for each pair of depths that both finished one schedule (iterations,
-    precision) with one seed: columns arch, shallow, deep, iterations, precision, seed, iteration, lr, shallow
-    and deep (their training errors, %) and gap."""
+    precision) with one seed: columns arch, shallow, deep (the depths), iterations, precision, seed, iteration,
+    lr, shallow_train and deep_train (their training errors, %) and gap."""
     finished = runs[(runs["state"] == FINISHED) & runs["iterations"].notna()]
-    mine = epochs[epochs["run_id"].isin(finished["run_id"])].drop(columns=["iterations", "precision"], errors="ignore")
-    frame = with_percent(mine).merge(finished[["run_id", "iterations", "precision"]], on="run_id")
+    mine = epochs[epochs["run_id"].isin(finished["run_id"])]
+    frame = with_percent(mine.drop(columns=["iterations", "precision"], errors="ignore")).merge(
+        finished[["run_id", "iterations", "precision"]], on="run_id")
     keys = ["arch", "iterations", "precision", "seed"]
     parts = []
     for key, group in frame.groupby(keys):
@@ -230,8 +231,9 @@ def training_gaps(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def crossings(gaps: pd.DataFrame) -> pd.DataFrame:
     """Where each curve of `training_gaps` crosses zero: one row per (arch, shallow, deep, iterations,
     precision, seed). `first_below` is the first iteration at which the deeper net's training error is lower;
-    `below_from` the iteration from which it stays lower to the end, at learning rate `lr_then` (both NaN
-    where it never is, or ends above); `shallow_final`, `deep_final` and `final_gap` are the last epoch's."""
+    `below_from` the iteration from which it stays lower to the end, at learning rate `lr_then`. Each is NaN
+    where there is none: no epoch below, or the last one not below. `shallow_final`, `deep_final` and
+    `final_gap` are the last epoch's."""
     keys = ["arch", "shallow", "deep", "iterations", "precision", "seed"]
     rows = []
     for key, curve in gaps.groupby(keys, sort=True):
