@@ -11,12 +11,32 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 # Training error (a fraction) at or below which a net fits its set: 3 images of the quick preset's 768, the
 # same fraction of any other. Not 0: one image left over is noise at the floor, not an optimisation failure.
 FIT_ERROR = 0.005
+
+
+def final_train_error(train_errors: Sequence[float], iterations: Sequence[int]) -> float:
+    """Where a run ends in training error (the unit of `train_errors`, one per epoch, with the iteration each
+    ended at): its last epoch's, pooled with the epochs before it, weighted by their iterations, until they
+    span a whole epoch. A schedule of iterations ends on a short epoch (16,000 = 41 x 390 + 10): alone its
+    running error is 10 batches, 1,280 images, and moved by a point against the whole epoch before it at the
+    same learning rate (plain-20, 16,000 iterations: 11.48% vs 10.47%). Test error needs no such care: it is
+    measured on the whole test set at the last weights. NaN where any pooled epoch's error is NaN."""
+    ends = [int(i) for i in iterations]
+    if not ends:
+        return math.nan
+    counts = [b - a for a, b in zip([0, *ends[:-1]], ends)]
+    # A whole epoch is the usual length (the median), which the short last one does not move.
+    whole, pooled, weight = statistics.median(counts), 0.0, 0
+    for error, count in zip(reversed(train_errors), reversed(counts)):
+        pooled, weight = pooled + float(error) * count, weight + count
+        if weight >= whole:
+            break
+    return pooled / weight if weight else math.nan
 
 
 def first_fit(train_errors: Iterable[float]) -> int | None:

@@ -22,7 +22,7 @@ from bench.config import GridConfig, RunConfig, resolve_device, threads_notice, 
 from bench.data import DataSource, ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, Notify, check_positive, first_line, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
-from bench.fitting import Fit, degradation_sentence, fit_pass, fit_text, median_pass
+from bench.fitting import Fit, degradation_sentence, final_train_error, fit_pass, fit_text, median_pass
 from bench.modes import PRECISION_TEXT
 from bench.records import UNFINISHED
 from bench.step import device_settings
@@ -132,10 +132,15 @@ def summary_table(summary: list[dict]) -> Table:
         best = min((r["test_error"] for r in rows), default=float("nan"))
         fitted, first = _fit(rows)
         table.add_row(item["run_id"], item["arch"], str(item["depth"]), str(item["seed"]), item["state"],
-                      str(len(rows)), f"{last.get('train_error', float('nan')):.2%}", fit_text(fitted, 1, first),
+                      str(len(rows)), f"{_final_train(rows):.2%}", fit_text(fitted, 1, first),
                       f"{last.get('test_error', float('nan')):.2%}", f"{best:.2%}",
                       f"{item['seconds'] / 60:.1f}")
     return table
+
+
+def _final_train(rows: list[dict]) -> float:
+    """A run's final training error (a fraction; bench.fitting.final_train_error) from its epoch rows."""
+    return final_train_error([r["train_error"] for r in rows], [r["iteration"] for r in rows])
 
 
 def _fit(rows: list[dict]) -> tuple[int, int | None]:
@@ -164,7 +169,7 @@ def verdict_lines(summary: list[dict]) -> list[str]:
         for depth in (depths[0], depths[-1]):
             runs = [item["rows"] for item in mine if item["depth"] == depth]
             fitted = [_fit(rows) for rows in runs]
-            final = statistics.fmean(100 * rows[-1]["train_error"] for rows in runs)
+            final = statistics.fmean(100 * _final_train(rows) for rows in runs)
             nets.append(Fit(arch, depth, final, len(runs), sum(f for f, _ in fitted),
                             median_pass(first for _, first in fitted)))
         provisional = any(str(item["state"]).split()[0] in UNFINISHED for item in mine)  # "finished (earlier)"

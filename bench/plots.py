@@ -25,7 +25,7 @@ from bench.errors import BenchError
 from bench.fitting import FIT_ERROR, fit_pass
 from bench.records import DIVERGED, PHASES, UNFINISHED
 from resnet import ARCHS
-from bench.tables import (breakdown, crossings, curves, fit_caption, provenance_lines, schedule_provenance,
+from bench.tables import (breakdown, curves, fit_caption, provenance_lines, schedule_provenance,
                           timing_provenance, with_percent)
 
 ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)"}
@@ -501,17 +501,19 @@ def schedule_figure(table: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int
     return fig
 
 
-def crossing_figure(gaps: pd.DataFrame, runs: pd.DataFrame, *, title: str | None = None) -> Figure:
+def crossing_figure(gaps: pd.DataFrame, crossed: pd.DataFrame, runs: pd.DataFrame, *,
+                    title: str | None = None) -> Figure:
     """A deeper net's training error minus a shallower one's against iteration, one panel per arch and one line
     per schedule length (and precision and seed, where they vary): below zero the deeper net trains better;
-    a dot where a curve goes below for good. `gaps` is `tables.training_gaps`. The y axis is linear within
+    a dot where a curve goes below for good. `gaps` is `tables.training_gaps`, `crossed` is `tables.crossings` of
+    it (the dots, as the report's table states them). The y axis is linear within
     ±1 point and logarithmic beyond, so that the first epochs' gap of tens of points and a crossing of a
     tenth of a point are both legible."""
     archs = [a for a in ARCHS if a in set(gaps["arch"])]
     lengths = sorted(gaps["iterations"].unique())
     palette = dict(zip(lengths, sns.color_palette("viridis_r", len(lengths) + 1)[1:]))
     varies = [k for k in ("precision", "seed") if gaps[k].nunique() > 1]
-    settles = crossings(gaps).set_index(["arch", "shallow", "deep", "iterations", "precision", "seed"])
+    settles = crossed.set_index(["arch", "shallow", "deep", "iterations", "precision", "seed"])
     with style():
         fig = Figure(figsize=(6 * len(archs), 4.6))
         axes = np.atleast_1d(fig.subplots(1, len(archs), squeeze=False)[0])

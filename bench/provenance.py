@@ -49,6 +49,31 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets torch's CPU kernels choose between (oneDNN, the vectorised ATen ops): two CPUs with one
+# model name ("AMD EPYC") can differ in them, and did: Zen 4 and Zen 5 trained the reference 1.6x apart.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_id() -> str | None:
+    """Which CPU exactly: vendor, family and model from /proc/cpuinfo, and which of `CPU_FLAGS` it has, e.g.
+    'AuthenticAMD family 26 model 2; avx2 fma avx512f avx512_vnni avx512_bf16'. None where there is no
+    /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor says it for all
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    which = f"{fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+    return f"{which}; " + (" ".join(f for f in CPU_FLAGS if f in flags) or "none of " + " ".join(CPU_FLAGS))
+
+
 def device_name(device: torch.device | str) -> str:
     """A human name for a device: the GPU model for CUDA, the CPU model otherwise."""
     device = torch.device(device)
@@ -81,6 +106,7 @@ def environment(device: torch.device | str = "cpu") -> dict[str, object]:
         # The GPU current while it ran (bench.step.device_settings makes cuda:N so): N, or None on the CPU.
         "cuda_device": torch.cuda.current_device() if device.type == "cuda" else None,
         "cpu": cpu_name(),
+        "cpu_id": cpu_id(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "hostname": platform.node(),

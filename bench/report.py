@@ -128,7 +128,7 @@ def _schedules(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, out: Path, f
     gaps = tables.training_gaps(epochs, runs)
     if not gaps.empty:
         crossing = tables.crossings(gaps)
-        figure = save_figure(crossing_figure(gaps, runs), folder / "training-gap", formats)
+        figure = save_figure(crossing_figure(gaps, crossing, runs), folder / "training-gap", formats)
         lines = crossing_lines(crossing)
         readme += ["### Where the deeper net's training error crosses the shallower's", "",
                    *_figure_lines(figure, out, "training error gap against iteration"), *lines, ""]
@@ -412,7 +412,10 @@ def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = Non
                          "epoch of `bench run`, then run `bench report` again")
     readme = out / "README.md"
     header = ["# Results", "", f"Generated {utc_now()} by `bench report` from "
-              f"{', '.join(f'`{r}`' for r in results)}. Errors are in percent; gaps in percentage points.", ""]
+              f"{', '.join(f'`{r}`' for r in results)}. Errors are in percent; gaps in percentage points. Final "
+              "training error is the running error over the last whole epoch of iterations (a schedule's short "
+              "last epoch pooled with the one before it); final test error is the last epoch's, on the whole "
+              "test split.", ""]
     write_text(readme, "\n".join(header + sections))
     written.append(readme)
     notify(f"wrote {len(written)} files to {out}: open {readme}")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench import fitting
-from bench.fitting import FIT_ERROR, Fit, fit_pass, fits, median_pass
+from bench.fitting import FIT_ERROR, Fit, final_train_error, fit_pass, fits, median_pass
 from bench.records import DIVERGED, FINISHED, PHASES, UNFINISHED
 
 # He et al. (2015), Table 6: CIFAR-10 test error (%) of the residual nets, paper schedule, full data.
@@ -48,13 +48,17 @@ def curves(epochs: pd.DataFrame, x: str = "epoch") -> pd.DataFrame:
 
 
 def final_errors(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: its last epoch's train and test error (NaN if that epoch's is), its best test error
-    (percent), the pass at which it first fit its training set (bench.fitting.fit_pass; NaN unless it ends
-    fitted), how many epochs it has done, and its state."""
+    """One row per run: its final training error (bench.fitting.final_train_error: pooled over its last whole
+    epoch of iterations) and its last epoch's test error (NaN if an error is), its best test error (percent),
+    the pass at which it first fit its training set (bench.fitting.fit_pass; NaN unless it ends fitted), how
+    many epochs it has done, and its state."""
     frame = with_percent(epochs).sort_values(["run_id", "epoch"])
     last = frame.groupby("run_id").tail(1).set_index("run_id")
-    first = frame.groupby("run_id")["train"].agg(lambda train: fit_pass(train / 100))
-    per_run = pd.DataFrame({"final_train": last["train"], "final_test": last["test"], "epochs_done": last["epoch"],
+    runs_of = frame.groupby("run_id")
+    first = runs_of["train"].agg(lambda train: fit_pass(train / 100))
+    final = pd.Series({run_id: final_train_error(run["train"].to_numpy(), run["iteration"].to_numpy())
+                       for run_id, run in runs_of}, dtype=float).rename_axis("run_id")
+    per_run = pd.DataFrame({"final_train": final, "final_test": last["test"], "epochs_done": last["epoch"],
                             "best_test": frame.groupby("run_id")["test"].min(), "first_fit": first})
     columns = ["run_id", "arch", "depth", "seed", "state", "params", "epochs_total"]
     return runs[columns].merge(per_run.reset_index(), on="run_id", how="inner")
@@ -232,8 +236,8 @@ def crossings(gaps: pd.DataFrame) -> pd.DataFrame:
     """Where each curve of `training_gaps` crosses zero: one row per (arch, shallow, deep, iterations,
     precision, seed). `first_below` is the first iteration at which the deeper net's training error is lower;
     `below_from` the iteration from which it stays lower to the end, at learning rate `lr_then`. Each is NaN
-    where there is none: no epoch below, or the last one not below. `shallow_final`, `deep_final` and
-    `final_gap` are the last epoch's."""
+    where there is none: no epoch below, or the last one not below. `shallow_final` and `deep_final` are the
+    nets' final training errors (bench.fitting.final_train_error), `final_gap` their difference."""
     keys = ["arch", "shallow", "deep", "iterations", "precision", "seed"]
     rows = []
     for key, curve in gaps.groupby(keys, sort=True):
@@ -242,13 +246,14 @@ def crossings(gaps: pd.DataFrame) -> pd.DataFrame:
         # The last epoch at or above zero; the curve stays below after it.
         last_above = np.flatnonzero(~below).max() if (~below).any() else -1
         settled = bool(below[-1])
-        last = curve.iloc[-1]
+        shallow_final, deep_final = (final_train_error(curve[net].to_numpy(), at)
+                                     for net in ("shallow_train", "deep_train"))
         rows.append({**dict(zip(keys, key)),
                      "first_below": at[below.argmax()] if below.any() else math.nan,
                      "below_from": at[last_above + 1] if settled else math.nan,
                      "lr_then": curve["lr"].iloc[last_above + 1] if settled else math.nan,
-                     "shallow_final": last["shallow_train"], "deep_final": last["deep_train"],
-                     "final_gap": last["gap"]})
+                     "shallow_final": shallow_final, "deep_final": deep_final,
+                     "final_gap": deep_final - shallow_final})
     return pd.DataFrame(rows, columns=[*keys, "first_below", "below_from", "lr_then", "shallow_final",
                                        "deep_final", "final_gap"])
 

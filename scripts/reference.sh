@@ -13,8 +13,9 @@
 # issue #15 asks, the 20/56 pairs follow at 8,000 iterations, residual first (ResNet-56 then takes about
 # two hours: its checkpoint carries over between chunks on the same machine). Issue #25 then: the 20-layer pair
 # in bf16 and residual-20 with seed 1 at 4,000 iterations (bf16 against seed noise), then the 20/56 pairs at
-# 16,000 in bf16, residual first (measured on the 2-core AMD EPYC: residual-20 69 minutes, a 56-layer net about
-# 260 s an epoch, three hours in all).
+# 16,000 in bf16, residual first (measured on 2-core AMD EPYCs: on Zen 4, family 25, residual-20 69 minutes and a
+# 56-layer net about 222 s an epoch alone; on Zen 5, family 26, plain-20 38 minutes and plain-56 about 144 s an
+# epoch, 100 minutes: start a 56-layer run first in a session, since its checkpoint does not outlive the machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-150}

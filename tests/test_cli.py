@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +78,9 @@ def test_run_then_rerun_skips_finished_runs_and_report_draws_them(tmp_path, data
     # What bench time measures under too (bench.step.device_settings): IEEE fp32, cudnn autotuning.
     assert (environment["cudnn_benchmark"], environment["allow_tf32_matmul"], environment["allow_tf32_cudnn"]) == (
         True, False, False)
+    # Which CPU exactly: one model name ("AMD EPYC") covered two CPUs that trained 1.6x apart.
+    if Path("/proc/cpuinfo").exists():
+        assert re.fullmatch(r"\S+ family \d+ model \d+; .+", environment["cpu_id"]), environment["cpu_id"]
     files = sorted(tmp_path.glob(f"*/*/{store.EPOCHS}"))
     before = [path.stat().st_mtime_ns for path in files]
     second = bench(*args)

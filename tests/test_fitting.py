@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
 from bench import tables
-from bench.fitting import FIT_ERROR, Fit, first_fit, fit_pass, fit_text, fit_verdict, fits, median_pass
+from bench.fitting import (FIT_ERROR, Fit, final_train_error, first_fit, fit_pass, fit_text, fit_verdict, fits,
+                           median_pass)
 from bench.grid import summary_table, verdict_lines
 
 
@@ -14,6 +17,22 @@ def test_fits_is_three_images_of_768_and_not_four() -> None:
     assert fits(3 / 768) and not fits(4 / 768)
     assert fits(0.0) and not fits(float("nan"))
     assert FIT_ERROR == 0.005
+
+
+def test_final_training_error_spans_a_whole_epoch_of_iterations() -> None:
+    def ends(iterations: int) -> list[int]:  # the iteration each epoch of 390 ends at, as bench run logs them
+        return [*range(390, iterations, 390), iterations]
+
+    assert final_train_error([0.5, 0.2, 0.1], ends(1170)) == 0.1  # whole epochs: the last one's
+    # 16,000 = 41 x 390 + 10: the last 10 iterations are pooled with the 390 before them, by iterations.
+    errors = [0.5] * 40 + [0.1, 0.3]
+    assert final_train_error(errors, ends(16000)) == pytest.approx((390 * 0.1 + 10 * 0.3) / 400)
+    assert final_train_error(errors[:-1] + [0.1], ends(16000)) == pytest.approx(0.1)
+    # 4,000 = 10 x 390 + 100: the same, over 490.
+    assert final_train_error([0.5] * 9 + [0.2, 0.1], ends(4000)) == pytest.approx((390 * 0.2 + 100 * 0.1) / 490)
+    assert final_train_error([0.3], [10]) == 0.3
+    assert math.isnan(final_train_error([0.2, float("nan")], [390, 400]))
+    assert math.isnan(final_train_error([], []))
 
 
 def test_first_fit_is_the_first_pass_at_the_floor_counted_from_one() -> None:
@@ -77,8 +96,8 @@ NETS = {("plain", 18): _curve(0.0, 5), ("plain", 34): _curve(0.2, None),
 
 def test_the_report_reads_the_fit_from_the_logged_epochs() -> None:
     epochs = pd.DataFrame([
-        {"run_id": f"{arch}-{depth}", "arch": arch, "depth": depth, "epoch": p, "train_error": error,
-         "test_error": 0.5, "train_loss": 1.0, "test_loss": 1.0}
+        {"run_id": f"{arch}-{depth}", "arch": arch, "depth": depth, "epoch": p, "iteration": 6 * p,
+         "train_error": error, "test_error": 0.5, "train_loss": 1.0, "test_loss": 1.0}
         for (arch, depth), curve in NETS.items() for p, error in enumerate(curve, start=1)])
     runs = pd.DataFrame([{"run_id": f"{arch}-{depth}", "arch": arch, "depth": depth, "seed": 0, "state": "finished",
                           "params": 1, "epochs_total": 8, "dataset": "synthetic", "preset": "quick",
@@ -95,7 +114,8 @@ def test_the_report_reads_the_fit_from_the_logged_epochs() -> None:
 
 def test_the_run_summary_gives_the_first_fit_and_the_verdicts() -> None:
     summary = [{"run_id": f"{arch}-{depth}", "arch": arch, "depth": depth, "seed": 0, "state": "finished",
-                "seconds": 60.0, "rows": [{"train_error": e, "test_error": 0.5} for e in curve]}
+                "seconds": 60.0,
+                "rows": [{"train_error": e, "test_error": 0.5, "iteration": 6 * p} for p, e in enumerate(curve, 1)]}
                for (arch, depth), curve in NETS.items()]
     table = summary_table(summary)
     column = next(c for c in table.columns if c.header == "first fit")
@@ -109,7 +129,7 @@ def test_the_run_summary_gives_the_first_fit_and_the_verdicts() -> None:
 
 def test_where_neither_fits_the_summary_reads_the_gap() -> None:
     summary = [{"run_id": f"plain-{depth}", "arch": "plain", "depth": depth, "seed": 0, "state": state,
-                "seconds": 60.0, "rows": [{"train_error": error, "test_error": 0.5}]}
+                "seconds": 60.0, "rows": [{"train_error": error, "test_error": 0.5, "iteration": 6}]}
                for depth, error, state in ((18, 0.03, "finished (earlier)"), (34, 0.5, "interrupted"))]
     assert verdict_lines(summary) == [
         "plain: the 34-layer net ends at 50.00% training error, the 18-layer at 3.00%: gap +47.00 points, "

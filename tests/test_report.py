@@ -397,16 +397,17 @@ def test_a_crossing_is_where_the_deeper_net_stays_below_to_the_end(gaps, first_b
     epochs, runs = _gap_runs(gaps)
     gap_curve = tables.training_gaps(epochs, runs)
     assert gap_curve["gap"].to_numpy() == pytest.approx(gaps)
-    (row,) = tables.crossings(gap_curve).itertuples()
+    crossed = tables.crossings(gap_curve)
+    (row,) = crossed.itertuples()
     assert (row.shallow, row.deep, row.final_gap) == (20, 56, pytest.approx(gaps[-1]))
     for got, want in ((row.first_below, first_below), (row.below_from, below_from), (row.lr_then, lr)):
         assert (math.isnan(got) if want is None else got == pytest.approx(want))
-    fig = plots.crossing_figure(gap_curve, runs)
+    fig = plots.crossing_figure(gap_curve, crossed, runs)
     lines = {line.get_gid(): line for ax in fig.axes for line in ax.lines}
     assert list(lines[f"residual-56-20-{100 * len(gaps)}-fp32-s0"].get_ydata()) == pytest.approx(gaps)
     dots = [line for gid, line in lines.items() if gid and gid.endswith("-crossing")]
     assert [list(dot.get_xdata()) for dot in dots] == ([[below_from]] if below_from else [])
-    words = "\n".join(report.crossing_lines(tables.crossings(gap_curve)))
+    words = "\n".join(report.crossing_lines(crossed))
     assert ("crosses;" in words) == (below_from is not None)
     assert ("ends below residual-20 in none" in words) == (gaps[-1] >= 0)
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import resnet
 from bench.allocator import keep_freed_memory
-from bench.provenance import cpu_name, device_name
+from bench.provenance import cpu_id, cpu_name, device_name
 from bench.timing import make_phase, synchronize
 
 # Multiply every benchmarked call by 1 + this (e.g. 0.5: 50% slower), to prove a regression is caught.
@@ -176,6 +176,7 @@ def fingerprint() -> dict[str, object]:
     """What makes times from two runs comparable: CPU, threads, GPU, torch."""
     return {
         "cpu": cpu_name(),
+        "cpu_id": cpu_id(),
         "cpu_count": os.cpu_count(),
         "threads": threads(),
         "gpu": device_name("cuda") if torch.cuda.is_available() else None,
