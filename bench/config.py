@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench import provenance
 from bench.errors import BenchError, check_choice, check_positive
 from bench.modes import PRECISIONS, check_mode, check_net, mode_of
 from resnet import ARCHS, family_of
@@ -145,6 +146,18 @@ def threads_notice(threads: int | None) -> str | None:
     return (f"--threads {threads} (or $OMP_NUM_THREADS) is more than the {cpus} CPUs this process may use: threads "
             f"that share a core spin against each other (999 threads on 2 cores ran 225x slower); use --threads "
             f"{cpus} or fewer")
+
+
+def precision_notice(precision: str, device: torch.device) -> str | None:
+    """A warning when `precision` is bf16 on a CPU with no bf16 instructions (`avx512_bf16`, `amx_bf16`):
+    torch then emulates bf16, which trains several times slower than fp32, not faster. Else None."""
+    flags = provenance.cpu_flags()
+    if precision != "bf16" or device.type != "cpu" or flags is None or flags & {"avx512_bf16", "amx_bf16"}:
+        return None
+    # Measured on a 2-core AMD EPYC (Zen 3, family 25 model 1), ResNet-20's training step at batch 128:
+    # 247 images/s in fp32, 22 in bf16 (docs/benchmarks.md).
+    return ("--precision bf16 on a CPU without avx512_bf16 or amx_bf16: torch emulates bf16, and it trained 11x "
+            "slower than fp32 on one such CPU; use --precision fp32 (or a CPU with bf16 instructions)")
 
 
 def resolve_device(name: str) -> torch.device:

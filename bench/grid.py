@@ -18,7 +18,7 @@ from rich.table import Table
 
 from bench import distributed, store
 from bench.allocator import keep_freed_memory
-from bench.config import GridConfig, RunConfig, resolve_device, threads_notice, validate
+from bench.config import GridConfig, RunConfig, precision_notice, resolve_device, threads_notice, validate
 from bench.data import DataSource, ImageData, load_dataset, resolve_dataset, take_subset
 from bench.errors import BenchError, Notify, check_positive, first_line, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
@@ -220,6 +220,8 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
 def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Console, notices: Console,
               progress: bool, time_limit: float | None) -> list[dict]:
     notify: Notify = lambda message: notices.print(message, style="yellow", markup=False, highlight=False)
+    if notice := precision_notice(p.runs[0].precision, device):
+        notices.print(notice, style="bold yellow", markup=False, highlight=False)
     data = _load_data(p, device, job, progress, notify)
     console.print(f"data: {data.info.name} ({data.info.train_size} train / {data.info.test_size} test, "
                   f"{data.info.source}) on {device}" + (f" x {job.world_size} ranks" if job.enabled else "")

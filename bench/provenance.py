@@ -55,10 +55,8 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp1
 
 
 @lru_cache(maxsize=1)
-def cpu_id() -> str | None:
-    """Which CPU exactly: vendor, family and model from /proc/cpuinfo, and which of `CPU_FLAGS` it has, e.g.
-    'AuthenticAMD family 26 model 2; avx2 fma avx512f avx512_vnni avx512_bf16'. None where there is no
-    /proc/cpuinfo."""
+def _cpuinfo() -> dict[str, str] | None:
+    """The first processor's fields in /proc/cpuinfo (it says them for all), or None where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -66,10 +64,25 @@ def cpu_id() -> str | None:
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
-            break  # the first processor says it for all
+            break
         key, _, value = line.partition(":")
         fields[key.strip()] = value.strip()
-    flags = set(fields.get("flags", "").split())
+    return fields
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """Which of `CPU_FLAGS` this CPU has, or None where /proc/cpuinfo does not say."""
+    fields = _cpuinfo()
+    return None if fields is None else frozenset(CPU_FLAGS).intersection(fields.get("flags", "").split())
+
+
+def cpu_id() -> str | None:
+    """Which CPU exactly: vendor, family and model from /proc/cpuinfo, and which of `CPU_FLAGS` it has, e.g.
+    'AuthenticAMD family 26 model 2; avx2 fma avx512f avx512_vnni avx512_bf16'. None where there is no
+    /proc/cpuinfo."""
+    fields, flags = _cpuinfo(), cpu_flags()
+    if fields is None or flags is None:
+        return None
     which = f"{fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
     return f"{which}; " + (" ".join(f for f in CPU_FLAGS if f in flags) or "none of " + " ".join(CPU_FLAGS))
 

@@ -41,7 +41,7 @@ from torch import nn
 
 import resnet
 from bench.allocator import keep_freed_memory, release_freed_memory
-from bench.config import parse_device, threads_notice, unavailable
+from bench.config import parse_device, precision_notice, threads_notice, unavailable
 from bench.errors import BenchError, Notify, check_choice, check_positive, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
 from bench.measure import (TIMING_LR, Timing, make_phase, measure, memory_bytes, peak_memory, reset_peak_memory,
@@ -216,9 +216,9 @@ def sweep(config: TimeConfig, *, progress: bool = True, notify: Notify = print, 
 
     A device that is not there is skipped with a notice (with `strict`, none there at all is a BenchError);
     a batch size that runs out of memory is recorded with status "oom" and the sweep goes on. A Ctrl-C (or
-    SIGTERM, under `bench time`) ends the sweep early: the networks timed whole are written and returned,
-    marked interrupted. The results folder is checked for writing before the sweep. What went wrong in
-    writing the rows is in the result (TimingResult), not raised.
+    SIGTERM, under `bench time`) ends the sweep early: the batches timed whole (a net at one batch size and
+    precision, every phase) are written and returned, marked interrupted. The results folder is checked for
+    writing before the sweep. What went wrong in writing the rows is in the result (TimingResult), not raised.
     """
     _validate(config)
     keep_freed_memory()  # else the first net of a sweep is timed cold (bench.allocator)
@@ -235,6 +235,10 @@ def sweep(config: TimeConfig, *, progress: bool = True, notify: Notify = print, 
         raise BenchError(f"{'; '.join(reasons)}: nothing to time; use --device cpu")
     for reason in reasons:
         notify(reason)
+    for device in devices:
+        for precision in config.precisions:
+            if notice := precision_notice(precision, device):
+                notify(notice)
     folder = Path(config.results) / "timing"
     if devices:  # before the sweep, not after it: a sweep can take hours
         check_writable(folder, tidy=True)
@@ -250,7 +254,9 @@ def sweep(config: TimeConfig, *, progress: bool = True, notify: Notify = print, 
                 with _settings(device, config.threads):
                     for net in nets:
                         bar.update(task, description=f"{net.model} on {device}")
-                        rows += _time_net(net, device, config, commit, notify, lambda: bar.advance(task))
+                        for batch_rows in _time_net(net, device, config, commit, notify):
+                            rows += batch_rows  # kept as each batch ends: Ctrl-C in the next loses only that one
+                            bar.advance(task)
         except KeyboardInterrupt:  # what was measured is written below, not lost
             interrupted = True
     result = TimingResult(pa.Table.from_pylist(rows, schema=TIMING_SCHEMA).to_pandas(), interrupted=interrupted)
@@ -272,9 +278,10 @@ def run_timing(config: TimeConfig, *, progress: bool = True, notify: Notify = pr
 
 def _time_net(
     net: _Net, device: torch.device, config: TimeConfig, commit: str | None,
-    notify: Notify, advance: Callable[[], None],
-) -> list[dict]:
-    """All rows for one network on one device: every precision x batch size x phase."""
+    notify: Notify,
+) -> Iterator[list[dict]]:
+    """The rows for one network on one device, one batch at a time: every precision x batch size, each
+    with a row per phase."""
     input_size = config.input_size or DEFAULT_INPUT_SIZE[net.family]
     model = net.build()
     params = resnet.count_parameters(model)
@@ -289,7 +296,6 @@ def _time_net(
         "channels_last": config.channels_last, "compiled": config.compile, "cuda_graph": config.cuda_graph,
         "params": params, "flops_per_image": flops, "torch_version": torch.__version__, "git_commit": commit,
     }
-    rows = []
     for precision in config.precisions:
         for batch in config.batch_sizes:
             done, failed = _time_batch(model, net, device, config, precision, batch, memory_format)
@@ -303,9 +309,7 @@ def _time_net(
                 notify(failed)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            rows += _batch_rows(common, batch, precision, done, flops)
-            advance()
-    return rows
+            yield _batch_rows(common, batch, precision, done, flops)
 
 
 def _time_batch(model: nn.Module, net: _Net, device: torch.device, config: TimeConfig, precision: str, batch: int,

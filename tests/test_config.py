@@ -55,3 +55,24 @@ def test_validate_rejects_bad_input_with_the_choices(change, message):
 def test_presets_validate():  # an unknown name is refused by the CLI's enum (tests/test_cli.py)
     for config in PRESETS.values():
         validate(dataclasses.replace(config, depth=18))
+
+
+@pytest.mark.parametrize(("flags", "precision", "device", "warned"), [
+    ({"avx2", "fma"}, "bf16", "cpu", True),  # Zen 3: bf16 emulated, measured 11x slower than fp32
+    ({"avx2", "avx512f", "avx512_bf16"}, "bf16", "cpu", False),
+    ({"avx2", "amx_tile", "amx_bf16"}, "bf16", "cpu", False),
+    ({"avx2", "fma"}, "fp32", "cpu", False),
+    ({"avx2", "fma"}, "bf16", "cuda", False),  # the GPU's bf16 is not the CPU's
+    (None, "bf16", "cpu", False),  # no /proc/cpuinfo: nothing known, nothing said
+])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_of(monkeypatch, flags, precision, device, warned):
+    import torch
+
+    from bench import provenance
+    from bench.config import precision_notice
+
+    monkeypatch.setattr(provenance, "cpu_flags", lambda: None if flags is None else frozenset(flags))
+    notice = precision_notice(precision, torch.device(device))
+    assert (notice is not None) == warned
+    if warned:
+        assert "avx512_bf16" in notice and "--precision fp32" in notice and "\n" not in notice

@@ -415,29 +415,50 @@ TIME = ["time", "--depths", "8", "--arch", "plain", "residual", "--width", "2", 
         "2", "--threads", "1", "--no-progress"]
 
 
-@pytest.mark.parametrize("stopped_at", [2, 5])
-def test_ctrl_c_in_bench_time_saves_what_was_measured_or_says_nothing_was(tmp_path, monkeypatch, stopped_at):
+@pytest.mark.parametrize(("batches", "stopped_at", "kept"), [
+    (["2"], 2, 0),  # in plain-8's phases: nothing measured whole
+    (["2"], 5, 3),  # in residual-8's, after plain-8's three
+    (["2", "3"], 5, 3),  # in plain-8's second batch size: its first batch's three are kept (they were lost)
+])
+def test_ctrl_c_in_bench_time_saves_what_was_measured_or_says_nothing_was(tmp_path, monkeypatch, batches,
+                                                                            stopped_at, kept):
     from bench import timing
 
     real, calls = timing.measure, []
 
     def measure_then_ctrl_c(*args, **kwargs):
         calls.append(1)
-        if len(calls) == stopped_at:  # 2: in plain-8's phases; 5: in residual-8's, after plain-8's three
+        if len(calls) == stopped_at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(timing, "measure", measure_then_ctrl_c)
     monkeypatch.setattr(timing, "TimeConfig", _quick_time_config(timing.TimeConfig))
-    result = bench(*TIME, "--results", str(tmp_path))
+    at = TIME.index("--batch-size") + 1
+    result = bench(*TIME[:at], *batches, *TIME[at + 1:], "--results", str(tmp_path))
     assert result.exit_code == 130 and "Traceback" not in result.output, result.output
     saved = list((tmp_path / "timing").glob("*.parquet"))
     message = " ".join(result.stderr.split())
-    if stopped_at == 2:
+    if not kept:
         assert not saved and "nothing was saved" in message and "saved in" not in message
     else:
         [path] = saved
-        assert len(pd.read_parquet(path)) == 3 and str(path) in message and "again" in message
+        rows = pd.read_parquet(path)
+        assert len(rows) == kept and set(rows["model"]) == {"plain-8"} and set(rows["batch_size"]) == {2}
+        assert str(path) in message and "again" in message
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_said_by_both_commands(tmp_path, data_dir, monkeypatch):
+    from bench import provenance, timing
+
+    monkeypatch.setattr(provenance, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # as a Zen 3 EPYC's
+    monkeypatch.setattr(timing, "TimeConfig", _quick_time_config(timing.TimeConfig))
+    args = [a for a in TIME if a != "residual"]
+    timed = bench(*args, "--precision", "bf16", "--results", str(tmp_path))
+    ran = _run(tmp_path / "results", data_dir, *TINY, "--arch", "plain", "--precision", "bf16")
+    for result in (timed, ran):
+        assert result.exit_code == 0, result.output
+        assert "without avx512_bf16 or amx_bf16" in " ".join(result.stderr.split())
 
 
 def _quick_time_config(cls):
