@@ -154,8 +154,8 @@ def precision_notice(precision: str, device: torch.device) -> str | None:
     flags = provenance.cpu_flags()
     if precision != "bf16" or device.type != "cpu" or flags is None or flags & {"avx512_bf16", "amx_bf16"}:
         return None
-    # Measured on a 2-core AMD EPYC (Zen 3, family 25 model 1), ResNet-20's training step at batch 128:
-    # 247 images/s in fp32, 22 in bf16 (docs/benchmarks.md).
+    # Measured with bench time on a 2-core AMD EPYC (Zen 3, family 25 model 1), ResNet-20's training step at
+    # batch 128: 234 images/s in fp32, 21 in bf16 (docs/benchmarks.md).
     return ("--precision bf16 on a CPU without avx512_bf16 or amx_bf16: torch emulates bf16, and it trained 11x "
             "slower than fp32 on one such CPU; use --precision fp32 (or a CPU with bf16 instructions)")
 

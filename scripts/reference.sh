@@ -15,7 +15,9 @@
 # in bf16 and residual-20 with seed 1 at 4,000 iterations (bf16 against seed noise), then the 20/56 pairs at
 # 16,000 in bf16, residual first (measured on 2-core AMD EPYCs: on Zen 4, family 25, residual-20 69 minutes and a
 # 56-layer net about 222 s an epoch alone; on Zen 5, family 26, plain-20 38 minutes and plain-56 about 144 s an
-# epoch, 100 minutes: start a 56-layer run first in a session, since its checkpoint does not outlive the machine).
+# epoch, 100 minutes: start a 56-layer run first in a session, since its checkpoint does not outlive the machine;
+# on Zen 3, family 25 model 1, plain-56 trained at 85 images/s in fp32, too slow to finish one in a session, and
+# bf16, with no avx512_bf16 there, 11x slower than fp32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-150}
