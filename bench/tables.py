@@ -53,13 +53,13 @@ def final_errors(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     the pass at which it first fit its training set (bench.fitting.fit_pass; NaN unless it ends fitted), how
     many epochs it has done, and its state."""
     frame = with_percent(epochs).sort_values(["run_id", "epoch"])
-    last = frame.groupby("run_id").tail(1).set_index("run_id")
     runs_of = frame.groupby("run_id")
+    last = runs_of.tail(1).set_index("run_id")
     first = runs_of["train"].agg(lambda train: fit_pass(train / 100))
     final = pd.Series({run_id: final_train_error(run["train"].to_numpy(), run["iteration"].to_numpy())
                        for run_id, run in runs_of}, dtype=float).rename_axis("run_id")
     per_run = pd.DataFrame({"final_train": final, "final_test": last["test"], "epochs_done": last["epoch"],
-                            "best_test": frame.groupby("run_id")["test"].min(), "first_fit": first})
+                            "best_test": runs_of["test"].min(), "first_fit": first})
     columns = ["run_id", "arch", "depth", "seed", "state", "params", "epochs_total"]
     return runs[columns].merge(per_run.reset_index(), on="run_id", how="inner")
 
