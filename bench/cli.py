@@ -281,7 +281,7 @@ def time(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Time forward, forward+backward and the training step of each network on CPU and GPU."""
-    from bench.grid import print_whole
+    from bench.progress import print_whole
     from bench.timing import TimeConfig, sweep
     from bench.timing_rows import render_table as timing_table
 

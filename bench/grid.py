@@ -12,8 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from rich.console import Console, RenderableType
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.console import Console
 from rich.table import Table
 
 from bench import distributed, store
@@ -24,9 +23,16 @@ from bench.errors import BenchError, Notify, check_positive, first_line, is_out_
 from bench.files import check_writable
 from bench.fitting import Fit, degradation_sentence, final_train_error, fit_pass, fit_text, median_pass
 from bench.modes import PRECISION_TEXT
+from bench.progress import GridProgress, print_whole
 from bench.records import UNFINISHED
 from bench.step import device_settings
-from bench.train import Run, Schedule, rewrite_config, train_run
+from bench.train import Schedule, rewrite_config, train_run
+
+# Summary states of runs the grid did not train to an end of theirs.
+BUSY = "busy (another process)"
+OUT_OF_MEMORY = "out of memory"
+DONE_EARLIER = (f"{store.FINISHED} (earlier)", f"{store.DIVERGED} (earlier)")
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -66,57 +72,6 @@ def dry_run_lines(p: Plan) -> list[str]:
         lines.append(f"{run.run_id()}  {run.arch:<8} depth={run.depth:<4} seed={run.seed}  "
                      f"{p.dataset}  {state or 'new'}  -> {directory}")
     return lines
-
-
-class GridProgress:
-    """A live bar per run (epoch, loss, errors, images/s, time left) under one console."""
-
-    def __init__(self, console: Console, enabled: bool) -> None:
-        # A live bar only on a terminal: a log file (Slurm) would get nothing until the end, so it gets the
-        # one line per epoch that --no-progress prints.
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("ep {task.fields[epoch]}/{task.fields[epochs]}"),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("train {task.fields[train]}"),
-            TextColumn("test {task.fields[test]}"), TextColumn("{task.fields[speed]}"),
-            TimeRemainingColumn(), console=console, disable=not (enabled and console.is_terminal),
-            refresh_per_second=4,
-        )
-        self.task = None
-
-    def start(self, run: Run) -> None:
-        state = run.state
-        last = state.rows[-1] if state.rows else None
-        self.task = self.progress.add_task(
-            f"{run.config.arch}-{run.config.depth} s{run.config.seed}", total=run.schedule.iterations,
-            completed=state.iteration, epoch=state.epoch, epochs=run.schedule.epochs, loss="-", speed="",
-            train=f"{last['train_error']:.1%}" if last else "-", test=f"{last['test_error']:.1%}" if last else "-",
-        )
-
-    def step(self, iteration: int, total: int, stats: dict) -> None:
-        fields = {"loss": f"{stats['loss'].item():.3f}"} if iteration % 20 == 0 else {}
-        self.progress.update(self.task, completed=iteration, **fields)
-
-    def epoch(self, run: Run, row: dict) -> None:
-        if self.progress.disable:  # logs without a live display still get one line per epoch
-            self.progress.console.print(
-                f"{row['run_id']} epoch {run.state.epoch}/{run.schedule.epochs}: loss {row['train_loss']:.3f} "
-                f"train {row['train_error']:.2%} test {row['test_error']:.2%} "
-                f"{row['images_per_second']:.0f} img/s", highlight=False, soft_wrap=True)
-        self.progress.update(self.task, epoch=run.state.epoch, loss=f"{row['train_loss']:.3f}",
-                             train=f"{row['train_error']:.1%}", test=f"{row['test_error']:.1%}",
-                             speed=f"{row['images_per_second']:.0f} img/s")
-
-
-def print_whole(console: Console, renderable: RenderableType) -> None:
-    """Print a table with every column whole: a terminal wraps it to its width, but a log file (not a
-    terminal, where rich assumes 80 columns) would get its columns cut to a few letters."""
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    width = console.measure(renderable, options=console.options.update_width(10_000)).maximum
-    Console(file=console.file, width=max(width, console.width), quiet=console.quiet,
-            color_system=None).print(renderable)
 
 
 def summary_table(summary: list[dict]) -> Table:
@@ -188,10 +143,62 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     """
     console = console or Console()
     keep_freed_memory()  # every evaluation batch would otherwise fault its activations in afresh (bench.allocator)
+    job = distributed.from_environment()
     # Notices (a fallback, cache trouble, a skipped run) go to stderr, one line each: stdout stays the
     # configuration, the epochs and the summary (and --dry-run's one line per run).
-    notices = Console(stderr=True, soft_wrap=True, quiet=not distributed.from_environment().is_main)
+    notices = Console(stderr=True, soft_wrap=True, quiet=not job.is_main)
+    notify: Notify = lambda message: notices.print(message, style="yellow", markup=False, highlight=False)
     p = resolved or plan(grid)
+    if not _ready(grid, p, console, notices):
+        return _run_on_devices(grid, p, console, notify) if len(grid.devices) > 1 else []
+    device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
+    console = console if job.is_main else Console(quiet=True)
+    summary = []
+    try:
+        with device_settings(device):  # the current CUDA device, IEEE fp32, cudnn autotuning: as bench time
+            data, schedules = _load_data(p, device, job, console, notices, progress, notify)
+            bars = GridProgress(console, progress and job.is_main)
+            deadline = time.monotonic() + 60 * grid.time_limit if grid.time_limit else None
+            with bars.progress:
+                for config, schedule in zip(p.runs, schedules):
+                    directory = p.directory(config)
+                    item = {"run_id": config.run_id(), "arch": config.arch, "depth": config.depth,
+                            "seed": config.seed, "rows": [], "seconds": 0.0}
+                    with store.run_lock(directory) if job.is_main else nullcontext(True) as ours:
+                        item["state"] = _found(config, schedule, directory, data, device, job, notify, ours)
+                        if item["state"] is None:
+                            started = time.perf_counter()
+                            try:
+                                item["state"] = train_run(
+                                    config, data, directory, device, notify=notify, job=job, on_start=bars.start,
+                                    on_step=bars.step, on_epoch=bars.epoch, deadline=deadline, schedule=schedule)
+                            except RuntimeError as error:
+                                item["state"] = _out_of_memory(error, config, device, job, notify)
+                            item["seconds"] = time.perf_counter() - started
+                        if item["state"] != BUSY:
+                            item["rows"] = _rows(directory, notify, repair=job.is_main and item["state"] in DONE_EARLIER)
+                    summary.append(item)
+                    # The run's model, optimizer and batches, before the next run allocates its own. The cyclic
+                    # collector is needed: make_graphed_callables leaves a --cuda-graph run's module in a
+                    # reference cycle (its forward closes over the module), graphs and memory pools with it.
+                    gc.collect()
+                    if item["state"] == OUT_OF_MEMORY:
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                        store.remove_if_empty(directory)  # failed while building: nothing worth keeping
+                    if deadline is not None and distributed.broadcast(time.monotonic() > deadline, job):
+                        notify(f"--time-limit {grid.time_limit:g} min reached: progress is saved; run the same "
+                               "command to continue")
+                        break
+            print_summary(console, summary)
+    finally:
+        distributed.teardown()
+    return summary
+
+
+def _ready(grid: GridConfig, p: Plan, console: Console, notices: Console) -> bool:
+    """Whether this process trains the plan's runs itself: the results folder checked writable, the dataset's
+    notice said, the threads set; False when the runs go to --devices workers, or this shard has none."""
     check_writable(p.results)
     folder = p.results / store.dataset_folder(p.dataset)
     if folder.exists():  # a file or read-only folder in the way fails now, not after the data is decoded
@@ -199,130 +206,80 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     if p.notice:
         notices.print(p.notice, style="bold yellow", markup=False, highlight=False)
     if len(grid.devices) > 1:
-        return _run_on_devices(grid, p, console, notices)
+        return False
     if not p.runs:
         console.print(f"shard {grid.shard[0]}/{grid.shard[1]} of this grid has no runs: nothing to do")
-        return []
+        return False
     if grid.threads is not None:
         torch.set_num_threads(grid.threads)  # once, before any data or model: config.json records it
         if notice := threads_notice(grid.threads):
             notices.print(notice, style="bold yellow", markup=False, highlight=False)
-    job = distributed.from_environment()
-    device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
-    try:
-        with device_settings(device):  # the current CUDA device, IEEE fp32, cudnn autotuning: as bench time
-            return _run_plan(p, device, job, console if job.is_main else Console(quiet=True), notices, progress,
-                             grid.time_limit)
-    finally:
-        distributed.teardown()
+    return True
 
 
-def _run_plan(p: Plan, device: torch.device, job: distributed.Dist, console: Console, notices: Console,
-              progress: bool, time_limit: float | None) -> list[dict]:
-    notify: Notify = lambda message: notices.print(message, style="yellow", markup=False, highlight=False)
+def _load_data(p: Plan, device: torch.device, job: distributed.Dist, console: Console, notices: Console,
+               progress: bool, notify: Notify) -> tuple[ImageData, list[Schedule]]:
+    """The plan's data, its runs' subset, on `device` (rank 0 decodes and caches it first, the other ranks
+    then load the cache), said on the console; and each run's schedule on it."""
     if notice := precision_notice(p.runs[0].precision, device):
         notices.print(notice, style="bold yellow", markup=False, highlight=False)
-    data = _load_data(p, device, job, progress, notify)
-    console.print(f"data: {data.info.name} ({data.info.train_size} train / {data.info.test_size} test, "
-                  f"{data.info.source}) on {device}" + (f" x {job.world_size} ranks" if job.enabled else "")
-                  + f"; precision: {PRECISION_TEXT[p.runs[0].precision]}", soft_wrap=True)
-    if data.info.note:
-        console.print(f"[yellow]note: {data.info.note}", soft_wrap=True)
-    # Before any run folder is made: a batch that cannot fit leaves nothing behind.
-    schedules = [Schedule.of(config, len(data.train_images), job.world_size) for config in p.runs]
-    bars = GridProgress(console, progress and job.is_main)
-    deadline = time.monotonic() + 60 * time_limit if time_limit else None
-    summary = []
-    with bars.progress:
-        for config, schedule in zip(p.runs, schedules):
-            directory = p.directory(config)
-            item, out_of_memory = _grid_run(config, schedule, directory, data, device, job, bars, notify, deadline)
-            summary.append(item)
-            # The run's model, optimizer and batches, before the next run allocates its own. The cyclic
-            # collector is needed: make_graphed_callables leaves a --cuda-graph run's module in a reference
-            # cycle (its forward closes over the module), graphs and memory pools with it.
-            gc.collect()
-            if out_of_memory:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                store.remove_if_empty(directory)  # failed while building: nothing worth keeping
-            if deadline is not None and distributed.broadcast(time.monotonic() > deadline, job):  # ranks agree
-                notify(f"--time-limit {time_limit:g} min reached: progress is saved; run the same command "
-                       "to continue")
-                break
-    print_summary(console, summary)
-    return summary
-
-
-def _load_data(p: Plan, device: torch.device, job: distributed.Dist, progress: bool, notify: Notify) -> ImageData:
-    """The plan's data, its runs' subset, on `device`: rank 0 decodes and caches it first, the other ranks
-    then load the cache."""
     data = None
     for turn in (True, False):
         if job.is_main == turn:
             data = load_dataset(p.source, progress=progress and job.is_main, notify=notify)
         distributed.barrier(job)
     base = p.runs[0]
-    return take_subset(data, base.train_subset, base.test_subset).to(device)  # type: ignore[arg-type]
+    data = take_subset(data, base.train_subset, base.test_subset).to(device)  # type: ignore[arg-type]
+    console.print(f"data: {data.info.name} ({data.info.train_size} train / {data.info.test_size} test, "
+                  f"{data.info.source}) on {device}" + (f" x {job.world_size} ranks" if job.enabled else "")
+                  + f"; precision: {PRECISION_TEXT[p.runs[0].precision]}", soft_wrap=True)
+    if data.info.note:
+        console.print(f"[yellow]note: {data.info.note}", soft_wrap=True)
+    # Before any run folder is made: a batch that cannot fit leaves nothing behind.
+    return data, [Schedule.of(config, len(data.train_images), job.world_size) for config in p.runs]
 
 
-def _grid_run(config: RunConfig, schedule: Schedule, directory: Path, data: ImageData, device: torch.device,
-              job: distributed.Dist, bars: GridProgress, notify: Notify,
-              deadline: float | None) -> tuple[dict, bool]:
-    """One run of the grid, unless it is done or another process holds it: its summary item, and whether it
-    ran out of memory."""
-    item = {"run_id": config.run_id(), "arch": config.arch, "depth": config.depth, "seed": config.seed,
-            "rows": [], "seconds": 0.0}
-    with store.run_lock(directory) if job.is_main else nullcontext(True) as mine:
-        try:
-            if mine:
-                store.check_same_data(directory, data.info.fingerprint, data.info.source)
-                store.record_data(directory, data.info.fingerprint, data.info.source, data.info.name)
-            state, problem = (store.run_state(directory) if mine else "busy"), None
-        except BenchError as error:  # every rank must stop, not only the one that read the files
-            state, problem = None, str(error)
-        state, problem = distributed.broadcast((state, problem), job)
-        if problem:
-            raise BenchError(problem)
-        if state == "busy":
-            item["state"] = "busy (another process)"
-            notify(f"{config.run_id()}: another bench process is training it; skipped")
-            return item, False
-        if state in (store.FINISHED, store.DIVERGED):
-            item["state"] = f"{state} (earlier)"
-            if job.is_main:
-                _found_done(config, schedule, data, directory, device, job, notify, state)
-            item["rows"] = _rows(directory, notify, repair=job.is_main)
-            return item, False
-        started = time.perf_counter()
-        try:
-            item["state"] = train_run(config, data, directory, device, notify=notify, job=job, on_start=bars.start,
-                                      on_step=bars.step, on_epoch=bars.epoch, deadline=deadline, schedule=schedule)
-        except RuntimeError as error:
-            if job.enabled or not is_out_of_memory(error):
-                raise  # under torchrun, train_run has told the ranks apart already
-            item["state"] = "out of memory"
-            # The CPU allocator's message begins with a C++ source location: keep what it asked for.
-            reason = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", first_line(error))
-            where = out_of_memory_on(error, device)  # the model is built in host memory
-            notify(f"{config.run_id()}: out of memory on {where} ({reason[:160]}): "
-                   "lower --width or --batch-size (or --train-subset, or use --precision bf16 on a GPU); "
-                   "going on with the next run")
-            return item, True
-        finally:
-            item["seconds"] = time.perf_counter() - started
-            item["rows"] = _rows(directory, notify)
-    return item, False
+def _found(config: RunConfig, schedule: Schedule, directory: Path, data: ImageData, device: torch.device,
+           job: distributed.Dist, notify: Notify, ours: bool) -> str | None:
+    """The summary state of a run not to train now (BUSY: another process holds it; or done earlier), or
+    None. `ours`: whether this process holds the run's lock (under torchrun, rank 0 takes it for all)."""
+    try:
+        if ours:
+            store.check_same_data(directory, data.info.fingerprint, data.info.source)
+            store.record_data(directory, data.info.fingerprint, data.info.source, data.info.name)
+        state, problem = (store.run_state(directory) if ours else "busy"), None
+    except BenchError as error:  # every rank must stop, not only the one that read the files
+        state, problem = None, str(error)
+    state, problem = distributed.broadcast((state, problem), job)
+    if problem:
+        raise BenchError(problem)
+    if state == "busy":
+        notify(f"{config.run_id()}: another bench process is training it; skipped")
+        return BUSY
+    if state not in (store.FINISHED, store.DIVERGED):
+        return None
+    if job.is_main:  # tidy it: config.json back if it was deleted (else `bench report` would never see the
+        if not (directory / store.CONFIG).exists():  # run again), and a finished run's previous checkpoint gone
+            rewrite_config(config, data, directory, device, world_size=job.world_size, notify=notify,
+                           schedule=schedule)
+        if state == store.FINISHED:
+            store.drop_previous_checkpoint(directory)
+    return f"{state} (earlier)"
 
 
-def _found_done(config: RunConfig, schedule: Schedule, data: ImageData, directory: Path, device: torch.device,
-                job: distributed.Dist, notify: Notify, state: str) -> None:
-    """Tidy a finished or diverged run found again: config.json back if it was deleted (else `bench report`
-    would never see the run again), and a finished run's previous checkpoint gone."""
-    if not (directory / store.CONFIG).exists():
-        rewrite_config(config, data, directory, device, world_size=job.world_size, notify=notify, schedule=schedule)
-    if state == store.FINISHED:
-        store.drop_previous_checkpoint(directory)
+def _out_of_memory(error: RuntimeError, config: RunConfig, device: torch.device, job: distributed.Dist,
+                   notify: Notify) -> str:
+    """OUT_OF_MEMORY, said in one line, when `error` is a run running out of memory (the grid goes on with the
+    next run); any other error, or any under torchrun (train_run has told the ranks apart), raised again."""
+    if job.enabled or not is_out_of_memory(error):
+        raise error
+    # The CPU allocator's message begins with a C++ source location: keep what it asked for.
+    reason = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", first_line(error))
+    where = out_of_memory_on(error, device)  # the model is built in host memory
+    notify(f"{config.run_id()}: out of memory on {where} ({reason[:160]}): "
+           "lower --width or --batch-size (or --train-subset, or use --precision bf16 on a GPU); "
+           "going on with the next run")
+    return OUT_OF_MEMORY
 
 
 def _device_worker(index: int, grid: GridConfig, p: Plan) -> None:
@@ -334,10 +291,9 @@ def _device_worker(index: int, grid: GridConfig, p: Plan) -> None:
              resolved=p)
 
 
-def _run_on_devices(grid: GridConfig, p: Plan, console: Console, notices: Console) -> list[dict]:
+def _run_on_devices(grid: GridConfig, p: Plan, console: Console, notify: Notify) -> list[dict]:
     """One worker process per device; each walks the grid and takes the runs nobody holds (the run locks)."""
     console.print(f"{len(grid.devices)} workers, one per device: {', '.join(grid.devices)}")
-    notify: Notify = lambda message: notices.print(message, style="yellow", markup=False, highlight=False)
     load_dataset(p.source, progress=True, notify=notify)  # decode once; the workers read the cache
     try:
         torch.multiprocessing.spawn(_device_worker, args=(grid, p), nprocs=len(grid.devices))

@@ -28,7 +28,9 @@ class ForcedStop(KeyboardInterrupt):
 @contextmanager
 def deferred_interrupts(flag: StopFlag) -> Iterator[None]:
     """While training, the first Ctrl-C or SIGTERM only sets `flag`, so the run stops between iterations
-    (where its state is whole and resumes exactly); a second one stops at once, as ForcedStop."""
+    (where its state is whole and resumes exactly); a second one stops at once, as ForcedStop. A first one
+    that the block never acted on (it landed after the last iteration) is raised as the block ends: the run
+    ended whole and is recorded as it ended, but the job must stop."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield
         return
@@ -46,6 +48,8 @@ def deferred_interrupts(flag: StopFlag) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+    if flag.requested:
+        raise KeyboardInterrupt
 
 
 @contextmanager

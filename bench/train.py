@@ -3,10 +3,11 @@
 Training error is the error on the (augmented) training mini-batches of each epoch, as the paper plots it;
 test error is measured on the whole test split after every epoch, in eval mode.
 
-    train_epochs   the loop itself, top to bottom: batches, iterations, evaluation, one row per epoch
-    Run            what the loop works on: data, model, optimizer, step, schedule, and RunState, the
-                   part of it a checkpoint holds beside the weights
-    train_run      one run from start (or checkpoint) to end: status, checkpoints, Ctrl-C, divergence
+    train_run        one run's life from start (or checkpoint) to end, per epoch: train, evaluate, divergence
+                     check, save, status, deadline; the one place a Ctrl-C or SIGTERM is handled
+    train_one_epoch  one epoch's SGD iterations (or the rest of a half-done one)
+    Run              what the loop works on: data, model, optimizer, step, schedule, and RunState, the
+                     part of it a checkpoint holds beside the weights
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +40,8 @@ from bench.modes import mode_of
 from bench.step import TrainStep, accelerate, at_least_fp32, network_inputs, predict, sgd
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
 
-__all__ = ["ForcedStop", "Run", "RunState", "Schedule", "check_batch", "describe", "evaluate", "learning_rate",
-           "make_model", "prepare_inputs", "rewrite_config", "train_epochs", "train_run"]
+__all__ = ["Run", "RunState", "Schedule", "check_batch", "describe", "evaluate", "learning_rate",
+           "make_model", "prepare_inputs", "rewrite_config", "train_one_epoch", "train_run"]
 
 # Called after every iteration with (iteration, total, stats); stats holds the latest epoch row or running numbers.
 OnStep = Callable[[int, int, dict], None]
@@ -255,16 +256,33 @@ class Run:
     def finished(self) -> bool:
         return self.state.iteration >= self.schedule.iterations and self.state.partial is None
 
-    @property
-    def warming_up(self) -> bool:
-        """Whether the run still trains at warmup_lr (the paper's 110-layer rule)."""
-        return self.state.warming_up
+    # -- checkpoints and status ----------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from the run folder's checkpoint, if it has one, and write config.json if it has none. A
+        checkpoint that does not fit leaves the run 'interrupted' (a run killed with -9 says `running`: it is
+        not, and will not be)."""
+        try:
+            checkpoint = store.load_checkpoint(self.directory, self.notify)
+            if checkpoint is not None:
+                self.restore(checkpoint)
+        except BenchError as error:
+            if self.job.is_main:
+                store.write_status(self.directory, store.INTERRUPTED, error=str(error))
+            raise
+        if not self.job.is_main:
+            return
+        if checkpoint is not None:  # a crash between checkpoint and parquet may have left the parquet an epoch behind
+            self.write_rows()
+        if not (self.directory / store.CONFIG).exists():
+            store.write_json(self.directory / store.CONFIG, describe(self.config, self.data, self.model, self.schedule,
+                                                                     self.device, self.job.world_size))
 
-    def train_epoch(self, on_step: OnStep | None = None) -> dict:
-        """Train one epoch (or what is left of it, after a Ctrl-C) and evaluate; returns its EpochRow dict."""
-        return next(train_epochs(self, on_step))
+    def status(self, state: str, **fields: object) -> None:
+        """status.json: the run's state and its epoch; only rank 0 writes."""
+        if self.job.is_main:
+            store.write_status(self.directory, state, epoch=self.state.epoch, epochs_total=self.schedule.epochs,
+                               **fields)
 
-    # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint(self) -> dict:
         """Everything needed to continue exactly where this run is."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -299,6 +317,57 @@ class Run:
         store.write_layers(self.directory / store.LAYERS, self.state.layer_rows)
 
     # -- what the loop calls beside training -------------------------------------------------------
+    def evaluate(self, epoch: HalfEpoch, lr: float) -> dict:
+        """End the epoch just trained: test error over the whole test split, the layer diagnostics, its
+        EpochRow dict (appended to the state's rows and returned)."""
+        config, data, job, state = self.config, self.data, self.job, self.state
+        started = time.perf_counter()
+        loss_total, wrong_total = (all_sum(value, job) for value in epoch.sums(self.device))
+        test = evaluate(self.model, data.test_images, data.test_labels, data.mean, config, job)
+        seconds = epoch.seconds + time.perf_counter() - started
+        state.epoch += 1
+        self.record_responses()  # outside the epoch's seconds: a diagnostic, not part of the training it times
+        state.partial = None
+        state.rows.append(self.epoch_row(epoch, lr, (loss_total, wrong_total), test, seconds))
+        return state.rows[-1]
+
+    def diverged(self, row: dict) -> str:
+        """Record a run whose loss went NaN or infinite as 'diverged', with the rows up to that epoch."""
+        if self.job.is_main:
+            self.write_rows()
+        self.status(store.DIVERGED, diverged_epoch=self.state.epoch)
+        self.notify(f"{self.config.run_id()}: loss is {row['train_loss']} at epoch {self.state.epoch}: marked diverged")
+        return store.DIVERGED
+
+    def stopped(self, stop: KeyboardInterrupt) -> None:
+        """Record the run stopped by Ctrl-C or SIGTERM as 'interrupted'. A first stop comes between iterations:
+        the half-done epoch is saved, so the same command resumes it exactly. A second one (ForcedStop) may
+        land anywhere, mid-step or mid-save: nothing is saved and the last whole checkpoint stays. Under
+        torchrun the ranks may have stopped at different iterations: nothing is saved either."""
+        try:
+            if not self.job.enabled and not isinstance(stop, ForcedStop):
+                self.save()
+        except Exception as error:  # a full disk: recorded as any failure is
+            self.failed(error)
+            raise
+        except KeyboardInterrupt:  # a second stop cut the save short
+            self.stopped(ForcedStop())
+            raise
+        with signals_held():  # so that a further stop cannot cut this write short
+            self.status(store.INTERRUPTED, iteration=self.state.iteration)
+
+    def failed(self, error: Exception) -> BenchError | None:
+        """Record the run 'interrupted' by `error`; returns the BenchError to raise instead when `error` is DDP's on losing another rank."""
+        lost = None
+        if self.job.enabled and isinstance(error, RuntimeError):  # another rank died: the collectives fail
+            lost = BenchError(f"rank {self.job.rank}: lost the other ranks ({first_line(error, 200)}); "
+                              "run the same command again to resume from the last finished epoch")
+        try:  # on a full disk this small file may not fit either; the error raised says what to do
+            self.status(store.INTERRUPTED, iteration=self.state.iteration, error=first_line(lost or error, 200))
+        except (BenchError, OSError):
+            pass
+        return lost
+
     def record_gradients(self, last_of_epoch: bool) -> None:
         """Diagnostics at the first step and each epoch's last: gradients as they reach every layer, read
         between backward and the update."""
@@ -339,61 +408,51 @@ class Run:
         return dataclasses.asdict(row)
 
 
-def train_epochs(run: Run, on_step: OnStep | None = None) -> Iterator[dict]:
-    """The training loop of one run, top to bottom: each epoch draws its batches, trains them one SGD
-    iteration at a time, is evaluated on the whole test split and yields its EpochRow dict; the caller
-    checkpoints (`train_run`). A Ctrl-C between iterations leaves the half-done epoch in
-    `run.state.partial` with its sums, so a checkpoint of it resumes exactly."""
+def train_one_epoch(run: Run, on_step: OnStep | None = None) -> tuple[HalfEpoch, float]:
+    """Train one epoch (or the rest of a half-done one) one SGD iteration at a time; returns it, with its sums,
+    and the last learning rate. A stop (run.stop) is acted on only between iterations, as a KeyboardInterrupt
+    that leaves the half-done epoch in `run.state.partial` with its sums, so a checkpoint of it resumes exactly."""
     config, data, job, state, total = run.config, run.data, run.job, run.state, run.schedule.iterations
     per_rank = config.batch_size // job.world_size
-    mine = slice(job.rank * per_rank, (job.rank + 1) * per_rank)
-    while not run.finished:
-        if state.partial is None:  # drawn at the epoch's start and checkpointed with it: a resume trains the same
-            batches = epoch_batches(len(data.train_images), config.batch_size, run.generator, drop_last=True)
-            state.partial = HalfEpoch(torch.stack(batches[: total - state.iteration]).cpu())
-        epoch = state.partial
-        batches = epoch.batches.to(run.device)
-        loss_sum, wrong = epoch.sums(run.device)
-        started = time.perf_counter()
-        lr = learning_rate(config, state.iteration, total, state.warming_up)
-        run.model.train()
-        try:
-            for index in range(epoch.done, len(batches)):
-                if run.stop.requested:  # act on Ctrl-C / SIGTERM only here, between iterations
-                    raise KeyboardInterrupt
-                lr = learning_rate(config, state.iteration, total, state.warming_up)
-                for group in run.optimizer.param_groups:
-                    group["lr"] = lr
-                idx = batches[index]
-                images = data.train_images[idx]
-                if config.augment:
-                    images = augment(images, run.generator)
-                x = prepare_inputs(images[mine], data.mean, config)
-                y = data.train_labels[idx][mine]
-                loss, logits = run.step.forward_backward(x, y)
-                run.record_gradients(last_of_epoch=index == len(batches) - 1)
-                run.step.update()
-                batch_wrong = (logits.argmax(1) != y).sum()
-                loss_sum += loss.detach().double() * len(y)
-                wrong += batch_wrong
-                state.iteration += 1
-                epoch.done, epoch.seen = index + 1, epoch.seen + len(idx)
-                if state.warming_up:  # the paper's 110-layer rule needs the error now, so sync here only
-                    run.end_warmup_if_learning(all_sum(batch_wrong, job).item() / len(idx))
-                if on_step is not None:
-                    on_step(state.iteration, total, {"loss": loss, "lr": lr})
-        finally:  # on a Ctrl-C too: the checkpoint of a half-done epoch holds its sums
-            epoch.loss_sum, epoch.wrong = loss_sum.item(), int(wrong.item())
-            epoch.seconds += time.perf_counter() - started
-        started = time.perf_counter()
-        loss_total, wrong_total = (all_sum(value, job) for value in epoch.sums(run.device))
-        test = evaluate(run.model, data.test_images, data.test_labels, data.mean, config, job)
-        seconds = epoch.seconds + time.perf_counter() - started
-        state.epoch += 1
-        run.record_responses()  # outside the epoch's seconds: a diagnostic, not part of the training it times
-        state.partial = None
-        state.rows.append(run.epoch_row(epoch, lr, (loss_total, wrong_total), test, seconds))
-        yield state.rows[-1]
+    rank_share = slice(job.rank * per_rank, (job.rank + 1) * per_rank)
+    if state.partial is None:  # drawn at the epoch's start and checkpointed with it: a resume trains the same
+        batches = epoch_batches(len(data.train_images), config.batch_size, run.generator, drop_last=True)
+        state.partial = HalfEpoch(torch.stack(batches[: total - state.iteration]).cpu())
+    epoch = state.partial
+    batches = epoch.batches.to(run.device)
+    loss_sum, wrong = epoch.sums(run.device)
+    started = time.perf_counter()
+    lr = learning_rate(config, state.iteration, total, state.warming_up)
+    run.model.train()
+    try:
+        for index in range(epoch.done, len(batches)):
+            if run.stop.requested:  # a Ctrl-C or SIGTERM, acted on only here, between iterations
+                raise KeyboardInterrupt
+            lr = learning_rate(config, state.iteration, total, state.warming_up)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            idx = batches[index]
+            images = data.train_images[idx]
+            if config.augment:
+                images = augment(images, run.generator)
+            x = prepare_inputs(images[rank_share], data.mean, config)
+            y = data.train_labels[idx][rank_share]
+            loss, logits = run.step.forward_backward(x, y)
+            run.record_gradients(last_of_epoch=index == len(batches) - 1)
+            run.step.update()
+            batch_wrong = (logits.argmax(1) != y).sum()
+            loss_sum += loss.detach().double() * len(y)
+            wrong += batch_wrong
+            state.iteration += 1
+            epoch.done, epoch.seen = index + 1, epoch.seen + len(idx)
+            if state.warming_up:  # the paper's 110-layer rule needs the error now, so sync here only
+                run.end_warmup_if_learning(all_sum(batch_wrong, job).item() / len(idx))
+            if on_step is not None:
+                on_step(state.iteration, total, {"loss": loss, "lr": lr})
+    finally:  # on a stop too: the checkpoint of a half-done epoch holds its sums
+        epoch.loss_sum, epoch.wrong = loss_sum.item(), int(wrong.item())
+        epoch.seconds += time.perf_counter() - started
+    return epoch, lr
 
 
 def describe(config: RunConfig, data: ImageData, model: nn.Module, schedule: Schedule, device: torch.device,
@@ -444,80 +503,32 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
     ranks, all of them resume from rank 0's checkpoint and only rank 0 writes.
     """
     run = Run(config, data, directory, device, notify, job, diagnostics, schedule)
-    try:
-        checkpoint = store.load_checkpoint(directory, notify)
-        if checkpoint is not None:
-            run.restore(checkpoint)
-    except BenchError as error:  # a run killed with -9 says `running`: it is not, and will not be
-        if job.is_main:
-            store.write_status(directory, store.INTERRUPTED, error=str(error))
-        raise
-    if checkpoint is not None and job.is_main:  # a crash between checkpoint and parquet may have left the
-        run.write_rows()  # parquet an epoch behind
-
-    def status(state: str, **fields: object) -> None:
-        if job.is_main:
-            store.write_status(directory, state, epoch=run.state.epoch, epochs_total=run.schedule.epochs, **fields)
-
-    if job.is_main and not (directory / store.CONFIG).exists():
-        store.write_json(directory / store.CONFIG, describe(config, data, run.model, run.schedule, device,
-                                                            job.world_size))
+    run.resume()
     if on_start is not None:
         on_start(run)
-    status(store.RUNNING)
-    try:
-        with deferred_interrupts(run.stop):
-            state = _train_to_end(run, status, on_epoch, on_step, deadline)
-    except Exception as error:  # a full disk, out of memory, anything: the run is not running any more
-        reason = first_line(error, 200)
-        try:  # on a full disk this small file may not fit either; the error raised says what to do
-            status(store.INTERRUPTED, iteration=run.state.iteration, error=reason)
-        except (BenchError, OSError):
-            pass
-        raise
-    except KeyboardInterrupt:  # a first stop, or a second one that may land anywhere (a checkpoint write too)
-        with signals_held():  # so that a further one cannot cut this write short
-            status(store.INTERRUPTED, iteration=run.state.iteration)
-        raise
-    if run.stop.requested:  # a stop that landed after the last iteration (its evaluation, the last save): the
-        raise KeyboardInterrupt  # run ended whole and is recorded as it ended, but the job must stop
-    return state
-
-
-def _train_to_end(run: Run, status: Callable[..., None], on_epoch: Callable[[Run, dict], None] | None,
-                  on_step: OnStep | None, deadline: float | None) -> str:
-    """What happens between epochs of `train_epochs`: the checkpoint, the status, the divergence and
-    deadline checks; a Ctrl-C mid-epoch saves the half-done epoch, a lost rank is a BenchError."""
-    config, job = run.config, run.job
-    epochs = train_epochs(run, on_step)
-    while not run.finished:
+    run.status(store.RUNNING)
+    with deferred_interrupts(run.stop):  # a stop after the last iteration: the run ends whole, then it is raised
         try:
-            row = next(epochs)
-        except KeyboardInterrupt as stop:  # train_run records the run interrupted
-            if not job.enabled and not isinstance(stop, ForcedStop):
+            while not run.finished:
+                epoch, lr = train_one_epoch(run, on_step)
+                row = run.evaluate(epoch, lr)
+                if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
+                    return run.diverged(row)
                 run.save()
-            raise
-        except RuntimeError as error:
-            if not job.enabled:
-                raise
-            # Another rank died: DDP's collectives fail here. Its last finished epoch is on disk.
-            status(store.INTERRUPTED, iteration=run.state.iteration)
-            raise BenchError(f"rank {job.rank}: lost the other ranks ({first_line(error, 200)}); "
-                             "run the same command again to resume from the last finished epoch") from None
-        if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
+                run.status(store.RUNNING)
+                if on_epoch is not None:
+                    on_epoch(run, row)
+                if deadline is not None and not run.finished and broadcast(time.monotonic() > deadline, job):
+                    run.status(store.INTERRUPTED, iteration=run.state.iteration)
+                    return store.INTERRUPTED
+            run.status(store.FINISHED)
             if job.is_main:
-                run.write_rows()
-            status(store.DIVERGED, diverged_epoch=run.state.epoch)
-            run.notify(f"{config.run_id()}: loss is {row['train_loss']} at epoch {run.state.epoch}: marked diverged")
-            return store.DIVERGED
-        run.save()
-        status(store.RUNNING)
-        if on_epoch is not None:
-            on_epoch(run, row)
-        if deadline is not None and not run.finished and broadcast(time.monotonic() > deadline, job):
-            status(store.INTERRUPTED, iteration=run.state.iteration)
-            return store.INTERRUPTED
-    status(store.FINISHED)
-    if job.is_main:
-        store.drop_previous_checkpoint(run.directory)
-    return store.FINISHED
+                store.drop_previous_checkpoint(directory)
+            return store.FINISHED
+        except KeyboardInterrupt as stop:  # the one place a Ctrl-C or SIGTERM is handled
+            run.stopped(stop)
+            raise
+        except Exception as error:  # a full disk, out of memory, a lost rank: the run is not running any more
+            if lost := run.failed(error):
+                raise lost from None
+            raise

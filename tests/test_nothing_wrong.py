@@ -359,7 +359,8 @@ def test_a_sigterm_in_the_last_evaluation_stops_the_grid(tmp_path, data_dir, mon
 def test_a_second_sigterm_inside_save_checkpoint_leaves_the_run_interrupted(tmp_path, tiny_data, monkeypatch):
     import signal
 
-    from bench.train import ForcedStop, train_run
+    from bench.interrupts import ForcedStop
+    from bench.train import train_run
     from tests.test_train import CPU, TINY as CONFIG
 
     real = store.write_atomic

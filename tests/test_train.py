@@ -11,7 +11,7 @@ from bench import store
 from bench.config import PAPER, RunConfig
 from bench.errors import BenchError
 from bench.loader import epoch_batches
-from bench.train import Run, _rng_state, _set_rng_state, learning_rate, prepare_inputs, train_run
+from bench.train import Run, _rng_state, _set_rng_state, learning_rate, prepare_inputs, train_one_epoch, train_run
 
 CPU = torch.device("cpu")
 TINY = RunConfig(arch="plain", depth=8, width=4, preset="test", dataset="synthetic", iterations=None, epochs=3,
@@ -121,8 +121,8 @@ def test_warmup_ends_once_training_error_is_low(tmp_path, tiny_data, monkeypatch
     monkeypatch.setattr("bench.train.WARMUP_WINDOW", 4)
     messages = []
     run = Run(config, tiny_data, tmp_path, CPU, notify=messages.append)
-    run.train_epoch()
-    assert not run.warming_up and "lr 0.01 -> 0.05" in messages[0]
+    train_one_epoch(run)
+    assert not run.state.warming_up and "lr 0.01 -> 0.05" in messages[0]
 
 
 def test_a_deadline_stops_after_an_epoch_and_the_rerun_continues(tmp_path, tiny_data):
@@ -175,7 +175,7 @@ def test_a_second_ctrl_c_saves_nothing_and_the_resume_stays_exact(tmp_path, tiny
     import os
     import signal
 
-    from bench.train import ForcedStop
+    from bench.interrupts import ForcedStop
 
     train_run(TINY, tiny_data, tmp_path / "whole", CPU)
     real_step, steps = torch.optim.SGD.step, []
