@@ -73,13 +73,20 @@ def test_measure_is_torch_utils_benchmark_with_this_process_threads() -> None:
     old = torch.get_num_threads()
     torch.set_num_threads(2)  # torch.utils.benchmark.Timer would run on one thread unless told
     try:
+        started = time.perf_counter()
         timing = measure(nap, warmup=1, repeats=4, min_time=0.1)
+        elapsed = time.perf_counter() - started
     finally:
         torch.set_num_threads(old)
     assert set(seen) == {2}
     # Samples are the Timer's blocks (10 calls of 5 ms here), at least 4 of them and 0.1 s of calls.
     assert len(timing.samples) >= 4 and len(seen) * 0.005 >= 0.1
-    assert 0.005 <= timing.median < 0.02 and timing.iqr >= 0
+    # A sample is the time of one call of its block, not the block's total: every call sleeps 5 ms at least,
+    # and the calls made, at the median's time each, fit in the time measuring took (a block's total, 10
+    # calls, would not), however slow a loaded machine makes each call. Speed itself is the benchmark
+    # suite's to gate (tests/benchmarks, the compare workflow), never wall time here.
+    assert timing.median >= 0.005 and timing.iqr >= 0
+    assert timing.median * len(seen) <= 2 * elapsed, (timing.median, len(seen), elapsed)
     assert len(measure(nap, warmup=0, repeats=3).samples) == 3
 
 
