@@ -95,21 +95,16 @@ def load_dataset(name: str | DataSource, data_dir: Path | None = None, *, image_
     the file and the fix.
     """
     notify = notify or (lambda message: None)
+    canonical = name.name if isinstance(name, DataSource) else _canonical(name)
+    if canonical in _CIFAR and image_size != 32:  # said before the data is looked for or the network is asked
+        raise BenchError(f"{_CIFAR_TITLE[canonical]} images are 32x32: use --image-size 32 (or leave it out)")
     if isinstance(name, DataSource):
         pinned = name
     else:
-        canonical = _canonical(name)
-        if canonical in _CIFAR:  # said before the data is looked for or the network is asked
-            _check_cifar_size(canonical, image_size)
         pinned = resolve_dataset(canonical, data_dir)
         if pinned.notice:
             notify(pinned.notice)
     return _load(pinned, image_size, synthetic_train, synthetic_test, progress, notify)
-
-
-def _check_cifar_size(name: str, image_size: int) -> None:
-    if image_size != 32:
-        raise BenchError(f"{_CIFAR_TITLE[name]} images are 32x32: use --image-size 32 (or leave it out)")
 
 
 def _load(pinned: DataSource, image_size: int, synthetic_train: int, synthetic_test: int, progress: bool,
@@ -126,7 +121,6 @@ def _load(pinned: DataSource, image_size: int, synthetic_train: int, synthetic_t
         source, cache_dir = str(path), path.parent
         key, build, fingerprint = _imagefolder_source(path, image_size, progress, title=None, notify=notify)
     else:
-        _check_cifar_size(name, image_size)
         root = _find_cifar(name, path) or _download_cifar(name, path)  # resolve_dataset found it downloadable
         source, cache_dir = str(root), root.parent
         if _is_imagefolder(root):

@@ -53,7 +53,7 @@ from bench.step import accelerate, device_settings, numerics
 from bench.timing_rows import OK, OOM, TIMING_SCHEMA, TimingResult, TimingRow, format_bytes, render_table, write_timing
 
 __all__ = ["OK", "OOM", "PHASES", "TIMING_LR", "TIMING_SCHEMA", "TimeConfig", "Timing", "TimingResult", "TimingRow",
-           "make_phase", "measure", "render_table", "run_timing", "sweep", "synchronize"]
+           "make_phase", "measure", "render_table", "sweep", "synchronize"]
 
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 
@@ -266,14 +266,6 @@ def sweep(config: TimeConfig, *, progress: bool = True, notify: Notify = print, 
         return result
     result.path, result.error = write_timing(rows, folder)
     return result
-
-
-def run_timing(config: TimeConfig, *, progress: bool = True, notify: Notify = print,
-               strict: bool = False) -> pd.DataFrame:
-    """`sweep`'s rows as a DataFrame whose attrs hold the rest of its result: ``attrs["path"]`` (str or
-    None), ``attrs["interrupted"]`` and, when writing went wrong, ``attrs["error"]``. For callers that read
-    the frame; `bench time` reads the typed result."""
-    return sweep(config, progress=progress, notify=notify, strict=strict).frame()
 
 
 def _time_net(

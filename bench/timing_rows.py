@@ -78,14 +78,6 @@ class TimingResult:
     error: str | None = None
     interrupted: bool = False
 
-    def frame(self) -> pd.DataFrame:
-        """The rows with `path`, `error` and `interrupted` in DataFrame.attrs, as `run_timing` returns them."""
-        frame = self.rows.copy()
-        frame.attrs.update(path=None if self.path is None else str(self.path), interrupted=self.interrupted)
-        if self.error is not None:
-            frame.attrs["error"] = self.error
-        return frame
-
 
 def write_timing(rows: list[dict], folder: Path) -> tuple[Path | None, str | None]:
     """Write `rows` as folder/<id>.parquet; returns (path, None). Should that fail (a disk filled during the
@@ -115,7 +107,7 @@ def format_bytes(n: float) -> str:
 
 
 def render_table(df: pd.DataFrame) -> Table:
-    """The rows of `run_timing` as a rich table, one line per measurement, nets of a depth together."""
+    """A sweep's rows as a rich table, one line per measurement, nets of a depth together."""
     table = Table(title="bench time", title_justify="left")
     for name in ("model", "device", "batch", "size", "precision", "phase"):
         table.add_column(name)

@@ -28,13 +28,6 @@ class ModelConfigError(ValueError):
     """An invalid model option; the message is one line naming the valid choices (the CLI prints it as is)."""
 
 
-def check_choice(name: str, value: object, choices: tuple) -> None:
-    """Raise ModelConfigError unless ``value`` is one of ``choices``, naming the valid ones."""
-    if value not in choices:
-        valid = ", ".join(str(c) for c in choices)
-        raise ModelConfigError(f"unknown {name} {value!r}: choose one of {valid}")
-
-
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     """3x3 convolution with padding 1 and no bias (the norm layer after it has one)."""
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
@@ -74,9 +67,9 @@ def make_shortcut(
 
     A: identity, PadShortcut where the shape changes. B: 1x1 projection + norm where the shape
     changes, identity elsewhere. C: projection + norm on every block. The projection's norm is the
-    block's ``norm_layer`` (None: BatchNorm2d), as in torchvision's ``_make_layer``.
+    block's ``norm_layer`` (None: BatchNorm2d), as in torchvision's ``_make_layer``. ``option`` is one of
+    SHORTCUTS, checked where it enters, in ``build_model``.
     """
-    check_choice("shortcut", option, SHORTCUTS)
     if norm_layer is None:
         norm_layer = nn.BatchNorm2d
     reshapes = stride != 1 or in_planes != out_planes
@@ -126,7 +119,8 @@ class Bottleneck(nn.Module):
     """1x1 reduce, 3x3, 1x1 expand (x4), each followed by a norm layer (ResNet-50/101/152).
 
     ``stride_on="3x3"`` puts a stage's stride on the 3x3 conv (torchvision's "v1.5", the default);
-    ``"1x1"`` puts it on the first 1x1 conv as in the paper, which costs fewer multiply-adds.
+    ``"1x1"`` puts it on the first 1x1 conv as in the paper, which costs fewer multiply-adds (one of
+    STRIDE_ON, checked where it enters, in ``build_model``).
     """
 
     expansion = 4
@@ -144,7 +138,6 @@ class Bottleneck(nn.Module):
         norm_layer: NormLayer | None = None,
     ) -> None:
         super().__init__()
-        check_choice("stride_on", stride_on, STRIDE_ON)
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
         out_planes = planes * self.expansion

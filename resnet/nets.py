@@ -19,7 +19,6 @@ from .blocks import (
     Bottleneck,
     ModelConfigError,
     NormLayer,
-    check_choice,
     conv3x3,
 )
 
@@ -66,6 +65,13 @@ def family_of(depth: int) -> str:
     if is_cifar_depth(depth):
         return "cifar"
     raise ModelConfigError(f"unknown depth {depth}: {_DEPTH_HELP}")
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    """Raise ModelConfigError unless ``value`` is one of ``choices``, naming the valid ones."""
+    if value not in choices:
+        valid = ", ".join(str(c) for c in choices)
+        raise ModelConfigError(f"unknown {name} {value!r}: choose one of {valid}")
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -1,7 +1,14 @@
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
+
+from bench import store
+from bench.cli import app, expand_lists
+from bench.config import RunConfig
+from bench.timing import sweep
 
 
 @pytest.fixture(autouse=True)
@@ -45,3 +52,44 @@ def tiny_data(data_dir):
 
     data = load_dataset("synthetic", data_dir, synthetic_train=1024, synthetic_test=256, progress=False)
     return take_subset(data, 512, 128)
+
+
+# --- helpers the test modules share -------------------------------------------------------------------------------
+
+CPU = torch.device("cpu")
+# The training tests' run: a narrow plain-8 for 3 epochs of `tiny_data` (8 iterations each).
+TINY_RUN = RunConfig(arch="plain", depth=8, width=4, preset="test", dataset="synthetic", iterations=None, epochs=3,
+                     batch_size=64, lr=0.05)
+# The epoch columns that are measurements, not numbers a run computes: they differ between two equal runs.
+TIMING_COLUMNS = ["epoch_seconds", "images_per_second", "timestamp"]
+
+
+def epoch_numbers(directory: Path) -> pd.DataFrame:
+    """A run folder's epoch rows without the measured columns: equal for runs that computed the same."""
+    return pd.read_parquet(directory / store.EPOCHS).drop(columns=TIMING_COLUMNS)
+
+
+def bench(*args: str, env: dict | None = None):
+    """The real `bench` app in this process, its list options expanded as the console script does."""
+    return CliRunner().invoke(app, expand_lists(list(args)), env=env)
+
+
+def one_line_exit_2(result, *fragments: str) -> None:
+    """Exit code 2 and the error as the last line of stderr, whole, with what it must say."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in last, result.output
+
+
+def run_timing(config, **options) -> pd.DataFrame:
+    """`bench.timing.sweep`'s rows, with where they were written (``attrs["path"]``, a str or None), whether
+    the sweep was interrupted, and ``attrs["error"]`` when writing went wrong."""
+    result = sweep(config, **{"progress": False, **options})
+    frame = result.rows.copy()
+    frame.attrs.update(path=None if result.path is None else str(result.path), interrupted=result.interrupted)
+    if result.error is not None:
+        frame.attrs["error"] = result.error
+    return frame

@@ -8,18 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from bench import store
-from bench.cli import app, expand_lists
+from bench.cli import expand_lists
+from tests.conftest import bench
 
-runner = CliRunner()
 TINY = ["--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "4", "--batch-size", "32",
         "--train-subset", "256", "--test-subset", "64", "--no-progress"]
-
-
-def bench(*args: str, env: dict | None = None):
-    return runner.invoke(app, expand_lists(list(args)), env=env)
 
 
 def test_list_options_take_several_values():

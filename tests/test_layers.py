@@ -19,11 +19,8 @@ from bench.plots import figure7, gradient_figure
 from bench.report import make_report
 from bench.train import train_run
 from resnet import build_model
+from tests.conftest import CPU, TINY_RUN, TIMING_COLUMNS
 
-CPU = torch.device("cpu")
-TINY = RunConfig(arch="plain", depth=8, width=4, preset="test", dataset="synthetic", iterations=None, epochs=3,
-                 batch_size=64, lr=0.05)
-TIMING = ["epoch_seconds", "images_per_second", "timestamp"]
 
 
 def _layers(directory) -> pd.DataFrame:
@@ -81,16 +78,16 @@ def test_plain_and_residual_twins_have_the_same_layers():
 
 
 def test_diagnostics_leave_training_unchanged(tmp_path, tiny_data):
-    train_run(TINY, tiny_data, tmp_path / "with", CPU)
-    train_run(TINY, tiny_data, tmp_path / "without", CPU, diagnostics=False)
-    with_, without = (pd.read_parquet(tmp_path / name / store.EPOCHS).drop(columns=TIMING)
+    train_run(TINY_RUN, tiny_data, tmp_path / "with", CPU)
+    train_run(TINY_RUN, tiny_data, tmp_path / "without", CPU, diagnostics=False)
+    with_, without = (pd.read_parquet(tmp_path / name / store.EPOCHS).drop(columns=TIMING_COLUMNS)
                       for name in ("with", "without"))
     pd.testing.assert_frame_equal(with_, without)
     assert not (tmp_path / "without" / store.LAYERS).exists() or _layers(tmp_path / "without").empty
 
 
 def test_layer_rows_cover_each_epoch_and_the_first_step(tmp_path, tiny_data):
-    train_run(TINY, tiny_data, tmp_path, CPU)
+    train_run(TINY_RUN, tiny_data, tmp_path, CPU)
     rows = _layers(tmp_path)
     assert list(rows.columns) == list(layers.LAYER_SCHEMA.names)
     grads = rows[rows["kind"] == layers.GRAD_NORM]
@@ -102,7 +99,7 @@ def test_layer_rows_cover_each_epoch_and_the_first_step(tmp_path, tiny_data):
 
 
 def test_a_resumed_run_has_the_same_layer_rows_without_gaps_or_duplicates(tmp_path, tiny_data):
-    train_run(TINY, tiny_data, tmp_path / "whole", CPU)
+    train_run(TINY_RUN, tiny_data, tmp_path / "whole", CPU)
 
     def interrupt(iteration, total, stats):
         if iteration in (1, 11):  # right after the first step's gradients, and mid-epoch 2
@@ -110,15 +107,15 @@ def test_a_resumed_run_has_the_same_layer_rows_without_gaps_or_duplicates(tmp_pa
 
     for _ in range(2):
         with pytest.raises(KeyboardInterrupt):
-            train_run(TINY, tiny_data, tmp_path / "cut", CPU, on_step=interrupt)
-    assert train_run(TINY, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
+            train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU, on_step=interrupt)
+    assert train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
     pd.testing.assert_frame_equal(_layers(tmp_path / "whole"), _layers(tmp_path / "cut"))
 
 
 def test_figure7_and_gradient_figure_plot_what_layers_parquet_holds(tmp_path, tiny_data):
     results = tmp_path / "results"
     for arch in ("plain", "residual"):
-        config = dataclasses.replace(TINY, arch=arch)
+        config = dataclasses.replace(TINY_RUN, arch=arch)
         train_run(config, tiny_data, store.run_dir(results, "synthetic", config.run_id()), CPU)
     _, runs = store.read_results([results])
     rows = store.read_layers(runs)
@@ -147,7 +144,7 @@ def test_analyze_recomputes_responses_over_the_whole_test_split(tmp_path, data_d
     from bench.train import make_model, prepare_inputs
 
     data = load_dataset("synthetic", data_dir, progress=False)  # what analyze loads for a synthetic run
-    config = dataclasses.replace(TINY, epochs=1, test_subset=None)
+    config = dataclasses.replace(TINY_RUN, epochs=1, test_subset=None)
     run = store.run_dir(tmp_path, "synthetic", config.run_id())  # a run folder is named by its run_id
     train_run(config, take_subset(data, 512, 128), run, CPU, diagnostics=False)  # as before layers.parquet
     analyze_run(run, data_dir, device="cpu", notify=lambda m: None)

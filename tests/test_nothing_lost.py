@@ -18,35 +18,20 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from bench import data as data_module
 from bench import sources
 from bench import files, store
-from bench.cli import _default_threads, app, expand_lists
+from bench.cli import _default_threads
 from bench.config import RunConfig
 from bench.data import load_dataset
 from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
-from bench.timing import TimeConfig, run_timing
+from bench.timing import TimeConfig
 from bench.train import train_run
+from tests.conftest import bench, one_line_exit_2, run_timing
 
-runner = CliRunner()
 TINY = ["--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "2", "--batch-size", "32",
         "--train-subset", "128", "--test-subset", "32", "--epochs", "1", "--arch", "plain", "--no-progress"]
-
-
-def bench(*args: str, env: dict | None = None):
-    return runner.invoke(app, expand_lists(list(args)), env=env)
-
-
-def one_line_exit_2(result, *fragments: str) -> None:
-    """Exit code 2 and the error as the last line of stderr, whole, with what it must say."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in last, result.output
 
 
 def tiny_run(results: Path, data_dir: Path, *args: str):

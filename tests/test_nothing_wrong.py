@@ -13,20 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from bench import files, store
-from bench.cli import app, expand_lists
 from bench.data import load_dataset
 from bench.errors import BenchError
-from tests.test_nothing_lost import one_line_exit_2
-
-runner = CliRunner()
-
-
-def bench(*args: str):
-    """The real app; every run on the CPU (conftest refuses --device auto outside gpu tests)."""
-    return runner.invoke(app, expand_lists([*args, "--device", "cpu"] if args[0] == "run" else list(args)))
+from tests.conftest import bench, one_line_exit_2
 
 
 # --- 1: a CIFAR batch pickle that carries code ------------------------------------------------------------------
@@ -83,7 +74,7 @@ def test_a_cifar_pickle_that_carries_code_does_not_run_it(tmp_path):
     with tarfile.open(archived / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "folder" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     result = bench("run", "--depths", "8", "--dataset", "auto", "--data-dir", str(archived), "--results",
-                   str(tmp_path / "results"), "--epochs", "1", "--no-progress")
+                   str(tmp_path / "results"), "--epochs", "1", "--no-progress", "--device", "cpu")
     one_line_exit_2(result, "data_batch_3", "not a CIFAR")
     assert not marker.exists()
 
@@ -179,7 +170,8 @@ IMAGES = ["--dataset", "imagefolder", "--width", "2", "--batch-size", "8", "--ar
 
 
 def _run(results: Path, data_dir: Path, *args: str):
-    return bench("run", "--depths", "8", "--data-dir", str(data_dir), "--results", str(results), *args)
+    return bench("run", "--depths", "8", "--data-dir", str(data_dir), "--results", str(results), *args,
+                 "--device", "cpu")
 
 
 @pytest.mark.parametrize("finished", [True, False])
@@ -361,7 +353,7 @@ def test_a_second_sigterm_inside_save_checkpoint_leaves_the_run_interrupted(tmp_
 
     from bench.interrupts import ForcedStop
     from bench.train import train_run
-    from tests.test_train import CPU, TINY as CONFIG
+    from tests.conftest import CPU, TINY_RUN as CONFIG
 
     real = store.write_atomic
 
@@ -389,7 +381,7 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_leaves_no_running_status
     import torch
 
     from bench.train import train_run
-    from tests.test_train import CPU, TINY as CONFIG
+    from tests.conftest import CPU, TINY_RUN as CONFIG
 
     def stop_mid_epoch(iteration, total, stats):
         if iteration == 3:

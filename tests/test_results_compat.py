@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from bench import store
-from bench.cli import app, expand_lists
+from tests.conftest import TIMING_COLUMNS, bench
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results-f13b454"
 # One thread, as the fixture was made: CPU results are exact at a fixed thread count, not across counts.
@@ -31,11 +30,10 @@ OPTIONS = ["--dataset", "synthetic", "--preset", "quick", "--width", "2", "--bat
            "256", "--test-subset", "64", "--augment", "--no-progress", "--threads", "1", "--device", "cpu"]
 FINISHED = {"plain-8-s0-d668bc60", "residual-8-s0-85e2c5fb"}  # --epochs 2
 INTERRUPTED = "plain-8-s0-12fee9a6"  # --epochs 3, stopped after epoch 1
-TIMING = ["epoch_seconds", "images_per_second", "timestamp"]
 
 
-def bench(*args: str):
-    result = CliRunner().invoke(app, expand_lists(list(args)))
+def ran(*args: str):
+    result = bench(*args)
     assert result.exit_code == 0, result.output
     return result.stdout  # notices go to stderr; stdout is one line per run
 
@@ -53,27 +51,27 @@ def old_results(tmp_path: Path) -> Path:
 def test_the_same_commands_find_the_same_run_ids(old_results, data_dir):
     common = ["run", "--depths", "8", *OPTIONS, "--data-dir", str(data_dir), "--results", str(old_results),
               "--dry-run"]
-    two = {line.split()[0]: line.split()[5] for line in bench(*common, "--epochs", "2").splitlines() if line}
+    two = {line.split()[0]: line.split()[5] for line in ran(*common, "--epochs", "2").splitlines() if line}
     assert two == {run_id: "finished" for run_id in FINISHED}
-    three = {line.split()[0]: line.split()[5] for line in bench(*common, "--epochs", "3").splitlines() if line}
+    three = {line.split()[0]: line.split()[5] for line in ran(*common, "--epochs", "3").splitlines() if line}
     assert three[INTERRUPTED] == "interrupted" and len(three) == 2
 
 
 def test_finished_runs_are_skipped_and_unfinished_ones_resume(old_results, data_dir, tmp_path):
     common = ["run", "--depths", "8", *OPTIONS, "--data-dir", str(data_dir)]
     before = {run_id: _epochs(old_results, run_id) for run_id in (*FINISHED, INTERRUPTED)}
-    bench(*common, "--epochs", "2", "--results", str(old_results))
+    ran(*common, "--epochs", "2", "--results", str(old_results))
     for run_id in FINISHED:  # skipped: not a byte of their rows changed
         pd.testing.assert_frame_equal(_epochs(old_results, run_id), before[run_id])
-    bench(*common, "--epochs", "3", "--arch", "plain", "--results", str(old_results))
+    ran(*common, "--epochs", "3", "--arch", "plain", "--results", str(old_results))
     resumed = _epochs(old_results, INTERRUPTED)
     assert resumed["epoch"].tolist() == [1, 2, 3]
     pd.testing.assert_frame_equal(resumed.iloc[:1], before[INTERRUPTED])
 
     # The numbers do not move: today's code, from scratch, gives the old code's numbers to the last bit.
     fresh = tmp_path / "fresh"
-    bench(*common, "--epochs", "2", "--results", str(fresh))
-    bench(*common, "--epochs", "3", "--arch", "plain", "--results", str(fresh))
+    ran(*common, "--epochs", "2", "--results", str(fresh))
+    ran(*common, "--epochs", "3", "--arch", "plain", "--results", str(fresh))
     for run_id in (*FINISHED, INTERRUPTED):
-        expected = _epochs(old_results, run_id).drop(columns=TIMING)
-        pd.testing.assert_frame_equal(_epochs(fresh, run_id).drop(columns=TIMING), expected)
+        expected = _epochs(old_results, run_id).drop(columns=TIMING_COLUMNS)
+        pd.testing.assert_frame_equal(_epochs(fresh, run_id).drop(columns=TIMING_COLUMNS), expected)

@@ -16,7 +16,8 @@ import resnet
 from bench import timing as timing_module
 from bench.errors import BenchError
 from bench.step import TrainStep
-from bench.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, measure, render_table, run_timing
+from bench.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, measure, render_table
+from tests.conftest import run_timing
 
 # The columns the issue promises, in order; status, width, git_commit, cuda_graph, stem and the math flags follow
 # them.
@@ -209,13 +210,13 @@ def test_bad_input_is_a_bench_error(tmp_path: Path, change: dict, message: str) 
 # 16) are above glibc's first mmap threshold, so that without bench.allocator every call faults them in afresh.
 _COLD_WARM = """
 import json, sys, torch
-from bench.timing import TimeConfig, run_timing
+from bench.timing import TimeConfig, sweep
 if sys.argv[2] == "off":
     import bench.timing
     bench.timing.keep_freed_memory = lambda: False
 config = TimeConfig(depths=(8,), archs=("residual",), family="cifar", width=16, batch_sizes=(64,), warmup=3,
                     repeats=15, min_time=0.0, threads=1, results=sys.argv[1])
-times = [run_timing(config, progress=False, notify=lambda _: None).set_index("phase")["median_ms"]["forward"]
+times = [sweep(config, progress=False, notify=lambda _: None).rows.set_index("phase")["median_ms"]["forward"]
          for _ in range(2)]
 print(json.dumps(times))
 """

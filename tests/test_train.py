@@ -12,16 +12,7 @@ from bench.config import PAPER, RunConfig
 from bench.errors import BenchError
 from bench.loader import epoch_batches
 from bench.train import Run, _rng_state, _set_rng_state, learning_rate, prepare_inputs, train_one_epoch, train_run
-
-CPU = torch.device("cpu")
-TINY = RunConfig(arch="plain", depth=8, width=4, preset="test", dataset="synthetic", iterations=None, epochs=3,
-                 batch_size=64, lr=0.05)
-TIMING = ["epoch_seconds", "images_per_second", "timestamp"]
-
-
-def _numbers(directory) -> pd.DataFrame:
-    return pd.read_parquet(directory / store.EPOCHS).drop(columns=TIMING)
-
+from tests.conftest import CPU, TINY_RUN, epoch_numbers
 
 def test_learning_rate_follows_the_paper_schedule():
     total = PAPER.iterations
@@ -58,21 +49,21 @@ def test_the_cuda_rng_state_is_the_run_devices(monkeypatch):
 
 def test_training_logs_every_epoch_and_is_deterministic(tmp_path, tiny_data):
     for name in ("a", "b"):
-        assert train_run(TINY, tiny_data, tmp_path / name, CPU, notify=print) == store.FINISHED
-    a, b = _numbers(tmp_path / "a"), _numbers(tmp_path / "b")
+        assert train_run(TINY_RUN, tiny_data, tmp_path / name, CPU, notify=print) == store.FINISHED
+    a, b = epoch_numbers(tmp_path / "a"), epoch_numbers(tmp_path / "b")
     assert a["epoch"].tolist() == [1, 2, 3]
     assert a["iteration"].tolist() == [8, 16, 24]  # 512 images // 64 per batch
     assert a[["train_error", "test_error"]].apply(lambda c: c.between(0, 1)).all().all()
     pd.testing.assert_frame_equal(a, b)
     assert store.read_json(tmp_path / "a" / store.STATUS)["state"] == store.FINISHED
     config = store.read_json(tmp_path / "a" / store.CONFIG)
-    assert RunConfig.from_dict(config["config"]) == TINY
+    assert RunConfig.from_dict(config["config"]) == TINY_RUN
     assert config["environment"]["torch"] == torch.__version__
 
 
 @pytest.mark.parametrize("augmented", [True, False])
 def test_the_first_step_sees_the_stored_images_only_without_augmentation(tmp_path, tiny_data, augmented):
-    config = dataclasses.replace(TINY, epochs=1, augment=augmented)
+    config = dataclasses.replace(TINY_RUN, epochs=1, augment=augmented)
     seen = []
 
     def watch(run: Run) -> None:  # the inputs of the first forward in train mode
@@ -80,35 +71,35 @@ def test_the_first_step_sees_the_stored_images_only_without_augmentation(tmp_pat
                                             and not seen else None)
 
     train_run(config, tiny_data, tmp_path, CPU, on_start=watch)
-    first = epoch_batches(len(tiny_data.train_images), TINY.batch_size, torch.Generator().manual_seed(TINY.seed),
+    first = epoch_batches(len(tiny_data.train_images), TINY_RUN.batch_size, torch.Generator().manual_seed(TINY_RUN.seed),
                           drop_last=True)[0]
     stored = prepare_inputs(tiny_data.train_images[first], tiny_data.mean, config)
     assert torch.equal(seen[0], stored) is not augmented
 
 
 def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_numbers(tmp_path, tiny_data):
-    train_run(TINY, tiny_data, tmp_path / "whole", CPU)
+    train_run(TINY_RUN, tiny_data, tmp_path / "whole", CPU)
 
     def interrupt(iteration, total, stats):
         if iteration == 11:  # in the middle of epoch 2
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_run(TINY, tiny_data, tmp_path / "cut", CPU, on_step=interrupt)
+        train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU, on_step=interrupt)
     status = store.read_json(tmp_path / "cut" / store.STATUS)
     assert (status["state"], status["epoch"], status["iteration"]) == (store.INTERRUPTED, 1, 11)
-    assert train_run(TINY, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
-    pd.testing.assert_frame_equal(_numbers(tmp_path / "whole"), _numbers(tmp_path / "cut"))
+    assert train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
+    pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))
 
 
 def test_a_checkpoint_of_another_configuration_is_refused(tmp_path, tiny_data):
-    train_run(dataclasses.replace(TINY, epochs=1), tiny_data, tmp_path, CPU)
+    train_run(dataclasses.replace(TINY_RUN, epochs=1), tiny_data, tmp_path, CPU)
     with pytest.raises(BenchError, match="different configuration"):
-        train_run(dataclasses.replace(TINY, epochs=1, lr=0.5), tiny_data, tmp_path, CPU)
+        train_run(dataclasses.replace(TINY_RUN, epochs=1, lr=0.5), tiny_data, tmp_path, CPU)
 
 
 def test_a_nan_loss_marks_the_run_diverged(tmp_path, tiny_data):
-    config = dataclasses.replace(TINY, lr=1e30, arch="residual")
+    config = dataclasses.replace(TINY_RUN, lr=1e30, arch="residual")
     assert train_run(config, tiny_data, tmp_path, CPU, notify=lambda m: None) == store.DIVERGED
     status = store.read_json(tmp_path / store.STATUS)
     assert status["state"] == store.DIVERGED and status["diverged_epoch"] == 1
@@ -117,7 +108,7 @@ def test_a_nan_loss_marks_the_run_diverged(tmp_path, tiny_data):
 
 
 def test_warmup_ends_once_training_error_is_low(tmp_path, tiny_data, monkeypatch):
-    config = dataclasses.replace(TINY, warmup_lr=0.01, warmup_until_error=1.01)  # any error ends it
+    config = dataclasses.replace(TINY_RUN, warmup_lr=0.01, warmup_until_error=1.01)  # any error ends it
     monkeypatch.setattr("bench.train.WARMUP_WINDOW", 4)
     messages = []
     run = Run(config, tiny_data, tmp_path, CPU, notify=messages.append)
@@ -128,18 +119,18 @@ def test_warmup_ends_once_training_error_is_low(tmp_path, tiny_data, monkeypatch
 def test_a_deadline_stops_after_an_epoch_and_the_rerun_continues(tmp_path, tiny_data):
     import time
 
-    assert train_run(TINY, tiny_data, tmp_path / "chunked", CPU, deadline=time.monotonic()) == store.INTERRUPTED
+    assert train_run(TINY_RUN, tiny_data, tmp_path / "chunked", CPU, deadline=time.monotonic()) == store.INTERRUPTED
     assert len(pd.read_parquet(tmp_path / "chunked" / store.EPOCHS)) == 1
-    assert train_run(TINY, tiny_data, tmp_path / "chunked", CPU) == store.FINISHED
-    train_run(TINY, tiny_data, tmp_path / "whole", CPU)
-    pd.testing.assert_frame_equal(_numbers(tmp_path / "whole"), _numbers(tmp_path / "chunked"))
+    assert train_run(TINY_RUN, tiny_data, tmp_path / "chunked", CPU) == store.FINISHED
+    train_run(TINY_RUN, tiny_data, tmp_path / "whole", CPU)
+    pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "chunked"))
 
 
 def test_a_stop_during_evaluation_keeps_the_epoch_and_resumes_to_the_same_numbers(tmp_path, tiny_data,
                                                                                   monkeypatch):
     import bench.train
 
-    train_run(TINY, tiny_data, tmp_path / "whole", CPU)
+    train_run(TINY_RUN, tiny_data, tmp_path / "whole", CPU)
     real, calls = bench.train.evaluate, []
 
     def evaluate_once_stopped(*args, **kwargs):
@@ -150,10 +141,10 @@ def test_a_stop_during_evaluation_keeps_the_epoch_and_resumes_to_the_same_number
 
     monkeypatch.setattr(bench.train, "evaluate", evaluate_once_stopped)
     with pytest.raises(KeyboardInterrupt):
-        train_run(TINY, tiny_data, tmp_path / "cut", CPU)
+        train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU)
     monkeypatch.setattr(bench.train, "evaluate", real)
-    assert train_run(TINY, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
-    pd.testing.assert_frame_equal(_numbers(tmp_path / "whole"), _numbers(tmp_path / "cut"))
+    assert train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
+    pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))
 
 
 def test_ctrl_c_waits_for_the_end_of_the_iteration(tmp_path, tiny_data):
@@ -166,7 +157,7 @@ def test_ctrl_c_waits_for_the_end_of_the_iteration(tmp_path, tiny_data):
 
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the tests were started in the background
     with pytest.raises(KeyboardInterrupt):
-        train_run(TINY, tiny_data, tmp_path, CPU, on_step=press_ctrl_c)
+        train_run(TINY_RUN, tiny_data, tmp_path, CPU, on_step=press_ctrl_c)
     assert store.read_json(tmp_path / store.STATUS)["iteration"] == 5
     assert signal.getsignal(signal.SIGINT) is before  # handlers are put back
 
@@ -177,7 +168,7 @@ def test_a_second_ctrl_c_saves_nothing_and_the_resume_stays_exact(tmp_path, tiny
 
     from bench.interrupts import ForcedStop
 
-    train_run(TINY, tiny_data, tmp_path / "whole", CPU)
+    train_run(TINY_RUN, tiny_data, tmp_path / "whole", CPU)
     real_step, steps = torch.optim.SGD.step, []
 
     def step_then_ctrl_c_twice(self, *args, **kwargs):
@@ -190,8 +181,8 @@ def test_a_second_ctrl_c_saves_nothing_and_the_resume_stays_exact(tmp_path, tiny
 
     monkeypatch.setattr(torch.optim.SGD, "step", step_then_ctrl_c_twice)
     with pytest.raises(ForcedStop):
-        train_run(TINY, tiny_data, tmp_path / "cut", CPU)
+        train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU)
     monkeypatch.setattr(torch.optim.SGD, "step", real_step)
     assert store.load_checkpoint(tmp_path / "cut")["iteration"] == 8  # the last whole state: epoch 1's end
-    assert train_run(TINY, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
-    pd.testing.assert_frame_equal(_numbers(tmp_path / "whole"), _numbers(tmp_path / "cut"))
+    assert train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
+    pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))
