@@ -2,13 +2,10 @@
 
 glibc's malloc hands a freed block back to the OS when it was mmapped (blocks above a threshold that adapts only
 up to 32 MiB) or lies at the top of a heap above the trim threshold. A loop that allocates and frees the same
-activations then faults freshly zeroed pages in on every call, and never settles. Measured on a 2-core AMD EPYC,
-ResNet-20 at batch 64, eval forward on one thread, in a fresh process: about 16,000 minor page faults per call
-(64 MiB), call after call; with the thresholds raised below, 7,464, 2,086 and 1,025 faults in the first three
-calls and none after. Issue #25 measured the cost: the first net of a `bench time` sweep ran its forward at
-38.6 ms against 17.9 ms once warm. A `bench run` evaluation (batches of 1,000 images: 64 MiB per activation
-of a width-16 net, past the 32 MiB where the threshold stops adapting) pays it on every batch by glibc's rules
-(counted here for the forward above, not timed for the evaluation).
+activations then faults freshly zeroed pages in on every call, and never settles: the first net of a `bench time`
+sweep was timed cold. With the thresholds raised below the faults stop after the first few calls (the counts and
+the cost are in docs/benchmarks.md). A `bench run` evaluation (batches of 1,000 images: 64 MiB per activation
+of a width-16 net, past the 32 MiB where the threshold stops adapting) pays it on every batch by glibc's rules.
 
 Elsewhere than glibc (macOS, musl) nothing is changed.
 """

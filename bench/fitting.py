@@ -1,5 +1,5 @@
 """What "fits" means, and the verdict on a pair of nets, defined once for `bench run`'s summary and
-`bench report` (issue #26).
+`bench report`.
 
 The `quick` preset fits a small training set as it is stored. At the 0% floor "which net ends lower" is
 decided by an image or two, so the question there is whether a net fits the set, and how fast: the pass

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import torch
 
-from bench.step import numerics
+
+def numerics() -> dict[str, bool]:
+    """The global math settings in force, as results record them (config.json, bench time's rows)."""
+    return {"cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "allow_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "allow_tf32_cudnn": torch.backends.cudnn.allow_tf32}
 
 
 def utc_now() -> str:

@@ -101,8 +101,8 @@ def experiments(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def schedule_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Finished runs that differ only in schedule length (iterations) and precision, where there are two
     lengths or more: one group per (dataset, preset, family, the other experiment fields), named
-    '<experiment>-schedules'. Precisions share a group (#25 measured bf16 against fp32 at 4,000 iterations
-    within seed noise) so that one figure spans every length; its table and figure tell them apart."""
+    '<experiment>-schedules'. Precisions share a group (bf16 and fp32 measured within seed noise of each other:
+    README) so that one figure spans every length; its table and figure tell them apart."""
     finished = runs[(runs["state"] == FINISHED) & runs["iterations"].notna()]
     out = []
     # experiments() splits on every other experiment field; with length and precision blanked, only they differ.

@@ -24,16 +24,10 @@ from torch import nn
 
 from bench.loader import normalize
 from bench.modes import PRECISION_DTYPES, check_mode
+from bench.provenance import numerics
 
 GRAPH_WARMUP = 3  # eager iterations before a capture, on a side stream, as the CUDA-graph docs ask
 COMPILE_BACKEND = "inductor"  # torch.compile's default, named so a test can count compiles with its own
-
-
-def numerics() -> dict[str, bool]:
-    """The global math settings in force, as results record them (config.json, bench time's rows)."""
-    return {"cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "allow_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-            "allow_tf32_cudnn": torch.backends.cudnn.allow_tf32}
 
 
 @contextmanager

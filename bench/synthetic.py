@@ -8,10 +8,7 @@ Only the outline tells the class, so a network has to learn shape.
 
 Version 2 draws the shape lighter than its background in every channel (version 1 drew each channel
 0.3-0.7 away, mod 1, so an outline was a rising edge in one channel and a falling one in the next).
-One polarity is what lets a network start on the shapes at once. Measured with the `quick` preset's nets
-(width 8, a 1,024-image subset fitted without augmentation, 37 passes, seed 0), training error after 10
-passes, version 1 -> 2: plain-18 69.0% -> 41.9%, residual-18 75.3% -> 57.1%, residual-34 80.6% -> 40.8%;
-at the end residual-34 was still at 10.6% on version 1 and at 0.0% on version 2 (issue #12).
+One polarity is what lets a network start on the shapes at once (measured in docs/benchmarks.md).
 
 Everything is drawn in torch, vectorised over images, from a seeded CPU `torch.Generator`: the same
 (n, seed, image_size) gives the same tensors (bit-identical on a given machine and torch version).

@@ -47,9 +47,9 @@ from bench.files import check_writable
 from bench.measure import (TIMING_LR, Timing, make_phase, measure, memory_bytes, peak_memory, reset_peak_memory,
                            synchronize)
 from bench.modes import PRECISIONS, check_mode, check_net, mode_of
-from bench.provenance import device_name, git_commit
+from bench.provenance import device_name, git_commit, numerics
 from bench.records import PHASES
-from bench.step import accelerate, device_settings, numerics
+from bench.step import accelerate, device_settings
 from bench.timing_rows import OK, OOM, TIMING_SCHEMA, TimingResult, TimingRow, format_bytes, render_table, write_timing
 
 __all__ = ["OK", "OOM", "PHASES", "TIMING_LR", "TIMING_SCHEMA", "TimeConfig", "Timing", "TimingResult", "TimingRow",

@@ -25,7 +25,7 @@ OK, OOM = "ok", "oom"
 class TimingRow:
     """One measurement: a row of results/timing/<id>.parquet. The first 22 fields are the documented contract;
     status tells an out-of-memory row (its figures are None) from a measured one; width, git_commit,
-    cuda_graph, stem and the math settings (bench.step.numerics: cudnn autotuning; TF32 allowed or, both False,
+    cuda_graph, stem and the math settings (bench.provenance.numerics: cudnn autotuning; TF32 allowed or, both False,
     IEEE fp32) say what was timed."""
 
     model: str

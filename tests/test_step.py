@@ -16,7 +16,8 @@ from bench.config import RunConfig, validate
 from bench.errors import BenchError
 from bench import step as step_module
 from bench.modes import check_mode, mode_of
-from bench.step import TrainStep, accelerate, device_settings, graphed_predict, numerics, predict, sgd
+from bench.provenance import numerics
+from bench.step import TrainStep, accelerate, device_settings, graphed_predict, predict, sgd
 from bench.timing import TIMING_LR, make_phase
 from bench.train import train_run
 
