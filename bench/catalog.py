@@ -82,7 +82,7 @@ def format_count(n: float | None) -> str:
     return f"{n:.3g}"
 
 
-def render_table(rows: list[dict]) -> Table:
+def architecture_rich_table(rows: list[dict]) -> Table:
     """The catalog as a rich table, paper figures beside ours."""
     size = rows[0]["input_size"] if rows else "?"
     table = Table(title=f"architectures (multiply-adds at {size}x{size})")

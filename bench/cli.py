@@ -220,23 +220,23 @@ def run(
                       data_dir=str(data_dir or default_data_dir()), results=str(results), shard=_shard(shard),
                       devices=spread, time_limit=time_limit,
                       threads=threads if threads is not None else _default_threads(len(spread)))
-    p = plan(grid)  # validates every run before anything is printed or trained
+    planned = plan(grid)  # validates every run before anything is printed or trained
     if dry_run:
-        if p.notice:  # on stderr: stdout is one line per run, for scripts
-            errors.print(p.notice, style="yellow", markup=False, highlight=False, soft_wrap=True)
-        for line in dry_run_lines(p):
+        if planned.notice:  # on stderr: stdout is one line per run, for scripts
+            errors.print(planned.notice, style="yellow", markup=False, highlight=False, soft_wrap=True)
+        for line in dry_run_lines(planned):
             console.print(line, highlight=False, soft_wrap=True)
         return
     if from_environment().is_main:  # under torchrun, one copy of the configuration is enough
         # The grid's depths, archs and seeds stand for the base's single arch, depth and seed.
         shared = {k: v for k, v in base.to_dict().items() if k not in ("arch", "depth", "seed")}
         console.print("[bold]configuration[/] " + json.dumps(
-            {**shared, "dataset": p.dataset, "depths": grid.depths, "archs": grid.archs,
+            {**shared, "dataset": planned.dataset, "depths": grid.depths, "archs": grid.archs,
              "seeds": grid.seeds, "data_dir": grid.data_dir, "results": grid.results, "shard": shard}),
             highlight=False, soft_wrap=True)
     # torchrun and batch schedulers stop jobs with SIGTERM: treat it like Ctrl-C (save, say how to resume).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    run_grid(grid, console=console, progress=progress, resolved=p)
+    run_grid(grid, console=console, progress=progress, resolved=planned)
 
 
 @app.command(cls=OneLineErrors)
@@ -248,13 +248,13 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List every architecture with its parameter count and multiply-adds (compare with Table 1)."""
-    from bench.catalog import architecture_table, render_table
+    from bench.catalog import architecture_rich_table, architecture_table
 
     rows = architecture_table(input_size=input_size, stride_on=stride_on.value)
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
-        console.print(render_table(rows))
+        console.print(architecture_rich_table(rows))
 
 
 @app.command(cls=OneLineErrors)
@@ -283,7 +283,7 @@ def time(
     """Time forward, forward+backward and the training step of each network on CPU and GPU."""
     from bench.progress import print_whole
     from bench.timing import TimeConfig, sweep
-    from bench.timing_rows import render_table as timing_table
+    from bench.timing_rows import timing_rich_table
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop saves what was measured too
 
@@ -295,7 +295,7 @@ def time(
     result = sweep(config, progress=progress, strict=True, notify=lambda message: errors.print(
         message, style="yellow", markup=False, highlight=False, soft_wrap=True))
     if len(result.rows):
-        print_whole(console, timing_table(result.rows))
+        print_whole(console, timing_rich_table(result.rows))
     if result.error:  # the measurements were kept elsewhere; the error says where
         raise BenchError(result.error)
     if result.path:

@@ -44,21 +44,21 @@ def from_environment() -> Dist:
     return Dist(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def setup(job: Dist, device: torch.device, timeout_minutes: float = 10) -> torch.device:
+def setup(ranks: Dist, device: torch.device, timeout_minutes: float = 10) -> torch.device:
     """Join the process group (once) and return this rank's device (cuda:LOCAL_RANK on GPUs).
 
     A one-process run keeps `device`; bench.step.device_settings makes it the current CUDA device. Under
     torchrun the rank's GPU is made current here already, as NCCL needs it before the group is joined.
     """
-    if not job.enabled:
+    if not ranks.enabled:
         return device
     if device.type == "cuda":
         visible = torch.cuda.device_count()
-        if job.local_rank >= visible:  # else torch.cuda.set_device fails with a raw "invalid device ordinal"
-            raise BenchError(f"rank {job.rank} is local rank {job.local_rank}, but this machine has {visible} "
+        if ranks.local_rank >= visible:  # else torch.cuda.set_device fails with a raw "invalid device ordinal"
+            raise BenchError(f"rank {ranks.rank} is local rank {ranks.local_rank}, but this machine has {visible} "
                              f"GPU(s): start at most {visible} processes per node (torchrun --nproc-per-node "
                              f"{visible}), or pass --device cpu")
-        device = torch.device("cuda", job.local_rank)
+        device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
@@ -72,23 +72,23 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def all_sum(value: torch.Tensor, job: Dist) -> torch.Tensor:
+def all_sum(value: torch.Tensor, ranks: Dist) -> torch.Tensor:
     """The sum of `value` over all ranks (a no-op for one process)."""
-    if job.enabled:
+    if ranks.enabled:
         value = value.clone()
         dist.all_reduce(value)  # a dead rank surfaces here as a RuntimeError; train_run reports it
     return value
 
 
-def barrier(job: Dist) -> None:
+def barrier(ranks: Dist) -> None:
     """Wait until every rank got here (a no-op for one process)."""
-    if job.enabled:
+    if ranks.enabled:
         dist.barrier()
 
 
-def broadcast(value: object, job: Dist) -> object:
+def broadcast(value: object, ranks: Dist) -> object:
     """Rank 0's `value`, on every rank."""
-    if not job.enabled:
+    if not ranks.enabled:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)

@@ -63,14 +63,14 @@ def plan(grid: GridConfig) -> Plan:
     return Plan([dataclasses.replace(run, dataset=source.name) for run in runs], source, Path(grid.results))
 
 
-def dry_run_lines(p: Plan) -> list[str]:
+def dry_run_lines(planned: Plan) -> list[str]:
     """One line per run of the grid, beginning with its run_id, and what state it is in now."""
     lines = []
-    for run in p.runs:
-        directory = p.directory(run)
+    for run in planned.runs:
+        directory = planned.directory(run)
         state = store.run_state(directory) if directory.exists() else None
         lines.append(f"{run.run_id()}  {run.arch:<8} depth={run.depth:<4} seed={run.seed}  "
-                     f"{p.dataset}  {state or 'new'}  -> {directory}")
+                     f"{planned.dataset}  {state or 'new'}  -> {directory}")
     return lines
 
 
@@ -143,40 +143,41 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     """
     console = console or Console()
     keep_freed_memory()  # every evaluation batch would otherwise fault its activations in afresh (bench.allocator)
-    job = distributed.from_environment()
+    ranks = distributed.from_environment()
     # Notices (a fallback, cache trouble, a skipped run) go to stderr, one line each: stdout stays the
     # configuration, the epochs and the summary (and --dry-run's one line per run).
-    notices = Console(stderr=True, soft_wrap=True, quiet=not job.is_main)
+    notices = Console(stderr=True, soft_wrap=True, quiet=not ranks.is_main)
     notify: Notify = lambda message: notices.print(message, style="yellow", markup=False, highlight=False)
-    p = resolved or plan(grid)
-    if not _ready(grid, p, console, notices):
-        return _run_on_devices(grid, p, console, notify) if len(grid.devices) > 1 else []
-    device = distributed.setup(job, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
-    console = console if job.is_main else Console(quiet=True)
+    planned = resolved or plan(grid)
+    if not _ready(grid, planned, console, notices):
+        return _run_on_devices(grid, planned, console, notify) if len(grid.devices) > 1 else []
+    device = distributed.setup(ranks, resolve_device(grid.devices[0] if grid.devices else grid.base.device))
+    console = console if ranks.is_main else Console(quiet=True)
     summary = []
     try:
         with device_settings(device):  # the current CUDA device, IEEE fp32, cudnn autotuning: as bench time
-            data, schedules = _load_data(p, device, job, console, notices, progress, notify)
-            bars = GridProgress(console, progress and job.is_main)
+            data, schedules = _load_data(planned, device, ranks, console, notices, progress, notify)
+            bars = GridProgress(console, progress and ranks.is_main)
             deadline = time.monotonic() + 60 * grid.time_limit if grid.time_limit else None
             with bars.progress:
-                for config, schedule in zip(p.runs, schedules):
-                    directory = p.directory(config)
+                for config, schedule in zip(planned.runs, schedules):
+                    directory = planned.directory(config)
                     item = {"run_id": config.run_id(), "arch": config.arch, "depth": config.depth,
                             "seed": config.seed, "rows": [], "seconds": 0.0}
-                    with store.run_lock(directory) if job.is_main else nullcontext(True) as ours:
-                        item["state"] = _found(config, schedule, directory, data, device, job, notify, ours)
+                    with store.run_lock(directory) if ranks.is_main else nullcontext(True) as ours:
+                        item["state"] = _found(config, schedule, directory, data, device, ranks, notify, ours)
                         if item["state"] is None:
                             started = time.perf_counter()
                             try:
                                 item["state"] = train_run(
-                                    config, data, directory, device, notify=notify, job=job, on_start=bars.start,
+                                    config, data, directory, device, notify=notify, ranks=ranks, on_start=bars.start,
                                     on_step=bars.step, on_epoch=bars.epoch, deadline=deadline, schedule=schedule)
                             except RuntimeError as error:
-                                item["state"] = _out_of_memory(error, config, device, job, notify)
+                                item["state"] = _out_of_memory(error, config, device, ranks, notify)
                             item["seconds"] = time.perf_counter() - started
                         if item["state"] != BUSY:
-                            item["rows"] = _rows(directory, notify, repair=job.is_main and item["state"] in DONE_EARLIER)
+                            repair = ranks.is_main and item["state"] in DONE_EARLIER
+                            item["rows"] = _rows(directory, notify, repair=repair)
                     summary.append(item)
                     # The run's model, optimizer and batches, before the next run allocates its own. The cyclic
                     # collector is needed: make_graphed_callables leaves a --cuda-graph run's module in a
@@ -186,7 +187,7 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                         store.remove_if_empty(directory)  # failed while building: nothing worth keeping
-                    if deadline is not None and distributed.broadcast(time.monotonic() > deadline, job):
+                    if deadline is not None and distributed.broadcast(time.monotonic() > deadline, ranks):
                         notify(f"--time-limit {grid.time_limit:g} min reached: progress is saved; run the same "
                                "command to continue")
                         break
@@ -196,18 +197,18 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     return summary
 
 
-def _ready(grid: GridConfig, p: Plan, console: Console, notices: Console) -> bool:
+def _ready(grid: GridConfig, planned: Plan, console: Console, notices: Console) -> bool:
     """Whether this process trains the plan's runs itself: the results folder checked writable, the dataset's
     notice said, the threads set; False when the runs go to --devices workers, or this shard has none."""
-    check_writable(p.results)
-    folder = p.results / store.dataset_folder(p.dataset)
+    check_writable(planned.results)
+    folder = planned.results / store.dataset_folder(planned.dataset)
     if folder.exists():  # a file or read-only folder in the way fails now, not after the data is decoded
         check_writable(folder)
-    if p.notice:
-        notices.print(p.notice, style="bold yellow", markup=False, highlight=False)
+    if planned.notice:
+        notices.print(planned.notice, style="bold yellow", markup=False, highlight=False)
     if len(grid.devices) > 1:
         return False
-    if not p.runs:
+    if not planned.runs:
         console.print(f"shard {grid.shard[0]}/{grid.shard[1]} of this grid has no runs: nothing to do")
         return False
     if grid.threads is not None:
@@ -217,30 +218,30 @@ def _ready(grid: GridConfig, p: Plan, console: Console, notices: Console) -> boo
     return True
 
 
-def _load_data(p: Plan, device: torch.device, job: distributed.Dist, console: Console, notices: Console,
-               progress: bool, notify: Notify) -> tuple[ImageData, list[Schedule]]:
+def _load_data(planned: Plan, device: torch.device, ranks: distributed.Dist, console: Console,
+               notices: Console, progress: bool, notify: Notify) -> tuple[ImageData, list[Schedule]]:
     """The plan's data, its runs' subset, on `device` (rank 0 decodes and caches it first, the other ranks
     then load the cache), said on the console; and each run's schedule on it."""
-    if notice := precision_notice(p.runs[0].precision, device):
+    if notice := precision_notice(planned.runs[0].precision, device):
         notices.print(notice, style="bold yellow", markup=False, highlight=False)
     data = None
     for turn in (True, False):
-        if job.is_main == turn:
-            data = load_dataset(p.source, progress=progress and job.is_main, notify=notify)
-        distributed.barrier(job)
-    base = p.runs[0]
+        if ranks.is_main == turn:
+            data = load_dataset(planned.source, progress=progress and ranks.is_main, notify=notify)
+        distributed.barrier(ranks)
+    base = planned.runs[0]
     data = take_subset(data, base.train_subset, base.test_subset).to(device)  # type: ignore[arg-type]
     console.print(f"data: {data.info.name} ({data.info.train_size} train / {data.info.test_size} test, "
-                  f"{data.info.source}) on {device}" + (f" x {job.world_size} ranks" if job.enabled else "")
-                  + f"; precision: {PRECISION_TEXT[p.runs[0].precision]}", soft_wrap=True)
+                  f"{data.info.source}) on {device}" + (f" x {ranks.world_size} ranks" if ranks.enabled else "")
+                  + f"; precision: {PRECISION_TEXT[planned.runs[0].precision]}", soft_wrap=True)
     if data.info.note:
         console.print(f"[yellow]note: {data.info.note}", soft_wrap=True)
     # Before any run folder is made: a batch that cannot fit leaves nothing behind.
-    return data, [Schedule.of(config, len(data.train_images), job.world_size) for config in p.runs]
+    return data, [Schedule.of(config, len(data.train_images), ranks.world_size) for config in planned.runs]
 
 
 def _found(config: RunConfig, schedule: Schedule, directory: Path, data: ImageData, device: torch.device,
-           job: distributed.Dist, notify: Notify, ours: bool) -> str | None:
+           ranks: distributed.Dist, notify: Notify, ours: bool) -> str | None:
     """The summary state of a run not to train now (BUSY: another process holds it; or done earlier), or
     None. `ours`: whether this process holds the run's lock (under torchrun, rank 0 takes it for all)."""
     try:
@@ -250,7 +251,7 @@ def _found(config: RunConfig, schedule: Schedule, directory: Path, data: ImageDa
         state, problem = (store.run_state(directory) if ours else "busy"), None
     except BenchError as error:  # every rank must stop, not only the one that read the files
         state, problem = None, str(error)
-    state, problem = distributed.broadcast((state, problem), job)
+    state, problem = distributed.broadcast((state, problem), ranks)
     if problem:
         raise BenchError(problem)
     if state == "busy":
@@ -258,20 +259,20 @@ def _found(config: RunConfig, schedule: Schedule, directory: Path, data: ImageDa
         return BUSY
     if state not in (store.FINISHED, store.DIVERGED):
         return None
-    if job.is_main:  # tidy it: config.json back if it was deleted (else `bench report` would never see the
+    if ranks.is_main:  # tidy it: config.json back if it was deleted (else `bench report` would never see the
         if not (directory / store.CONFIG).exists():  # run again), and a finished run's previous checkpoint gone
-            rewrite_config(config, data, directory, device, world_size=job.world_size, notify=notify,
+            rewrite_config(config, data, directory, device, world_size=ranks.world_size, notify=notify,
                            schedule=schedule)
         if state == store.FINISHED:
             store.drop_previous_checkpoint(directory)
     return f"{state} (earlier)"
 
 
-def _out_of_memory(error: RuntimeError, config: RunConfig, device: torch.device, job: distributed.Dist,
+def _out_of_memory(error: RuntimeError, config: RunConfig, device: torch.device, ranks: distributed.Dist,
                    notify: Notify) -> str:
     """OUT_OF_MEMORY, said in one line, when `error` is a run running out of memory (the grid goes on with the
     next run); any other error, or any under torchrun (train_run has told the ranks apart), raised again."""
-    if job.enabled or not is_out_of_memory(error):
+    if ranks.enabled or not is_out_of_memory(error):
         raise error
     # The CPU allocator's message begins with a C++ source location: keep what it asked for.
     reason = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", first_line(error))
@@ -282,27 +283,27 @@ def _out_of_memory(error: RuntimeError, config: RunConfig, device: torch.device,
     return OUT_OF_MEMORY
 
 
-def _device_worker(index: int, grid: GridConfig, p: Plan) -> None:
+def _device_worker(index: int, grid: GridConfig, planned: Plan) -> None:
     # Several live bars from several processes would garble each other: workers print their summaries only.
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: save, then exit
     # One thread each unless told otherwise: N workers with all cores each would fight over them. The plan is
     # the parent's: validated and its dataset resolved once, not again per worker.
     run_grid(dataclasses.replace(grid, devices=(grid.devices[index],), threads=grid.threads or 1), progress=False,
-             resolved=p)
+             resolved=planned)
 
 
-def _run_on_devices(grid: GridConfig, p: Plan, console: Console, notify: Notify) -> list[dict]:
+def _run_on_devices(grid: GridConfig, planned: Plan, console: Console, notify: Notify) -> list[dict]:
     """One worker process per device; each walks the grid and takes the runs nobody holds (the run locks)."""
     console.print(f"{len(grid.devices)} workers, one per device: {', '.join(grid.devices)}")
-    load_dataset(p.source, progress=True, notify=notify)  # decode once; the workers read the cache
+    load_dataset(planned.source, progress=True, notify=notify)  # decode once; the workers read the cache
     try:
-        torch.multiprocessing.spawn(_device_worker, args=(grid, p), nprocs=len(grid.devices))
+        torch.multiprocessing.spawn(_device_worker, args=(grid, planned), nprocs=len(grid.devices))
     except torch.multiprocessing.ProcessError as error:  # raised in a worker, or a worker killed
         raise BenchError(f"a device worker failed: {str(error).strip().splitlines()[-1]}; "
                          "run the same command again to resume") from None
     summary = [{"run_id": run.run_id(), "arch": run.arch, "depth": run.depth, "seed": run.seed,
-                "state": store.run_state(p.directory(run)) or "not started",
-                "rows": _rows(p.directory(run), notify), "seconds": 0.0} for run in p.runs]
+                "state": store.run_state(planned.directory(run)) or "not started",
+                "rows": _rows(planned.directory(run), notify), "seconds": 0.0} for run in planned.runs]
     print_summary(console, summary)
     return summary
 

@@ -327,7 +327,7 @@ def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, layers: pd.
     errors = tables.error_table(epochs, runs)
     gaps = tables.gap_table(errors)
     degradation = tables.degradation(errors)
-    sentences = [tables.degradation_sentence(row) for _, row in degradation.iterrows()]
+    sentences = [tables.degradation_verdict(row) for _, row in degradation.iterrows()]
     markdown = {"errors": error_markdown(errors), "gaps": gap_markdown(errors, gaps),
                 "degradation": "\n".join(f"- {s}" for s in sentences) or "- needs two depths of one arch"}
     for table, frame in (("errors", errors), ("gaps", gaps), ("degradation", degradation)):

@@ -160,7 +160,7 @@ def degradation(errors: pd.DataFrame) -> pd.DataFrame:
                                        "shallow_first_fit", "deep_runs", "deep_fitted", "deep_first_fit"])
 
 
-def degradation_sentence(row: pd.Series) -> str:
+def degradation_verdict(row: pd.Series) -> str:
     """One row of `degradation` in words (bench.fitting.degradation_sentence)."""
     def net(name: str) -> Fit:
         fitted = row.get(f"{name}_fitted")

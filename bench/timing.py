@@ -50,10 +50,10 @@ from bench.modes import PRECISIONS, check_mode, check_net, mode_of
 from bench.provenance import device_name, git_commit, numerics
 from bench.records import PHASES
 from bench.step import accelerate, device_settings
-from bench.timing_rows import OK, OOM, TIMING_SCHEMA, TimingResult, TimingRow, format_bytes, render_table, write_timing
+from bench.timing_rows import OK, OOM, TIMING_SCHEMA, TimingResult, TimingRow, format_bytes, write_timing
 
 __all__ = ["OK", "OOM", "PHASES", "TIMING_LR", "TIMING_SCHEMA", "TimeConfig", "Timing", "TimingResult", "TimingRow",
-           "make_phase", "measure", "render_table", "sweep", "synchronize"]
+           "make_phase", "measure", "sweep", "synchronize"]
 
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 

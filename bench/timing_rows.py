@@ -106,7 +106,7 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def render_table(df: pd.DataFrame) -> Table:
+def timing_rich_table(df: pd.DataFrame) -> Table:
     """A sweep's rows as a rich table, one line per measurement, nets of a depth together."""
     table = Table(title="bench time", title_justify="left")
     for name in ("model", "device", "batch", "size", "precision", "phase"):

@@ -102,15 +102,15 @@ def _seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
-             config: RunConfig, job: Dist = Dist(), batch_size: int = 1000) -> tuple[float, float]:
+             config: RunConfig, ranks: Dist = Dist(), batch_size: int = 1000) -> tuple[float, float]:
     """(mean loss, error fraction) of `model` in eval mode over the whole of `images`.
 
     With several ranks, each evaluates its contiguous share of the images and the sums are added up.
     """
     total = len(images)
-    share = -(-total // job.world_size)
-    mine = slice(job.rank * share, (job.rank + 1) * share)
-    images, labels = images[mine], labels[mine]
+    share = -(-total // ranks.world_size)
+    rank_share = slice(ranks.rank * share, (ranks.rank + 1) * share)
+    images, labels = images[rank_share], labels[rank_share]
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
     wrong = torch.zeros((), dtype=torch.int64, device=images.device)
@@ -121,7 +121,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
         loss_sum += F.cross_entropy(at_least_fp32(logits), y, reduction="sum")
         wrong += (logits.argmax(1) != y).sum()
     model.train()
-    loss_sum, wrong = all_sum(loss_sum, job), all_sum(wrong, job)
+    loss_sum, wrong = all_sum(loss_sum, ranks), all_sum(wrong, ranks)
     return loss_sum.item() / total, wrong.item() / total
 
 
@@ -160,7 +160,7 @@ class Schedule:
 
 
 @dataclass
-class HalfEpoch:
+class EpochInProgress:
     """The epoch in progress: its batches, drawn at its start, and the sums so far. A Ctrl-C mid-epoch
     checkpoints it, so the resume trains the same batches and the epoch's row counts every image once."""
 
@@ -194,7 +194,7 @@ class RunState:
     layer_rows: list[dict] = field(default_factory=list)
     warming_up: bool = False
     recent_errors: deque[float] = field(default_factory=lambda: deque(maxlen=WARMUP_WINDOW))
-    partial: HalfEpoch | None = None  # the epoch in progress
+    partial: EpochInProgress | None = None  # the epoch in progress
 
     def to_checkpoint(self) -> dict:
         """Plain types only: the checkpoint loads with weights_only=True."""
@@ -209,7 +209,7 @@ class RunState:
                    layer_rows=list(state.get("layer_rows", [])),  # checkpoints from before layers.parquet have none
                    warming_up=state["warming_up"],
                    recent_errors=deque(state["recent_errors"], maxlen=WARMUP_WINDOW),
-                   partial=None if state["partial"] is None else HalfEpoch(**state["partial"]))
+                   partial=None if state["partial"] is None else EpochInProgress(**state["partial"]))
 
 
 class Run:
@@ -217,13 +217,13 @@ class Run:
     the schedule, and the state a checkpoint saves."""
 
     def __init__(self, config: RunConfig, data: ImageData, directory: Path, device: torch.device,
-                 notify: Notify = print, job: Dist = Dist(), diagnostics: bool = True,
+                 notify: Notify = print, ranks: Dist = Dist(), diagnostics: bool = True,
                  schedule: Schedule | None = None) -> None:
         self.config, self.data, self.directory, self.device, self.notify = config, data, directory, device, notify
-        self.job = job
+        self.ranks = ranks
         # layers.parquet; off only to show that measuring changes nothing (tests/test_layers.py).
-        self.diagnostics = diagnostics and job.is_main
-        self.schedule = schedule or Schedule.of(config, len(data.train_images), job.world_size)
+        self.diagnostics = diagnostics and ranks.is_main
+        self.schedule = schedule or Schedule.of(config, len(data.train_images), ranks.world_size)
         _seed_everything(config.seed)
         # Every rank draws the same permutation and augmentation from its generator and keeps its own slice,
         # so N processes see exactly the global batches that one process would. The generator lives on the
@@ -239,14 +239,14 @@ class Run:
         self.optimizer = sgd(self.model, config.lr, config.momentum, config.weight_decay)
         self.shortcut_option = shortcut_option(config, self.model.family)
         mode = mode_of(config.compile, config.cuda_graph)
-        if mode == "cuda-graph" and job.enabled:
+        if mode == "cuda-graph" and ranks.enabled:
             raise BenchError("--cuda-graph runs one process per run: leave out torchrun (--devices spreads "
                              "runs over GPUs instead)")
         forward: nn.Module = self.model
-        if job.enabled:
+        if ranks.enabled:
             forward = nn.parallel.DistributedDataParallel(self.model,
                                                           device_ids=[device] if device.type == "cuda" else None)
-        per_rank = config.batch_size // job.world_size
+        per_rank = config.batch_size // ranks.world_size
         example = prepare_inputs(data.train_images[:per_rank], data.mean, config)  # the shape every step has
         self.step = TrainStep(self.model, self.optimizer, config.precision,
                               accelerate(forward, mode, example, config.precision))
@@ -266,20 +266,20 @@ class Run:
             if checkpoint is not None:
                 self.restore(checkpoint)
         except BenchError as error:
-            if self.job.is_main:
+            if self.ranks.is_main:
                 store.write_status(self.directory, store.INTERRUPTED, error=str(error))
             raise
-        if not self.job.is_main:
+        if not self.ranks.is_main:
             return
         if checkpoint is not None:  # a crash between checkpoint and parquet may have left the parquet an epoch behind
             self.write_rows()
         if not (self.directory / store.CONFIG).exists():
             store.write_json(self.directory / store.CONFIG, describe(self.config, self.data, self.model, self.schedule,
-                                                                     self.device, self.job.world_size))
+                                                                     self.device, self.ranks.world_size))
 
     def status(self, state: str, **fields: object) -> None:
         """status.json: the run's state and its epoch; only rank 0 writes."""
-        if self.job.is_main:
+        if self.ranks.is_main:
             store.write_status(self.directory, state, epoch=self.state.epoch, epochs_total=self.schedule.epochs,
                                **fields)
 
@@ -306,7 +306,7 @@ class Run:
 
     def save(self) -> None:
         """Checkpoint first, then the parquet, so the rows on disk never run ahead of the checkpoint."""
-        if not self.job.is_main:
+        if not self.ranks.is_main:
             return
         store.save_checkpoint(self.directory, self.checkpoint())
         self.write_rows()
@@ -317,13 +317,13 @@ class Run:
         store.write_layers(self.directory / store.LAYERS, self.state.layer_rows)
 
     # -- what the loop calls beside training -------------------------------------------------------
-    def evaluate(self, epoch: HalfEpoch, lr: float) -> dict:
+    def evaluate(self, epoch: EpochInProgress, lr: float) -> dict:
         """End the epoch just trained: test error over the whole test split, the layer diagnostics, its
         EpochRow dict (appended to the state's rows and returned)."""
-        config, data, job, state = self.config, self.data, self.job, self.state
+        config, data, ranks, state = self.config, self.data, self.ranks, self.state
         started = time.perf_counter()
-        loss_total, wrong_total = (all_sum(value, job) for value in epoch.sums(self.device))
-        test = evaluate(self.model, data.test_images, data.test_labels, data.mean, config, job)
+        loss_total, wrong_total = (all_sum(value, ranks) for value in epoch.sums(self.device))
+        test = evaluate(self.model, data.test_images, data.test_labels, data.mean, config, ranks)
         seconds = epoch.seconds + time.perf_counter() - started
         state.epoch += 1
         self.record_responses()  # outside the epoch's seconds: a diagnostic, not part of the training it times
@@ -333,7 +333,7 @@ class Run:
 
     def diverged(self, row: dict) -> str:
         """Record a run whose loss went NaN or infinite as 'diverged', with the rows up to that epoch."""
-        if self.job.is_main:
+        if self.ranks.is_main:
             self.write_rows()
         self.status(store.DIVERGED, diverged_epoch=self.state.epoch)
         self.notify(f"{self.config.run_id()}: loss is {row['train_loss']} at epoch {self.state.epoch}: marked diverged")
@@ -345,7 +345,7 @@ class Run:
         land anywhere, mid-step or mid-save: nothing is saved and the last whole checkpoint stays. Under
         torchrun the ranks may have stopped at different iterations: nothing is saved either."""
         try:
-            if not self.job.enabled and not isinstance(stop, ForcedStop):
+            if not self.ranks.enabled and not isinstance(stop, ForcedStop):
                 self.save()
         except Exception as error:  # a full disk: recorded as any failure is
             self.failed(error)
@@ -357,10 +357,11 @@ class Run:
             self.status(store.INTERRUPTED, iteration=self.state.iteration)
 
     def failed(self, error: Exception) -> BenchError | None:
-        """Record the run 'interrupted' by `error`; returns the BenchError to raise instead when `error` is DDP's on losing another rank."""
+        """Record the run 'interrupted' by `error`; returns the BenchError to raise instead when `error` is
+        DDP's on losing another rank."""
         lost = None
-        if self.job.enabled and isinstance(error, RuntimeError):  # another rank died: the collectives fail
-            lost = BenchError(f"rank {self.job.rank}: lost the other ranks ({first_line(error, 200)}); "
+        if self.ranks.enabled and isinstance(error, RuntimeError):  # another rank died: the collectives fail
+            lost = BenchError(f"rank {self.ranks.rank}: lost the other ranks ({first_line(error, 200)}); "
                               "run the same command again to resume from the last finished epoch")
         try:  # on a full disk this small file may not fit either; the error raised says what to do
             self.status(store.INTERRUPTED, iteration=self.state.iteration, error=first_line(lost or error, 200))
@@ -393,7 +394,7 @@ class Run:
             self.notify(f"{config.run_id()}: training error below {config.warmup_until_error:.0%} "
                         f"at iteration {state.iteration}; lr {config.warmup_lr} -> {config.lr}")
 
-    def epoch_row(self, epoch: HalfEpoch, lr: float, train_sums: tuple[torch.Tensor, torch.Tensor],
+    def epoch_row(self, epoch: EpochInProgress, lr: float, train_sums: tuple[torch.Tensor, torch.Tensor],
                   test: tuple[float, float], seconds: float) -> dict:
         """The EpochRow dict of the epoch just ended (`train_sums` summed over the ranks)."""
         config, data = self.config, self.data
@@ -408,16 +409,16 @@ class Run:
         return dataclasses.asdict(row)
 
 
-def train_one_epoch(run: Run, on_step: OnStep | None = None) -> tuple[HalfEpoch, float]:
+def train_one_epoch(run: Run, on_step: OnStep | None = None) -> tuple[EpochInProgress, float]:
     """Train one epoch (or the rest of a half-done one) one SGD iteration at a time; returns it, with its sums,
     and the last learning rate. A stop (run.stop) is acted on only between iterations, as a KeyboardInterrupt
     that leaves the half-done epoch in `run.state.partial` with its sums, so a checkpoint of it resumes exactly."""
-    config, data, job, state, total = run.config, run.data, run.job, run.state, run.schedule.iterations
-    per_rank = config.batch_size // job.world_size
-    rank_share = slice(job.rank * per_rank, (job.rank + 1) * per_rank)
+    config, data, ranks, state, total = run.config, run.data, run.ranks, run.state, run.schedule.iterations
+    per_rank = config.batch_size // ranks.world_size
+    rank_share = slice(ranks.rank * per_rank, (ranks.rank + 1) * per_rank)
     if state.partial is None:  # drawn at the epoch's start and checkpointed with it: a resume trains the same
         batches = epoch_batches(len(data.train_images), config.batch_size, run.generator, drop_last=True)
-        state.partial = HalfEpoch(torch.stack(batches[: total - state.iteration]).cpu())
+        state.partial = EpochInProgress(torch.stack(batches[: total - state.iteration]).cpu())
     epoch = state.partial
     batches = epoch.batches.to(run.device)
     loss_sum, wrong = epoch.sums(run.device)
@@ -446,7 +447,7 @@ def train_one_epoch(run: Run, on_step: OnStep | None = None) -> tuple[HalfEpoch,
             state.iteration += 1
             epoch.done, epoch.seen = index + 1, epoch.seen + len(idx)
             if state.warming_up:  # the paper's 110-layer rule needs the error now, so sync here only
-                run.end_warmup_if_learning(all_sum(batch_wrong, job).item() / len(idx))
+                run.end_warmup_if_learning(all_sum(batch_wrong, ranks).item() / len(idx))
             if on_step is not None:
                 on_step(state.iteration, total, {"loss": loss, "lr": lr})
     finally:  # on a stop too: the checkpoint of a half-done epoch holds its sums
@@ -489,7 +490,7 @@ def rewrite_config(config: RunConfig, data: ImageData, directory: Path, device: 
 
 
 def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch.device, *,
-              notify: Notify = print, job: Dist = Dist(), on_epoch: Callable[[Run, dict], None] | None = None,
+              notify: Notify = print, ranks: Dist = Dist(), on_epoch: Callable[[Run, dict], None] | None = None,
               on_step: OnStep | None = None, on_start: Callable[[Run], None] | None = None,
               deadline: float | None = None, diagnostics: bool = True, schedule: Schedule | None = None) -> str:
     """Train (or resume) one run in `directory` to its end; returns its final state.
@@ -502,7 +503,7 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
     same command resumes where it stopped. A NaN or infinite loss ends the run as 'diverged'. With several
     ranks, all of them resume from rank 0's checkpoint and only rank 0 writes.
     """
-    run = Run(config, data, directory, device, notify, job, diagnostics, schedule)
+    run = Run(config, data, directory, device, notify, ranks, diagnostics, schedule)
     run.resume()
     if on_start is not None:
         on_start(run)
@@ -518,11 +519,11 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
                 run.status(store.RUNNING)
                 if on_epoch is not None:
                     on_epoch(run, row)
-                if deadline is not None and not run.finished and broadcast(time.monotonic() > deadline, job):
+                if deadline is not None and not run.finished and broadcast(time.monotonic() > deadline, ranks):
                     run.status(store.INTERRUPTED, iteration=run.state.iteration)
                     return store.INTERRUPTED
             run.status(store.FINISHED)
-            if job.is_main:
+            if ranks.is_main:
                 store.drop_previous_checkpoint(directory)
             return store.FINISHED
         except KeyboardInterrupt as stop:  # the one place a Ctrl-C or SIGTERM is handled

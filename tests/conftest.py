@@ -21,7 +21,7 @@ def _one_thread():
 @pytest.fixture(autouse=True)
 def _cpu_unless_marked_gpu(request, monkeypatch):
     # A test not marked gpu that leaves --device auto would train on the GPU where there is one, and fail
-    # there: bitwise resumes are not promised on GPUs, messages say "on cuda", gloo becomes NCCL (issue 22).
+    # there: bitwise resumes are not promised on GPUs, messages say "on cuda", gloo becomes NCCL.
     # Here it fails on every machine, naming the fix. Tests that start `bench` as a process pass --device cpu.
     if request.node.get_closest_marker("gpu"):
         return

@@ -92,7 +92,7 @@ def test_convert_sync_batchnorm_on_cpu_uses_our_own_and_keeps_the_state():
 
 
 def test_more_ranks_than_gpus_is_one_line_naming_the_fix(monkeypatch):
-    # Issue 22, defect 10: torchrun --nproc-per-node 2 on a one-GPU machine; rank 1 would get a raw
+    # Under torchrun --nproc-per-node 2 on a one-GPU machine; rank 1 would get a raw
     # "invalid device ordinal" from set_device. The GPU count is stood in for: there is no GPU here.
     calls = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -105,7 +105,7 @@ def test_the_report_reads_the_fit_from_the_logged_epochs() -> None:
     errors = tables.error_table(epochs, runs).set_index(["arch", "depth"])
     assert errors.loc[("plain", 34), "fitted"] == 0 and pd.isna(errors.loc[("plain", 34), "first_fit"])
     assert errors.loc[("residual", 34), "first_fit"] == 4
-    sentences = {row["arch"]: tables.degradation_sentence(row)
+    sentences = {row["arch"]: tables.degradation_verdict(row)
                  for _, row in tables.degradation(errors.reset_index()).iterrows()}
     assert "plain-34 does not fit what plain-18 fits: degradation shown" in sentences["plain"]
     assert "20.00% training error" in sentences["plain"]  # the final errors still head the sentence

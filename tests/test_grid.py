@@ -11,7 +11,7 @@ from bench.grid import run_grid
 
 
 def test_a_run_is_freed_before_the_next_is_built_also_in_a_reference_cycle(tmp_path, data_dir, monkeypatch):
-    # Issue 22, defect 5: torch.cuda.make_graphed_callables leaves a --cuda-graph run's module in a reference
+    # torch.cuda.make_graphed_callables leaves a --cuda-graph run's module in a reference
     # cycle (torch/cuda/graphs.py: `func.forward = make_graphed_forward(func, ..., func.forward)`, a closure
     # over the module), so its graphs and memory pools outlive the run until the cyclic collector runs, and
     # a later, deeper net can run out of memory. The same cycle on the CPU, the automatic collector off.

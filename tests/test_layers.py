@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from bench import layers, store, tables
 from bench.analyze import analyze_run
-from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.plots import figure7, gradient_figure
 from bench.report import make_report

@@ -76,7 +76,7 @@ def test_augment_and_batches_on_the_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_augment_from_the_cpu_generator_on_the_gpu_gives_the_cpu_numbers_without_a_host_sync():
-    # Issue 22, defect 8: bench.train draws from a CPU generator (checkpoints resume on any device); its
+    # bench.train draws from a CPU generator (checkpoints resume on any device); its
     # offsets and flips reach the GPU through pinned memory, not a copy that waits for the GPU's queue.
     images = _random_images(64)
     expected = augment(images, torch.Generator().manual_seed(0))

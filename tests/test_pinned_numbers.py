@@ -1,7 +1,7 @@
 """The numbers of a short run, pinned: a refactor of the step, the loop or the data path must not move them.
 
 Pinned in float64 on data made of integers, so they hold on any x86-64 CPU. The first version pinned a float32
-run (commit f8a1b15) at a relative 1e-5 and failed on an AMD EPYC by 1.2e-5 (issue #22): another CPU's kernels
+run (commit f8a1b15) at a relative 1e-5 and failed on an AMD EPYC by 1.2e-5: another CPU's kernels
 round the last float32 digit differently and 24 SGD steps carry that forward. Measured on one AMD EPYC with
 its kernels switched to the SSE4.1/SSE4.2 and AVX2 ones (ISA_SWITCHES, then the same with "avx2"/"AVX2"): the
 pinned numbers moved by up to 8.6e-3 (relative) in float32 and by at most 4.4e-16 in float64, while a changed

@@ -22,7 +22,7 @@ REFERENCE = ROOT / "results" / "reference"
 REPORT = ROOT / "reports" / "reference"
 # scripts/reference.sh: every net gets the paper's recipe at 4,000 iterations on the whole CIFAR-10 copy, and
 # the CIFAR nets also at 8,000 (and at 16,000 in bf16); the 20-layer pair again in bf16, and residual-20 with a
-# second seed (issue #25).
+# second seed.
 BASE = dataclasses.replace(PAPER, iterations=4000, dataset="cifar10")
 GRIDS = {"cifar": GridConfig(base=BASE, depths=(20, 56)),
          "imagenet": GridConfig(base=dataclasses.replace(BASE, width=16), depths=(18, 34)),

@@ -187,13 +187,13 @@ def test_error_table_matches_pandas(results: Path) -> None:
     train = kept.groupby(["arch", "depth"])["train_error"].mean() * 100
     assert plain["train_gap"] == pytest.approx(train[("plain", 56)] - train[("plain", 20)])
     assert plain["train_gap"] > 0 and plain["provisional"]
-    assert "degradation shown" in tables.degradation_sentence(pd.Series({**plain, "arch": "plain"}))
+    assert "degradation shown" in tables.degradation_verdict(pd.Series({**plain, "arch": "plain"}))
 
 
 def test_negative_degradation_is_said_plainly() -> None:
     row = pd.Series({"arch": "plain", "shallow_depth": 18, "deep_depth": 34, "shallow_train": 10.0,
                      "deep_train": 8.0, "train_gap": -2.0, "test_gap": -1.0, "provisional": False})
-    assert "NEGATIVE: no degradation shown" in tables.degradation_sentence(row)
+    assert "NEGATIVE: no degradation shown" in tables.degradation_verdict(row)
 
 
 @pytest.mark.parametrize(("deep", "verdict"), [(8.0, "trains better, as in the paper"),
@@ -202,7 +202,7 @@ def test_negative_degradation_is_said_plainly() -> None:
 def test_the_residual_verdict_tells_better_level_and_worse(deep: float, verdict: str) -> None:
     row = pd.Series({"arch": "residual", "shallow_depth": 18, "deep_depth": 34, "shallow_train": 10.0,
                      "deep_train": deep, "train_gap": deep - 10.0, "test_gap": 0.0, "provisional": False})
-    assert verdict in tables.degradation_sentence(row)
+    assert verdict in tables.degradation_verdict(row)
 
 
 def test_paper_numbers_only_where_they_apply() -> None:

@@ -91,7 +91,7 @@ def test_execution_modes_keep_the_run_id() -> None:
 
 
 def test_compile_compiles_every_net_of_a_grid(monkeypatch) -> None:
-    # Issue 22, defect 3: all nets share one `forward`; without a reset Dynamo compiles the first
+    # All nets share one `forward`; without a reset Dynamo compiles the first
     # recompile_limit (8) and silently runs the rest eager. Eleven distinct nets, each compiled.
     counter = CompileCounter()
     monkeypatch.setattr(step_module, "COMPILE_BACKEND", counter)
@@ -117,7 +117,7 @@ def test_a_compiled_forward_trains_and_is_timed(monkeypatch) -> None:
 
 
 def test_device_settings_make_the_run_device_current_and_fp32_ieee(monkeypatch) -> None:
-    # Issue 22, defects 1, 6 and 7: bench run and bench time both run under these settings. torch.cuda's
+    # `bench run` and `bench time` both run under these settings. torch.cuda's
     # device calls are stood in for (no GPU here); the flags are torch's own, settable without a GPU.
     calls: list[object] = []
     monkeypatch.setattr(torch.cuda, "set_device", calls.append)

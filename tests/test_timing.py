@@ -16,7 +16,8 @@ import resnet
 from bench import timing as timing_module
 from bench.errors import BenchError
 from bench.step import TrainStep
-from bench.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, measure, render_table
+from bench.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, measure
+from bench.timing_rows import timing_rich_table
 from tests.conftest import run_timing
 
 # The columns the issue promises, in order; status, width, git_commit, cuda_graph, stem and the math flags follow
@@ -61,7 +62,7 @@ def test_three_phases_and_exact_schema(tmp_path: Path) -> None:
     assert row["peak_memory_bytes"] > 10 * 2**20  # a resident set: at least the Python interpreter and torch
     train = frame[frame["phase"] == "train_step"].iloc[0]
     assert train["tflops"] == pytest.approx(3 * train["flops_per_image"] * 2 / (train["median_ms"] / 1e3) / 1e12)
-    assert render_table(frame).row_count == len(frame)
+    assert timing_rich_table(frame).row_count == len(frame)
 
 
 def test_measure_is_torch_utils_benchmark_with_this_process_threads() -> None:
@@ -103,7 +104,7 @@ class _Cyclic(nn.Module):
 
 
 def test_a_batch_is_measured_without_the_last_batchs_tensors_steps_and_graphs(tmp_path: Path, monkeypatch) -> None:
-    # Issue 22, defects 4 and 5: what one batch size allocated (inputs, TrainStep with its optimizer state, the
+    # What one batch size allocated (inputs, TrainStep with its optimizer state, the
     # accelerated forward) must be gone before the next one allocates its own and opens its peak-memory
     # window, also when it sits in a reference cycle. The automatic collector is off, so only an explicit
     # collection frees a cycle.
@@ -186,7 +187,7 @@ def test_out_of_memory_batch_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -
         assert (rows[rows["batch_size"] == 2]["status"] == OK).all()
         oom = rows[rows["batch_size"] == huge]
         assert (oom["status"] == OOM).all() and len(oom) == len(PHASES) and oom["median_ms"].isna().all()
-    assert "out of memory" in str([c._cells for c in render_table(frame).columns])
+    assert "out of memory" in str([c._cells for c in timing_rich_table(frame).columns])
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -234,7 +235,7 @@ def _cold_and_warm(tmp_path: Path, allocator: str = "on") -> list[float]:
 
 @pytest.mark.slow
 def test_the_first_net_of_a_process_is_timed_warm(tmp_path: Path) -> None:
-    # Issue #25: in a fresh process the first net's forward ran 2x slower than the same net timed again.
+    # In a fresh process the first net's forward ran 2x slower than the same net timed again.
     # Without bench.allocator the cold median was 1.7x to 2x the warm one in every try; a busy machine can make
     # one try of the same code disagree too, so a regression is three tries out of three.
     tries = [_cold_and_warm(tmp_path) for _ in range(3)]

@@ -36,7 +36,7 @@ def test_rng_states_round_trip_exactly():
 
 
 def test_the_cuda_rng_state_is_the_run_devices(monkeypatch):
-    # Issue 22, defect 9: it was saved and restored on the current device. torch.cuda's RNG calls are stood
+    # It was once saved and restored on the current device. torch.cuda's RNG calls are stood
     # in for (no GPU here): what matters is which device they are asked about.
     asked = []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
@@ -71,8 +71,8 @@ def test_the_first_step_sees_the_stored_images_only_without_augmentation(tmp_pat
                                             and not seen else None)
 
     train_run(config, tiny_data, tmp_path, CPU, on_start=watch)
-    first = epoch_batches(len(tiny_data.train_images), TINY_RUN.batch_size, torch.Generator().manual_seed(TINY_RUN.seed),
-                          drop_last=True)[0]
+    first = epoch_batches(len(tiny_data.train_images), TINY_RUN.batch_size,
+                          torch.Generator().manual_seed(TINY_RUN.seed), drop_last=True)[0]
     stored = prepare_inputs(tiny_data.train_images[first], tiny_data.mean, config)
     assert torch.equal(seen[0], stored) is not augmented
 

@@ -1,4 +1,5 @@
-"""Issue 14: the holes in README's "Nothing lost", each reproduced as it was reported and checked closed.
+"""What README's "Nothing lost" promises when things fail: a full disk, a read-only or occupied folder, torn
+files, bad values, out of memory, each one line naming the fix, and no finished work lost.
 
 Disk full is a link to /dev/full handed to `store.write_atomic` as its temporary file (every write there
 fails with ENOSPC); a read-only folder is `chattr +i` (root ignores chmod), skipped where that is not possible.
@@ -310,7 +311,7 @@ def test_out_of_memory_names_the_run_and_the_grid_goes_on(tmp_path, data_dir):
 
 
 def test_out_of_memory_says_which_memory_ran_out():
-    # Issue 22, defect 11: a model is built in host memory before it moves to the GPU, so the CPU allocator's
+    # A model is built in host memory before it moves to the GPU, so the CPU allocator's
     # error during a CUDA run is the host's, not the GPU's.
     try:
         torch.empty(2**62, dtype=torch.uint8)  # more than any address space: refused at once

@@ -1,6 +1,6 @@
-"""Issue 23: untrusted files never run code, writes never follow a planted link, a run folder's files are
-checked against each other, and signals are honoured wherever they land. Each case is reproduced as it was
-reported (numbered as in the issue) and checked closed."""
+"""Untrusted files never run code, writes never follow a planted link, a run folder's files are checked against
+each other, and signals are honoured wherever they land. Each case is reproduced as it was reported and checked
+closed."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from bench.errors import BenchError
 from tests.conftest import bench, one_line_exit_2
 
 
-# --- 1: a CIFAR batch pickle that carries code ------------------------------------------------------------------
+# --- a CIFAR batch pickle that carries code ------------------------------------------------------------------
 
 
 class _Payload:
@@ -79,7 +79,7 @@ def test_a_cifar_pickle_that_carries_code_does_not_run_it(tmp_path):
     assert not marker.exists()
 
 
-# --- 2: links planted in a shared results folder -----------------------------------------------------------------
+# --- links planted in a shared results folder -----------------------------------------------------------------
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_a_link_at_the_destination_is_refused_not_replaced_or_followed(tmp_path,
     assert not (tmp_path / "made-through-the-link").exists()
 
 
-# --- 9: bench report killed mid-write -----------------------------------------------------------------------------
+# --- bench report killed mid-write -----------------------------------------------------------------------------
 
 
 def test_a_report_killed_mid_write_leaves_every_old_file_whole(tmp_path, monkeypatch):
@@ -161,7 +161,7 @@ def test_a_report_killed_mid_write_leaves_every_old_file_whole(tmp_path, monkeyp
         assert path.read_bytes() == content, path
 
 
-# --- 3, 4, 5: a run folder checked against itself ---------------------------------------------------------------
+# --- a run folder checked against itself ---------------------------------------------------------------
 
 TINY = ["--dataset", "synthetic", "--preset", "quick", "--width", "2", "--batch-size", "32", "--train-subset", "128",
         "--test-subset", "32", "--epochs", "1", "--no-progress"]
@@ -176,7 +176,7 @@ def _run(results: Path, data_dir: Path, *args: str):
 
 @pytest.mark.parametrize("finished", [True, False])
 def test_deleting_config_json_does_not_lose_the_data_fingerprint(tmp_path, finished):
-    from tests.test_nothing_lost import _image_folder
+    from tests.test_failures_keep_results import _image_folder
 
     _image_folder(tmp_path / "a" / "good", seed=1)
     _image_folder(tmp_path / "b" / "good", seed=2)
@@ -233,7 +233,7 @@ def test_a_finished_run_whose_epochs_are_lost_is_named_not_dropped(tmp_path, dat
         assert again.exit_code == 0 and str(plain / store.EPOCHS) in again.stderr, again.output
 
 
-# --- 6, 13: a data cache of the right shape holding other pixels or labels ----------------------------------------
+# --- a data cache of the right shape holding other pixels or labels ----------------------------------------
 
 
 def _cache_file(folder: Path) -> Path:
@@ -267,7 +267,7 @@ def test_a_cache_with_other_pixels_or_labels_is_noticed_and_rebuilt(tmp_path):
     assert notes == []  # the rebuilt cache is trusted again
 
 
-# --- 7, 12: class folders that start with '.', file names that are not UTF-8 ---------------------------------------
+# --- class folders that start with '.', file names that are not UTF-8 ---------------------------------------
 
 
 def _png(path: Path, value: int) -> None:
@@ -301,7 +301,7 @@ def test_a_file_name_that_is_not_utf8_is_read_and_fingerprinted(tmp_path):
     assert load_dataset("imagefolder", root, image_size=8, progress=False).info.fingerprint == first.info.fingerprint
 
 
-# --- 15: a wrong-typed epochs column, a torn timing file --------------------------------------------------------
+# --- a wrong-typed epochs column, a torn timing file --------------------------------------------------------
 
 
 def test_report_skips_a_wrong_typed_epochs_file_and_a_torn_timing_file(tmp_path):
@@ -323,7 +323,7 @@ def test_report_skips_a_wrong_typed_epochs_file_and_a_torn_timing_file(tmp_path)
     assert list((tmp_path / "reports" / "timing").rglob("speed.png"))  # the good timing file is drawn
 
 
-# --- 8, 11, 16: signals wherever they land; checkpoints that do not fit ------------------------------------------
+# --- signals wherever they land; checkpoints that do not fit ------------------------------------------
 
 
 def test_a_sigterm_in_the_last_evaluation_stops_the_grid(tmp_path, data_dir, monkeypatch):
@@ -402,7 +402,7 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_leaves_no_running_status
     assert store.read_status(tmp_path)["state"] == store.INTERRUPTED
 
 
-# --- 10, 14, 17: bench time interrupted, asked for more than any memory, or for more threads than cores -----------
+# --- bench time interrupted, asked for more than any memory, or for more threads than cores -----------
 
 TIME = ["time", "--depths", "8", "--arch", "plain", "residual", "--width", "2", "--input-size", "16", "--batch-size",
         "2", "--threads", "1", "--no-progress"]
