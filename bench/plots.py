@@ -23,10 +23,10 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLoca
 
 from bench.errors import BenchError
 from bench.fitting import FIT_ERROR, fit_pass
+from bench.prose import fit_caption, provenance_lines, schedule_provenance, timing_provenance
 from bench.records import DIVERGED, PHASES, UNFINISHED
+from bench.tables import breakdown, curves, with_percent
 from resnet import ARCHS
-from bench.tables import (breakdown, curves, fit_caption, provenance_lines, schedule_provenance,
-                          timing_provenance, with_percent)
 
 ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)"}
 BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench import tables
+from bench import prose, tables
 from bench.config import EXECUTION_FIELDS, FORMATS, RunConfig
 from bench.errors import BenchError, Notify
 from bench.fitting import FIT_ERROR, fit_text
@@ -31,6 +30,7 @@ from bench.files import write_atomic
 from bench.provenance import utc_now
 from bench.records import DIVERGED, FINISHED
 from bench.store import dataset_folder, read_layers, read_results, write_text
+from bench.timing_rows import read_timing
 
 PNG_DPI = 150
 # The runs of one experiment (one figure, one mean over seeds) differ only in these RunConfig fields; runs
@@ -42,32 +42,6 @@ EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.nam
 # The network family is not a RunConfig field but follows the depth: CIFAR nets and ImageNet-layout nets are
 # two experiments (the paper's Figures 6 and 4), never one figure, even at one width.
 FAMILY_NAMES = {"cifar": "cifar-nets", "imagenet": "imagenet-layout"}
-
-
-def read_timing(results: Sequence[Path], notify: Notify | None = None) -> pd.DataFrame:
-    """Every `bench time` row under `<results>/timing/*.parquet`, the same measurement kept once; a torn or
-    foreign file is skipped with a one-line `notify` (default: stderr, as read_results'), never blocking the
-    others."""
-    notify = notify or (lambda message: print(message, file=sys.stderr))
-    frames = []
-    for path in sorted(p for root in results for p in (Path(root) / "timing").glob("*.parquet")):
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as error:  # pyarrow raises several types for a torn or foreign file
-            notify(f"skipped timing file {path} ({type(error).__name__}): it is unreadable; delete it and run "
-                   "`bench time` again")
-            continue
-        missing = [c for c in tables.TIMING_COLUMNS if c not in frame.columns]
-        if missing:
-            notify(f"skipped timing file {path}: it lacks {', '.join(missing)}, so it is not from `bench time`; "
-                   "move it out of the results folder")
-            continue
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=list(tables.TIMING_COLUMNS))
-    timing = pd.concat(frames, ignore_index=True)
-    key = [c for c in (*tables.TIMING_SETTING, "model", "arch", "depth", "phase", "timestamp") if c in timing]
-    return timing.drop_duplicates(key).reset_index(drop=True)
 
 
 def load_results(results: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -121,7 +95,7 @@ def _schedules(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, out: Path, f
     table = tables.schedule_table(epochs, runs)
     paths = save_figure(schedule_figure(table, runs, colors=colors), folder / "final-error-vs-schedule", formats)
     markdown = schedule_markdown(table)
-    readme = [f"## {name}", "", *[f"- {line}" for line in tables.schedule_provenance(runs)], "",
+    readme = [f"## {name}", "", *[f"- {line}" for line in prose.schedule_provenance(runs)], "",
               "### Final error against schedule length (where depth starts to pay off)", "",
               *_figure_lines(paths, out, "final error against schedule length"), markdown, ""]
     written = paths + _write_table(table, folder / "final-error-vs-schedule", markdown)
@@ -180,7 +154,7 @@ def _figure_lines(paths: list[Path], out: Path, alt: str) -> list[str]:
 
 
 def _plus_minus(errors: pd.DataFrame, name: str) -> list[str]:
-    return [tables.plus_minus(m, s) for m, s in zip(errors[f"{name}_mean"], errors[f"{name}_std"])]
+    return [prose.plus_minus(m, s) for m, s in zip(errors[f"{name}_mean"], errors[f"{name}_std"])]
 
 
 def error_markdown(errors: pd.DataFrame) -> str:
@@ -198,19 +172,19 @@ def error_markdown(errors: pd.DataFrame) -> str:
     if errors["fitted"].any():  # a set fitted to the floor: how fast says more than how low (bench.fitting)
         rows.insert(6, f"fits (training error <= {FIT_ERROR:.1%})", [
             fit_text(row.fitted, row.runs - row.diverged, row.first_fit) for row in errors.itertuples()])
-    return tables.markdown_table(rows)
+    return prose.markdown_table(rows)
 
 
 def gap_markdown(errors: pd.DataFrame, gaps: pd.DataFrame) -> str:
     """Table 2 form: plain and residual side by side per depth (final test error), and their gap."""
     cells = {}
     for row in errors.itertuples():
-        cells[(row.arch, row.depth)] = tables.plus_minus(row.final_test_mean, row.final_test_std)
+        cells[(row.arch, row.depth)] = prose.plus_minus(row.final_test_mean, row.final_test_std)
     header = ["final test error (%)", *[f"{d} layers" for d in gaps["depth"]]]
     body = [[arch, *[cells.get((arch, d), "-") for d in gaps["depth"]]] for arch in ("plain", "residual")]
-    body.append(["plain - residual (points)", *[tables.format_value(g) for g in gaps["test_gap"]]])
-    body.append(["same, training error", *[tables.format_value(g) for g in gaps["train_gap"]]])
-    return tables.markdown_table(pd.DataFrame(body, columns=header))
+    body.append(["plain - residual (points)", *[prose.format_value(g) for g in gaps["test_gap"]]])
+    body.append(["same, training error", *[prose.format_value(g) for g in gaps["train_gap"]]])
+    return prose.markdown_table(pd.DataFrame(body, columns=header))
 
 
 def schedule_markdown(table: pd.DataFrame) -> str:
@@ -227,7 +201,7 @@ def schedule_markdown(table: pd.DataFrame) -> str:
             rows[f"{what} error at {name}"] = cells.apply(
                 lambda row: f"{row[column]:.2f}" + (f" ({row['seeds']} seeds)" if row["seeds"] > 1 else ""), axis=1)
     order = [c for what in ("training", "test") for c in rows.columns if c.startswith(what)]
-    return tables.markdown_table(rows[order].fillna("-").reset_index())
+    return prose.markdown_table(rows[order].fillna("-").reset_index())
 
 
 def crossing_lines(crossings: pd.DataFrame) -> list[str]:
@@ -275,7 +249,7 @@ def timing_markdown(table: pd.DataFrame) -> str:
         "GFLOPs / image": column("flops_per_image", lambda v: f"{v / 1e9:.3g}"),
         "TFLOPS": column("tflops", lambda v: f"{v:.3g}"),
     })
-    return tables.markdown_table(rows)
+    return prose.markdown_table(rows)
 
 
 def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out: Path, formats: Sequence[str],
@@ -292,9 +266,9 @@ def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out:
         ratios = tables.response_ratios(responses)
         write_text(folder / "figure7.csv", responses.to_csv(index=False))
         written += [*paths, folder / "figure7.csv"]
-        written += _write_table(ratios, folder / "responses", tables.markdown_table(ratios))
+        written += _write_table(ratios, folder / "responses", prose.markdown_table(ratios))
         readme += ["### Std of layer responses (paper Figure 7)", "", *_figure_lines(paths, out, "figure 7"),
-                   tables.response_sentence(ratios, responses), ""]
+                   prose.response_sentence(ratios, responses), ""]
     first = tables.layer_profile(layers, GRAD_NORM, "first")
     if not first.empty:
         last = tables.layer_profile(layers, GRAD_NORM, "last")
@@ -311,11 +285,11 @@ def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, layers: pd.
                 formats: Sequence[str], colors: dict, notify: Notify) -> tuple[list[Path], list[str]]:
     """Figures and tables of one experiment; returns (files written, README lines)."""
     folder = out / name
-    written, readme = [], [f"## {name}", "", *[f"- {line}" for line in tables.provenance_lines(runs)], ""]
+    written, readme = [], [f"## {name}", "", *[f"- {line}" for line in prose.provenance_lines(runs)], ""]
     paths = save_figure(degradation_figure(epochs, runs, colors=colors), folder / "degradation", formats)
     written += paths
     readme += ["### Plain vs residual (paper Figures 4 and 6)", "", *_figure_lines(paths, out, "degradation")]
-    if fit := tables.fit_caption(runs):
+    if fit := prose.fit_caption(runs):
         readme += [f"*{fit}*", ""]
     if runs.loc[runs["arch"] == "plain", "depth"].nunique() >= 2:
         paths = save_figure(figure1(epochs, runs, colors=colors), folder / "figure1", formats)
@@ -327,12 +301,12 @@ def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, layers: pd.
     errors = tables.error_table(epochs, runs)
     gaps = tables.gap_table(errors)
     degradation = tables.degradation(errors)
-    sentences = [tables.degradation_verdict(row) for _, row in degradation.iterrows()]
+    sentences = [prose.degradation_verdict(row) for _, row in degradation.iterrows()]
     markdown = {"errors": error_markdown(errors), "gaps": gap_markdown(errors, gaps),
                 "degradation": "\n".join(f"- {s}" for s in sentences) or "- needs two depths of one arch"}
     for table, frame in (("errors", errors), ("gaps", gaps), ("degradation", degradation)):
         written += _write_table(frame, folder / table, markdown[table])
-    caveat = [tables.paper_caveat(runs), ""] if errors["paper_test"].notna().any() else []
+    caveat = [prose.paper_caveat(runs), ""] if errors["paper_test"].notna().any() else []
     readme += ["### Test error per net (paper Table 6 form; mean ± std over seeds; diverged runs left out)", "",
                markdown["errors"], "", *caveat, "### Plain minus residual at each depth (paper Table 2 form)", "",
                markdown["gaps"], "", "### The degradation, as one number (final training error, deepest minus "
@@ -351,12 +325,12 @@ def _timing(timing: pd.DataFrame, out: Path, formats: Sequence[str]) -> tuple[li
                               + (f"-w{int(setting['width'])}" if pd.notna(setting.get("width")) else "")
                               + ("-channels-last" if setting["channels_last"] else "")
                               + ("-compiled" if setting["compiled"] else "")
-                              + ("-cuda-graph" if tables.is_set(setting.get("cuda_graph")) else ""))
+                              + ("-cuda-graph" if prose.is_set(setting.get("cuda_graph")) else ""))
         paths = save_figure(timing_figure(rows, setting), out / "timing" / name / "speed", formats)
         table = tables.timing_table(rows)
         markdown = timing_markdown(table)
         written += paths + _write_table(table, out / "timing" / name / "speed", markdown)
-        readme += [f"## Speed: {name}", "", *[f"- {line}" for line in tables.timing_provenance(setting, rows)], "",
+        readme += [f"## Speed: {name}", "", *[f"- {line}" for line in prose.timing_provenance(setting, rows)], "",
                    *_figure_lines(paths, out, f"speed {name}"), markdown, ""]
     return written, readme
 

@@ -1,12 +1,14 @@
 """What `bench time` records and shows: its rows (TimingRow, results/timing/<id>.parquet), the typed result
-of a sweep with what went wrong writing it, and the table printed at its end."""
+of a sweep with what went wrong writing it, the table printed at its end, and the timing files read back."""
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pyarrow as pa
 from rich.table import Table
 
 from bench import store
-from bench.errors import BenchError
+from bench.errors import BenchError, Notify
 from bench.records import record_schema
 
 OK, OOM = "ok", "oom"
@@ -61,6 +63,13 @@ class TimingRow:
 
 
 TIMING_SCHEMA = record_schema(TimingRow)
+# The columns a file must have to be read as `bench time`'s.
+TIMING_COLUMNS = ("model", "arch", "depth", "family", "device", "device_name", "batch_size", "input_size",
+                  "precision", "channels_last", "compiled", "phase", "median_ms", "images_per_second")
+# One timing figure and table per setting: numbers measured under different settings are not comparable.
+# (width and cuda_graph are optional: files from before they were recorded lack them.)
+TIMING_SETTING = ("device_name", "precision", "family", "batch_size", "input_size", "channels_last", "compiled",
+                  "width", "cuda_graph")
 
 
 @dataclass
@@ -126,3 +135,29 @@ def timing_rich_table(df: pd.DataFrame) -> Table:
         names = ", ".join(sorted(set(df["device_name"])))
         table.caption = f"{names}; {int(df['threads'].iloc[0])} CPU threads; torch {df['torch_version'].iloc[0]}"
     return table
+
+
+def read_timing(results: Sequence[Path], notify: Notify | None = None) -> pd.DataFrame:
+    """Every `bench time` row under `<results>/timing/*.parquet`, the same measurement kept once; a torn or
+    foreign file is skipped with a one-line `notify` (default: stderr, as read_results'), never blocking the
+    others."""
+    notify = notify or (lambda message: print(message, file=sys.stderr))
+    frames = []
+    for path in sorted(p for root in results for p in (Path(root) / "timing").glob("*.parquet")):
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as error:  # pyarrow raises several types for a torn or foreign file
+            notify(f"skipped timing file {path} ({type(error).__name__}): it is unreadable; delete it and run "
+                   "`bench time` again")
+            continue
+        missing = [c for c in TIMING_COLUMNS if c not in frame.columns]
+        if missing:
+            notify(f"skipped timing file {path}: it lacks {', '.join(missing)}, so it is not from `bench time`; "
+                   "move it out of the results folder")
+            continue
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=list(TIMING_COLUMNS))
+    timing = pd.concat(frames, ignore_index=True)
+    key = [c for c in (*TIMING_SETTING, "model", "arch", "depth", "phase", "timestamp") if c in timing]
+    return timing.drop_duplicates(key).reset_index(drop=True)

@@ -61,12 +61,12 @@ CPU = torch.device("cpu")
 TINY_RUN = RunConfig(arch="plain", depth=8, width=4, preset="test", dataset="synthetic", iterations=None, epochs=3,
                      batch_size=64, lr=0.05)
 # The epoch columns that are measurements, not numbers a run computes: they differ between two equal runs.
-TIMING_COLUMNS = ["epoch_seconds", "images_per_second", "timestamp"]
+MEASURED_COLUMNS = ["epoch_seconds", "images_per_second", "timestamp"]
 
 
 def epoch_numbers(directory: Path) -> pd.DataFrame:
     """A run folder's epoch rows without the measured columns: equal for runs that computed the same."""
-    return pd.read_parquet(directory / store.EPOCHS).drop(columns=TIMING_COLUMNS)
+    return pd.read_parquet(directory / store.EPOCHS).drop(columns=MEASURED_COLUMNS)
 
 
 def bench(*args: str, env: dict | None = None):

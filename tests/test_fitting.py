@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from bench import tables
+from bench import prose, tables
 from bench.fitting import (FIT_ERROR, Fit, final_train_error, first_fit, fit_pass, fit_text, fit_verdict, fits,
                            median_pass)
 from bench.grid import summary_table, verdict_lines
@@ -105,7 +105,7 @@ def test_the_report_reads_the_fit_from_the_logged_epochs() -> None:
     errors = tables.error_table(epochs, runs).set_index(["arch", "depth"])
     assert errors.loc[("plain", 34), "fitted"] == 0 and pd.isna(errors.loc[("plain", 34), "first_fit"])
     assert errors.loc[("residual", 34), "first_fit"] == 4
-    sentences = {row["arch"]: tables.degradation_verdict(row)
+    sentences = {row["arch"]: prose.degradation_verdict(row)
                  for _, row in tables.degradation(errors.reset_index()).iterrows()}
     assert "plain-34 does not fit what plain-18 fits: degradation shown" in sentences["plain"]
     assert "20.00% training error" in sentences["plain"]  # the final errors still head the sentence

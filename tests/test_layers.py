@@ -18,7 +18,7 @@ from bench.plots import figure7, gradient_figure
 from bench.report import make_report
 from bench.train import train_run
 from resnet import build_model
-from tests.conftest import CPU, TINY_RUN, TIMING_COLUMNS
+from tests.conftest import CPU, TINY_RUN, MEASURED_COLUMNS
 
 
 
@@ -79,7 +79,7 @@ def test_plain_and_residual_twins_have_the_same_layers():
 def test_diagnostics_leave_training_unchanged(tmp_path, tiny_data):
     train_run(TINY_RUN, tiny_data, tmp_path / "with", CPU)
     train_run(TINY_RUN, tiny_data, tmp_path / "without", CPU, diagnostics=False)
-    with_, without = (pd.read_parquet(tmp_path / name / store.EPOCHS).drop(columns=TIMING_COLUMNS)
+    with_, without = (pd.read_parquet(tmp_path / name / store.EPOCHS).drop(columns=MEASURED_COLUMNS)
                       for name in ("with", "without"))
     pd.testing.assert_frame_equal(with_, without)
     assert not (tmp_path / "without" / store.LAYERS).exists() or _layers(tmp_path / "without").empty

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from bench import plots, report, tables
+from bench import plots, prose, report, tables, timing_rows
 from bench.config import QUICK
 from bench.errors import BenchError
 from bench.plots import degradation_figure, figure1, timing_figure
@@ -187,13 +187,13 @@ def test_error_table_matches_pandas(results: Path) -> None:
     train = kept.groupby(["arch", "depth"])["train_error"].mean() * 100
     assert plain["train_gap"] == pytest.approx(train[("plain", 56)] - train[("plain", 20)])
     assert plain["train_gap"] > 0 and plain["provisional"]
-    assert "degradation shown" in tables.degradation_verdict(pd.Series({**plain, "arch": "plain"}))
+    assert "degradation shown" in prose.degradation_verdict(pd.Series({**plain, "arch": "plain"}))
 
 
 def test_negative_degradation_is_said_plainly() -> None:
     row = pd.Series({"arch": "plain", "shallow_depth": 18, "deep_depth": 34, "shallow_train": 10.0,
                      "deep_train": 8.0, "train_gap": -2.0, "test_gap": -1.0, "provisional": False})
-    assert "NEGATIVE: no degradation shown" in tables.degradation_verdict(row)
+    assert "NEGATIVE: no degradation shown" in prose.degradation_verdict(row)
 
 
 @pytest.mark.parametrize(("deep", "verdict"), [(8.0, "trains better, as in the paper"),
@@ -202,7 +202,7 @@ def test_negative_degradation_is_said_plainly() -> None:
 def test_the_residual_verdict_tells_better_level_and_worse(deep: float, verdict: str) -> None:
     row = pd.Series({"arch": "residual", "shallow_depth": 18, "deep_depth": 34, "shallow_train": 10.0,
                      "deep_train": deep, "train_gap": deep - 10.0, "test_gap": 0.0, "provisional": False})
-    assert verdict in tables.degradation_verdict(row)
+    assert verdict in prose.degradation_verdict(row)
 
 
 def test_paper_numbers_only_where_they_apply() -> None:
@@ -242,7 +242,7 @@ def test_make_report_writes_figures_tables_and_readme(results: Path, tmp_path: P
 
 def test_timing_figure_plots_throughput_and_breakdown(tmp_path: Path) -> None:
     frame = write_timing(tmp_path)
-    timing = report.read_timing([tmp_path])
+    timing = timing_rows.read_timing([tmp_path])
     (setting, rows), = tables.timing_settings(timing)
     fig = timing_figure(rows, setting)
     lines = lines_by_gid(fig)
@@ -257,7 +257,7 @@ def test_timing_figure_plots_throughput_and_breakdown(tmp_path: Path) -> None:
 
 def test_out_of_memory_rows_are_named_not_drawn(tmp_path: Path) -> None:
     write_timing(tmp_path, oom=True)
-    (setting, rows), = tables.timing_settings(report.read_timing([tmp_path]))
+    (setting, rows), = tables.timing_settings(timing_rows.read_timing([tmp_path]))
     fig = timing_figure(rows, setting)
     caption = next(t.get_text() for t in fig.texts if t.get_gid() == "caption")
     assert "out of memory" in caption and "plain-152" in caption
@@ -422,5 +422,5 @@ def test_how_a_run_executes_never_splits_an_experiment():
 
 def test_the_schedule_line_says_when_a_run_did_not_augment():
     runs = pd.DataFrame([{**QUICK.to_dict(), "width": 8}])
-    assert "no augmentation" not in tables.schedule_text(runs.assign(augment=True))
-    assert "no augmentation" in tables.schedule_text(runs.assign(augment=False))
+    assert "no augmentation" not in prose.schedule_text(runs.assign(augment=True))
+    assert "no augmentation" in prose.schedule_text(runs.assign(augment=False))

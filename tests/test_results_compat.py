@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from bench import store
-from tests.conftest import TIMING_COLUMNS, bench
+from tests.conftest import MEASURED_COLUMNS, bench
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results-f13b454"
 # One thread, as the fixture was made: CPU results are exact at a fixed thread count, not across counts.
@@ -73,5 +73,5 @@ def test_finished_runs_are_skipped_and_unfinished_ones_resume(old_results, data_
     ran(*common, "--epochs", "2", "--results", str(fresh))
     ran(*common, "--epochs", "3", "--arch", "plain", "--results", str(fresh))
     for run_id in (*FINISHED, INTERRUPTED):
-        expected = _epochs(old_results, run_id).drop(columns=TIMING_COLUMNS)
-        pd.testing.assert_frame_equal(_epochs(fresh, run_id).drop(columns=TIMING_COLUMNS), expected)
+        expected = _epochs(old_results, run_id).drop(columns=MEASURED_COLUMNS)
+        pd.testing.assert_frame_equal(_epochs(fresh, run_id).drop(columns=MEASURED_COLUMNS), expected)

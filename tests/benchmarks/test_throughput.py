@@ -22,7 +22,7 @@ PHASES = ("forward", "train_step")
 def test_cpu_throughput(benchmark, full_run: bool, case: Case, phase: str) -> None:
     benchmark.group = f"cpu {phase}"
     run_benchmark(benchmark, case, phase, full=full_run)
-    assert benchmark.extra_info["images_per_second"] > 0
+    _check_recorded(benchmark, case)
 
 
 @pytest.mark.gpu
@@ -32,4 +32,13 @@ def test_cpu_throughput(benchmark, full_run: bool, case: Case, phase: str) -> No
 def test_gpu_throughput(benchmark, full_run: bool, case: Case, phase: str) -> None:
     benchmark.group = f"gpu {phase}"
     run_benchmark(benchmark, case, phase, full=full_run)
-    assert benchmark.extra_info["images_per_second"] > 0
+    _check_recorded(benchmark, case)
+
+
+def _check_recorded(benchmark, case: Case) -> None:
+    """What a benchmark records beside its time: images/s is the batch over the wall-clock median of the timed
+    calls, and the reference workload that the time is in units of took time. Whether the time itself got
+    worse is the compare workflow's to say (docs/benchmarks.md), never a bound on wall time here."""
+    info = benchmark.extra_info
+    assert info["median_ms"] > 0 and info["reference_ms"] > 0
+    assert info["images_per_second"] == pytest.approx(case.batch_size / (info["median_ms"] / 1e3))

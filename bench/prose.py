@@ -1,0 +1,174 @@
+"""The report's words: the numbers of bench.tables as sentences, captions and Markdown tables.
+
+bench.tables computes, this module says it, bench.plots draws it and bench.report puts it together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from bench import fitting
+from bench.fitting import FIT_ERROR, Fit
+
+
+def count_text(value: object) -> str:
+    """A count as text; '?' when it is not known."""
+    return "?" if value is None or pd.isna(value) else str(int(value))
+
+
+def _unique(frame: pd.DataFrame, column: str) -> str:
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=object)
+    return ", ".join(sorted({str(v) for v in values if str(v)})) or "unknown"
+
+
+def format_value(value: object, digits: int = 2) -> str:
+    """A table cell: floats to `digits` decimals, NaN/None as '-', everything else as text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def plus_minus(mean: float, std: float) -> str:
+    """'7.12 ± 0.15', or just the mean when there is no spread (one seed)."""
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of `frame` (cells through `format_value`)."""
+    headers = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(format_value(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def schedule_text(runs: pd.DataFrame) -> str:
+    """The training schedule of a group of runs in one line (preset, length, batch, lr, width, subsets)."""
+    first = runs.iloc[0]
+    length = (f"{int(first['iterations']):,} iterations" if pd.notna(first.get("iterations"))
+              else f"{count_text(first.get('epochs'))} epochs")
+    parts = [f"preset {first['preset']}: {length}", f"batch {_unique(runs, 'batch_size')}",
+             f"lr {_unique(runs, 'lr')}", f"width {_unique(runs, 'width')}"]
+    if pd.notna(first.get("train_subset")) or pd.notna(first.get("test_subset")):
+        parts.append(f"subset {count_text(first.get('train_subset'))} train / {count_text(first.get('test_subset'))} test")
+    if not first["augment"]:  # read_results gives a run from before the option its default
+        parts.append("no augmentation")
+    return ", ".join(parts)
+
+
+def provenance_lines(runs: pd.DataFrame) -> list[str]:
+    """Where a group of runs came from, in three short lines: data, schedule, machine and code."""
+    dataset = f"Data: {_unique(runs, 'dataset')}"
+    note = _unique(runs, "dataset_note")
+    if note != "unknown":
+        dataset += f" ({note})"
+    states = runs["state"].value_counts()
+    count = f"{len(runs)} run{'s' if len(runs) != 1 else ''}: " + ", ".join(
+        f"{n} {state}" for state, n in states.items())
+    seeds = ", ".join(str(s) for s in sorted(runs["seed"].unique()))
+    machine = (f"Device: {_unique(runs, 'device_name')}; precision {_unique(runs, 'precision')}; seeds {seeds}; "
+               f"commit {_unique(runs, 'git_commit')}; torch {_unique(runs, 'torch')}")
+    return [dataset, f"Schedule: {schedule_text(runs)}; {count}", machine]
+
+
+def schedule_provenance(runs: pd.DataFrame) -> list[str]:
+    """provenance_lines for runs of several schedule lengths (which schedule_text would name only one of)."""
+    *most, last = (f"{int(i):,}" for i in sorted(runs["iterations"].dropna().unique()))
+    lengths = f"{', '.join(most)} and {last}" if most else last
+    data, _, machine = provenance_lines(runs)
+    first = runs.iloc[0]
+    decays = ", ".join(f"{f:.0%}" for f in first["lr_decay_at"]) if isinstance(first.get("lr_decay_at"), list) else "?"
+    return [data, f"Schedules: preset {_unique(runs, 'preset')}, {lengths} iterations; lr {_unique(runs, 'lr')}, "
+                  f"times {_unique(runs, 'lr_decay')} at {decays} of each; batch {_unique(runs, 'batch_size')}; "
+                  f"width {_unique(runs, 'width')}", machine]
+
+
+def fit_caption(runs: pd.DataFrame) -> str | None:
+    """What a figure of runs that fit a small subset as stored shows, or None for other runs."""
+    first = runs.iloc[0]
+    if first["augment"] or pd.isna(first.get("train_subset")):
+        return None
+    test = f"{count_text(first.get('test_subset'))} held-out images" if pd.notna(first.get("test_subset")) else "the test split"
+    return (f"A fit: {count_text(first['train_subset'])} training images as stored, no augmentation. Training error is the "
+            f"optimisation test (a net fits at <= {FIT_ERROR:.1%}: triangles mark the pass where each run first does); "
+            f"test error, on {test}, is what so few images teach, not comparable with the paper's.")
+
+
+def is_set(flag: object) -> bool:
+    """A timing setting's flag: missing (None, or NaN from files that predate it) counts as off."""
+    return bool(flag) if pd.notna(flag) else False
+
+
+def timing_provenance(setting: dict, timing: pd.DataFrame) -> list[str]:
+    """Where a set of timing rows came from: device, precision, batch, input, and the software."""
+    flags = [name for name in ("channels_last", "compiled", "cuda_graph") if is_set(setting.get(name))]
+    what = (f"Device: {setting['device_name']}; precision {setting['precision']}; batch {setting['batch_size']}; "
+            f"input {setting['input_size']}x{setting['input_size']}; family {setting['family']}"
+            + (f"; width {int(setting['width'])}" if pd.notna(setting.get("width")) else "")
+            + (f"; {', '.join(flags)}" if flags else ""))
+    software = f"torch {_unique(timing, 'torch_version')}; threads {_unique(timing, 'threads')}"
+    if "git_commit" in timing:
+        software += f"; commit {_unique(timing, 'git_commit')}"
+    stamps = pd.to_datetime(timing["timestamp"], utc=True, errors="coerce").dropna()
+    if len(stamps):
+        software += f"; measured {stamps.min():%Y-%m-%d}" + (
+            f" to {stamps.max():%Y-%m-%d}" if stamps.max().date() != stamps.min().date() else "")
+    lines = [what, software + "; median over repeats, latest measurement per net"]
+    failed = sorted(timing.loc[timing["median_ms"].isna(), "model"].unique())
+    if failed:  # out of memory: no number to draw, but the reader should know it was tried
+        lines.append(f"Not measured (out of memory or failed): {', '.join(failed)}")
+    return lines
+
+
+def degradation_verdict(row: pd.Series) -> str:
+    """One row of `degradation` in words (bench.fitting.degradation_sentence)."""
+    def net(name: str) -> Fit:
+        fitted = row.get(f"{name}_fitted")
+        first = row.get(f"{name}_first_fit")
+        return Fit(row["arch"], int(row[f"{name}_depth"]), float(row[f"{name}_train"]),
+                   int(row.get(f"{name}_runs", 1)), 0 if pd.isna(fitted) else int(fitted),
+                   None if first is None or pd.isna(first) else float(first))
+
+    return fitting.degradation_sentence(net("shallow"), net("deep"), provisional=bool(row["provisional"]))
+
+
+def response_sentence(ratios: pd.DataFrame, profile: pd.DataFrame) -> str:
+    """Figure 7's finding in numbers: how large residual responses are against plain ones, per depth, and
+    how the residual nets' responses change with depth."""
+    parts = [f"at depth {r.depth} the residual net's 3x3 responses have a mean std of {r.residual_std:.3f}, "
+             f"{r.ratio:.2f}x the plain net's {r.plain_std:.3f}" for r in ratios.itertuples()]
+    residual = profile[profile["arch"] == "residual"].groupby("depth")["value"].mean()
+    if len(residual) >= 2:
+        parts.append("residual nets by depth: " + ", ".join(f"{d} layers {v:.3f}" for d, v in residual.items()))
+    if not parts:
+        return "No depth has both nets' response statistics yet."
+    return "Mean response std over the 3x3 layers, at each run's last measurement: " + "; ".join(parts) + "."
+
+
+def paper_caveat(runs: pd.DataFrame) -> str:
+    """What differs between these runs and the paper's Table 6 numbers printed beside them."""
+    differences = []
+    iterations = sorted(pd.to_numeric(runs.get("iterations"), errors="coerce").dropna().astype(int).unique())
+    if iterations != [64_000]:
+        length = " / ".join(f"{i:,}" for i in iterations) + " iterations" if iterations else "epochs"
+        differences.append(f"a schedule of {length} instead of 64,000 (a shorter one ends at a higher error)")
+    for field, paper in (("batch_size", 128), ("lr", 0.1), ("precision", "fp32")):
+        values = set(runs[field].dropna()) if field in runs else set()
+        if values - {paper}:
+            differences.append(f"{field} {', '.join(map(str, sorted(values)))} instead of {paper}")
+    note = _unique(runs, "dataset_note")
+    if note != "unknown":
+        differences.append(f"this copy of the data ({note})")
+    if not differences:
+        return "The paper's column is its Table 6 (CIFAR-10, 64,000 iterations)."
+    return ("The paper's column is its Table 6 (original CIFAR-10 images, 64,000 iterations); these runs differ "
+            "by " + " and by ".join(differences) + ", so compare trends, not digits.")
