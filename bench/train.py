@@ -343,18 +343,17 @@ class Run:
         """Record the run stopped by Ctrl-C or SIGTERM as 'interrupted'. A first stop comes between iterations:
         the half-done epoch is saved, so the same command resumes it exactly. A second one (ForcedStop) may
         land anywhere, mid-step or mid-save: nothing is saved and the last whole checkpoint stays. Under
-        torchrun the ranks may have stopped at different iterations: nothing is saved either."""
+        torchrun the ranks may have stopped at different iterations: nothing is saved either. The status comes
+        first, so a second stop that cuts the save short leaves the run 'interrupted' too."""
+        with signals_held():  # so that a further stop cannot cut this write short
+            self.status(store.INTERRUPTED, iteration=self.state.iteration)
+        if self.ranks.enabled or isinstance(stop, ForcedStop):
+            return
         try:
-            if not self.ranks.enabled and not isinstance(stop, ForcedStop):
-                self.save()
+            self.save()
         except Exception as error:  # a full disk: recorded as any failure is
             self.failed(error)
             raise
-        except KeyboardInterrupt:  # a second stop cut the save short
-            self.stopped(ForcedStop())
-            raise
-        with signals_held():  # so that a further stop cannot cut this write short
-            self.status(store.INTERRUPTED, iteration=self.state.iteration)
 
     def failed(self, error: Exception) -> BenchError | None:
         """Record the run 'interrupted' by `error`; returns the BenchError to raise instead when `error` is

@@ -1,13 +1,16 @@
-"""bench.grid: what one run of a grid leaves to the next."""
+"""bench.grid: how `bench run` reaches a run, and what one run of a grid leaves to the next."""
 
 from __future__ import annotations
 
 import gc
+import inspect
 import weakref
+from pathlib import Path
 
-from bench import train
+from bench import progress, train
 from bench.config import GridConfig, RunConfig
 from bench.grid import run_grid
+from tests.conftest import bench
 
 
 def test_a_run_is_freed_before_the_next_is_built_also_in_a_reference_cycle(tmp_path, data_dir, monkeypatch):
@@ -36,3 +39,22 @@ def test_a_run_is_freed_before_the_next_is_built_also_in_a_reference_cycle(tmp_p
     finally:
         gc.enable()
     assert [item["state"] for item in summary] == ["finished"] * 4 and len(built) == 4
+
+
+def test_bench_run_reaches_a_runs_life_in_three_frames(tmp_path, data_dir, monkeypatch):
+    # A reader follows `bench run` down to one run's life (train_run, per epoch: train, evaluate, divergence,
+    # save, status, deadline) through the command, the grid, and that function: no layer between.
+    seen = []
+    real_start = progress.GridProgress.start
+
+    def start(self, run):
+        frames = [(Path(f.filename).name, f.function) for f in inspect.stack()[1:]]
+        seen.append(frames[:frames.index(("cli.py", "run")) + 1])
+        real_start(self, run)
+
+    monkeypatch.setattr(progress.GridProgress, "start", start)
+    result = bench("run", "--depths", "8", "--arch", "plain", "--epochs", "1", "--device", "cpu", "--dataset",
+                   "synthetic", "--width", "2", "--batch-size", "32", "--train-subset", "64", "--test-subset", "32",
+                   "--data-dir", str(data_dir), "--results", str(tmp_path), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert seen == [[("train.py", "train_run"), ("grid.py", "run_grid"), ("cli.py", "run")]]
