@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import re
-import signal
 import statistics
 import time
 from contextlib import nullcontext
@@ -23,6 +22,7 @@ from bench.data import DataSource, ImageData, load_dataset, resolve_dataset, tak
 from bench.errors import BenchError, Notify, check_positive, first_line, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
 from bench.fitting import Fit, degradation_sentence, final_train_error, fit_pass, fit_text, median_pass
+from bench.interrupts import stop_like_ctrl_c
 from bench.modes import PRECISION_TEXT
 from bench.records import UNFINISHED
 from bench.step import device_settings
@@ -327,7 +327,7 @@ def _found_done(config: RunConfig, schedule: Schedule, data: ImageData, director
 
 def _device_worker(index: int, grid: GridConfig, p: Plan) -> None:
     # Several live bars from several processes would garble each other: workers print their summaries only.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: save, then exit
+    stop_like_ctrl_c()  # SIGTERM and SIGHUP stop like Ctrl-C: save, then exit
     # One thread each unless told otherwise: N workers with all cores each would fight over them. The plan is
     # the parent's: validated and its dataset resolved once, not again per worker.
     run_grid(dataclasses.replace(grid, devices=(grid.devices[index],), threads=grid.threads or 1), progress=False,

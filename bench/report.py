@@ -27,10 +27,10 @@ from bench.fitting import FIT_ERROR, fit_text
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, crossing_figure, degradation_figure, depth_colors, figure1, figure7,
                          gradient_figure, schedule_figure, style, timing_figure)
-from bench.files import write_atomic
+from bench.files import check_writable, write_atomic
 from bench.provenance import utc_now
 from bench.records import DIVERGED, FINISHED
-from bench.store import dataset_folder, read_layers, read_results, write_text
+from bench.store import TIMING_LIMIT, dataset_folder, read_layers, read_parquet, read_results, write_text
 
 PNG_DPI = 150
 # The runs of one experiment (one figure, one mean over seeds) differ only in these RunConfig fields; runs
@@ -52,7 +52,10 @@ def read_timing(results: Sequence[Path], notify: Notify | None = None) -> pd.Dat
     frames = []
     for path in sorted(p for root in results for p in (Path(root) / "timing").glob("*.parquet")):
         try:
-            frame = pd.read_parquet(path)
+            frame, _ = read_parquet(path, TIMING_LIMIT, "delete it and run `bench time` again")
+        except BenchError as error:  # a FIFO, a device or a huge file: not opened
+            notify(f"skipped timing file {error}")
+            continue
         except Exception as error:  # pyarrow raises several types for a torn or foreign file
             notify(f"skipped timing file {path} ({type(error).__name__}): it is unreadable; delete it and run "
                    "`bench time` again")
@@ -372,6 +375,7 @@ def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = Non
     if unknown or not formats:
         raise BenchError(f"unknown format {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
     results = [Path(r) for r in results]
+    check_writable(Path(out), tidy=True, option="--out")  # before anything is read or drawn
     epochs, runs, timing = load_results(results)
     layers = read_layers(runs, notify)
     if runs.empty and timing.empty:

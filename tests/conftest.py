@@ -45,3 +45,47 @@ def tiny_data(data_dir):
 
     data = load_dataset("synthetic", data_dir, synthetic_train=1024, synthetic_test=256, progress=False)
     return take_subset(data, 512, 128)
+
+
+def one_line_exit_2(result, *fragments: str) -> None:
+    """A CliRunner result that is exit code 2 with the error as the last line of stderr, whole, saying each of
+    `fragments`, and no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in last, result.output
+
+
+def cli(*args: str):
+    """The real `bench` app in this process, options taking several values as the console script takes them."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app, expand_lists
+
+    return CliRunner().invoke(app, expand_lists(list(args)))
+
+
+# A finished grid small enough to copy per test: plain-8 and residual-8, width 2, two epochs, synthetic data.
+TINY_RUN = ["--depths", "8", "--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "2",
+            "--batch-size", "32", "--train-subset", "128", "--test-subset", "32", "--epochs", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def _finished_once(tmp_path_factory, data_dir) -> Path:
+    results = tmp_path_factory.mktemp("finished") / "results"
+    result = cli("run", *TINY_RUN, "--data-dir", str(data_dir), "--results", str(results))
+    assert result.exit_code == 0, result.output
+    return results
+
+
+@pytest.fixture
+def finished(_finished_once, tmp_path) -> Path:
+    """A results folder of this test's own holding two finished runs (plain-8 and residual-8, TINY_RUN), each
+    with its config.json, status.json, epochs.parquet, layers.parquet and last checkpoint."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(_finished_once, results)
+    return results
