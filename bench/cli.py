@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from bench.config import FORMATS, PRESETS, parse_gpus, usable_cpus
 from bench.errors import BenchError
-from bench.interrupts import exit_code, stop_like_ctrl_c
+from bench.interrupts import exit_code, hung_up, stop_like_ctrl_c
 from bench.modes import PRECISIONS
 from resnet import ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
 
@@ -105,6 +105,8 @@ def handles_errors(function: F) -> F:
         except OSError as error:  # an output folder that is a file, read-only or full, met outside bench.store
             from bench.files import DISK_FULL, UNWRITABLE
 
+            if hung_up():  # the closed terminal, written to on the way out: the work was saved before
+                raise typer.Exit(exit_code()) from None
             if error.errno not in (*UNWRITABLE, *DISK_FULL):
                 raise
             errors.print(f"[bold red]error:[/] cannot access {escape(str(error.filename or 'a file'))} "

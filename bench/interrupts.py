@@ -33,10 +33,15 @@ def stop_like_ctrl_c() -> None:
         signal.signal(sig, handler)
 
 
+def hung_up() -> bool:
+    """Whether this process has received SIGHUP: its terminal may be gone, and writing to it fails (EIO)."""
+    return signal.SIGHUP in _received
+
+
 def exit_code() -> int:
     """The exit code of a process stopped by a stop signal: 129 after SIGHUP, else 130 (Ctrl-C and SIGTERM
     alike, as bench has always said)."""
-    return 128 + signal.SIGHUP if signal.SIGHUP in _received else 130
+    return 128 + signal.SIGHUP if hung_up() else 130
 
 
 class StopFlag:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import io
 import math
 import os
+import pty
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -255,6 +257,15 @@ def test_a_checkpoint_whose_rows_are_not_its_epochs_is_refused(finished):
         store.load_checkpoint(folder, notify=lambda message: None)
 
 
+def _drain(descriptor: int) -> None:
+    """Read a terminal's other end until it closes, so that its writer never blocks on a full buffer."""
+    try:
+        while os.read(descriptor, 4096):
+            pass
+    except OSError:
+        pass
+
+
 # --- odd endings ----------------------------------------------------------------------------------------------
 
 
@@ -265,21 +276,32 @@ def test_a_report_into_proc_is_one_line(finished):
 
 
 @pytest.mark.timeout(600)
-def test_sighup_saves_the_half_epoch_marks_the_run_interrupted_and_exits_129(tmp_path, data_dir):
+@pytest.mark.parametrize("terminal", ["a pipe", "a terminal that is gone"])
+def test_sighup_saves_the_half_epoch_marks_the_run_interrupted_and_exits_129(tmp_path, data_dir, terminal):
     command = [sys.executable, "-m", "bench", "run", "--depths", "8", "--arch", "plain", "--epochs", "4",
                "--data-dir", str(data_dir), "--results", str(tmp_path), "--dataset", "synthetic", "--width", "8",
-               "--batch-size", "32", "--train-subset", "1024", "--test-subset", "64", "--no-progress",
-               "--device", "cpu"]
+               "--batch-size", "32", "--train-subset", "1024", "--test-subset", "64", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if terminal == "a pipe":
+        process = subprocess.Popen([*command, "--no-progress"], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+    else:  # live progress bars on a terminal, whose other end then closes, as a dropped ssh connection's does
+        master, slave = pty.openpty()
+        process = subprocess.Popen(command, env=env, stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        drain = threading.Thread(target=_drain, args=(master,), daemon=True)
+        drain.start()
     deadline = time.time() + 300
     while not list(tmp_path.glob(f"*/*/{store.EPOCHS}")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
     time.sleep(0.3)  # into epoch 2
+    if terminal != "a pipe":
+        os.close(master)  # every write to the terminal fails from now on (EIO)
     process.send_signal(signal.SIGHUP)  # what a closed terminal or a dropped ssh connection sends
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 129, stderr
-    assert "Traceback" not in stderr and "interrupted" in stderr
+    if terminal == "a pipe":
+        assert "Traceback" not in stderr and "interrupted" in stderr
     [folder] = [path.parent for path in tmp_path.glob(f"*/*/{store.CONFIG}")]
     assert store.read_status(folder)["state"] == store.INTERRUPTED
     checkpoint = store.load_checkpoint(folder)
