@@ -208,7 +208,7 @@ def _check_pixels(raw: bytes, path: str) -> None:
     width, height = size
     if width * height > MAX_IMAGE_PIXELS:
         raise BenchError(f"image {path} declares {width} x {height} pixels, more than the "
-                         f"{MAX_IMAGE_PIXELS:,} (64 megapixels, {size_text(3 * MAX_IMAGE_PIXELS)} as RGB) bench "
+                         f"{MAX_IMAGE_PIXELS:,} ({MAX_IMAGE_PIXELS / 2**20:g} megapixels, {size_text(3 * MAX_IMAGE_PIXELS)} as RGB) bench "
                          "decodes: shrink it or delete the file")
 
 

@@ -235,8 +235,10 @@ def check_checkpoint(state: object) -> None:
                                                  for k, v in model.items()):
         raise ValueError(f"its 'model' is a {type(model).__name__}, not the net's weights by name")
     for key in ("epoch", "iteration"):
-        if not _count(state.get(key)):
-            raise ValueError(f"its {key!r} is {state.get(key)!r}, not a count" if key in state else f"it has no {key!r}")
+        if key not in state:
+            raise ValueError(f"it has no {key!r}")
+        if not _count(state[key]):
+            raise ValueError(f"its {key!r} is {state[key]!r:.40}, not a count")
     for key, kind in _CHECKPOINT_SHAPE.items():
         if key in state and not isinstance(state[key], kind):
             raise ValueError(f"its {key!r} is a {type(state[key]).__name__}")
@@ -355,9 +357,9 @@ def _check_columns(schema: pa.Schema, wanted: pa.Schema) -> None:
             raise ValueError(f"column {field.name} is {schema.field(field.name).type}, not {field.type}")
 
 
-# What the numbers of an epoch row may be (column -> lowest, highest, what else is allowed): errors are fractions,
-# counts count from 1, times and rates are finite; a loss may be NaN or infinite (that is how a run diverges,
-# and the row is kept) but never negative.
+# What the numbers of an epoch row may be (column -> lowest, highest, what it is): errors are fractions, counts
+# count from 1, times and rates are finite; a loss may be NaN or infinite (that is how a run diverges, and the
+# row is kept) but never negative.
 _EPOCH_RANGES = {
     "train_error": (0, 1, "a fraction in [0, 1]"), "test_error": (0, 1, "a fraction in [0, 1]"),
     "epoch": (1, math.inf, "a count from 1"), "iteration": (1, math.inf, "a count from 1"),

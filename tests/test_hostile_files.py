@@ -52,7 +52,7 @@ def _rerun(results: Path, data_dir: Path):
 # --- files that hang, files that are too big ------------------------------------------------------------------
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, method="thread")  # a FIFO waited on blocks in open(): end the session
 @pytest.mark.parametrize("name", [store.STATUS, store.CONFIG])
 def test_a_fifo_run_file_is_skipped_by_report_and_refused_by_run_never_waited_on(finished, data_dir, name):
     path = _folder(finished, "plain") / name
@@ -84,7 +84,7 @@ def test_a_config_json_over_its_bound_is_refused_unread(finished):
         store.read_config(path.parent)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, method="thread")  # a FIFO waited on blocks in open(): end the session
 def test_a_fifo_timing_file_is_skipped_by_report(finished):
     (finished / "timing").mkdir()
     os.mkfifo(finished / "timing" / "cpu.parquet")
