@@ -207,9 +207,9 @@ def _check_pixels(raw: bytes, path: str) -> None:
             return
     width, height = size
     if width * height > MAX_IMAGE_PIXELS:
-        raise BenchError(f"image {path} declares {width} x {height} pixels, more than the "
-                         f"{MAX_IMAGE_PIXELS:,} ({MAX_IMAGE_PIXELS / 2**20:g} megapixels, {size_text(3 * MAX_IMAGE_PIXELS)} as RGB) bench "
-                         "decodes: shrink it or delete the file")
+        bound = f"{MAX_IMAGE_PIXELS:,} ({MAX_IMAGE_PIXELS / 2**20:g} megapixels, {size_text(3 * MAX_IMAGE_PIXELS)} as RGB)"
+        raise BenchError(f"image {path} declares {width} x {height} pixels, more than the {bound} bench decodes: "
+                         "shrink it or delete the file")
 
 
 def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], None]) -> tuple[Tensor, bool]:

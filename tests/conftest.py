@@ -81,7 +81,7 @@ def _finished_once(tmp_path_factory, data_dir) -> Path:
 
 
 @pytest.fixture
-def finished(_finished_once, tmp_path) -> Path:
+def finished_grid(_finished_once, tmp_path) -> Path:
     """A results folder of this test's own holding two finished runs (plain-8 and residual-8, TINY_RUN), each
     with its config.json, status.json, epochs.parquet, layers.parquet and last checkpoint."""
     import shutil

@@ -1,6 +1,6 @@
 """Every file is read as a hostile one: run files, checkpoints and images that would hang, explode or lie are
 refused in one line (exit 2) by `bench run` and `bench analyze`, and skipped with a warning by `bench report`,
-which draws the rest. Each case is the one that showed the hole, on a tiny finished grid (conftest.finished)."""
+which draws the rest. Each case is the one that showed the hole, on a tiny finished grid (conftest.finished_grid)."""
 
 from __future__ import annotations
 
@@ -54,30 +54,30 @@ def _rerun(results: Path, data_dir: Path):
 
 @pytest.mark.timeout(300, method="thread")  # a FIFO waited on blocks in open(): end the session
 @pytest.mark.parametrize("name", [store.STATUS, store.CONFIG])
-def test_a_fifo_run_file_is_skipped_by_report_and_refused_by_run_never_waited_on(finished, data_dir, name):
-    path = _folder(finished, "plain") / name
+def test_a_fifo_run_file_is_skipped_by_report_and_refused_by_run_never_waited_on(finished_grid, data_dir, name):
+    path = _folder(finished_grid, "plain") / name
     path.unlink()
     os.mkfifo(path)
-    drawn = _report(finished)
+    drawn = _report(finished_grid)
     assert f"skipped {path.parent}" in drawn.output and "is a FIFO, not a regular file" in drawn.output
-    assert "residual-8" in (finished.parent / "reports" / "README.md").read_text()
-    one_line_exit_2(_rerun(finished, data_dir), str(path), "is a FIFO")
+    assert "residual-8" in (finished_grid.parent / "reports" / "README.md").read_text()
+    one_line_exit_2(_rerun(finished_grid, data_dir), str(path), "is a FIFO")
 
 
 @pytest.mark.timeout(300)
-def test_a_sparse_1_gib_status_json_is_refused_unread(finished, data_dir):
-    path = _folder(finished, "plain") / store.STATUS
+def test_a_sparse_1_gib_status_json_is_refused_unread(finished_grid, data_dir):
+    path = _folder(finished_grid, "plain") / store.STATUS
     os.truncate(path, 2**30)  # sparse: no disk, but read whole it is a gigabyte in memory
     started = time.monotonic()
     with pytest.raises(BenchError, match="is 1 GiB, more than the 64 KiB"):
         store.read_status(path.parent)
     assert time.monotonic() - started < 1
-    assert "is 1 GiB, more than the 64 KiB such a file may be" in _report(finished).output
-    one_line_exit_2(_rerun(finished, data_dir), str(path), "1 GiB")
+    assert "is 1 GiB, more than the 64 KiB such a file may be" in _report(finished_grid).output
+    one_line_exit_2(_rerun(finished_grid, data_dir), str(path), "1 GiB")
 
 
-def test_a_config_json_over_its_bound_is_refused_unread(finished):
-    path = _folder(finished, "plain") / store.CONFIG
+def test_a_config_json_over_its_bound_is_refused_unread(finished_grid):
+    path = _folder(finished_grid, "plain") / store.CONFIG
     with open(path, "a") as handle:
         handle.write(" " * store.FILE_LIMITS[store.CONFIG])  # still valid JSON
     with pytest.raises(BenchError, match=r"more than the 1 MiB such a file may be: delete it"):
@@ -85,10 +85,11 @@ def test_a_config_json_over_its_bound_is_refused_unread(finished):
 
 
 @pytest.mark.timeout(300, method="thread")  # a FIFO waited on blocks in open(): end the session
-def test_a_fifo_timing_file_is_skipped_by_report(finished):
-    (finished / "timing").mkdir()
-    os.mkfifo(finished / "timing" / "cpu.parquet")
-    assert f"skipped timing file {finished / 'timing' / 'cpu.parquet'} is a FIFO" in _report(finished).output
+def test_a_fifo_timing_file_is_skipped_by_report(finished_grid):
+    timing = finished_grid / "timing" / "cpu.parquet"
+    timing.parent.mkdir()
+    os.mkfifo(timing)
+    assert f"skipped timing file {timing} is a FIFO" in _report(finished_grid).output
 
 
 def test_a_depth_no_family_can_build_is_one_line_at_once(tmp_path):
@@ -176,8 +177,8 @@ def _analyze(folder: Path, data_dir: Path):
 
 
 @pytest.mark.parametrize("damage", ["an empty directory", "other columns", "a negative value"])
-def test_a_layers_file_of_the_wrong_shape_leaves_its_figures_out_and_stops_analyze(finished, data_dir, damage):
-    path = _folder(finished, "plain") / store.LAYERS
+def test_a_layers_file_of_the_wrong_shape_leaves_its_figures_out_and_stops_analyze(finished_grid, data_dir, damage):
+    path = _folder(finished_grid, "plain") / store.LAYERS
     rows = pd.read_parquet(path)
     if damage == "an empty directory":
         path.unlink()
@@ -186,9 +187,9 @@ def test_a_layers_file_of_the_wrong_shape_leaves_its_figures_out_and_stops_analy
         rows.rename(columns={"kind": "sort"}).to_parquet(path)
     else:
         rows.assign(value=-rows["value"]).to_parquet(path)
-    drawn = _report(finished)
+    drawn = _report(finished_grid)
     assert f"left out the per-layer figures of {path.parent.name}: {path}" in drawn.output
-    assert (finished.parent / "reports" / "synthetic-quick" / "figure7.png").exists()  # residual-8's
+    assert (finished_grid.parent / "reports" / "synthetic-quick" / "figure7.png").exists()  # residual-8's
     fragment = {"an empty directory": "is a directory, not a regular file", "other columns": "no column kind",
                 "a negative value": "not a finite number >= 0"}[damage]
     one_line_exit_2(_analyze(path.parent, data_dir), str(path), fragment, "bench analyze")
@@ -196,16 +197,16 @@ def test_a_layers_file_of_the_wrong_shape_leaves_its_figures_out_and_stops_analy
 
 @pytest.mark.parametrize("column", ["train_error", "test_error"])
 @pytest.mark.parametrize("value", [1e308, -5.0, math.nan, math.inf])
-def test_an_error_that_is_no_fraction_is_named_not_drawn(finished, column, value):
-    path = _folder(finished, "plain") / store.EPOCHS
+def test_an_error_that_is_no_fraction_is_named_not_drawn(finished_grid, column, value):
+    path = _folder(finished_grid, "plain") / store.EPOCHS
     rows = pd.read_parquet(path)
     rows.loc[1, column] = value
     rows.to_parquet(path)
-    drawn = _report(finished)  # drawn from the run's checkpoint, which holds the true rows
+    drawn = _report(finished_grid)  # drawn from the run's checkpoint, which holds the true rows
     assert f"{path} is unreadable (ValueError: column {column} holds {value!r}" in drawn.output
     assert "using the rows of the run's checkpoint" in drawn.output
     (path.parent / store.CHECKPOINT).unlink()  # a committed run: nothing else holds its rows
-    drawn = _report(finished)
+    drawn = _report(finished_grid)
     assert f"skipped {path.parent}: cannot read {path} (ValueError: column {column}" in drawn.output
 
 
@@ -229,23 +230,23 @@ LIES = {"no iteration": "it has no 'iteration'", "model as a list": "its 'model'
 
 
 @pytest.mark.parametrize("lie", list(LIES))
-def test_analyze_refuses_a_checkpoint_that_lies(finished, data_dir, lie):
-    folder = _folder(finished, "plain")
+def test_analyze_refuses_a_checkpoint_that_lies(finished_grid, data_dir, lie):
+    folder = _folder(finished_grid, "plain")
     _lie(folder, lie)
     one_line_exit_2(_analyze(folder, data_dir), str(folder / store.CHECKPOINT), LIES[lie], f"delete {folder}")
 
 
-def test_resuming_a_checkpoint_whose_epoch_is_abc_never_marks_the_run_finished(finished, data_dir):
-    folder = _folder(finished, "plain")
+def test_resuming_a_checkpoint_whose_epoch_is_abc_never_marks_the_run_finished(finished_grid, data_dir):
+    folder = _folder(finished_grid, "plain")
     _lie(folder, "epoch abc")
     store.write_status(folder, store.INTERRUPTED, epoch=2)  # so that `bench run` resumes it
-    one_line_exit_2(_rerun(finished, data_dir), str(folder / store.CHECKPOINT), LIES["epoch abc"])
+    one_line_exit_2(_rerun(finished_grid, data_dir), str(folder / store.CHECKPOINT), LIES["epoch abc"])
     status = store.read_status(folder)
     assert status["state"] == store.INTERRUPTED and status.get("epoch") != "abc", status
 
 
-def test_a_checkpoint_whose_rows_are_not_its_epochs_is_refused(finished):
-    folder = _folder(finished, "plain")
+def test_a_checkpoint_whose_rows_are_not_its_epochs_is_refused(finished_grid):
+    folder = _folder(finished_grid, "plain")
     state = torch.load(folder / store.CHECKPOINT, weights_only=True)
     state["rows"][0]["test_error"] = math.nan
     torch.save(state, folder / store.CHECKPOINT)
@@ -270,8 +271,8 @@ def _drain(descriptor: int) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs /proc")
-def test_a_report_into_proc_is_one_line(finished):
-    one_line_exit_2(cli("report", "--results", str(finished), "--out", "/proc/bench_out"), "/proc/bench_out",
+def test_a_report_into_proc_is_one_line(finished_grid):
+    one_line_exit_2(cli("report", "--results", str(finished_grid), "--out", "/proc/bench_out"), "/proc/bench_out",
                     "--out")
 
 
