@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from bench import store
 from bench.config import RunConfig, resolve_device
 from bench.data import load_dataset
@@ -45,7 +43,7 @@ def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = 
     that goes on training later rewrites layers.parquet from its checkpoint, without these rows.
     """
     directory = Path(directory)
-    meta = store.read_json(directory / store.CONFIG, store.CONFIG_SHAPE)
+    meta = store.read_config(directory)
     config = RunConfig.from_dict(meta["config"])
     with store.run_lock(directory) as mine:
         if not mine:
@@ -57,6 +55,8 @@ def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = 
         if checkpoint.get("partial") is not None:
             raise BenchError(f"{directory} stopped in the middle of an epoch: run its `bench run` command to "
                              "finish that epoch, then analyze it")
+        written = store.read_layer_file(directory)  # the file holds every row; a checkpoint those up to its epoch
+        kept = checkpoint.get("layer_rows", []) if written is None else written.to_dict("records")
         data = load_dataset(config.dataset, data_dir, progress=False, notify=notify)
         store.check_same_data(directory, data.info.fingerprint, data.info.source)
         model = make_model(config, data)
@@ -72,10 +72,6 @@ def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = 
         rows = response_rows(meta["run_id"], epoch, iteration, model, data.test_images,
                              lambda images: prepare_inputs(images.to(target), mean, config))
         layers = directory / store.LAYERS
-        try:  # the file holds every row; a checkpoint holds those up to its own epoch
-            kept = pd.read_parquet(layers).to_dict("records") if layers.exists() else checkpoint.get("layer_rows", [])
-        except Exception:  # pyarrow raises several types for a torn file
-            kept = checkpoint.get("layer_rows", [])
         kept = [r for r in kept if not (r["kind"] == RESPONSE_STD and r["epoch"] == epoch)]
         store.write_layers(layers, kept + rows)
     notify(f"{directory.name}: response std of {len(rows)} layers over {len(data.test_images):,} test images "

@@ -7,7 +7,6 @@ import enum
 import functools
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from rich.markup import escape
 
 from bench.config import FORMATS, PRESETS, parse_gpus, usable_cpus
 from bench.errors import BenchError
+from bench.interrupts import exit_code, hung_up, stop_like_ctrl_c
 from bench.modes import PRECISIONS
 from resnet import ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
 
@@ -105,6 +105,8 @@ def handles_errors(function: F) -> F:
         except OSError as error:  # an output folder that is a file, read-only or full, met outside bench.store
             from bench.files import DISK_FULL, UNWRITABLE
 
+            if hung_up():  # the closed terminal, written to on the way out: the work was saved before
+                raise typer.Exit(exit_code()) from None
             if error.errno not in (*UNWRITABLE, *DISK_FULL):
                 raise
             errors.print(f"[bold red]error:[/] cannot access {escape(str(error.filename or 'a file'))} "
@@ -112,8 +114,11 @@ def handles_errors(function: F) -> F:
                          highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            errors.print("[yellow]interrupted: finished work is saved; run the same command again to resume")
-            raise typer.Exit(130) from None
+            try:  # after SIGHUP the terminal may be gone: the exit code still says what happened
+                errors.print("[yellow]interrupted: finished work is saved; run the same command again to resume")
+            except OSError:
+                pass
+            raise typer.Exit(exit_code()) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -234,8 +239,9 @@ def run(
             {**shared, "dataset": planned.dataset, "depths": grid.depths, "archs": grid.archs,
              "seeds": grid.seeds, "data_dir": grid.data_dir, "results": grid.results, "shard": shard}),
             highlight=False, soft_wrap=True)
-    # torchrun and batch schedulers stop jobs with SIGTERM: treat it like Ctrl-C (save, say how to resume).
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # torchrun and batch schedulers stop jobs with SIGTERM, a closed terminal with SIGHUP: treat them like Ctrl-C
+    # (save, say how to resume).
+    stop_like_ctrl_c()
     run_grid(grid, console=console, progress=progress, resolved=planned)
 
 
@@ -285,7 +291,7 @@ def time(
     from bench.timing import TimeConfig, sweep
     from bench.timing_rows import timing_rich_table
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop saves what was measured too
+    stop_like_ctrl_c()  # a scheduler's stop or a closed terminal saves what was measured too
 
     config = TimeConfig(depths=tuple(depths), archs=values(arch) or ARCHS, family=family and family.value,
                         devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (32,)),
@@ -305,7 +311,7 @@ def time(
                 else "nothing was measured yet, so nothing was saved")
         errors.print(f"interrupted: {kept}; the same command times everything again", style="yellow",
                      markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(130)
+        raise typer.Exit(exit_code())
 
 
 @app.command(cls=OneLineErrors)
@@ -321,7 +327,8 @@ def report(
     from bench.report import make_report
 
     make_report(results or [Path("results")], out, dataset=dataset, formats=values(format) or ("png",),
-                finished_only=finished_only, notify=lambda message: console.print(message))
+                finished_only=finished_only,
+                notify=lambda message: console.print(message, soft_wrap=True, markup=False, highlight=False))
 
 
 @app.command(cls=OneLineErrors)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import pickle
+import struct
 import tarfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from bench import synthetic
 from bench.errors import BenchError, Notify, first_line
-from bench.files import write_atomic
+from bench.files import read_regular, size_text, write_atomic
 from bench.sources import _CIFAR, _CIFAR_TITLE
 
 Builder = Callable[[], dict]  # decodes or draws a dataset into the dict of tensors that is cached
@@ -33,6 +34,12 @@ Builder = Callable[[], dict]  # decodes or draws a dataset into the dict of tens
 SYNTHETIC_SEED = 0
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # single-frame formats torchvision.io.decode_image reads
+
+# The most pixels an image may declare in its header, and the most bytes its file may hold, checked before any
+# decoder sees it: 64 megapixels is 192 MiB decoded as RGB (8192 x 8192), while a 250 KB PNG can declare
+# 16000 x 16000 (768 MiB as RGB); a decoder handed a hostile header may do worse than fill memory.
+MAX_IMAGE_PIXELS = 64 * 2**20
+MAX_IMAGE_BYTES = 256 * 2**20
 
 _CACHE_VERSION = 1  # bump when the cached tensors' meaning changes, so old caches are not trusted
 
@@ -147,6 +154,64 @@ def _class_files(split_dir: Path, notify: Notify) -> dict[str, list[os.DirEntry]
         files[cls] = found
     return files
 
+_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn, not DHT/JPG/DAC
+
+
+def _header_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) as a PNG, JPEG or WebP file's header declares it, read from the bytes without decoding
+    anything and without PIL's cost per file, which a decode of 60,000 images would feel; None when the header
+    is not one of these or is cut short."""
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR" and len(raw) >= 24:
+        return struct.unpack(">II", raw[16:24])
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP" and len(raw) >= 30:
+        chunk = raw[12:16]
+        if chunk == b"VP8X":
+            return 1 + int.from_bytes(raw[24:27], "little"), 1 + int.from_bytes(raw[27:30], "little")
+        if chunk == b"VP8L":
+            bits = int.from_bytes(raw[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8 ":
+            return int.from_bytes(raw[26:28], "little") & 0x3FFF, int.from_bytes(raw[28:30], "little") & 0x3FFF
+        return None
+    if raw[:2] == b"\xff\xd8":  # JPEG: walk the segments to the first frame header
+        i = 2
+        while i + 9 <= len(raw) and raw[i] == 0xFF:
+            marker = raw[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+            elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+                i += 2
+            elif marker in _JPEG_FRAMES:
+                height, width = struct.unpack(">HH", raw[i + 5:i + 9])
+                return width, height
+            else:
+                i += 2 + int.from_bytes(raw[i + 2:i + 4], "big")
+    return None
+
+
+def _check_pixels(raw: bytes, path: str) -> None:
+    """Refuse an image whose header declares more than MAX_IMAGE_PIXELS, before any decoder sees it. Headers
+    _header_size does not know are read by PIL, whose Image.open reads the header and decodes nothing."""
+    size = _header_size(raw)
+    if size is None:
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(raw)) as image:
+                    size = image.size
+        except Image.DecompressionBombError:  # PIL's own bound, at twice its MAX_IMAGE_PIXELS: far above ours
+            size = (MAX_IMAGE_PIXELS + 1, 1)
+        except Exception:  # not an image PIL knows: the decoder says what is wrong with it
+            return
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        bound = f"{MAX_IMAGE_PIXELS:,} ({MAX_IMAGE_PIXELS / 2**20:g} megapixels, {size_text(3 * MAX_IMAGE_PIXELS)} as RGB)"
+        raise BenchError(f"image {path} declares {width} x {height} pixels, more than the {bound} bench decodes: "
+                         "shrink it or delete the file")
+
+
 def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], None]) -> tuple[Tensor, bool]:
     """Decode image files into uint8 [N,3,size,size]; returns it and whether any image had to be resized."""
     from torchvision.io import ImageReadMode, decode_image
@@ -160,10 +225,10 @@ def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], 
         # torchvision 0.29 marks its codecs deprecated (in favour of TorchCodec) on every call; they still work.
         warnings.simplefilter("ignore", DeprecationWarning)
         for i, entry in enumerate(files):
+            raw = read_regular(Path(entry.path), MAX_IMAGE_BYTES, "replace or delete the file")  # not a FIFO
+            _check_pixels(raw, entry.path)
             try:
-                with open(entry.path, "rb") as handle:
-                    raw = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
-                image = decode_image(raw, mode=ImageReadMode.RGB)
+                image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
             except (OSError, RuntimeError, ValueError) as error:
                 reason = first_line(error)
                 raise BenchError(f"cannot decode image {entry.path} ({reason}): replace or delete the file") from None
@@ -186,6 +251,9 @@ def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None
     """
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     splits = {"train": _class_files(root / "train", notify), "test": _class_files(test_dir, notify)}
+    if len(splits["train"]) < 2:  # one class: every net is right on every image, and "fits" at once
+        raise BenchError(f"{root / 'train'} has {len(splits['train'])} class folder ({', '.join(splits['train'])}): "
+                         "a classifier needs two or more; add a folder per class")
     if list(splits["train"]) != list(splits["test"]):
         differ = sorted(set(splits["train"]) ^ set(splits["test"]))
         raise BenchError(f"{root / 'train'} and {test_dir} have different class folders ({', '.join(differ[:5])}): "

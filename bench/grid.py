@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import re
-import signal
 import statistics
 import time
 from contextlib import nullcontext
@@ -22,6 +21,7 @@ from bench.data import DataSource, ImageData, load_dataset, resolve_dataset, tak
 from bench.errors import BenchError, Notify, check_positive, first_line, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
 from bench.fitting import Fit, degradation_sentence, final_train_error, fit_pass, fit_text, median_pass
+from bench.interrupts import stop_like_ctrl_c
 from bench.modes import PRECISION_TEXT
 from bench.progress import GridProgress, print_whole
 from bench.records import UNFINISHED
@@ -285,7 +285,7 @@ def _out_of_memory(error: RuntimeError, config: RunConfig, device: torch.device,
 
 def _device_worker(index: int, grid: GridConfig, planned: Plan) -> None:
     # Several live bars from several processes would garble each other: workers print their summaries only.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: save, then exit
+    stop_like_ctrl_c()  # SIGTERM and SIGHUP stop like Ctrl-C: save, then exit
     # One thread each unless told otherwise: N workers with all cores each would fight over them. The plan is
     # the parent's: validated and its dataset resolved once, not again per worker.
     run_grid(dataclasses.replace(grid, devices=(grid.devices[index],), threads=grid.threads or 1), progress=False,

@@ -26,7 +26,7 @@ from bench.fitting import FIT_ERROR, fit_text
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, crossing_figure, degradation_figure, depth_colors, figure1, figure7,
                          gradient_figure, schedule_figure, style, timing_figure)
-from bench.files import write_atomic
+from bench.files import check_writable, write_atomic
 from bench.provenance import utc_now
 from bench.records import DIVERGED, FINISHED
 from bench.store import dataset_folder, read_layers, read_results, write_text
@@ -346,6 +346,7 @@ def make_report(results: Sequence[Path], out: Path, *, dataset: str | None = Non
     if unknown or not formats:
         raise BenchError(f"unknown format {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
     results = [Path(r) for r in results]
+    check_writable(Path(out), tidy=True, option="--out")  # before anything is read or drawn
     epochs, runs, timing = load_results(results)
     layers = read_layers(runs, notify)
     if runs.empty and timing.empty:

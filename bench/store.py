@@ -10,7 +10,10 @@
         checkpoint.prev.pt  the one before, used if the latest is torn
 
 Every file is written whole or not at all (bench.files.write_atomic), so readers never see half a file, and a
-link planted in a shared folder is never written through.
+link planted in a shared folder is never written through. Every file is read back by one reader per kind, the
+same for `bench run`, `bench report` and `bench analyze`: a regular file under its size bound (FILE_LIMITS), then
+its content against its contract (keys and types, columns and types, finite values in range) before anything
+uses it.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import errno
 import fcntl
 import io
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,8 +39,8 @@ import torch
 
 from bench.config import RunConfig
 from bench.errors import BenchError, Notify, first_line
-from bench.files import refuse_link, safe_name, write_atomic
-from bench.layers import LAYER_SCHEMA
+from bench.files import RefusedFile, open_regular, read_regular, refuse_link, safe_name, size_text, write_atomic
+from bench.layers import GRAD_NORM, LAYER_SCHEMA, RESPONSE_STD, WEIGHT_NORM
 from bench.provenance import utc_now
 from bench.records import DIVERGED, EPOCH_SCHEMA, FINISHED, INTERRUPTED, RUNNING, STATES
 
@@ -55,6 +60,15 @@ STATUS_SHAPE: dict[str, type | tuple[type, ...]] = {"state": str}
 # The fix for any damaged file of a run folder: `bench run` rewrites config.json, status.json and
 # epochs.parquet of a run it finds again (from its configuration and checkpoint).
 _REWRITE = "delete it and run the same `bench run` command again, which rewrites it"
+
+# The most bytes each run file may hold before it is opened, far above what bench writes (a config.json is
+# about 2 KiB, status.json 0.2 KiB; epochs.parquet grows by some 200 bytes an epoch, layers.parquet by some
+# 40 bytes a measured layer, a checkpoint is about twice the weights). A larger one is not read: a sparse
+# 1 GiB status.json would cost seconds and gigabytes before it could be refused.
+FILE_LIMITS = {STATUS: 64 * 2**10, CONFIG: 2**20, DATA: 2**20, EPOCHS: 64 * 2**20, LAYERS: 2**30,
+               CHECKPOINT: 4 * 2**30}
+TIMING_LIMIT = 64 * 2**20  # a bench time results file: one row per net, device, precision, batch and phase
+LAYER_KINDS = (RESPONSE_STD, GRAD_NORM, WEIGHT_NORM)
 
 
 
@@ -81,9 +95,11 @@ def write_json(path: Path, data: dict) -> None:
 def read_json(path: Path, shape: Mapping[str, type | tuple[type, ...]] | None = None) -> dict:
     """Read a JSON object written by `write_json`; a torn or foreign file, or one of another shape, is a
     BenchError. `shape` maps keys to the types their values must have (CONFIG_SHAPE, STATUS_SHAPE)."""
+    path = Path(path)
+    raw = read_regular(path, FILE_LIMITS.get(path.name, FILE_LIMITS[CONFIG]), _REWRITE)
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
+        data = json.loads(raw)
+    except ValueError as error:
         reason = first_line(error)
         raise BenchError(f"cannot read {path} ({reason}): {_REWRITE}") from None
     if not isinstance(data, dict):
@@ -197,26 +213,78 @@ def save_checkpoint(directory: Path, state: dict) -> None:
     os.replace(directory / f"{CHECKPOINT}.new", latest)
 
 
-def load_checkpoint(directory: Path, notify: Notify = print) -> dict | None:
-    """The latest readable checkpoint of a run, the previous one if the latest is torn, or None if none.
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
-    A checkpoint that cannot be read at all is a BenchError naming the file, never an unpickling traceback.
+
+# What a checkpoint may hold besides its weights (key -> type), checked when present; `epoch`, `iteration` and
+# `model` it must hold (bench.train.RunState says what each is).
+_CHECKPOINT_SHAPE: dict[str, type | tuple[type, ...]] = {
+    "optimizer": dict, "rng": dict, "config": dict, "rows": list, "layer_rows": list, "warming_up": bool,
+    "recent_errors": list, "partial": (dict, type(None))}
+
+
+def check_checkpoint(state: object) -> None:
+    """A loaded checkpoint against its contract, before anything uses it: a dict with `model` (parameter names
+    to tensors), `epoch` and `iteration` (counts), the other keys of the types train writes, and epoch rows
+    that pass the epochs.parquet contract, one per epoch. A ValueError says what is wrong."""
+    if not isinstance(state, dict):
+        raise ValueError(f"it holds a {type(state).__name__}, not a bench checkpoint")
+    model = state.get("model")
+    if not isinstance(model, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in model.items()):
+        raise ValueError(f"its 'model' is a {type(model).__name__}, not the net's weights by name")
+    for key in ("epoch", "iteration"):
+        if key not in state:
+            raise ValueError(f"it has no {key!r}")
+        if not _count(state[key]):
+            raise ValueError(f"its {key!r} is {state[key]!r:.40}, not a count")
+    for key, kind in _CHECKPOINT_SHAPE.items():
+        if key in state and not isinstance(state[key], kind):
+            raise ValueError(f"its {key!r} is a {type(state[key]).__name__}")
+    if "rows" in state:
+        if len(state["rows"]) != state["epoch"]:
+            raise ValueError(f"it holds {len(state['rows'])} epoch rows at epoch {state['epoch']}")
+        try:
+            frame = epochs_frame(state["rows"])
+        except (KeyError, TypeError, ValueError, pa.ArrowException) as error:
+            raise ValueError(f"its epoch rows are not epochs.parquet rows ({first_line(error, 80)})") from None
+        check_epoch_values(frame)
+    try:
+        pa.Table.from_pylist(state.get("layer_rows", []), schema=LAYER_SCHEMA)
+    except (KeyError, TypeError, ValueError, AttributeError, pa.ArrowException) as error:
+        raise ValueError(f"its layer rows are not layers.parquet rows ({first_line(error, 80)})") from None
+
+
+def load_checkpoint(directory: Path, notify: Notify = print) -> dict | None:
+    """The latest readable checkpoint of a run, the previous one if the latest is torn or fails its contract
+    (check_checkpoint), or None if none.
+
+    A checkpoint that cannot be read at all is a BenchError naming the file and why, never an unpickling
+    traceback; one that is not a regular file, or larger than FILE_LIMITS allows, is not opened.
     """
     directory = Path(directory)
     candidates = [directory / name for name in (CHECKPOINT, f"{CHECKPOINT}.new", PREVIOUS_CHECKPOINT)]
-    found = [path for path in candidates if path.exists()]
+    found = [path for path in candidates if path.exists() or path.is_symlink()]
+    reasons = []
     for index, path in enumerate(found):
         then = "; trying an older one" if index + 1 < len(found) else ""
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with open_regular(path, FILE_LIMITS[CHECKPOINT], "delete it") as handle:
+                state = torch.load(handle, map_location="cpu", weights_only=True)
+            check_checkpoint(state)
+        except RefusedFile as error:
+            reasons.append(error.reason)
+        except ValueError as error:
+            reasons.append(str(error))
         except Exception as error:  # torch raises several types for a torn zip or pickle
-            notify(f"checkpoint {path} is unreadable ({type(error).__name__}){then}")
-            continue
-        if isinstance(state, dict) and "epoch" in state and "model" in state:
+            reasons.append(f"unreadable ({type(error).__name__})")
+        else:
             return state
-        notify(f"checkpoint {path} is not a bench checkpoint{then}")
+        notify(f"checkpoint {path} is not usable ({reasons[-1]}){then}")
     if found:
-        raise BenchError(f"corrupt checkpoint {found[0]}: delete {directory} to restart this run from scratch")
+        raise BenchError(f"corrupt checkpoint {found[0]} ({reasons[0]}): delete {directory} to restart this run "
+                         "from scratch")
     return None
 
 
@@ -280,21 +348,73 @@ def _same_kind(stored: pa.DataType, wanted: pa.DataType) -> bool:
     return any(kind(stored) and kind(wanted) for kind in _TYPE_KINDS)
 
 
-def _check_epochs(frame: pd.DataFrame, path: Path, run_id: str, status: dict) -> None:
-    """epochs.parquet against the contract and its run folder: every EPOCH_SCHEMA column of its kind of type,
-    rows of this run only, and, for a run that ended, as many epochs as status.json says it trained."""
-    schema = pq.read_schema(path)
-    for field in EPOCH_SCHEMA:
+def _check_columns(schema: pa.Schema, wanted: pa.Schema) -> None:
+    """Every column of `wanted` in `schema`, of its kind of type; a ValueError names the first that is not."""
+    for field in wanted:
         if field.name not in schema.names:
             raise ValueError(f"no column {field.name}")
         if not _same_kind(schema.field(field.name).type, field.type):
             raise ValueError(f"column {field.name} is {schema.field(field.name).type}, not {field.type}")
+
+
+# What the numbers of an epoch row may be (column -> lowest, highest, what it is): errors are fractions, counts
+# count from 1, times and rates are finite; a loss may be NaN or infinite (that is how a run diverges, and the
+# row is kept) but never negative.
+_EPOCH_RANGES = {
+    "train_error": (0, 1, "a fraction in [0, 1]"), "test_error": (0, 1, "a fraction in [0, 1]"),
+    "epoch": (1, math.inf, "a count from 1"), "iteration": (1, math.inf, "a count from 1"),
+    "depth": (1, math.inf, "a count from 1"), "width": (1, math.inf, "a count from 1"),
+    "lr": (0, math.inf, "a finite number >= 0"), "epoch_seconds": (0, math.inf, "a finite number >= 0"),
+    "images_per_second": (0, math.inf, "a finite number >= 0")}
+_LOSSES = ("train_loss", "test_loss")
+
+
+def _first_outside(frame: pd.DataFrame, column: str, low: float, high: float, finite: bool = True) -> object:
+    """The first value of `column` outside [low, high] (NaN and infinities too, when `finite`), else None."""
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=math.nan)
+    inside = (values >= low) & (values <= high)
+    if finite:
+        inside &= np.isfinite(values)
+    else:
+        inside |= np.isnan(values) | (values == math.inf)
+    bad = np.flatnonzero(~inside)
+    if not len(bad):
+        return None
+    value = frame[column].iloc[bad[0]]
+    return value.item() if isinstance(value, np.generic) else value  # 1e+308, not np.float64(1e+308)
+
+
+def check_epoch_values(frame: pd.DataFrame) -> None:
+    """The numbers of epoch rows against the contract (_EPOCH_RANGES); a ValueError names the first that is not
+    what it should be. A NaN error is not a missing one, nor is 1e308 a large one: either would be drawn or
+    tabled as something it is not."""
+    for column, (low, high, meaning) in _EPOCH_RANGES.items():
+        if (value := _first_outside(frame, column, low, high)) is not None:
+            raise ValueError(f"column {column} holds {value!r}, not {meaning}")
+    for column in _LOSSES:
+        if (value := _first_outside(frame, column, 0, math.inf, finite=False)) is not None:
+            raise ValueError(f"column {column} holds {value!r}, a negative loss")
+
+
+def _check_epochs(frame: pd.DataFrame, schema: pa.Schema, run_id: str, status: dict) -> None:
+    """epochs.parquet against the contract and its run folder: every EPOCH_SCHEMA column of its kind of type,
+    its numbers in range (check_epoch_values), rows of this run only, and, for a run that ended, as many epochs
+    as status.json says it trained."""
+    _check_columns(schema, EPOCH_SCHEMA)
+    check_epoch_values(frame)
     others = sorted(set(frame["run_id"]) - {run_id})
     if others:
         raise ValueError(f"rows of run {others[0]}")
     epochs = status.get("epoch")
     if status.get("state") in (FINISHED, DIVERGED) and isinstance(epochs, int) and len(frame) < epochs:
         raise ValueError(f"{len(frame)} epochs, but status.json says {epochs}")
+
+
+def read_parquet(path: Path, limit: int, fix: str) -> tuple[pd.DataFrame, pa.Schema]:
+    """A parquet file that is a regular file of at most `limit` bytes (else a RefusedFile naming `fix`), as a
+    DataFrame with the schema it was stored with; a torn or foreign file raises what pyarrow raises."""
+    raw = read_regular(path, limit, fix)
+    return pd.read_parquet(io.BytesIO(raw)), pq.read_schema(pa.BufferReader(raw))
 
 
 def read_epochs(directory: Path, notify: Notify = print, *, repair: bool = False) -> pd.DataFrame:
@@ -309,11 +429,13 @@ def read_epochs(directory: Path, notify: Notify = print, *, repair: bool = False
     path = directory / EPOCHS
     status = read_status(directory)
     trained = status.get("state") in (FINISHED, DIVERGED) or bool(status.get("epoch"))
-    if path.exists():
+    if path.exists() or path.is_symlink():
         try:
-            frame = pd.read_parquet(path)
-            _check_epochs(frame, path, directory.name, status)
+            frame, schema = read_parquet(path, FILE_LIMITS[EPOCHS], _REWRITE)
+            _check_epochs(frame, schema, directory.name, status)
             return frame
+        except RefusedFile as error:
+            reason = error.reason
         except Exception as error:  # pyarrow raises several types for a torn or foreign file
             reason = type(error).__name__ + (f": {first_line(error, 120)}" if str(error).strip() else "")
     elif not trained and not any((directory / name).exists()
@@ -414,19 +536,56 @@ def read_results(results: Sequence[Path], notify: Notify = _stderr) -> tuple[pd.
     return epochs, runs
 
 
+# What the numbers of a layer row may be (column -> lowest): counts, and measurements that are norms and standard
+# deviations, so never negative. A measurement may be NaN or infinite only in a run that diverged.
+_LAYER_LOWEST = {"epoch": 0, "iteration": 0, "layer": 1, "stage": 0, "block": 0}
+_REANALYZE = "delete it; `bench analyze` on the run folder writes its response statistics again from the checkpoint"
+
+
+def read_layer_file(directory: Path) -> pd.DataFrame | None:
+    """A run's layers.parquet checked against its contract (a regular file under its bound, LAYER_SCHEMA's
+    columns of their kinds of type, this run's rows, known kinds, counts and measurements in range), or None
+    when the run has none. Anything else is a BenchError naming the file and the fix."""
+    directory = Path(directory)
+    path = directory / LAYERS
+    if not (path.exists() or path.is_symlink()):
+        return None
+    try:
+        frame, schema = read_parquet(path, FILE_LIMITS[LAYERS], _REANALYZE)
+        _check_columns(schema, LAYER_SCHEMA)
+        others = sorted(set(frame["run_id"]) - {directory.name})
+        if others:
+            raise ValueError(f"rows of run {others[0]}")
+        kinds = sorted(set(frame["kind"]) - set(LAYER_KINDS))
+        if kinds:
+            raise ValueError(f"kind {kinds[0]!r}, not one of {', '.join(LAYER_KINDS)}")
+        for column, low in _LAYER_LOWEST.items():
+            if (value := _first_outside(frame, column, low, math.inf)) is not None:
+                raise ValueError(f"column {column} holds {value!r}, below {low}")
+        diverged = read_status(directory).get("state") == DIVERGED
+        if (value := _first_outside(frame, "value", 0, math.inf, finite=not diverged)) is not None:
+            raise ValueError(f"column value holds {value!r}, not a finite number >= 0")
+    except BenchError:  # the file refused unread, or a status.json that fails its own contract
+        raise
+    except Exception as error:  # pyarrow raises several types for a torn or foreign file
+        reason = type(error).__name__ + (f": {first_line(error, 120)}" if str(error).strip() else "")
+        raise BenchError(f"{path} is unreadable ({reason}): {_REANALYZE}") from None
+    return frame
+
+
 def read_layers(runs: pd.DataFrame, notify: Notify = print) -> pd.DataFrame:
     """The layers.parquet rows of the given runs (the `runs` frame of `read_results`), with their arch,
-    depth and seed; runs without the file (trained before it existed: see `bench analyze`) have none."""
+    depth and seed; runs without the file (trained before it existed: see `bench analyze`) have none. A file
+    that fails its contract (read_layer_file) is left out with a one-line `notify`: the run's other figures
+    are drawn."""
     frames = []
     for run in runs.itertuples() if not runs.empty else ():
-        path = Path(run.path) / LAYERS
-        if not path.exists():
-            continue
         try:
-            frame = pd.read_parquet(path)
-        except Exception as error:  # pyarrow raises several types for a torn file
-            notify(f"{path} is unreadable ({type(error).__name__}): its per-layer figures are left out; "
-                   "`bench analyze` rewrites its response statistics from the checkpoint")
+            frame = read_layer_file(Path(run.path))
+        except BenchError as error:
+            notify(f"left out the per-layer figures of {run.run_id}: {error}")
+            continue
+        if frame is None:
             continue
         frames.append(frame.assign(arch=run.arch, depth=run.depth, seed=run.seed))
     if not frames:

@@ -145,7 +145,10 @@ def read_timing(results: Sequence[Path], notify: Notify | None = None) -> pd.Dat
     frames = []
     for path in sorted(p for root in results for p in (Path(root) / "timing").glob("*.parquet")):
         try:
-            frame = pd.read_parquet(path)
+            frame, _ = store.read_parquet(path, store.TIMING_LIMIT, "delete it and run `bench time` again")
+        except BenchError as error:  # a FIFO, a device or a huge file: not opened
+            notify(f"skipped timing file {error}")
+            continue
         except Exception as error:  # pyarrow raises several types for a torn or foreign file
             notify(f"skipped timing file {path} ({type(error).__name__}): it is unreadable; delete it and run "
                    "`bench time` again")

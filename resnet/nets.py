@@ -24,6 +24,9 @@ from .blocks import (
 
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
+# The deepest CIFAR net built: n = 1000, five times the paper's deepest (1202). Building a net takes time and
+# memory in its depth before anything runs (even on the meta device): 600,002 layers took minutes and 2.3 GB.
+MAX_CIFAR_DEPTH = 6002
 FAMILIES = ("imagenet", "cifar")
 ARCHS = ("plain", "residual")
 STEMS = ("imagenet", "cifar")
@@ -195,6 +198,12 @@ def build_model(
     if family == "cifar" and not is_cifar_depth(depth):
         raise ModelConfigError(
             f"depth {depth} is not a cifar depth: use 6n+2 such as {', '.join(map(str, CIFAR_DEPTHS))}"
+        )
+    if family == "cifar" and depth > MAX_CIFAR_DEPTH:
+        raise ModelConfigError(
+            f"depth {depth} is deeper than the cifar family builds (at most {MAX_CIFAR_DEPTH} layers, n = "
+            f"{(MAX_CIFAR_DEPTH - 2) // 6}; the paper's deepest is 1202): choose a depth of 6n+2 up to "
+            f"{MAX_CIFAR_DEPTH}"
         )
     defaults = FAMILY_DEFAULTS[family]
     shortcut = defaults["shortcut"] if shortcut is None else shortcut

@@ -93,3 +93,27 @@ def run_timing(config, **options) -> pd.DataFrame:
     if result.error is not None:
         frame.attrs["error"] = result.error
     return frame
+
+
+# A finished grid small enough to copy per test: plain-8 and residual-8, width 2, two epochs, synthetic data.
+TINY_GRID = ["--depths", "8", "--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "2",
+            "--batch-size", "32", "--train-subset", "128", "--test-subset", "32", "--epochs", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def _finished_once(tmp_path_factory, data_dir) -> Path:
+    results = tmp_path_factory.mktemp("finished") / "results"
+    result = bench("run", *TINY_GRID, "--data-dir", str(data_dir), "--results", str(results))
+    assert result.exit_code == 0, result.output
+    return results
+
+
+@pytest.fixture
+def finished_grid(_finished_once, tmp_path) -> Path:
+    """A results folder of this test's own holding two finished runs (plain-8 and residual-8, TINY_GRID), each
+    with its config.json, status.json, epochs.parquet, layers.parquet and last checkpoint."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(_finished_once, results)
+    return results

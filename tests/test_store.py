@@ -37,8 +37,8 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path):
 
 
 def test_checkpoint_falls_back_to_the_previous_one_when_torn(tmp_path):
-    store.save_checkpoint(tmp_path, {"epoch": 1, "model": {"w": torch.ones(2)}})
-    store.save_checkpoint(tmp_path, {"epoch": 2, "model": {"w": torch.ones(2)}})
+    store.save_checkpoint(tmp_path, {"epoch": 1, "iteration": 4, "model": {"w": torch.ones(2)}})
+    store.save_checkpoint(tmp_path, {"epoch": 2, "iteration": 8, "model": {"w": torch.ones(2)}})
     assert store.load_checkpoint(tmp_path)["epoch"] == 2
     latest = tmp_path / store.CHECKPOINT
     latest.write_bytes(latest.read_bytes()[:100])  # torn, as by a crash mid-write on a filesystem without rename
