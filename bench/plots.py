@@ -24,11 +24,13 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLoca
 from bench.errors import BenchError
 from bench.fitting import FIT_ERROR, fit_pass
 from bench.records import DIVERGED, PHASES, UNFINISHED
-from resnet import ARCHS
+from resnet import ALL_ARCHS, ARCHS
 from bench.tables import (breakdown, curves, fit_caption, provenance_lines, schedule_provenance,
                           timing_provenance, with_percent)
 
-ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)"}
+ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)",
+               "preact": "pre-activation residual", "zero-init": "residual, branches start at zero",
+               "dirac": "Dirac-parameterised plain"}
 BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}
 TRAIN_WIDTH, TEST_WIDTH = 1.1, 2.4
 PHASE_LABELS = {"forward": "forward", "forward_backward": "forward + backward", "train_step": "train step"}
@@ -211,7 +213,8 @@ def _default_title(runs: pd.DataFrame, what: str) -> str:
 
 def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "auto", band: str = "minmax",
                        colors: dict[int, tuple] | None = None, title: str | None = None) -> Figure:
-    """The paper's Figures 4 and 6: plain nets (left) and their residual twins (right), one colour per depth,
+    """The paper's Figures 4 and 6: plain nets (left) and their residual twins (right), then a panel for each
+    remedy (resnet.REMEDIES) that has runs, one colour per depth,
     thin dashed training error and bold test error, mean over seeds with a band (`band`: "minmax" or "std"),
     the same y range in both panels. `runs` must carry state, epochs_done, epochs_total, diverged_epoch.
     """
@@ -223,9 +226,10 @@ def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "au
     colors = colors or depth_colors(data["depth"])
     top = _top(data, ("train", "test"), band)
     with style():
-        fig = Figure(figsize=(12, 4.8))
-        axes = fig.subplots(1, 2, sharey=True, sharex=True)
-        for ax, arch in zip(axes, ARCHS):
+        archs = [a for a in ALL_ARCHS if a in ARCHS or (runs["arch"] == a).any()]
+        fig = Figure(figsize=(6 * len(archs), 4.8))
+        axes = fig.subplots(1, len(archs), sharey=True, sharex=True)
+        for ax, arch in zip(axes, archs):
             handles, drawn = [], set()
             for depth, curve in data[data["arch"] == arch].groupby("depth"):
                 color = colors[depth]
