@@ -393,11 +393,13 @@ def _breakdown_bars(ax: Axes, timing: pd.DataFrame, colors: dict[str, tuple]) ->
     ax.legend(handles=handles, fontsize=8.5, loc="upper left")
 
 
-ARCH_LINES = {"plain": {"ls": "--", "marker": "s"}, "residual": {"ls": "-", "marker": "o"}}
+ARCH_LINES = {"plain": {"ls": "--", "marker": "s"}, "residual": {"ls": "-", "marker": "o"},
+              "preact": {"ls": ":", "marker": "^"}, "zero-init": {"ls": "-.", "marker": "D"},
+              "dirac": {"ls": (0, (6, 1.5, 1, 1.5)), "marker": "v"}}
 
 
 def _net_line(ax: Axes, x: np.ndarray, y: np.ndarray, arch: str, depth: int, color: tuple, gid: str) -> Line2D:
-    label = f"{'plain' if arch == 'plain' else 'ResNet'}-{depth}"
+    label = f"{ {'plain': 'plain', 'residual': 'ResNet'}.get(arch, arch)}-{depth}"
     (line,) = ax.plot(x, y, color=color, lw=1.6, ms=3.2 if len(x) <= 60 else 0, label=label, gid=gid,
                       **ARCH_LINES[arch])
     return line
