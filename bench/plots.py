@@ -398,6 +398,18 @@ ARCH_LINES = {"plain": {"ls": "--", "marker": "s"}, "residual": {"ls": "-", "mar
               "dirac": {"ls": (0, (6, 1.5, 1, 1.5)), "marker": "v"}}
 
 
+LINE_WORDS = {"plain": "dashed", "residual": "solid", "preact": "dotted", "zero-init": "dash-dot",
+              "dirac": "long dash-dot"}
+
+
+def line_key(runs: pd.DataFrame) -> str:
+    """'Dashed: plain; solid: residual.', and the line of each remedy that has runs."""
+    archs = [a for a in ALL_ARCHS if a in ARCHS or (runs["arch"] == a).any()]
+    key = "; ".join(f"{LINE_WORDS[a]}: {a}" for a in archs)
+    note = " (preact: a pre-activation unit's conv output, as no norm follows it)" if "preact" in archs else ""
+    return key[0].upper() + key[1:] + note + "."
+
+
 def _net_line(ax: Axes, x: np.ndarray, y: np.ndarray, arch: str, depth: int, color: tuple, gid: str) -> Line2D:
     label = f"{ {'plain': 'plain', 'residual': 'ResNet'}.get(arch, arch)}-{depth}"
     (line,) = ax.plot(x, y, color=color, lw=1.6, ms=3.2 if len(x) <= 60 else 0, label=label, gid=gid,
@@ -429,8 +441,8 @@ def figure7(profile: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int, tupl
         add_caption(fig, [*provenance_lines(runs),
                           f"Responses: each 3x3 layer's BatchNorm output before ReLU and addition, eval mode, at each "
                           f"run's last measurement (iteration {iterations}), over 1,000 test images spread over the "
-                          f"split (`bench analyze`: the whole split); mean over seeds. Dashed: plain; solid: "
-                          f"residual."], title=title or _default_title(runs, "Std of layer responses (Figure 7)"))
+                          f"split (`bench analyze`: the whole split); mean over seeds. {line_key(runs)}"],
+                    title=title or _default_title(runs, "Std of layer responses (Figure 7)"))
     return fig
 
 
@@ -456,7 +468,7 @@ def gradient_figure(first: pd.DataFrame, last: pd.DataFrame, runs: pd.DataFrame,
         axes[1].legend(loc="best", fontsize=8.5)
         add_caption(fig, [*provenance_lines(runs),
                           "Gradient: L2 norm of each main-path conv weight's gradient after backward, before the "
-                          "optimizer step; mean over seeds. Dashed: plain; solid: residual."],
+                          f"optimizer step; mean over seeds. {line_key(runs)}"],
                     title=title or _default_title(runs, "Gradient norm across depth"))
     return fig
 

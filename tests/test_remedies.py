@@ -117,3 +117,26 @@ def test_a_tiny_run_of_each_remedy_trains_and_logs_its_layers(arch, tmp_path, ti
     described = store.read_json(tmp_path / store.CONFIG)["model"]
     assert described["has_shortcuts"] == (arch != "dirac")
     assert dataclasses.replace(config).run_id().startswith(f"{arch}-8-s0-")
+
+
+def test_the_report_draws_a_panel_and_says_a_verdict_for_each_remedy(tmp_path, tiny_data):
+    from PIL import Image
+
+    from bench import report
+
+    base = RunConfig(depth=8, width=4, preset="test", dataset="synthetic", iterations=None, epochs=1,
+                     batch_size=64, lr=0.05)
+    for arch in ("plain", "residual", "dirac"):
+        for depth in (8, 14):
+            config = dataclasses.replace(base, arch=arch, depth=depth)
+            train_run(config, tiny_data, store.run_dir(tmp_path / "results", "synthetic", config.run_id()), CPU,
+                      notify=lambda _: None, diagnostics=True)
+    out = tmp_path / "reports"
+    report.make_report([tmp_path / "results"], out, notify=lambda _: None)
+    text = (out / "README.md").read_text()
+    assert "dirac: the 14-layer net ends at" in text
+    figure = next(out.rglob("degradation.png"))
+    with Image.open(figure) as image:  # three panels: plain, residual and the one remedy that has runs
+        assert image.size[0] > 2.5 * image.size[1]
+    figure7 = next(out.rglob("figure7.png"))
+    assert figure7.stat().st_size > 20_000
