@@ -30,7 +30,8 @@ def architecture_table(
 
     Keys: family, depth, arch, block, shortcut (None for plain nets), stride_on (None for basic
     blocks), input_size, params, macs (at ``input_size``), paper_macs (Table 1: the imagenet
-    residual nets and plain-18/34), paper_params (Table 6: cifar). ImageNet rows have 1000
+    residual nets and plain-18/34), paper_params (Table 6: cifar); the remedies (resnet.REMEDIES) are not in
+    the paper's tables. ImageNet rows have 1000
     classes, CIFAR rows 10. Bottleneck nets put the stride on the 3x3 conv unless
     ``stride_on="1x1"``, the paper's layout, the one Table 1's 3.8/7.6/11.3 G count.
     MACs are counted on the meta device.
@@ -42,7 +43,7 @@ def architecture_table(
     rows = []
     for family in families:
         for depth in _DEPTHS[family]:
-            for arch in resnet.ARCHS:
+            for arch in resnet.ALL_ARCHS:
                 # Meta skips initialising imagenet's tens of millions of weights; the small but
                 # many-layered cifar nets build faster without its per-call dispatch (1202: 0.7 s vs 2 s).
                 with torch.device("meta") if family == "imagenet" else contextlib.nullcontext():
@@ -60,14 +61,14 @@ def architecture_table(
                         "params": resnet.count_parameters(model),
                         "macs": resnet.count_macs(model, input_size),
                         "paper_macs": _paper_macs(family, depth, arch),
-                        "paper_params": PAPER_PARAMS.get(depth) if family == "cifar" else None,
+                        "paper_params": PAPER_PARAMS.get(depth) if family == "cifar" and arch in resnet.ARCHS else None,
                     }
                 )
     return rows
 
 
 def _paper_macs(family: str, depth: int, arch: str) -> float | None:
-    if family != "imagenet" or (arch == "plain" and depth not in PAPER_PLAIN_DEPTHS):
+    if family != "imagenet" or arch not in resnet.ARCHS or (arch == "plain" and depth not in PAPER_PLAIN_DEPTHS):
         return None
     return PAPER_MACS[depth]
 

@@ -20,7 +20,7 @@ from bench.config import FORMATS, PRESETS, parse_gpus, usable_cpus
 from bench.errors import BenchError
 from bench.interrupts import exit_code, hung_up, stop_like_ctrl_c
 from bench.modes import PRECISIONS
-from resnet import ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
+from resnet import ALL_ARCHS, ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Re-run, time and draw the degradation experiment of He et al. (2015).")
@@ -42,7 +42,7 @@ def choices(name: str, values: Sequence[str]) -> type[enum.Enum]:
     return enum.Enum(name, [(value, value) for value in values], type=str)
 
 
-Arch = choices("Arch", ARCHS)
+Arch = choices("Arch", ALL_ARCHS)
 Preset = choices("Preset", tuple(PRESETS))
 Precision = choices("Precision", PRECISIONS)
 Shortcut = choices("Shortcut", SHORTCUTS)
@@ -164,7 +164,7 @@ def _devices(value: str | None, device: str) -> tuple[str, ...]:
 @handles_errors
 def run(
     depths: Annotated[list[int], typer.Option(help="Depths to train, e.g. --depths 18 34 (or 20 32 44 56).")],
-    arch: Annotated[Optional[list[Arch]], typer.Option(help="plain and/or residual (default: both).")] = None,
+    arch: Annotated[Optional[list[Arch]], typer.Option(help="plain and/or residual (default: both), or a remedy: preact, zero-init, dirac.")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option(help="Seeds, e.g. --seeds 0 1 2.")] = None,
     dataset: Annotated[str, typer.Option(help="auto | cifar10 | cifar100 | imagefolder | synthetic.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Where datasets live (default: $BENCH_DATA or data/).")] = None,
@@ -267,7 +267,7 @@ def models(
 @handles_errors
 def time(
     depths: Annotated[list[int], typer.Option(help="Depths to time, e.g. --depths 18 34 50.")],
-    arch: Annotated[Optional[list[Arch]], typer.Option(help="plain and/or residual (default: both).")] = None,
+    arch: Annotated[Optional[list[Arch]], typer.Option(help="plain and/or residual (default: both), or a remedy: preact, zero-init, dirac.")] = None,
     family: Annotated[Optional[Family], typer.Option(help="(default: from the depth)")] = None,
     device: Annotated[Optional[list[str]], typer.Option(help="cpu and/or cuda (default: cpu).")] = None,
     batch_size: Annotated[Optional[list[int]], typer.Option(help="Batch sizes, e.g. 1 32 128 (default: 32).")] = None,

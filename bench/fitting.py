@@ -14,6 +14,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from resnet import SHORTCUT_ARCHS
+
 # Training error (a fraction) at or below which a net fits its set: 3 images of the quick preset's 768, the
 # same fraction of any other. Not 0: one image left over is noise at the floor, not an optimisation failure.
 FIT_ERROR = 0.005
@@ -110,13 +112,13 @@ def degradation_sentence(shallow: Fit, deep: Fit, *, provisional: bool = False) 
 
 
 def _gap_verdict(arch: str, gap: float) -> str:
-    if arch == "plain":
-        return ("degradation shown (the deeper plain net trains worse)" if gap > 0
-                else "NEGATIVE: no degradation shown (the deeper plain net trains as well or better)")
+    if arch not in SHORTCUT_ARCHS:
+        return (f"degradation shown (the deeper {arch} net trains worse)" if gap > 0
+                else f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well or better)")
     if math.isclose(gap, 0.0, abs_tol=1e-9):
-        return "the deeper residual net trains as well, no degradation (the paper's trains better)"
-    return ("the deeper residual net trains better, as in the paper" if gap < 0
-            else "the deeper residual net trains worse here, unlike the paper")
+        return f"the deeper {arch} net trains as well, no degradation (the paper's trains better)"
+    return (f"the deeper {arch} net trains better, as in the paper" if gap < 0
+            else f"the deeper {arch} net trains worse here, unlike the paper")
 
 
 def fit_verdict(shallow: Fit, deep: Fit) -> str | None:
@@ -125,25 +127,25 @@ def fit_verdict(shallow: Fit, deep: Fit) -> str | None:
     fits: degradation."""
     if not shallow.fitted and not deep.fitted:
         return None
-    plain = deep.arch == "plain"
+    plain, arch = deep.arch not in SHORTCUT_ARCHS, deep.arch
     if deep.fitted < shallow.fitted:
         head = f"{deep.net} does not fit what {shallow.net} fits{deep.share}"
-        return f"{head}: " + ("degradation shown (the deeper plain net trains worse)" if plain
-                              else "the deeper residual net trains worse here, unlike the paper")
+        return f"{head}: " + (f"degradation shown (the deeper {arch} net trains worse)" if plain
+                              else f"the deeper {arch} net trains worse here, unlike the paper")
     if deep.fitted > shallow.fitted:
         head = f"{deep.net} fits and {shallow.net} does not{shallow.share}"
-        return f"{head}: " + ("NEGATIVE: no degradation shown (the deeper plain net trains better)" if plain
-                              else "the deeper residual net trains better, as in the paper")
+        return f"{head}: " + (f"NEGATIVE: no degradation shown (the deeper {arch} net trains better)" if plain
+                              else f"the deeper {arch} net trains better, as in the paper")
     if deep.first_fit < shallow.first_fit:
         head = f"both fit{deep.share}, {deep.net} first ({deep.pass_text} against {shallow.pass_text})"
-        tail = ("NEGATIVE: no degradation shown (the deeper plain net trains better)" if plain
-                else "the deeper residual net trains better, as in the paper")
+        tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net trains better)" if plain
+                else f"the deeper {arch} net trains better, as in the paper")
     elif deep.first_fit == shallow.first_fit:
         head = f"both fit{deep.share}, at the same {deep.pass_text}"
-        tail = ("NEGATIVE: no degradation shown (the deeper plain net trains as well)" if plain
-                else "the deeper residual net trains as well, no degradation (the paper's trains better)")
+        tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well)" if plain
+                else f"the deeper {arch} net trains as well, no degradation (the paper's trains better)")
     else:
         head = f"both fit{deep.share}, {deep.net} later ({deep.pass_text} against {shallow.pass_text})"
-        tail = ("NEGATIVE: no degradation shown (the deeper plain net fits too, more slowly)" if plain
-                else "no degradation, but the deeper residual net fits more slowly (the paper's trains better)")
+        tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net fits too, more slowly)" if plain
+                else f"no degradation, but the deeper {arch} net fits more slowly (the paper's trains better)")
     return f"{head}: {tail}"

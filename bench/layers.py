@@ -52,7 +52,7 @@ LAYER_SCHEMA = record_schema(LayerRow)
 
 @dataclass(frozen=True)
 class ConvLayer:
-    """A main-path convolution and the BatchNorm that follows it."""
+    """A main-path convolution and the BatchNorm that follows it (in a pre-activation unit, the conv itself)."""
 
     index: int
     stage: int
@@ -74,7 +74,9 @@ def conv_layers(model: nn.Module) -> list[ConvLayer]:
         if match is None:
             continue
         stage, block, _ = match.groups()
-        norm = modules[re.sub(r"conv(\d+)$", r"bn\1", name)]
+        # A pre-activation unit's conv has no norm after it (its norm comes first): its response is its output.
+        parent = modules[name.rpartition(".")[0]]
+        norm = module if getattr(parent, "pre_activation", False) else modules[re.sub(r"conv(\d+)$", r"bn\1", name)]
         layers.append(ConvLayer(len(layers) + 1, int(stage or 0), int(block or 0), name, module, norm))
     return layers
 

@@ -26,9 +26,11 @@ from bench.fitting import FIT_ERROR, fit_pass
 from bench.prose import fit_caption, provenance_lines, schedule_provenance, timing_provenance
 from bench.records import DIVERGED, PHASES, UNFINISHED
 from bench.tables import breakdown, curves, with_percent
-from resnet import ARCHS
+from resnet import ALL_ARCHS, ARCHS
 
-ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)"}
+ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)",
+               "preact": "pre-activation residual", "zero-init": "residual, branches start at zero",
+               "dirac": "Dirac-parameterised plain"}
 BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}
 TRAIN_WIDTH, TEST_WIDTH = 1.1, 2.4
 PHASE_LABELS = {"forward": "forward", "forward_backward": "forward + backward", "train_step": "train step"}
@@ -211,7 +213,8 @@ def _default_title(runs: pd.DataFrame, what: str) -> str:
 
 def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "auto", band: str = "minmax",
                        colors: dict[int, tuple] | None = None, title: str | None = None) -> Figure:
-    """The paper's Figures 4 and 6: plain nets (left) and their residual twins (right), one colour per depth,
+    """The paper's Figures 4 and 6: plain nets (left) and their residual twins (right), then a panel for each
+    remedy (resnet.REMEDIES) that has runs, one colour per depth,
     thin dashed training error and bold test error, mean over seeds with a band (`band`: "minmax" or "std"),
     the same y range in both panels. `runs` must carry state, epochs_done, epochs_total, diverged_epoch.
     """
@@ -223,9 +226,10 @@ def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "au
     colors = colors or depth_colors(data["depth"])
     top = _top(data, ("train", "test"), band)
     with style():
-        fig = Figure(figsize=(12, 4.8))
-        axes = fig.subplots(1, 2, sharey=True, sharex=True)
-        for ax, arch in zip(axes, ARCHS):
+        archs = [a for a in ALL_ARCHS if a in ARCHS or (runs["arch"] == a).any()]
+        fig = Figure(figsize=(6 * len(archs), 4.8))
+        axes = fig.subplots(1, len(archs), sharey=True, sharex=True)
+        for ax, arch in zip(axes, archs):
             handles, drawn = [], set()
             for depth, curve in data[data["arch"] == arch].groupby("depth"):
                 color = colors[depth]
@@ -389,11 +393,25 @@ def _breakdown_bars(ax: Axes, timing: pd.DataFrame, colors: dict[str, tuple]) ->
     ax.legend(handles=handles, fontsize=8.5, loc="upper left")
 
 
-ARCH_LINES = {"plain": {"ls": "--", "marker": "s"}, "residual": {"ls": "-", "marker": "o"}}
+ARCH_LINES = {"plain": {"ls": "--", "marker": "s"}, "residual": {"ls": "-", "marker": "o"},
+              "preact": {"ls": ":", "marker": "^"}, "zero-init": {"ls": "-.", "marker": "D"},
+              "dirac": {"ls": (0, (6, 1.5, 1, 1.5)), "marker": "v"}}
+
+
+LINE_WORDS = {"plain": "dashed", "residual": "solid", "preact": "dotted", "zero-init": "dash-dot",
+              "dirac": "long dash-dot"}
+
+
+def line_key(runs: pd.DataFrame) -> str:
+    """'Dashed: plain; solid: residual.', and the line of each remedy that has runs."""
+    archs = [a for a in ALL_ARCHS if a in ARCHS or (runs["arch"] == a).any()]
+    key = "; ".join(f"{LINE_WORDS[a]}: {a}" for a in archs)
+    note = " (preact: a pre-activation unit's conv output, as no norm follows it)" if "preact" in archs else ""
+    return key[0].upper() + key[1:] + note + "."
 
 
 def _net_line(ax: Axes, x: np.ndarray, y: np.ndarray, arch: str, depth: int, color: tuple, gid: str) -> Line2D:
-    label = f"{'plain' if arch == 'plain' else 'ResNet'}-{depth}"
+    label = f"{ {'plain': 'plain', 'residual': 'ResNet'}.get(arch, arch)}-{depth}"
     (line,) = ax.plot(x, y, color=color, lw=1.6, ms=3.2 if len(x) <= 60 else 0, label=label, gid=gid,
                       **ARCH_LINES[arch])
     return line
@@ -423,8 +441,8 @@ def figure7(profile: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int, tupl
         add_caption(fig, [*provenance_lines(runs),
                           f"Responses: each 3x3 layer's BatchNorm output before ReLU and addition, eval mode, at each "
                           f"run's last measurement (iteration {iterations}), over 1,000 test images spread over the "
-                          f"split (`bench analyze`: the whole split); mean over seeds. Dashed: plain; solid: "
-                          f"residual."], title=title or _default_title(runs, "Std of layer responses (Figure 7)"))
+                          f"split (`bench analyze`: the whole split); mean over seeds. {line_key(runs)}"],
+                    title=title or _default_title(runs, "Std of layer responses (Figure 7)"))
     return fig
 
 
@@ -450,7 +468,7 @@ def gradient_figure(first: pd.DataFrame, last: pd.DataFrame, runs: pd.DataFrame,
         axes[1].legend(loc="best", fontsize=8.5)
         add_caption(fig, [*provenance_lines(runs),
                           "Gradient: L2 norm of each main-path conv weight's gradient after backward, before the "
-                          "optimizer step; mean over seeds. Dashed: plain; solid: residual."],
+                          f"optimizer step; mean over seeds. {line_key(runs)}"],
                     title=title or _default_title(runs, "Gradient norm across depth"))
     return fig
 

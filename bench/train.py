@@ -464,7 +464,7 @@ def describe(config: RunConfig, data: ImageData, model: nn.Module, schedule: Sch
         "dataset": dataclasses.asdict(data.info),
         "model": {"family": model.family, "width": model.width,
                   "shortcut": shortcut_option(config, model.family),
-                  "has_shortcuts": model.arch == "residual", "stem": model.stem,
+                  "has_shortcuts": model.shortcut is not None, "stem": model.stem,
                   "params": count_parameters(model)},
         "schedule": {"iterations": schedule.iterations, "iterations_per_epoch": schedule.iterations_per_epoch,
                      "epochs": schedule.epochs},

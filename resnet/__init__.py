@@ -1,13 +1,27 @@
 """Plain and residual networks matched layer for layer (He et al., 2015)."""
 
-from .blocks import SHORTCUTS, STRIDE_ON, BasicBlock, Bottleneck, ModelConfigError, NormLayer, PadShortcut
+from .blocks import (
+    SHORTCUTS,
+    STRIDE_ON,
+    BasicBlock,
+    Bottleneck,
+    DiracConv2d,
+    ModelConfigError,
+    NormLayer,
+    PadShortcut,
+    PreActBasicBlock,
+    PreActBottleneck,
+)
 from .flops import count_macs, count_parameters
 from .nets import (
+    ALL_ARCHS,
     ARCHS,
     CIFAR_DEPTHS,
     FAMILIES,
     FAMILY_DEFAULTS,
     IMAGENET_DEPTHS,
+    REMEDIES,
+    SHORTCUT_ARCHS,
     STEMS,
     ResNet,
     build_model,
@@ -16,19 +30,25 @@ from .nets import (
 )
 
 __all__ = [
+    "ALL_ARCHS",
     "ARCHS",
     "CIFAR_DEPTHS",
     "FAMILIES",
     "FAMILY_DEFAULTS",
     "IMAGENET_DEPTHS",
+    "REMEDIES",
+    "SHORTCUT_ARCHS",
     "SHORTCUTS",
     "STEMS",
     "STRIDE_ON",
     "BasicBlock",
     "Bottleneck",
+    "DiracConv2d",
     "ModelConfigError",
     "NormLayer",
     "PadShortcut",
+    "PreActBasicBlock",
+    "PreActBottleneck",
     "ResNet",
     "build_model",
     "count_macs",

@@ -19,6 +19,8 @@ from .blocks import (
     Bottleneck,
     ModelConfigError,
     NormLayer,
+    PreActBasicBlock,
+    PreActBottleneck,
     conv3x3,
 )
 
@@ -28,7 +30,16 @@ CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 # memory in its depth before anything runs (even on the meta device): 600,002 layers took minutes and 2.3 GB.
 MAX_CIFAR_DEPTH = 6002
 FAMILIES = ("imagenet", "cifar")
+# The paper's two archs, which `bench run` trains unless told otherwise, and the remedies for degradation
+# that later work proposed, each the same layers with one thing changed (resnet.blocks, ResNet below):
+#   preact     residual, pre-activation units (He et al. 2016, "Identity Mappings in Deep Residual Networks")
+#   zero-init  residual, each block's last norm weight starting at 0, so the net starts as its stem and
+#              head (Goyal et al. 2017, "Accurate, Large Minibatch SGD"; torchvision's zero_init_residual)
+#   dirac      no shortcuts; every block conv Dirac-parameterised (Zagoruyko and Komodakis 2017, DiracNets)
 ARCHS = ("plain", "residual")
+REMEDIES = ("preact", "zero-init", "dirac")
+ALL_ARCHS = ARCHS + REMEDIES
+SHORTCUT_ARCHS = ("residual", "preact", "zero-init")
 STEMS = ("imagenet", "cifar")
 
 # Paper Table 1: blocks per stage for each ImageNet depth.
@@ -109,16 +120,18 @@ class ResNet(nn.Module):
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
         self._norm_layer = norm_layer
-        residual = arch == "residual"
+        residual = arch in SHORTCUT_ARCHS
+        if arch == "preact":
+            block = PreActBottleneck if block is Bottleneck else PreActBasicBlock  # type: ignore[assignment]
         # Provenance: what was built, for logs and result rows. A plain net has no shortcut.
         self.depth = 2 + block.convs * sum(layers)
         self.family = family
         self.arch = arch
         self.shortcut = shortcut if residual else None
         self.stem = stem
-        self.block = "bottleneck" if block is Bottleneck else "basic"
+        self.block = "bottleneck" if block in (Bottleneck, PreActBottleneck) else "basic"
         self.width = widths[0]
-        self.stride_on = stride_on if block is Bottleneck else None
+        self.stride_on = stride_on if self.block == "bottleneck" else None
 
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
@@ -129,8 +142,10 @@ class ResNet(nn.Module):
         self.bn1 = norm_layer(widths[0])
         self.relu = nn.ReLU(inplace=True)
 
-        block_args: dict[str, Any] = {"shortcut": shortcut, "residual": residual, "norm_layer": norm_layer}
-        if block is Bottleneck:
+        block_args: dict[str, Any] = {"shortcut": shortcut, "norm_layer": norm_layer}
+        if arch != "preact":
+            block_args.update(residual=residual, dirac=arch == "dirac")
+        if self.block == "bottleneck":
             block_args["stride_on"] = stride_on
         in_planes = widths[0]
         self.stage_names = tuple(f"layer{i + 1}" for i in range(len(layers)))
@@ -141,6 +156,9 @@ class ResNet(nn.Module):
                 blocks.append(block(in_planes, planes, stride, **block_args))
                 in_planes = planes * block.expansion
             self.add_module(name, nn.Sequential(*blocks))
+        # Pre-activation units end on an addition; the norm and ReLU the last one leaves out come here.
+        self.final_norm: nn.Module = nn.Sequential(norm_layer(in_planes), nn.ReLU(inplace=True)) \
+            if arch == "preact" else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
 
@@ -152,12 +170,16 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if arch == "zero-init":  # each residual branch starts at zero: its last norm's scale is 0
+            for name in self.stage_names:
+                for b in getattr(self, name):
+                    nn.init.zeros_(getattr(b, f"bn{block.convs}").weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for name in self.stage_names:
             x = getattr(self, name)(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return self.fc(torch.flatten(self.avgpool(self.final_norm(x)), 1))
 
 
 def build_model(
@@ -172,7 +194,8 @@ def build_model(
     norm_layer: NormLayer | None = None,
     **options: Any,
 ) -> ResNet:
-    """Build a plain or residual net of the given depth.
+    """Build a net of the given depth: ``arch`` is "plain" or "residual" (the paper's), or one of the remedies
+    "preact", "zero-init", "dirac" (REMEDIES; what each changes: resnet.blocks).
 
     ``family`` is inferred from ``depth`` when None (18/34/50/101/152 -> imagenet, other 6n+2 ->
     cifar); pass ``family="cifar"`` for the CIFAR nets of depth 50 or 152. ``shortcut``, ``stem``
@@ -187,7 +210,7 @@ def build_model(
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ModelConfigError(f"unknown option {unknown[0]!r}: choose from {', '.join(OPTIONS)}")
-    check_choice("arch", arch, ARCHS)
+    check_choice("arch", arch, ALL_ARCHS)
     if family is None:
         family = family_of(depth)
     check_choice("family", family, FAMILIES)

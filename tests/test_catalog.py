@@ -20,7 +20,7 @@ def imagenet_rows():
 
 def test_one_row_per_depth_and_arch(imagenet_rows):
     keys = [(r["family"], r["depth"], r["arch"]) for r in imagenet_rows]
-    assert keys == list(itertools.product(["imagenet"], resnet.IMAGENET_DEPTHS, resnet.ARCHS))
+    assert keys == list(itertools.product(["imagenet"], resnet.IMAGENET_DEPTHS, resnet.ALL_ARCHS))
 
 
 def test_residual_imagenet_rows_match_torchvision(imagenet_rows):
@@ -49,8 +49,9 @@ def test_rows_are_json_serialisable(imagenet_rows):
 def test_paper_layout_matches_table1_macs(imagenet_rows):
     with_paper = [r for r in imagenet_rows if r["paper_macs"] is not None]
     without = {(r["depth"], r["arch"]) for r in imagenet_rows if r["paper_macs"] is None}
-    # The paper has no plain bottleneck nets.
-    assert without == {(50, "plain"), (101, "plain"), (152, "plain")}
+    # The paper has no plain bottleneck nets, and none of the remedies.
+    remedies = set(itertools.product(resnet.IMAGENET_DEPTHS, resnet.REMEDIES))
+    assert without == {(50, "plain"), (101, "plain"), (152, "plain")} | remedies
     for row in with_paper:
         assert row["macs"] == pytest.approx(row["paper_macs"], rel=0.03), row
     assert {r["stride_on"] for r in imagenet_rows if r["block"] == "bottleneck"} == {"1x1"}
@@ -60,13 +61,16 @@ def test_paper_layout_matches_table1_macs(imagenet_rows):
 def test_full_table_covers_both_families():
     rows = architecture_table()
     keys = {(r["family"], r["depth"], r["arch"]) for r in rows}
-    expected = set(itertools.product(["imagenet"], resnet.IMAGENET_DEPTHS, resnet.ARCHS)) | set(
-        itertools.product(["cifar"], resnet.CIFAR_DEPTHS, resnet.ARCHS)
+    expected = set(itertools.product(["imagenet"], resnet.IMAGENET_DEPTHS, resnet.ALL_ARCHS)) | set(
+        itertools.product(["cifar"], resnet.CIFAR_DEPTHS, resnet.ALL_ARCHS)
     )
     assert keys == expected and len(rows) == len(expected)
     for row in rows:
         if row["family"] == "cifar":
             assert row["paper_macs"] is None and row["block"] == "basic"
+            if row["arch"] in resnet.REMEDIES:
+                assert row["paper_params"] is None
+                continue
             # Paper Table 6, to the figures it prints; option A keeps plain twins equal.
             digits = 3 if row["depth"] == 1202 else 2
             assert float(f"{row['params']:.{digits}g}") == row["paper_params"]
