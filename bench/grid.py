@@ -112,23 +112,22 @@ def print_summary(console: Console, summary: list[dict]) -> None:
 
 
 def verdict_lines(summary: list[dict]) -> list[str]:
-    """Per arch with two depths or more, its deepest net against its shallowest in one sentence, as
-    `bench report` says it (bench.fitting)."""
+    """Per arch with two depths or more, each net against the next shallower one in one sentence (18 against
+    34, then 34 against 50), as `bench report` says it (bench.fitting)."""
     lines = []
     for arch in dict.fromkeys(item["arch"] for item in summary):
-        mine = [item for item in summary if item["arch"] == arch and item["rows"]]
-        depths = sorted({item["depth"] for item in mine})
-        if len(depths) < 2:
-            continue
+        of_arch = [item for item in summary if item["arch"] == arch and item["rows"]]
+        depths = sorted({item["depth"] for item in of_arch})
         nets = []
-        for depth in (depths[0], depths[-1]):
-            runs = [item["rows"] for item in mine if item["depth"] == depth]
+        for depth in depths:
+            runs = [item["rows"] for item in of_arch if item["depth"] == depth]
             fitted = [_fit(rows) for rows in runs]
             final = statistics.fmean(100 * _final_train(rows) for rows in runs)
             nets.append(Fit(arch, depth, final, len(runs), sum(f for f, _ in fitted),
                             median_pass(first for _, first in fitted)))
-        provisional = any(str(item["state"]).split()[0] in UNFINISHED for item in mine)  # "finished (earlier)"
-        lines.append(degradation_sentence(*nets, provisional=provisional))
+        provisional = any(str(item["state"]).split()[0] in UNFINISHED for item in of_arch)  # "finished (earlier)"
+        for shallow, deep in zip(nets, nets[1:]):
+            lines.append(degradation_sentence(shallow, deep, provisional=provisional))
     return lines
 
 

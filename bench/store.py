@@ -367,6 +367,7 @@ _EPOCH_RANGES = {
     "lr": (0, math.inf, "a finite number >= 0"), "epoch_seconds": (0, math.inf, "a finite number >= 0"),
     "images_per_second": (0, math.inf, "a finite number >= 0")}
 _LOSSES = ("train_loss", "test_loss")
+_ERRORS = ("train_error", "test_error")
 
 
 def _first_outside(frame: pd.DataFrame, column: str, low: float, high: float, finite: bool = True) -> object:
@@ -388,8 +389,16 @@ def check_epoch_values(frame: pd.DataFrame) -> None:
     """The numbers of epoch rows against the contract (_EPOCH_RANGES); a ValueError names the first that is not
     what it should be. A NaN error is not a missing one, nor is 1e308 a large one: either would be drawn or
     tabled as something it is not."""
+    # The errors of an epoch whose loss is NaN or infinite mean nothing (the report masks them), so there NaN is
+    # what they honestly are; a number must still be a fraction.
+    losses = frame[list(_LOSSES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=math.nan)
+    diverged = ~np.isfinite(losses).all(axis=1)
     for column, (low, high, meaning) in _EPOCH_RANGES.items():
-        if (value := _first_outside(frame, column, low, high)) is not None:
+        value = _first_outside(frame[~diverged] if column in _ERRORS else frame, column, low, high)
+        if value is None and column in _ERRORS:
+            in_diverged = frame.loc[diverged, column]
+            value = _first_outside(in_diverged[in_diverged.notna()].to_frame(), column, low, high)
+        if value is not None:
             raise ValueError(f"column {column} holds {value!r}, not {meaning}")
     for column in _LOSSES:
         if (value := _first_outside(frame, column, 0, math.inf, finite=False)) is not None:

@@ -128,26 +128,27 @@ def gap_table(errors: pd.DataFrame) -> pd.DataFrame:
 
 
 def degradation(errors: pd.DataFrame) -> pd.DataFrame:
-    """Per arch with two or more depths: final training error of the deepest net minus the shallowest's
-    (percentage points). Positive for plain nets is the degradation problem; negative means none is shown."""
+    """Per arch with two or more depths, each net against the next shallower one (18 and 34, then 34 and 50):
+    final training error of the deeper minus the shallower's (percentage points). Positive for plain nets is the
+    degradation problem; negative means none is shown."""
     rows = []
     for arch, group in errors.dropna(subset=["final_train_mean"]).groupby("arch"):
-        if len(group) < 2:
-            continue
         group = group.sort_values("depth")
-        shallow, deep = group.iloc[0], group.iloc[-1]
-        gap = deep["final_train_mean"] - shallow["final_train_mean"]
-        rows.append({
-            "arch": arch, "shallow_depth": int(shallow["depth"]), "deep_depth": int(deep["depth"]),
-            "shallow_train": shallow["final_train_mean"], "deep_train": deep["final_train_mean"],
-            "train_gap": gap, "test_gap": deep["final_test_mean"] - shallow["final_test_mean"],
-            "provisional": bool(group["unfinished"].sum()),
-            **{f"{name}_{key}": net.get(key) for name, net in (("shallow", shallow), ("deep", deep))
-               for key in ("runs", "fitted", "first_fit")},
-        })
+        for (_, shallow), (_, deep) in zip(group.iterrows(), group.iloc[1:].iterrows()):
+            rows.append(_pair(arch, shallow, deep, provisional=bool(group["unfinished"].sum())))
     return pd.DataFrame(rows, columns=["arch", "shallow_depth", "deep_depth", "shallow_train", "deep_train",
                                        "train_gap", "test_gap", "provisional", "shallow_runs", "shallow_fitted",
                                        "shallow_first_fit", "deep_runs", "deep_fitted", "deep_first_fit"])
+
+
+def _pair(arch: str, shallow: pd.Series, deep: pd.Series, *, provisional: bool) -> dict:
+    gap = deep["final_train_mean"] - shallow["final_train_mean"]
+    return {"arch": arch, "shallow_depth": int(shallow["depth"]), "deep_depth": int(deep["depth"]),
+            "shallow_train": shallow["final_train_mean"], "deep_train": deep["final_train_mean"],
+            "train_gap": gap, "test_gap": deep["final_test_mean"] - shallow["final_test_mean"],
+            "provisional": provisional,
+            **{f"{name}_{key}": net.get(key) for name, net in (("shallow", shallow), ("deep", deep))
+               for key in ("runs", "fitted", "first_fit")}}
 
 
 def schedule_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

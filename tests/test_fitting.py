@@ -134,3 +134,23 @@ def test_where_neither_fits_the_summary_reads_the_gap() -> None:
     assert verdict_lines(summary) == [
         "plain: the 34-layer net ends at 50.00% training error, the 18-layer at 3.00%: gap +47.00 points, "
         "degradation shown (the deeper plain net trains worse) (provisional: runs still in progress)."]
+
+
+def test_the_summary_reads_every_depth_against_the_next_shallower() -> None:
+    curves = {18: [0.5, 0.0], 34: [0.5, 0.0], 50: [0.9, 0.85]}  # 50 does not fit what 34 fits
+    summary = [{"run_id": f"residual-{depth}", "arch": "residual", "depth": depth, "seed": 0, "state": "finished",
+                "seconds": 60.0, "rows": [{"train_error": e, "test_error": 0.5, "iteration": 6 * p}
+                                          for p, e in enumerate(curve, 1)]}
+               for depth, curve in curves.items()]
+    lines = verdict_lines(summary)
+    assert len(lines) == 2
+    assert lines[0].startswith("residual: the 34-layer net ends at 0.00% training error, the 18-layer at 0.00%")
+    assert "both fit, at the same pass 2" in lines[0]
+    assert lines[1].startswith("residual: the 50-layer net ends at 85.00% training error, the 34-layer at 0.00%")
+    assert "residual-50 does not fit what residual-34 fits" in lines[1]
+    errors = pd.DataFrame([{"arch": "residual", "depth": d, "final_train_mean": 100 * c[-1], "final_test_mean": 50.0,
+                            "unfinished": 0, "runs": 1, "fitted": int(c[-1] <= 0.005),
+                            "first_fit": 2 if c[-1] <= 0.005 else None} for d, c in curves.items()])
+    pairs = tables.degradation(errors)
+    assert pairs[["shallow_depth", "deep_depth"]].values.tolist() == [[18, 34], [34, 50]]
+    assert pairs["train_gap"].tolist() == [0.0, 85.0]
