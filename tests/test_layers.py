@@ -155,7 +155,8 @@ def test_analyze_recomputes_responses_over_the_whole_test_split(tmp_path, data_d
     expected = layers.response_stds(model, iter([prepare_inputs(data.test_images, data.mean, config)]))
     np.testing.assert_allclose(rows.sort_values("layer")["value"], expected, rtol=1e-9)
 
-    other = tmp_path / "other"  # a run stopped mid-epoch: its weights belong to no epoch's end
+    # A run stopped mid-epoch: its weights belong to no epoch's end (its own folder, named by its run_id too).
+    other = store.run_dir(tmp_path / "other", "synthetic", config.run_id())
     with pytest.raises(KeyboardInterrupt):
         train_run(config, take_subset(data, 512, 128), other, CPU,
                   on_step=lambda i, total, stats: (_ for _ in ()).throw(KeyboardInterrupt) if i == 3 else None)
