@@ -142,9 +142,9 @@ def check_writable(results: Path, *, tidy: bool = False, option: str = "--result
         os.close(descriptor)
         probe.unlink()
     except OSError as error:
-        what = "results folder" if option == "--results" else "folder"
-        raise BenchError(f"cannot write to {what} {results} ({error.strerror}): "
-                         f"pass {option} DIR with a writable folder") from None
+        # The words bench said before this check existed, for each option (its --out error was OSError's).
+        head = "cannot write to results folder" if option == "--results" else "cannot access"
+        raise BenchError(f"{head} {results} ({error.strerror}): pass {option} DIR with a writable folder") from None
     finally:
         for folder in created if tidy else ():
             try:
