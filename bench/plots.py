@@ -226,7 +226,7 @@ def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "au
     colors = colors or depth_colors(data["depth"])
     top = _top(data, ("train", "test"), band)
     with style():
-        archs = [a for a in ALL_ARCHS if a in ARCHS or (runs["arch"] == a).any()]
+        archs = drawn_archs(runs)
         fig = Figure(figsize=(6 * len(archs), 4.8))
         axes = fig.subplots(1, len(archs), sharey=True, sharex=True)
         for ax, arch in zip(axes, archs):
@@ -402,9 +402,14 @@ LINE_WORDS = {"plain": "dashed", "residual": "solid", "preact": "dotted", "zero-
               "dirac": "long dash-dot"}
 
 
+def drawn_archs(runs: pd.DataFrame) -> list[str]:
+    """The archs a figure draws: plain and residual always (an empty one says so), each remedy where it has runs."""
+    return [a for a in ALL_ARCHS if a in ARCHS or (runs["arch"] == a).any()]
+
+
 def line_key(runs: pd.DataFrame) -> str:
     """'Dashed: plain; solid: residual.', and the line of each remedy that has runs."""
-    archs = [a for a in ALL_ARCHS if a in ARCHS or (runs["arch"] == a).any()]
+    archs = drawn_archs(runs)
     key = "; ".join(f"{LINE_WORDS[a]}: {a}" for a in archs)
     note = " (preact: a pre-activation unit's conv output, as no norm follows it)" if "preact" in archs else ""
     return key[0].upper() + key[1:] + note + "."

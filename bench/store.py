@@ -394,11 +394,8 @@ def check_epoch_values(frame: pd.DataFrame) -> None:
     losses = frame[list(_LOSSES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=math.nan)
     diverged = ~np.isfinite(losses).all(axis=1)
     for column, (low, high, meaning) in _EPOCH_RANGES.items():
-        value = _first_outside(frame[~diverged] if column in _ERRORS else frame, column, low, high)
-        if value is None and column in _ERRORS:
-            in_diverged = frame.loc[diverged, column]
-            value = _first_outside(in_diverged[in_diverged.notna()].to_frame(), column, low, high)
-        if value is not None:
+        rows = frame[~(diverged & frame[column].isna())] if column in _ERRORS else frame
+        if (value := _first_outside(rows, column, low, high)) is not None:
             raise ValueError(f"column {column} holds {value!r}, not {meaning}")
     for column in _LOSSES:
         if (value := _first_outside(frame, column, 0, math.inf, finite=False)) is not None:
