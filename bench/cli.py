@@ -181,7 +181,10 @@ def run(
                                                     "(default: the preset's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="bf16: autocast.")] = Precision.fp32,
-    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last")] = False,
+    channels_last: Annotated[Optional[bool], typer.Option(
+        "--channels-last/--no-channels-last", help="Memory format. Default: a new run trains channels-last where that "
+        "was measured faster on this CPU (docs/benchmarks.md); a resumed run keeps the one it started in.",
+        show_default=False)] = None,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the net.")] = False,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Replay forward and backward as CUDA graphs "
                                              "(CUDA only; see docs/benchmarks.md).")] = False,
@@ -193,8 +196,8 @@ def run(
                                                         "past it; the same command continues.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid, one run per line, and exit.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads per process [default: $OMP_NUM_THREADS, "
-                                                   "else the CPUs this process may use; 1 per --devices worker]."
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per process (default: $OMP_NUM_THREADS, "
+                                                   "else the CPUs this process may use; 1 per --devices worker)."
                                                    )] = None,
 ) -> None:
     """Train plain and residual nets of the given depths; log train/test error per epoch to parquet."""
@@ -235,6 +238,8 @@ def run(
     if from_environment().is_main:  # under torchrun, one copy of the configuration is enough
         # The grid's depths, archs and seeds stand for the base's single arch, depth and seed.
         shared = {k: v for k, v in base.to_dict().items() if k not in ("arch", "depth", "seed")}
+        formats = {run.run_id(): run.channels_last for run in planned.runs}  # as plan settled them
+        shared["channels_last"] = formats if len(set(formats.values())) > 1 else next(iter(formats.values()), None)
         console.print("[bold]configuration[/] " + json.dumps(
             {**shared, "dataset": planned.dataset, "depths": grid.depths, "archs": grid.archs,
              "seeds": grid.seeds, "data_dir": grid.data_dir, "results": grid.results, "shard": shard}),

@@ -22,11 +22,12 @@ from bench.errors import BenchError, Notify, check_positive, first_line, is_out_
 from bench.files import check_writable
 from bench.fitting import Fit, degradation_sentence, final_train_error, fit_pass, fit_text, median_pass
 from bench.interrupts import stop_like_ctrl_c
-from bench.modes import PRECISION_TEXT
+from bench.modes import PRECISION_TEXT, default_channels_last
 from bench.progress import GridProgress, print_whole
 from bench.records import UNFINISHED
 from bench.step import device_settings
 from bench.train import Schedule, rewrite_config, train_run
+from resnet import family_of
 
 # Summary states of runs the grid did not train to an end of theirs.
 BUSY = "busy (another process)"
@@ -55,12 +56,30 @@ class Plan:
 
 
 def plan(grid: GridConfig) -> Plan:
-    """Validate every run and pin the dataset ('auto' becomes what will really be used)."""
+    """Validate every run, pin the dataset ('auto' becomes what will really be used) and each run's memory
+    format (memory_format)."""
     runs = [validate(run) for run in grid.runs()]
     check_positive("--time-limit", grid.time_limit, detail=" of minutes", fix=": leave it out for no limit")
     check_positive("--threads", grid.threads, integer=True)
     source = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
-    return Plan([dataclasses.replace(run, dataset=source.name) for run in runs], source, Path(grid.results))
+    results = Path(grid.results)
+    # The device kind only: a GPU named but absent is refused later, where the device is set up.
+    device_type = "cpu" if grid.base.device == "cpu" or not torch.cuda.is_available() else "cuda"
+    runs = [dataclasses.replace(run, dataset=source.name) for run in runs]
+    return Plan([memory_format(run, store.run_dir(results, source.name, run.run_id()), device_type)
+                 for run in runs], source, results)
+
+
+def memory_format(run: RunConfig, directory: Path, device_type: str) -> RunConfig:
+    """`run` with its memory format settled where the command left it open: a run that has started keeps the
+    one its config.json records, so a resume computes what an unbroken run would; a new run gets the one
+    measured fastest on this machine (bench.modes.default_channels_last)."""
+    if run.channels_last is not None:
+        return run
+    if (directory / store.CONFIG).exists():
+        return dataclasses.replace(run, channels_last=bool(store.read_config(directory)["config"].get("channels_last")))
+    return dataclasses.replace(run, channels_last=default_channels_last(device_type, run.precision,
+                                                                        family_of(run.depth)))
 
 
 def dry_run_lines(planned: Plan) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from bench.errors import BenchError
+from bench.provenance import cpu_model
 from resnet import ModelConfigError, build_model
 
 # A precision is the autocast dtype it trains and times in (None: plain fp32).
@@ -22,6 +23,22 @@ PRECISION_TEXT = {
     "bf16": ("bf16 (autocast: convolutions and the fc layer in bfloat16, so activations are bf16; weights, "
              "BatchNorm statistics, the loss and SGD stay in float32)"),
 }
+
+
+# Where channels-last was measured to train faster than torch's default (contiguous) memory format, so that
+# `bench run` trains in it there unless told otherwise (docs/benchmarks.md, "The memory format bench run
+# picks"): (CPU vendor, family, model) and precision -> the net families it won for. Anywhere else, GPUs
+# included (not measured yet), runs train contiguous unless told.
+CHANNELS_LAST_WINS: dict[tuple[tuple[str, str, str], str], frozenset[str]] = {
+    (("AuthenticAMD", "25", "1"), "fp32"): frozenset({"cifar", "imagenet"}),  # Zen 3
+    (("AuthenticAMD", "25", "17"), "bf16"): frozenset({"imagenet"}),  # Zen 4
+}
+
+
+def default_channels_last(device_type: str, precision: str, family: str) -> bool:
+    """Whether a new run of a `family` net in `precision` on `device_type` trains channels-last when the
+    command does not say: only where it was measured faster (CHANNELS_LAST_WINS)."""
+    return device_type == "cpu" and family in CHANNELS_LAST_WINS.get((cpu_model(), precision), ())
 
 
 def check_net(depth: int, arch: str = "residual", **options: object) -> None:

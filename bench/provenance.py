@@ -81,14 +81,23 @@ def cpu_flags() -> frozenset[str] | None:
     return None if fields is None else frozenset(CPU_FLAGS).intersection(fields.get("flags", "").split())
 
 
+def cpu_model() -> tuple[str, str, str] | None:
+    """(vendor, family, model) from /proc/cpuinfo, e.g. ('AuthenticAMD', '25', '1'): which CPU a measured
+    default belongs to. None where there is no /proc/cpuinfo."""
+    fields = _cpuinfo()
+    if fields is None:
+        return None
+    return fields.get("vendor_id", "?"), fields.get("cpu family", "?"), fields.get("model", "?")
+
+
 def cpu_id() -> str | None:
     """Which CPU exactly: vendor, family and model from /proc/cpuinfo, and which of `CPU_FLAGS` it has, e.g.
     'AuthenticAMD family 26 model 2; avx2 fma avx512f avx512_vnni avx512_bf16'. None where there is no
     /proc/cpuinfo."""
-    fields, flags = _cpuinfo(), cpu_flags()
-    if fields is None or flags is None:
+    model, flags = cpu_model(), cpu_flags()
+    if model is None or flags is None:
         return None
-    which = f"{fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+    which = "{} family {} model {}".format(*model)
     return f"{which}; " + (" ".join(f for f in CPU_FLAGS if f in flags) or "none of " + " ".join(CPU_FLAGS))
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
+import json
 import weakref
 from pathlib import Path
 
-from bench import progress, train
-from bench.config import GridConfig, RunConfig
-from bench.grid import run_grid
-from tests.conftest import bench
+import pytest
+
+from bench import modes, progress, store, train
+from bench.config import QUICK, GridConfig, RunConfig
+from bench.grid import plan, run_grid
+from tests.conftest import TINY_GRID, bench
 
 
 def test_a_run_is_freed_before_the_next_is_built_also_in_a_reference_cycle(tmp_path, data_dir, monkeypatch):
@@ -58,3 +62,37 @@ def test_bench_run_reaches_a_runs_life_in_three_frames(tmp_path, data_dir, monke
                    "--data-dir", str(data_dir), "--results", str(tmp_path), "--no-progress")
     assert result.exit_code == 0, result.output
     assert seen == [[("train.py", "train_run"), ("grid.py", "run_grid"), ("cli.py", "run")]]
+
+
+ZEN3, UNMEASURED = ("AuthenticAMD", "25", "1"), ("GenuineIntel", "6", "0")
+
+
+def _tiny_grid(data_dir, results, **options) -> GridConfig:
+    """The conftest's TINY_GRID as a GridConfig (the same run_ids), the memory format left to `plan`."""
+    base = dataclasses.replace(QUICK, dataset="synthetic", device="cpu", width=2, batch_size=32, train_subset=128,
+                               test_subset=32, epochs=2, iterations=None, **options)
+    return GridConfig(base=base, depths=(8,), archs=("plain", "residual"), data_dir=str(data_dir),
+                      results=str(results))
+
+
+@pytest.mark.parametrize("cpu, expected", [(ZEN3, True), (UNMEASURED, False)])
+def test_a_new_run_gets_the_memory_format_measured_fastest_on_its_cpu(tmp_path, data_dir, monkeypatch, cpu,
+                                                                       expected):
+    monkeypatch.setattr(modes, "cpu_model", lambda: cpu)
+    assert [run.channels_last for run in plan(_tiny_grid(data_dir, tmp_path)).runs] == [expected, expected]
+    told = plan(_tiny_grid(data_dir, tmp_path, channels_last=not expected))
+    assert [run.channels_last for run in told.runs] == [not expected, not expected]
+
+
+def test_a_started_run_keeps_the_memory_format_its_config_records(tmp_path, data_dir, monkeypatch):
+    # A resume computes what an unbroken run would only in the format the run started in, whatever this
+    # machine would pick for a new run; a format the command names still wins.
+    results = tmp_path / "results"
+    result = bench("run", *TINY_GRID, "--channels-last", "--data-dir", str(data_dir), "--results", str(results))
+    assert result.exit_code == 0, result.output
+    monkeypatch.setattr(modes, "cpu_model", lambda: UNMEASURED)  # where a new run would train contiguous
+    planned = plan(_tiny_grid(data_dir, results))
+    assert [json.loads((planned.directory(run) / store.CONFIG).read_text())["config"]["channels_last"]
+            for run in planned.runs] == [True, True]
+    assert [run.channels_last for run in planned.runs] == [True, True]
+    assert [run.channels_last for run in plan(_tiny_grid(data_dir, results, channels_last=False)).runs] == [False] * 2
