@@ -206,12 +206,8 @@ def run(
     overrides: dict[str, object] = {"dataset": dataset, "device": device, "precision": precision.value,
                                     "channels_last": channels_last, "compile": compile, "cuda_graph": cuda_graph,
                                     "sync_bn": sync_bn}
-    if epochs is not None and iterations is not None:
-        raise BenchError("give --epochs or --iterations, not both")
-    if epochs is not None:
-        overrides.update(epochs=epochs, iterations=None)
-    if iterations is not None:
-        overrides.update(iterations=iterations, epochs=None)
+    if epochs is not None or iterations is not None:  # the preset's length, replaced; both given, validate refuses
+        overrides.update(epochs=epochs, iterations=iterations)
     for name, value in (("batch_size", batch_size), ("lr", lr), ("width", width),
                         ("shortcut", shortcut and shortcut.value), ("augment", augment)):
         if value is not None:

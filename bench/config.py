@@ -239,7 +239,8 @@ def validate(config: RunConfig) -> RunConfig:
     if config.device != "auto":
         check_mode(mode, parse_device(config.device))
     if (config.epochs is None) == (config.iterations is None):
-        raise BenchError("give exactly one of --epochs or --iterations")
+        both = config.epochs is not None
+        raise BenchError("give exactly one of --epochs or --iterations" + (", not both" if both else ""))
     for name in ("epochs", "iterations", "batch_size", "width", "train_subset", "test_subset"):
         check_positive(f"--{name.replace('_', '-')}", getattr(config, name), integer=True)
     if not 0 <= config.seed < 2**32:
