@@ -201,7 +201,8 @@ def run(
     from bench.config import GridConfig
     from bench.data import default_data_dir
     from bench.distributed import from_environment
-    from bench.grid import dry_run_lines, plan, run_grid
+    from bench.grid import run_grid
+    from bench.planner import dry_run_lines, plan
 
     overrides: dict[str, object] = {"dataset": dataset, "device": device, "precision": precision.value,
                                     "channels_last": channels_last, "compile": compile, "cuda_graph": cuda_graph,

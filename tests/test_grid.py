@@ -38,7 +38,7 @@ def test_a_run_is_freed_before_the_next_is_built_also_in_a_reference_cycle(tmp_p
                                       results=str(tmp_path)), progress=False)
     finally:
         gc.enable()
-    assert [item["state"] for item in summary] == ["finished"] * 4 and len(built) == 4
+    assert [item.state for item in summary] == ["finished"] * 4 and len(built) == 4
 
 
 def test_bench_run_reaches_a_runs_life_in_three_frames(tmp_path, data_dir, monkeypatch):
