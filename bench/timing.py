@@ -136,9 +136,9 @@ def _validate(config: TimeConfig) -> None:
         raise BenchError("no device given: pass --device cpu and/or --device cuda")
     for device in config.devices:
         check_mode(config.mode, parse_device(device))
-    positive = [("batch size", b) for b in config.batch_sizes] + [
-        ("input size", config.input_size), ("threads", config.threads), ("width", config.width),
-        ("num_classes", config.num_classes), ("repeats", config.repeats)]
+    positive = [("batch size", b) for b in config.batch_sizes] + [  # the width is the nets' to check, above
+        ("input size", config.input_size), ("threads", config.threads), ("num_classes", config.num_classes),
+        ("repeats", config.repeats)]
     for name, value in positive:
         check_positive(name, value, integer=True, detail=" (below 2**63, as results store it)")
     if not config.batch_sizes:
