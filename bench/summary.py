@@ -32,6 +32,7 @@ class RunSummary:
 
     @classmethod
     def of(cls, config: RunConfig, state: str, rows: list[dict], seconds: float = 0.0) -> RunSummary:
+        """The summary of `config`'s run."""
         return cls(config.run_id(), config.arch, config.depth, config.seed, state, rows, seconds)
 
     @functools.cached_property
