@@ -204,17 +204,14 @@ def run(
     from bench.config import GridConfig
     from bench.data import default_data_dir
     from bench.distributed import from_environment
-    from bench.grid import dry_run_lines, plan, run_grid
+    from bench.grid import run_grid
+    from bench.planner import dry_run_lines, plan
 
     overrides: dict[str, object] = {"dataset": dataset, "device": device, "precision": precision.value,
                                     "channels_last": channels_last, "compile": compile, "cuda_graph": cuda_graph,
                                     "sync_bn": sync_bn}
-    if epochs is not None and iterations is not None:
-        raise BenchError("give --epochs or --iterations, not both")
-    if epochs is not None:
-        overrides.update(epochs=epochs, iterations=None)
-    if iterations is not None:
-        overrides.update(iterations=iterations, epochs=None)
+    if epochs is not None or iterations is not None:  # the preset's length, replaced; both given, validate refuses
+        overrides.update(epochs=epochs, iterations=iterations)
     for name, value in (("batch_size", batch_size), ("lr", lr), ("width", width),
                         ("shortcut", shortcut and shortcut.value), ("augment", augment)):
         if value is not None:

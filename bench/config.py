@@ -76,6 +76,11 @@ class RunConfig:
     # BatchNorm statistics over the global batch when a run spans several processes (torchrun).
     sync_bn: bool = False
 
+    @property
+    def mode(self) -> str:
+        """eager, compile or cuda-graph (bench.modes.mode_of): how the step runs."""
+        return mode_of(self.compile, self.cuda_graph)
+
     def run_id(self) -> str:
         """A readable, stable identifier: the same experiment always gives the same id, whichever device,
         memory format or compiler runs it, so a run started on one machine resumes on another."""
@@ -237,11 +242,12 @@ def validate(config: RunConfig) -> RunConfig:
     # The net's own checks first (arch, depth, shortcut, stem), where the arch was checked before.
     check_net(config.depth, config.arch, shortcut=config.shortcut, stem=config.stem, width=4)
     check_choice("precision", config.precision, PRECISIONS)
-    mode = mode_of(config.compile, config.cuda_graph)
-    if config.device != "auto":
-        check_mode(mode, parse_device(config.device))
+    # 'auto' as what it resolves to on this machine; a named device that is not here is refused only when the
+    # grid trains, so that --dry-run plans a GPU job anywhere.
+    check_mode(config.mode, resolve_device("auto") if config.device == "auto" else parse_device(config.device))
     if (config.epochs is None) == (config.iterations is None):
-        raise BenchError("give exactly one of --epochs or --iterations")
+        both = config.epochs is not None
+        raise BenchError("give exactly one of --epochs or --iterations" + (", not both" if both else ""))
     for name in ("epochs", "iterations", "batch_size", "width", "train_subset", "test_subset"):
         check_positive(f"--{name.replace('_', '-')}", getattr(config, name), integer=True)
     if not 0 <= config.seed < 2**32:

@@ -5,8 +5,10 @@ Also `Notify`, what every layer is handed to say one-line things to the user, so
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from resnet import checks
 
 Notify = Callable[[str], None]  # takes one sentence for the user (a notice, a warning); prints nothing itself
 
@@ -20,7 +22,7 @@ class BenchError(Exception):
 
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether `error` is torch running out of memory: torch.OutOfMemoryError (CUDA) or the CPU allocator's
-    RuntimeError. Told apart by message, so this module need not import torch."""
+    RuntimeError. Told apart by message: the CPU allocator's is a plain RuntimeError."""
     text = str(error)
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
@@ -32,27 +34,29 @@ def out_of_memory_on(error: BaseException, device: object) -> str:
     return "cpu" if "can't allocate memory" in str(error) else str(device)
 
 
+@contextmanager
+def model_errors() -> Iterator[None]:
+    """resnet's ModelConfigError (an invalid option, one line naming what would do) as a BenchError."""
+    try:
+        yield
+    except checks.ModelConfigError as error:
+        raise BenchError(str(error)) from None
+
+
 def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    """A BenchError unless `value` is one of `choices`, for the plain-function API: the CLI's enums refuse
-    other values before any of this runs, and the networks' own names are resnet's to check."""
-    if value not in choices:
-        raise BenchError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+    """A BenchError unless `value` is one of `choices` (resnet.checks.check_choice), for the plain-function
+    API: the CLI's enums refuse other values before any of this runs, and the networks' own names are
+    resnet's to check."""
+    with model_errors():
+        checks.check_choice(name, value, choices)
 
 
 def check_positive(name: str, value: object, *, integer: bool = False, detail: str = "", fix: str = "") -> None:
-    """A BenchError unless `value` is None (the default applies) or a positive number: finite, since nan and
-    inf compare false with everything; with `integer` an int below 2**63. `detail` follows the kind in the message
-    (" of minutes"), `fix` the value."""
-    if value is None:
-        return
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if integer:  # below 2**63: parquet stores counts as int64
-        ok = number and isinstance(value, int) and 1 <= value < 2**63
-    else:
-        ok = number and math.isfinite(value) and value > 0  # type: ignore[arg-type]
-    if not ok:
-        kind = "integer" if integer else "finite number"
-        raise BenchError(f"{name} must be a positive {kind}{detail}, got {value!r}{fix}")
+    """A BenchError unless `value` is None (the default applies) or a positive number
+    (resnet.checks.check_positive: `integer`, `detail` and `fix` are its)."""
+    if value is not None:
+        with model_errors():
+            checks.check_positive(name, value, integer=integer, detail=detail, fix=fix)
 
 
 def first_line(error: BaseException, limit: int | None = None) -> str:

@@ -1,5 +1,5 @@
-"""What "fits" means, and the verdict on a pair of nets, defined once for `bench run`'s summary and
-`bench report`.
+"""What "fits" means, and the numbers of the verdict on each pair of nets, computed once for `bench run`'s
+summary and `bench report` (bench.prose says them in words).
 
 The `quick` preset fits a small training set as it is stored. At the 0% floor "which net ends lower" is
 decided by an image or two, so the question there is whether a net fits the set, and how fast: the pass
@@ -14,7 +14,9 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from resnet import SHORTCUT_ARCHS
+import numpy as np
+
+from bench.records import DIVERGED, UNFINISHED
 
 # Training error (a fraction) at or below which a net fits its set: 3 images of the quick preset's 768, the
 # same fraction of any other. Not 0: one image left over is noise at the floor, not an optimisation failure.
@@ -65,12 +67,15 @@ def fits(final_train_error: float) -> bool:
     return final_train_error <= FIT_ERROR
 
 
-def fit_text(fitted: int, runs: int, first_fit: float | None) -> str:
-    """A table cell: 'pass 21' (of first fit, the median over the runs that fitted), '2 of 3 seeds, pass 21'
-    when only some fitted, 'does not fit' when none did."""
-    if not fitted or first_fit is None or math.isnan(first_fit):
-        return "does not fit"
-    return ("" if fitted == runs else f"{fitted} of {runs} seeds, ") + f"pass {first_fit:g}"
+@dataclass(frozen=True)
+class RunFit:
+    """How one run ended in training error: what the verdict on its net is computed from."""
+
+    arch: str
+    depth: int
+    state: str  # a run state (bench.records.STATES)
+    final_train: float  # final training error (final_train_error), percent; NaN where an error is
+    first_fit: int | None  # the pass of first fit (fit_pass): None unless the run ends fitted
 
 
 @dataclass(frozen=True)
@@ -79,73 +84,51 @@ class Fit:
 
     arch: str
     depth: int
-    final_train: float  # final training error, percent, mean over the seeds
+    final_train: float  # final training error, percent, mean over the seeds that did not diverge
     runs: int
-    fitted: int  # runs whose final training error is at most FIT_ERROR
+    fitted: int  # runs that end fitted (fit_pass), of those that did not diverge
     first_fit: float | None  # the median pass of first fit of the runs that fitted; None when none did
+    unfinished: int = 0  # runs that may train further
 
     @property
     def net(self) -> str:
         return f"{self.arch}-{self.depth}"
 
-    @property
-    def pass_text(self) -> str:
-        """'pass 21', or 'pass -' when no run fitted."""
-        return "pass -" if self.first_fit is None else f"pass {self.first_fit:g}"
 
-    @property
-    def share(self) -> str:
-        """'' for a single run, else ' (2 of 3 seeds)'."""
-        return "" if self.runs == 1 else f" ({self.fitted} of {self.runs} seeds)"
+@dataclass(frozen=True)
+class Pair:
+    """A net against the next shallower one of its arch: what one verdict is read from."""
 
-
-def degradation_sentence(shallow: Fit, deep: Fit, *, provisional: bool = False) -> str:
-    """The degradation of one arch, its deepest net against its shallowest, in one sentence: the final
-    training errors and their gap, then the verdict (read at the floor where either net fits, else from the
-    gap), saying plainly when it is negative (none shown)."""
-    gap = deep.final_train - shallow.final_train
-    head = (f"{deep.arch}: the {deep.depth}-layer net ends at {deep.final_train:.2f}% training error, "
-            f"the {shallow.depth}-layer at {shallow.final_train:.2f}%: gap {gap:+.2f} points")
-    verdict = fit_verdict(shallow, deep) or _gap_verdict(deep.arch, gap)
-    tail = " (provisional: runs still in progress)" if provisional else ""
-    return f"{head}, {verdict}{tail}."
+    shallow: Fit
+    deep: Fit
+    provisional: bool  # a run of the arch may train further
 
 
-def _gap_verdict(arch: str, gap: float) -> str:
-    if arch not in SHORTCUT_ARCHS:
-        return (f"degradation shown (the deeper {arch} net trains worse)" if gap > 0
-                else f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well or better)")
-    if math.isclose(gap, 0.0, abs_tol=1e-9):
-        return f"the deeper {arch} net trains as well, no degradation (the paper's trains better)"
-    return (f"the deeper {arch} net trains better, as in the paper" if gap < 0
-            else f"the deeper {arch} net trains worse here, unlike the paper")
+def net_fit(runs: Sequence[RunFit]) -> Fit:
+    """The Fit of one net from its runs. A diverged run counts among the runs but not in the error or the fit:
+    its last error measures the divergence, not the network."""
+    kept = [run for run in runs if run.state != DIVERGED]
+    finals = [run.final_train for run in kept if not math.isnan(run.final_train)]
+    passes = [run.first_fit for run in kept if run.first_fit is not None]
+    return Fit(runs[0].arch, runs[0].depth, float(np.mean(finals)) if finals else math.nan, len(runs), len(passes),
+               median_pass(passes), sum(run.state in UNFINISHED for run in runs))
 
 
-def fit_verdict(shallow: Fit, deep: Fit) -> str | None:
-    """The degradation read at the floor, or None when neither net fits. Deeper fits first: the paper's
-    "deeper residual trains better"; both fit: no degradation; the deeper does not fit what the shallower
-    fits: degradation."""
-    if not shallow.fitted and not deep.fitted:
-        return None
-    plain, arch = deep.arch not in SHORTCUT_ARCHS, deep.arch
-    if deep.fitted < shallow.fitted:
-        head = f"{deep.net} does not fit what {shallow.net} fits{deep.share}"
-        return f"{head}: " + (f"degradation shown (the deeper {arch} net trains worse)" if plain
-                              else f"the deeper {arch} net trains worse here, unlike the paper")
-    if deep.fitted > shallow.fitted:
-        head = f"{deep.net} fits and {shallow.net} does not{shallow.share}"
-        return f"{head}: " + (f"NEGATIVE: no degradation shown (the deeper {arch} net trains better)" if plain
-                              else f"the deeper {arch} net trains better, as in the paper")
-    if deep.first_fit < shallow.first_fit:
-        head = f"both fit{deep.share}, {deep.net} first ({deep.pass_text} against {shallow.pass_text})"
-        tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net trains better)" if plain
-                else f"the deeper {arch} net trains better, as in the paper")
-    elif deep.first_fit == shallow.first_fit:
-        head = f"both fit{deep.share}, at the same {deep.pass_text}"
-        tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well)" if plain
-                else f"the deeper {arch} net trains as well, no degradation (the paper's trains better)")
-    else:
-        head = f"both fit{deep.share}, {deep.net} later ({deep.pass_text} against {shallow.pass_text})"
-        tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net fits too, more slowly)" if plain
-                else f"no degradation, but the deeper {arch} net fits more slowly (the paper's trains better)")
-    return f"{head}: {tail}"
+def net_fits(runs: Iterable[RunFit]) -> list[Fit]:
+    """One Fit per net (arch x depth) of `runs`, in the order each net first appears."""
+    by_net: dict[tuple[str, int], list[RunFit]] = {}
+    for run in runs:
+        by_net.setdefault((run.arch, run.depth), []).append(run)
+    return [net_fit(of_net) for of_net in by_net.values()]
+
+
+def pairs(nets: Iterable[Fit]) -> list[Pair]:
+    """Per arch with two depths or more (in the order each arch first appears), each net against the next
+    shallower one (18 against 34, then 34 against 50); nets with no final error are left out."""
+    known = [net for net in nets if not math.isnan(net.final_train)]
+    out = []
+    for arch in dict.fromkeys(net.arch for net in known):
+        of_arch = sorted((net for net in known if net.arch == arch), key=lambda net: net.depth)
+        provisional = any(net.unfinished for net in of_arch)
+        out += [Pair(shallow, deep, provisional) for shallow, deep in zip(of_arch, of_arch[1:])]
+    return out

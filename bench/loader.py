@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.errors import check_positive
-
 
 def augment(images: Tensor, generator: torch.Generator, *, padding: int = 4) -> Tensor:
     """The paper's CIFAR augmentation, per sample and batched on the images' device: pad `padding` zero
@@ -64,8 +62,8 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, drop_l
 
     Under DistributedDataParallel every rank calls this with a generator in the same state, so all ranks
     get the same global batches and each trains on its own slice of them (bench.train does the slicing).
+    `batch_size` is positive: bench.config.validate checks it where it enters.
     """
-    check_positive("batch size", batch_size, integer=True)
     order = torch.randperm(n, generator=generator, device=generator.device)
     batches = list(order.split(batch_size))
     if batches and drop_last and len(batches[-1]) < batch_size:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.errors import BenchError
+from bench.errors import BenchError, model_errors
 from bench.provenance import cpu_model
-from resnet import ModelConfigError, build_model
+from resnet import build_model
 
 # A precision is the autocast dtype it trains and times in (None: plain fp32).
 PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
@@ -44,11 +44,8 @@ def default_channels_last(device_type: str, precision: str, family: str) -> bool
 def check_net(depth: int, arch: str = "residual", **options: object) -> None:
     """The networks' own checks of depth, arch, family, shortcut, stem and width, as a BenchError: the net is
     built on the meta device, which takes no time and allocates nothing."""
-    try:
-        with torch.device("meta"):
-            build_model(depth, arch, **options)  # type: ignore[arg-type]
-    except ModelConfigError as error:
-        raise BenchError(str(error)) from None
+    with model_errors(), torch.device("meta"):
+        build_model(depth, arch, **options)  # type: ignore[arg-type]
 
 
 def mode_of(compile: bool, cuda_graph: bool) -> str:

@@ -1,6 +1,7 @@
-"""The report's words: the numbers of bench.tables as sentences, captions and Markdown tables.
+"""The report's words: the numbers of bench.tables and bench.fitting as sentences, captions and Markdown tables.
 
-bench.tables computes, this module says it, bench.plots draws it and bench.report puts it together.
+bench.tables computes, this module says it, bench.plots draws it and bench.report puts it together; `bench
+run`'s summary says its verdicts with the same sentences.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench import fitting
-from bench.fitting import FIT_ERROR, Fit
+from bench.fitting import FIT_ERROR, Fit, Pair
+from resnet import SHORTCUT_ARCHS
 
 
 def count_text(value: object) -> str:
@@ -130,7 +131,7 @@ def timing_provenance(setting: dict, timing: pd.DataFrame) -> list[str]:
 
 
 def degradation_verdict(row: pd.Series) -> str:
-    """One row of `degradation` in words (bench.fitting.degradation_sentence)."""
+    """One row of bench.tables.degradation in words (degradation_sentence)."""
     def net(name: str) -> Fit:
         fitted = row.get(f"{name}_fitted")
         first = row.get(f"{name}_first_fit")
@@ -138,7 +139,78 @@ def degradation_verdict(row: pd.Series) -> str:
                    int(row.get(f"{name}_runs", 1)), 0 if pd.isna(fitted) else int(fitted),
                    None if first is None or pd.isna(first) else float(first))
 
-    return fitting.degradation_sentence(net("shallow"), net("deep"), provisional=bool(row["provisional"]))
+    return degradation_sentence(Pair(net("shallow"), net("deep"), bool(row["provisional"])))
+
+
+def fit_text(fitted: int, runs: int, first_fit: float | None) -> str:
+    """A table cell: 'pass 21' (of first fit, the median over the runs that fitted), '2 of 3 seeds, pass 21'
+    when only some fitted, 'does not fit' when none did."""
+    if not fitted or first_fit is None or math.isnan(first_fit):
+        return "does not fit"
+    return ("" if fitted == runs else f"{fitted} of {runs} seeds, ") + f"pass {first_fit:g}"
+
+
+def _pass_text(net: Fit) -> str:
+    """'pass 21', or 'pass -' when no run fitted."""
+    return "pass -" if net.first_fit is None else f"pass {net.first_fit:g}"
+
+
+def _share(net: Fit) -> str:
+    """'' for a single run, else ' (2 of 3 seeds)'."""
+    return "" if net.runs == 1 else f" ({net.fitted} of {net.runs} seeds)"
+
+
+def degradation_sentence(pair: Pair) -> str:
+    """A net against the next shallower one of its arch in one sentence: the final training errors and
+    their gap, then the verdict (read at the floor where either net fits, else from the gap), saying plainly
+    when it is negative (none shown)."""
+    shallow, deep = pair.shallow, pair.deep
+    gap = deep.final_train - shallow.final_train
+    head = (f"{deep.arch}: the {deep.depth}-layer net ends at {deep.final_train:.2f}% training error, "
+            f"the {shallow.depth}-layer at {shallow.final_train:.2f}%: gap {gap:+.2f} points")
+    verdict = fit_verdict(shallow, deep) or _gap_verdict(deep.arch, gap)
+    tail = " (provisional: runs still in progress)" if pair.provisional else ""
+    return f"{head}, {verdict}{tail}."
+
+
+def _gap_verdict(arch: str, gap: float) -> str:
+    if arch not in SHORTCUT_ARCHS:
+        return (f"degradation shown (the deeper {arch} net trains worse)" if gap > 0
+                else f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well or better)")
+    if math.isclose(gap, 0.0, abs_tol=1e-9):
+        return f"the deeper {arch} net trains as well, no degradation (the paper's trains better)"
+    return (f"the deeper {arch} net trains better, as in the paper" if gap < 0
+            else f"the deeper {arch} net trains worse here, unlike the paper")
+
+
+def fit_verdict(shallow: Fit, deep: Fit) -> str | None:
+    """The degradation read at the floor, or None when neither net fits. Deeper fits first: the paper's
+    "deeper residual trains better"; both fit: no degradation; the deeper does not fit what the shallower
+    fits: degradation."""
+    if not shallow.fitted and not deep.fitted:
+        return None
+    plain, arch = deep.arch not in SHORTCUT_ARCHS, deep.arch
+    if deep.fitted < shallow.fitted:
+        head = f"{deep.net} does not fit what {shallow.net} fits{_share(deep)}"
+        return f"{head}: " + (f"degradation shown (the deeper {arch} net trains worse)" if plain
+                              else f"the deeper {arch} net trains worse here, unlike the paper")
+    if deep.fitted > shallow.fitted:
+        head = f"{deep.net} fits and {shallow.net} does not{_share(shallow)}"
+        return f"{head}: " + (f"NEGATIVE: no degradation shown (the deeper {arch} net trains better)" if plain
+                              else f"the deeper {arch} net trains better, as in the paper")
+    if deep.first_fit < shallow.first_fit:
+        head = f"both fit{_share(deep)}, {deep.net} first ({_pass_text(deep)} against {_pass_text(shallow)})"
+        tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net trains better)" if plain
+                else f"the deeper {arch} net trains better, as in the paper")
+    elif deep.first_fit == shallow.first_fit:
+        head = f"both fit{_share(deep)}, at the same {_pass_text(deep)}"
+        tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well)" if plain
+                else f"the deeper {arch} net trains as well, no degradation (the paper's trains better)")
+    else:
+        head = f"both fit{_share(deep)}, {deep.net} later ({_pass_text(deep)} against {_pass_text(shallow)})"
+        tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net fits too, more slowly)" if plain
+                else f"no degradation, but the deeper {arch} net fits more slowly (the paper's trains better)")
+    return f"{head}: {tail}"
 
 
 def response_sentence(ratios: pd.DataFrame, profile: pd.DataFrame) -> str:

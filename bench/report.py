@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from bench import prose, tables
 from bench.config import EXECUTION_FIELDS, FORMATS, RunConfig
 from bench.errors import BenchError, Notify
-from bench.fitting import FIT_ERROR, fit_text
+from bench.fitting import FIT_ERROR
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, crossing_figure, degradation_figure, depth_colors, figure1, figure7,
                          gradient_figure, schedule_figure, style, timing_figure)
@@ -171,7 +171,7 @@ def error_markdown(errors: pd.DataFrame) -> str:
     })
     if errors["fitted"].any():  # a set fitted to the floor: how fast says more than how low (bench.fitting)
         rows.insert(6, f"fits (training error <= {FIT_ERROR:.1%})", [
-            fit_text(row.fitted, row.runs - row.diverged, row.first_fit) for row in errors.itertuples()])
+            prose.fit_text(row.fitted, row.runs - row.diverged, row.first_fit) for row in errors.itertuples()])
     return prose.markdown_table(rows)
 
 

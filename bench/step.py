@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.loader import normalize
-from bench.modes import PRECISION_DTYPES, check_mode
+from bench.modes import PRECISION_DTYPES
 from bench.provenance import numerics
 
 GRAPH_WARMUP = 3  # eager iterations before a capture, on a side stream, as the CUDA-graph docs ask
@@ -99,9 +99,9 @@ def accelerate(model: nn.Module, mode: str, example: torch.Tensor, precision: st
     """What runs `model`'s forward in `mode`; `example` is an input of the shape it will be called with.
 
     `model` itself stays the module to read and save (state_dict, diagnostics): the compiled and graphed
-    callables share its parameters and buffers.
+    callables share its parameters and buffers. The callers have checked `mode` against the device
+    (bench.config.validate, bench.timing).
     """
-    check_mode(mode, example.device)
     if mode == "eager":
         return model
     if mode == "compile":

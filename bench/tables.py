@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from bench.fitting import final_train_error, fit_pass, fits, median_pass
+from bench.fitting import Fit, RunFit, final_train_error, fit_pass, net_fit, pairs
 from bench.prose import count_text
 from bench.records import DIVERGED, FINISHED, PHASES, UNFINISHED
 from bench.timing_rows import TIMING_SETTING
@@ -74,7 +74,8 @@ def paper_test_error(dataset: str, preset: str, arch: str, depth: int, paper_set
 
 
 def error_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Final and best test error per (arch, depth), mean and std over seeds, beside the paper's number.
+    """Final and best test error per (arch, depth), mean and std over seeds, beside the paper's number; the
+    final training error and the fit are the net's bench.fitting.Fit.
 
     Diverged runs are counted (`diverged`) but left out of the statistics: their last error measures the
     divergence, not the network. Runs still in progress count with the error they have reached so far.
@@ -82,23 +83,23 @@ def error_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     finals = final_errors(epochs, runs)
     rows = []
     for (arch, depth), group in finals.groupby(["arch", "depth"]):
+        net = net_fit([RunFit(arch, int(depth), run.state, run.final_train,
+                              None if pd.isna(run.first_fit) else int(run.first_fit)) for run in group.itertuples()])
         kept = group[group["state"] != DIVERGED]
         first = runs[(runs["arch"] == arch) & (runs["depth"] == depth)].iloc[0]
         paper_setup = (pd.isna(first.get("train_subset")) and pd.isna(first.get("test_subset"))
                        and first.get("width") in (16, None))
         final_test, final_test_std = _mean_std(kept["final_test"])
         best_test, best_test_std = _mean_std(kept["best_test"])
-        final_train, final_train_std = _mean_std(kept["final_train"])
-        fitted = kept[(kept["final_train"] / 100).map(fits)]
         running = group[group["state"].isin(UNFINISHED)]
         rows.append({
             "arch": arch, "depth": int(depth), "params": group["params"].iloc[0],
-            "runs": len(group), "diverged": int((group["state"] == DIVERGED).sum()),
-            "unfinished": len(running),
+            "runs": net.runs, "diverged": int((group["state"] == DIVERGED).sum()),
+            "unfinished": net.unfinished,
             "final_test_mean": final_test, "final_test_std": final_test_std,
             "best_test_mean": best_test, "best_test_std": best_test_std,
-            "final_train_mean": final_train, "final_train_std": final_train_std,
-            "fitted": len(fitted), "first_fit": median_pass(fitted["first_fit"].dropna().astype(int)) or math.nan,
+            "final_train_mean": net.final_train, "final_train_std": kept["final_train"].dropna().std(),
+            "fitted": net.fitted, "first_fit": math.nan if net.first_fit is None else net.first_fit,
             "paper_test": paper_test_error(str(first["dataset"]), str(first["preset"]), arch, int(depth), paper_setup),
             "note": _progress_note(running),
         })
@@ -128,27 +129,27 @@ def gap_table(errors: pd.DataFrame) -> pd.DataFrame:
 
 
 def degradation(errors: pd.DataFrame) -> pd.DataFrame:
-    """Per arch with two or more depths, each net against the next shallower one (18 and 34, then 34 and 50):
-    final training error of the deeper minus the shallower's (percentage points). Positive for plain nets is the
-    degradation problem; negative means none is shown."""
+    """Each net of `errors` (an error_table) against the next shallower one of its arch (bench.fitting.pairs):
+    final training error of the deeper minus the shallower's (percentage points), and the same of the final
+    test error. Positive for plain nets is the degradation problem; negative means none is shown."""
+    nets = [Fit(row.arch, int(row.depth), row.final_train_mean, int(row.runs), int(row.fitted),
+                None if pd.isna(row.first_fit) else float(row.first_fit), int(row.unfinished))
+            for row in errors.sort_values(["arch", "depth"]).itertuples()]
+    test = errors.set_index(["arch", "depth"])["final_test_mean"]
     rows = []
-    for arch, group in errors.dropna(subset=["final_train_mean"]).groupby("arch"):
-        group = group.sort_values("depth")
-        for (_, shallow), (_, deep) in zip(group.iterrows(), group.iloc[1:].iterrows()):
-            rows.append(_pair(arch, shallow, deep, provisional=bool(group["unfinished"].sum())))
+    for pair in pairs(nets):
+        shallow, deep = pair.shallow, pair.deep
+        rows.append({"arch": deep.arch, "shallow_depth": shallow.depth, "deep_depth": deep.depth,
+                     "shallow_train": shallow.final_train, "deep_train": deep.final_train,
+                     "train_gap": deep.final_train - shallow.final_train,
+                     "test_gap": test[(deep.arch, deep.depth)] - test[(shallow.arch, shallow.depth)],
+                     "provisional": pair.provisional,
+                     **{f"{name}_{key}": math.nan if value is None else value
+                        for name, net in (("shallow", shallow), ("deep", deep))
+                        for key, value in (("runs", net.runs), ("fitted", net.fitted), ("first_fit", net.first_fit))}})
     return pd.DataFrame(rows, columns=["arch", "shallow_depth", "deep_depth", "shallow_train", "deep_train",
                                        "train_gap", "test_gap", "provisional", "shallow_runs", "shallow_fitted",
                                        "shallow_first_fit", "deep_runs", "deep_fitted", "deep_first_fit"])
-
-
-def _pair(arch: str, shallow: pd.Series, deep: pd.Series, *, provisional: bool) -> dict:
-    gap = deep["final_train_mean"] - shallow["final_train_mean"]
-    return {"arch": arch, "shallow_depth": int(shallow["depth"]), "deep_depth": int(deep["depth"]),
-            "shallow_train": shallow["final_train_mean"], "deep_train": deep["final_train_mean"],
-            "train_gap": gap, "test_gap": deep["final_test_mean"] - shallow["final_test_mean"],
-            "provisional": provisional,
-            **{f"{name}_{key}": net.get(key) for name, net in (("shallow", shallow), ("deep", deep))
-               for key in ("runs", "fitted", "first_fit")}}
 
 
 def schedule_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

@@ -96,6 +96,11 @@ class TimeConfig:
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
 
+    @property
+    def mode(self) -> str:
+        """eager, compile or cuda-graph (bench.modes.mode_of): how the phases run."""
+        return mode_of(self.compile, self.cuda_graph)
+
 
 @dataclass(frozen=True)
 class _Net:
@@ -129,12 +134,11 @@ def _validate(config: TimeConfig) -> None:
         check_choice("precision", precision, PRECISIONS)
     if not config.devices:
         raise BenchError("no device given: pass --device cpu and/or --device cuda")
-    mode = mode_of(config.compile, config.cuda_graph)
     for device in config.devices:
-        check_mode(mode, parse_device(device))
-    positive = [("batch size", b) for b in config.batch_sizes] + [
-        ("input size", config.input_size), ("threads", config.threads), ("width", config.width),
-        ("num_classes", config.num_classes), ("repeats", config.repeats)]
+        check_mode(config.mode, parse_device(device))
+    positive = [("batch size", b) for b in config.batch_sizes] + [  # the width is the nets' to check, above
+        ("input size", config.input_size), ("threads", config.threads), ("num_classes", config.num_classes),
+        ("repeats", config.repeats)]
     for name, value in positive:
         check_positive(name, value, integer=True, detail=" (below 2**63, as results store it)")
     if not config.batch_sizes:
@@ -310,7 +314,7 @@ def _time_batch(model: nn.Module, net: _Net, device: torch.device, config: TimeC
     measured, and a notice when the batch ran out of memory (the phases left then have no measurement)."""
     input_size = config.input_size or DEFAULT_INPUT_SIZE[net.family]
     num_classes = config.num_classes or resnet.FAMILY_DEFAULTS[net.family]["num_classes"]
-    mode = mode_of(config.compile, config.cuda_graph)
+    mode = config.mode
     done: list[tuple[str, Timing, int]] = []
     # Each batch size and precision is accelerated afresh, as a training run of that shape would be:
     # a static-shape compile (accelerate resets the compiler first), or a capture of its own copy

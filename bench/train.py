@@ -36,7 +36,6 @@ from bench.layers import gradient_rows, response_probe, response_rows
 from bench.loader import augment, epoch_batches
 from bench.provenance import environment, utc_now
 from bench.records import EpochRow
-from bench.modes import mode_of
 from bench.step import TrainStep, accelerate, at_least_fp32, network_inputs, predict, sgd
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
 
@@ -238,8 +237,7 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = sgd(self.model, config.lr, config.momentum, config.weight_decay)
         self.shortcut_option = shortcut_option(config, self.model.family)
-        mode = mode_of(config.compile, config.cuda_graph)
-        if mode == "cuda-graph" and ranks.enabled:
+        if config.mode == "cuda-graph" and ranks.enabled:
             raise BenchError("--cuda-graph runs one process per run: leave out torchrun (--devices spreads "
                              "runs over GPUs instead)")
         forward: nn.Module = self.model
@@ -249,7 +247,7 @@ class Run:
         per_rank = config.batch_size // ranks.world_size
         example = prepare_inputs(data.train_images[:per_rank], data.mean, config)  # the shape every step has
         self.step = TrainStep(self.model, self.optimizer, config.precision,
-                              accelerate(forward, mode, example, config.precision))
+                              accelerate(forward, config.mode, example, config.precision))
         self.state = RunState(warming_up=config.warmup_lr is not None)
 
     @property

@@ -6,12 +6,12 @@ from .blocks import (
     BasicBlock,
     Bottleneck,
     DiracConv2d,
-    ModelConfigError,
     NormLayer,
     PadShortcut,
     PreActBasicBlock,
     PreActBottleneck,
 )
+from .checks import ModelConfigError
 from .flops import count_macs, count_parameters
 from .nets import (
     ALL_ARCHS,

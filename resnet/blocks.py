@@ -31,10 +31,6 @@ STRIDE_ON = ("3x3", "1x1")
 NormLayer = Callable[[int], nn.Module]
 
 
-class ModelConfigError(ValueError):
-    """An invalid model option; the message is one line naming the valid choices (the CLI prints it as is)."""
-
-
 class DiracConv2d(nn.Conv2d):
     """A convolution whose weight is ``diag(alpha) delta + diag(beta) W / |W|``, from Zagoruyko and Komodakis
     (2017), "DiracNets: Training Very Deep Neural Networks Without Skip-Connections".

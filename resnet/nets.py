@@ -17,12 +17,12 @@ from .blocks import (
     STRIDE_ON,
     BasicBlock,
     Bottleneck,
-    ModelConfigError,
     NormLayer,
     PreActBasicBlock,
     PreActBottleneck,
     conv3x3,
 )
+from .checks import ModelConfigError, check_choice, check_positive
 
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
@@ -79,18 +79,6 @@ def family_of(depth: int) -> str:
     if is_cifar_depth(depth):
         return "cifar"
     raise ModelConfigError(f"unknown depth {depth}: {_DEPTH_HELP}")
-
-
-def check_choice(name: str, value: object, choices: tuple) -> None:
-    """Raise ModelConfigError unless ``value`` is one of ``choices``, naming the valid ones."""
-    if value not in choices:
-        valid = ", ".join(str(c) for c in choices)
-        raise ModelConfigError(f"unknown {name} {value!r}: choose one of {valid}")
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ModelConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 class ResNet(nn.Module):
@@ -206,7 +194,7 @@ def build_model(
     keeps the paper's BatchNorm2d (torchvision's ``norm_layer``, with the same parameter names).
     Invalid choices raise ModelConfigError (a ValueError) naming the valid ones.
     """
-    _check_positive_int("depth", depth)
+    check_positive("depth", depth, integer=True)
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ModelConfigError(f"unknown option {unknown[0]!r}: choose from {', '.join(OPTIONS)}")
@@ -238,7 +226,7 @@ def build_model(
     check_choice("stride_on", stride_on, STRIDE_ON)
     in_channels = options.get("in_channels", 3)
     for name, value in (("width", width), ("num_classes", num_classes), ("in_channels", in_channels)):
-        _check_positive_int(name, value)
+        check_positive(name, value, integer=True)
 
     if family == "imagenet":
         block, layers = IMAGENET_LAYOUT[depth]

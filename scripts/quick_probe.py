@@ -44,9 +44,9 @@ def main() -> None:
 
     started = time.perf_counter()  # the grid `bench run` trains, so the time is the command's
     summary = run_grid(grid, console=Console(quiet=True), progress=False)
-    final = {f"{s['arch']}-{s['depth']}": round(100 * s["rows"][-1]["train_error"], 2) for s in summary}
-    seconds = {f"{s['arch']}-{s['depth']}": round(s["seconds"], 1) for s in summary}
-    curves = {f"{s['arch']}-{s['depth']}": [round(100 * r["train_error"], 1) for r in s["rows"]] for s in summary}
+    final = {f"{s.arch}-{s.depth}": round(100 * s.rows[-1]["train_error"], 2) for s in summary}
+    seconds = {f"{s.arch}-{s.depth}": round(s.seconds, 1) for s in summary}
+    curves = {f"{s.arch}-{s.depth}": [round(100 * r["train_error"], 1) for r in s.rows] for s in summary}
     line = {"dataset": args.dataset, "seed": args.seed, "changes": asked, "final_train": final,
             "seconds": seconds, "total_s": round(time.perf_counter() - started, 1), "curves": curves}
     print(json.dumps({k: v for k, v in line.items() if k != "curves"}))

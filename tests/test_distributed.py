@@ -51,7 +51,7 @@ def test_shards_run_disjoint_slices_that_cover_the_grid(tmp_path, data_dir):
     for index in (1, 2, 3):
         grid = GridConfig(base=base, depths=(8, 14), seeds=(0,), data_dir=str(data_dir),
                           results=str(tmp_path), shard=(index, 3))
-        seen += [item["run_id"] for item in run_grid(grid, progress=False)]
+        seen += [item.run_id for item in run_grid(grid, progress=False)]
     _, runs = store.read_results([tmp_path])
     assert sorted(seen) == sorted(runs["run_id"]) and len(seen) == 4 == len(set(seen))
 
@@ -64,7 +64,7 @@ def test_workers_on_several_devices_take_each_run_once(tmp_path, data_dir):
     grid = GridConfig(base=base, depths=(8, 14), seeds=(0, 1), data_dir=str(data_dir), results=str(tmp_path),
                       devices=("cpu", "cpu"))
     summary = run_grid(grid, progress=False)
-    assert [item["state"] for item in summary] == ["finished"] * 8
+    assert [item.state for item in summary] == ["finished"] * 8
     epochs, runs = store.read_results([tmp_path])
     assert len(runs) == 8 and len(epochs) == 8  # one epoch each: no run trained twice
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from bench import prose, tables
-from bench.fitting import (FIT_ERROR, Fit, final_train_error, first_fit, fit_pass, fit_text, fit_verdict, fits,
-                           median_pass)
-from bench.grid import summary_table, verdict_lines
+from bench.fitting import FIT_ERROR, Fit, final_train_error, first_fit, fit_pass, fits, median_pass
+from bench.prose import fit_text, fit_verdict
+from bench.summary import RunSummary, summary_table, verdict_lines
 
 
 def test_fits_is_three_images_of_768_and_not_four() -> None:
@@ -113,9 +113,9 @@ def test_the_report_reads_the_fit_from_the_logged_epochs() -> None:
 
 
 def test_the_run_summary_gives_the_first_fit_and_the_verdicts() -> None:
-    summary = [{"run_id": f"{arch}-{depth}", "arch": arch, "depth": depth, "seed": 0, "state": "finished",
-                "seconds": 60.0,
-                "rows": [{"train_error": e, "test_error": 0.5, "iteration": 6 * p} for p, e in enumerate(curve, 1)]}
+    summary = [RunSummary(run_id=f"{arch}-{depth}", arch=arch, depth=depth, seed=0, state="finished",
+                          seconds=60.0,
+                          rows=[{"train_error": e, "test_error": 0.5, "iteration": 6 * p} for p, e in enumerate(curve, 1)])
                for (arch, depth), curve in NETS.items()]
     table = summary_table(summary)
     column = next(c for c in table.columns if c.header == "first fit")
@@ -128,8 +128,8 @@ def test_the_run_summary_gives_the_first_fit_and_the_verdicts() -> None:
 
 
 def test_where_neither_fits_the_summary_reads_the_gap() -> None:
-    summary = [{"run_id": f"plain-{depth}", "arch": "plain", "depth": depth, "seed": 0, "state": state,
-                "seconds": 60.0, "rows": [{"train_error": error, "test_error": 0.5, "iteration": 6}]}
+    summary = [RunSummary(run_id=f"plain-{depth}", arch="plain", depth=depth, seed=0, state=state,
+                          seconds=60.0, rows=[{"train_error": error, "test_error": 0.5, "iteration": 6}])
                for depth, error, state in ((18, 0.03, "finished (earlier)"), (34, 0.5, "interrupted"))]
     assert verdict_lines(summary) == [
         "plain: the 34-layer net ends at 50.00% training error, the 18-layer at 3.00%: gap +47.00 points, "
@@ -138,9 +138,9 @@ def test_where_neither_fits_the_summary_reads_the_gap() -> None:
 
 def test_the_summary_reads_every_depth_against_the_next_shallower() -> None:
     curves = {18: [0.5, 0.0], 34: [0.5, 0.0], 50: [0.9, 0.85]}  # 50 does not fit what 34 fits
-    summary = [{"run_id": f"residual-{depth}", "arch": "residual", "depth": depth, "seed": 0, "state": "finished",
-                "seconds": 60.0, "rows": [{"train_error": e, "test_error": 0.5, "iteration": 6 * p}
-                                          for p, e in enumerate(curve, 1)]}
+    summary = [RunSummary(run_id=f"residual-{depth}", arch="residual", depth=depth, seed=0, state="finished",
+                          seconds=60.0, rows=[{"train_error": e, "test_error": 0.5, "iteration": 6 * p}
+                                              for p, e in enumerate(curve, 1)])
                for depth, curve in curves.items()]
     lines = verdict_lines(summary)
     assert len(lines) == 2
@@ -154,3 +154,27 @@ def test_the_summary_reads_every_depth_against_the_next_shallower() -> None:
     pairs = tables.degradation(errors)
     assert pairs[["shallow_depth", "deep_depth"]].values.tolist() == [[18, 34], [34, 50]]
     assert pairs["train_gap"].tolist() == [0.0, 85.0]
+
+
+def test_the_summary_and_the_report_give_the_same_verdicts_a_diverged_run_counted_not_averaged() -> None:
+    # Two seeds of each net; residual-18's second diverged at pass 3 (its loss and errors NaN there).
+    curves = {(arch, depth, 0): curve for (arch, depth), curve in NETS.items()}
+    curves |= {("plain", 18, 1): _curve(0.0, 6), ("plain", 34, 1): _curve(0.0, 7), ("residual", 34, 1): _curve(0.0, 5),
+               ("residual", 18, 1): [0.6, 0.5, math.nan]}
+    states = {key: "diverged" if math.isnan(curve[-1]) else "finished" for key, curve in curves.items()}
+    rows = {key: [{"run_id": "-".join(map(str, key)), "arch": key[0], "depth": key[1], "epoch": p, "iteration": 6 * p,
+                   "train_error": error, "test_error": 0.5, "train_loss": error, "test_loss": 1.0}
+                  for p, error in enumerate(curve, start=1)] for key, curve in curves.items()}
+    runs = pd.DataFrame([{"run_id": "-".join(map(str, key)), "arch": key[0], "depth": key[1], "seed": key[2],
+                          "state": states[key], "params": 1, "epochs_total": 8, "dataset": "synthetic",
+                          "preset": "quick", "train_subset": 768, "test_subset": 250, "width": 8} for key in curves])
+    errors = tables.error_table(pd.DataFrame([row for of_run in rows.values() for row in of_run]), runs)
+    report = [prose.degradation_verdict(row) for _, row in tables.degradation(errors).iterrows()]
+    summary = verdict_lines([RunSummary("-".join(map(str, key)), key[0], key[1], key[2], states[key], rows[key])
+                             for key in curves])
+    assert summary == report
+    # The diverged seed is left out of residual-18's final error (not NaN) and counted among its runs, unfitted.
+    assert summary[1] == (
+        "residual: the 34-layer net ends at 0.00% training error, the 18-layer at 0.00%: gap +0.00 points, "
+        "residual-34 fits and residual-18 does not (1 of 2 seeds): the deeper residual net trains better, as in "
+        "the paper.")

@@ -13,7 +13,8 @@ import pytest
 
 from bench import modes, progress, store, train
 from bench.config import QUICK, GridConfig, RunConfig
-from bench.grid import plan, run_grid
+from bench.grid import run_grid
+from bench.planner import plan
 from tests.conftest import TINY_GRID, bench
 
 
@@ -42,7 +43,7 @@ def test_a_run_is_freed_before_the_next_is_built_also_in_a_reference_cycle(tmp_p
                                       results=str(tmp_path)), progress=False)
     finally:
         gc.enable()
-    assert [item["state"] for item in summary] == ["finished"] * 4 and len(built) == 4
+    assert [item.state for item in summary] == ["finished"] * 4 and len(built) == 4
 
 
 def test_bench_run_reaches_a_runs_life_in_three_frames(tmp_path, data_dir, monkeypatch):

@@ -1,0 +1,75 @@
+"""`bench run`'s plan: every run of a grid validated, the dataset resolved and each run's memory format
+settled, before anything is trained."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from bench import store
+from bench.config import GridConfig, RunConfig, validate
+from bench.data import DataSource, resolve_dataset
+from bench.errors import check_positive
+from bench.modes import default_channels_last
+from resnet import family_of
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a grid resolves to before anything is trained."""
+
+    runs: list[RunConfig]
+    source: DataSource  # resolved once here; the loading, and every --devices worker, take it as it is
+    results: Path
+
+    @property
+    def dataset(self) -> str:
+        return self.source.name
+
+    @property
+    def notice(self) -> str | None:
+        return self.source.notice
+
+    def directory(self, run: RunConfig) -> Path:
+        return store.run_dir(self.results, self.dataset, run.run_id())
+
+
+def plan(grid: GridConfig) -> Plan:
+    """Validate every run, pin the dataset ('auto' becomes what will really be used) and settle each run's
+    memory format (memory_format)."""
+    runs = [validate(run) for run in grid.runs()]
+    check_positive("--time-limit", grid.time_limit, detail=" of minutes", fix=": leave it out for no limit")
+    check_positive("--threads", grid.threads, integer=True)
+    source = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
+    results = Path(grid.results)
+    # The kind of device only: a GPU named but absent is refused where the device is set up.
+    device_type = "cpu" if grid.base.device == "cpu" or not torch.cuda.is_available() else "cuda"
+    runs = [dataclasses.replace(run, dataset=source.name) for run in runs]
+    return Plan([memory_format(run, store.run_dir(results, source.name, run.run_id()), device_type)
+                 for run in runs], source, results)
+
+
+def memory_format(run: RunConfig, directory: Path, device_type: str) -> RunConfig:
+    """`run` with its memory format settled where the command left it open: a run that has started keeps the
+    one its config.json records, so a resume computes what an unbroken run would; a new run gets the one
+    measured fastest on this machine (bench.modes.default_channels_last)."""
+    if run.channels_last is not None:
+        return run
+    if (directory / store.CONFIG).exists():
+        recorded = store.read_config(directory)["config"].get("channels_last")
+        return dataclasses.replace(run, channels_last=bool(recorded))
+    return dataclasses.replace(run, channels_last=default_channels_last(device_type, run.precision,
+                                                                        family_of(run.depth)))
+
+
+def dry_run_lines(planned: Plan) -> list[str]:
+    """One line per run of the grid, beginning with its run_id, and what state it is in now."""
+    lines = []
+    for run in planned.runs:
+        directory = planned.directory(run)
+        state = store.run_state(directory) if directory.exists() else None
+        lines.append(f"{run.run_id()}  {run.arch:<8} depth={run.depth:<4} seed={run.seed}  "
+                     f"{planned.dataset}  {state or 'new'}  -> {directory}")
+    return lines

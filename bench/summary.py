@@ -1,0 +1,89 @@
+"""What `bench run` prints when a grid ends: one line per run, then the verdict on each pair of nets, read the
+way `bench report` reads it (bench.fitting computes it, bench.prose says it)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import store
+from bench.config import RunConfig
+from bench.errors import BenchError, Notify
+from bench.fitting import RunFit, final_train_error, fit_pass, net_fits, pairs
+from bench.progress import print_whole
+from bench.prose import degradation_sentence, fit_text
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run of a grid as the summary gives it."""
+
+    run_id: str
+    arch: str
+    depth: int
+    seed: int
+    state: str  # its run state, "finished (earlier)" and the like, or why the grid did not train it
+    rows: list[dict] = field(default_factory=list)  # its EpochRow dicts, as read back
+    seconds: float = 0.0  # training time in this grid
+
+    @classmethod
+    def of(cls, config: RunConfig, state: str, rows: list[dict], seconds: float = 0.0) -> RunSummary:
+        """The summary of `config`'s run."""
+        return cls(config.run_id(), config.arch, config.depth, config.seed, state, rows, seconds)
+
+    @functools.cached_property
+    def final_train(self) -> float:
+        """Its final training error, a fraction (bench.fitting.final_train_error)."""
+        return final_train_error([r["train_error"] for r in self.rows], [r["iteration"] for r in self.rows])
+
+    @functools.cached_property
+    def first_fit(self) -> int | None:
+        """The pass at which it first fit its training set, if it ends fitted (bench.fitting.fit_pass)."""
+        return fit_pass(r["train_error"] for r in self.rows)
+
+    def fit(self) -> RunFit:
+        """What the verdict on its net is computed from; its run state is the first word of `state`."""
+        return RunFit(self.arch, self.depth, self.state.split()[0], 100 * self.final_train, self.first_fit)
+
+
+def read_rows(directory: Path, notify: Notify, *, repair: bool = False) -> list[dict]:
+    """The run's epoch rows for the summary; a torn epochs.parquet is read from the checkpoint (and written
+    again when `repair`), and an unreadable run costs a notice, never the rest of the grid."""
+    try:
+        return store.read_epochs(directory, notify, repair=repair).to_dict("records")
+    except BenchError as error:
+        notify(str(error))
+        return []
+
+
+def summary_table(summary: list[RunSummary]) -> Table:
+    """The end-of-grid table: one line per run with its state, final errors and the pass at which it first
+    fit its training set (bench.fitting)."""
+    table = Table(title="bench run", show_lines=False)
+    for column in ("run_id", "arch", "depth", "seed", "state", "epochs", "train err", "first fit", "test err",
+                   "best test", "minutes"):
+        table.add_column(column, justify="right" if column not in ("run_id", "arch", "state") else "left")
+    for item in summary:
+        last = item.rows[-1] if item.rows else {}
+        best = min((r["test_error"] for r in item.rows), default=float("nan"))
+        table.add_row(item.run_id, item.arch, str(item.depth), str(item.seed), item.state, str(len(item.rows)),
+                      f"{item.final_train:.2%}", fit_text(int(item.first_fit is not None), 1, item.first_fit),
+                      f"{last.get('test_error', float('nan')):.2%}", f"{best:.2%}", f"{item.seconds / 60:.1f}")
+    return table
+
+
+def verdict_lines(summary: list[RunSummary]) -> list[str]:
+    """Per arch with two depths or more, each net against the next shallower one in one sentence (18 against
+    34, then 34 against 50), as `bench report` says it."""
+    return [degradation_sentence(pair) for pair in pairs(net_fits(item.fit() for item in summary if item.rows))]
+
+
+def print_summary(console: Console, summary: list[RunSummary]) -> None:
+    """The end-of-grid table, then the verdicts."""
+    print_whole(console, summary_table(summary))
+    for line in verdict_lines(summary):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)

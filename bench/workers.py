@@ -1,0 +1,51 @@
+"""`bench run --devices`: one worker process per GPU, each taking the grid's runs one at a time.
+
+The workers share nothing but the results folder: each walks the whole plan and trains the runs that no
+other holds (bench.store's run locks), so a run is trained once whichever worker gets to it first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from rich.console import Console
+
+from bench import store
+from bench.config import GridConfig
+from bench.data import load_dataset
+from bench.errors import BenchError, Notify
+from bench.interrupts import stop_like_ctrl_c
+from bench.planner import Plan
+from bench.summary import RunSummary, print_summary, read_rows
+
+# What a worker calls to train its device's share: bench.grid.run_grid, handed in so that this module does
+# not import its caller.
+TrainGrid = Callable[..., object]
+
+
+def run_on_devices(grid: GridConfig, planned: Plan, console: Console, notify: Notify,
+                   train_grid: TrainGrid) -> list[RunSummary]:
+    """One worker process per device of `grid`, each calling `train_grid` on the plan for its device (the
+    plan is the parent's: validated and its dataset resolved once, not again per worker); then the summary
+    of every run."""
+    console.print(f"{len(grid.devices)} workers, one per device: {', '.join(grid.devices)}")
+    load_dataset(planned.source, progress=True, notify=notify)  # decode once; the workers read the cache
+    try:
+        torch.multiprocessing.spawn(_worker, args=(grid, planned, train_grid), nprocs=len(grid.devices))
+    except torch.multiprocessing.ProcessError as error:  # raised in a worker, or a worker killed
+        raise BenchError(f"a device worker failed: {str(error).strip().splitlines()[-1]}; "
+                         "run the same command again to resume") from None
+    summary = [RunSummary.of(run, store.run_state(planned.directory(run)) or "not started",
+                             read_rows(planned.directory(run), notify)) for run in planned.runs]
+    print_summary(console, summary)
+    return summary
+
+
+def _worker(index: int, grid: GridConfig, planned: Plan, train_grid: TrainGrid) -> None:
+    # Several live bars from several processes would garble each other: workers print their summaries only.
+    stop_like_ctrl_c()  # SIGTERM and SIGHUP stop like Ctrl-C: save, then exit
+    # One thread each unless told otherwise: N workers with all cores each would fight over them.
+    train_grid(dataclasses.replace(grid, devices=(grid.devices[index],), threads=grid.threads or 1),
+               progress=False, resolved=planned)
