@@ -25,20 +25,21 @@ PRECISION_TEXT = {
 }
 
 
-# Where channels-last was measured to train faster than torch's default (contiguous) memory format, so that
-# `bench run` trains in it there unless told otherwise (docs/benchmarks.md, "The memory format bench run
-# picks"): (CPU vendor, family, model) and precision -> the net families it won for. Anywhere else, GPUs
+# Where channels-last was measured to train faster than torch's default (contiguous) memory format, beyond
+# the noise of a measurement (docs/benchmarks.md, "The memory format bench run picks"), so that `bench run`
+# trains in it there unless told otherwise: (CPU vendor, family, model) and precision -> the nets, as (depth,
+# first-stage width); a net's plain and residual twins and remedies share its convolutions. Anywhere else, GPUs
 # included (not measured yet), runs train contiguous unless told.
-CHANNELS_LAST_WINS: dict[tuple[tuple[str, str, str], str], frozenset[str]] = {
-    (("AuthenticAMD", "25", "1"), "fp32"): frozenset({"cifar", "imagenet"}),  # Zen 3
-    (("AuthenticAMD", "25", "17"), "bf16"): frozenset({"imagenet"}),  # Zen 4
+CHANNELS_LAST_WINS: dict[tuple[tuple[str, str, str], str], frozenset[tuple[int, int]]] = {
+    (("AuthenticAMD", "25", "1"), "fp32"): frozenset({(34, 16), (50, 16), (56, 16)}),  # Zen 3
+    (("AuthenticAMD", "25", "17"), "bf16"): frozenset({(18, 16), (34, 16)}),  # Zen 4
 }
 
 
-def default_channels_last(device_type: str, precision: str, family: str) -> bool:
-    """Whether a new run of a `family` net in `precision` on `device_type` trains channels-last when the
-    command does not say: only where it was measured faster (CHANNELS_LAST_WINS)."""
-    return device_type == "cpu" and family in CHANNELS_LAST_WINS.get((cpu_model(), precision), ())
+def default_channels_last(device_type: str, precision: str, depth: int, width: int) -> bool:
+    """Whether a new run of the net of `depth` and `width` in `precision` on `device_type` trains channels-last
+    when the command does not say: only where that was measured faster (CHANNELS_LAST_WINS)."""
+    return device_type == "cpu" and (depth, width) in CHANNELS_LAST_WINS.get((cpu_model(), precision), ())
 
 
 def check_net(depth: int, arch: str = "residual", **options: object) -> None:

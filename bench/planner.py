@@ -13,7 +13,7 @@ from bench.config import GridConfig, RunConfig, validate
 from bench.data import DataSource, resolve_dataset
 from bench.errors import check_positive
 from bench.modes import default_channels_last
-from resnet import family_of
+from resnet import FAMILY_DEFAULTS, family_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +60,9 @@ def memory_format(run: RunConfig, directory: Path, device_type: str) -> RunConfi
     if (directory / store.CONFIG).exists():
         recorded = store.read_config(directory)["config"].get("channels_last")
         return dataclasses.replace(run, channels_last=bool(recorded))
-    return dataclasses.replace(run, channels_last=default_channels_last(device_type, run.precision,
-                                                                        family_of(run.depth)))
+    width = run.width or FAMILY_DEFAULTS[family_of(run.depth)]["width"]
+    return dataclasses.replace(run, channels_last=default_channels_last(device_type, run.precision, run.depth,
+                                                                        width))
 
 
 def dry_run_lines(planned: Plan) -> list[str]:

@@ -76,13 +76,24 @@ def _tiny_grid(data_dir, results, **options) -> GridConfig:
                       results=str(results))
 
 
-@pytest.mark.parametrize("cpu, expected", [(ZEN3, True), (UNMEASURED, False)])
-def test_a_new_run_gets_the_memory_format_measured_fastest_on_its_cpu(tmp_path, data_dir, monkeypatch, cpu,
-                                                                       expected):
+@pytest.mark.parametrize("cpu, precision, expected", [(ZEN3, "fp32", True), (UNMEASURED, "fp32", False),
+                                                      (ZEN3, "bf16", False)])
+def test_a_new_run_gets_the_memory_format_measured_fastest_for_its_net_on_its_cpu(tmp_path, data_dir, monkeypatch,
+                                                                                  cpu, precision, expected):
+    monkeypatch.setattr(modes, "CHANNELS_LAST_WINS", {(ZEN3, "fp32"): frozenset({(8, 2)})})
     monkeypatch.setattr(modes, "cpu_model", lambda: cpu)
-    assert [run.channels_last for run in plan(_tiny_grid(data_dir, tmp_path)).runs] == [expected, expected]
-    told = plan(_tiny_grid(data_dir, tmp_path, channels_last=not expected))
+    planned = plan(_tiny_grid(data_dir, tmp_path, precision=precision))
+    assert [run.channels_last for run in planned.runs] == [expected, expected]
+    told = plan(_tiny_grid(data_dir, tmp_path, precision=precision, channels_last=not expected))
     assert [run.channels_last for run in told.runs] == [not expected, not expected]
+
+
+def test_the_measured_defaults_name_the_nets_they_were_measured_for(monkeypatch):
+    monkeypatch.setattr(modes, "cpu_model", lambda: ZEN3)
+    assert modes.default_channels_last("cpu", "fp32", 56, 16) and modes.default_channels_last("cpu", "fp32", 50, 16)
+    assert not modes.default_channels_last("cpu", "fp32", 20, 16)  # measured, and no faster
+    assert not modes.default_channels_last("cpu", "fp32", 50, 64)  # not measured at that width
+    assert not modes.default_channels_last("cuda", "fp32", 56, 16)
 
 
 def test_a_started_run_keeps_the_memory_format_its_config_records(tmp_path, data_dir, monkeypatch):
