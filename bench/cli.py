@@ -205,7 +205,7 @@ def run(
     from bench.data import default_data_dir
     from bench.distributed import from_environment
     from bench.grid import run_grid
-    from bench.planner import dry_run_lines, plan
+    from bench.planner import configuration, dry_run_lines, plan
 
     overrides: dict[str, object] = {"dataset": dataset, "device": device, "precision": precision.value,
                                     "channels_last": channels_last, "compile": compile, "cuda_graph": cuda_graph,
@@ -233,14 +233,8 @@ def run(
             console.print(line, highlight=False, soft_wrap=True)
         return
     if from_environment().is_main:  # under torchrun, one copy of the configuration is enough
-        # The grid's depths, archs and seeds stand for the base's single arch, depth and seed.
-        shared = {k: v for k, v in base.to_dict().items() if k not in ("arch", "depth", "seed")}
-        formats = {run.run_id(): run.channels_last for run in planned.runs}  # as plan settled them
-        shared["channels_last"] = formats if len(set(formats.values())) > 1 else next(iter(formats.values()), None)
-        console.print("[bold]configuration[/] " + json.dumps(
-            {**shared, "dataset": planned.dataset, "depths": grid.depths, "archs": grid.archs,
-             "seeds": grid.seeds, "data_dir": grid.data_dir, "results": grid.results, "shard": shard}),
-            highlight=False, soft_wrap=True)
+        console.print("[bold]configuration[/] " + json.dumps(configuration(grid, planned)), highlight=False,
+                      soft_wrap=True)
     # torchrun and batch schedulers stop jobs with SIGTERM, a closed terminal with SIGHUP: treat them like Ctrl-C
     # (save, say how to resume).
     stop_like_ctrl_c()

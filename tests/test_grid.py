@@ -14,7 +14,7 @@ import pytest
 from bench import modes, progress, store, train
 from bench.config import QUICK, GridConfig, RunConfig
 from bench.grid import run_grid
-from bench.planner import plan
+from bench.planner import configuration, plan
 from tests.conftest import TINY_GRID, bench
 
 
@@ -107,4 +107,9 @@ def test_a_started_run_keeps_the_memory_format_its_config_records(tmp_path, data
     assert [json.loads((planned.directory(run) / store.CONFIG).read_text())["config"]["channels_last"]
             for run in planned.runs] == [True, True]
     assert [run.channels_last for run in planned.runs] == [True, True]
+    assert configuration(_tiny_grid(data_dir, results), planned)["channels_last"] is True  # what bench run prints
     assert [run.channels_last for run in plan(_tiny_grid(data_dir, results, channels_last=False)).runs] == [False] * 2
+    # A grid of a started run and a new one: the configuration line names each run's format.
+    grid = dataclasses.replace(_tiny_grid(data_dir, results), seeds=(0, 1))
+    mixed = plan(grid)
+    assert configuration(grid, mixed)["channels_last"] == {run.run_id(): run.seed == 0 for run in mixed.runs}
