@@ -68,7 +68,7 @@ class RunConfig:
     # How it runs.
     device: str = "auto"
     precision: str = "fp32"
-    # None: `bench run` decides (bench.grid.plan): a run keeps the format it started in, a new run gets the
+    # None: `bench run` decides (bench.planner.plan): a run keeps the format it started in, a new run gets the
     # one measured fastest on this CPU (bench.modes.default_channels_last). Anything else takes None as False.
     channels_last: bool | None = None
     compile: bool = False  # torch.compile the net (bench.step: the same call bench time makes)
