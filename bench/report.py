@@ -229,6 +229,26 @@ def crossing_lines(crossings: pd.DataFrame) -> list[str]:
                 dips = (f"below at some epochs (first at iteration {row.first_below:,.0f}) but " if
                         pd.notna(row.first_below) else "")
                 lines.append(f"    - {where}: does not cross; {dips}ends above: final {finals_text}.")
+        lines += _over_seeds(pair, a)
+    return lines
+
+
+def _over_seeds(pair: pd.DataFrame, deep: str) -> list[str]:
+    """One line per schedule (length, precision) that has two seeds or more: the final gap's mean ± std and
+    range, and in how many seeds the deeper net crosses, from which iteration (mean ± std of those that do).
+    One seed's crossing is not a result; the spread says how far the next seed may move it."""
+    lines = []
+    for (iterations, precision), runs in pair.groupby(["iterations", "precision"], sort=True):
+        if len(runs) < 2:
+            continue
+        gap, crossed = runs["final_gap"], runs["below_from"].dropna()
+        where = ""
+        if len(crossed):
+            spread = f" ± {crossed.std():,.0f}" if len(crossed) > 1 else ""
+            where = f"; below from iteration {crossed.mean():,.0f}{spread}"
+        lines.append(f"    - {iterations:,} iterations ({precision}) over {len(runs)} seeds: final gap "
+                     f"{prose.plus_minus(gap.mean(), gap.std())} points ({gap.min():+.2f} to {gap.max():+.2f}); "
+                     f"{deep} crosses in {len(crossed)} of {len(runs)}{where}.")
     return lines
 
 

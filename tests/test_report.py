@@ -371,18 +371,19 @@ def test_precisions_share_one_schedule_figure_and_the_table_tells_them_apart(tmp
     assert "Precisions mixed" in next(t for t in fig.texts if t.get_gid() == "caption").get_text()
 
 
-def _gap_runs(deep_minus_shallow: list[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _gap_runs(deep_minus_shallow: list[float], seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A residual-20 at 30% training error throughout and a residual-56 at 30% plus the given gaps (points), one
     epoch of 100 iterations each, the lr dropping tenfold at the second half: epochs and runs as read back."""
     rows = []
     for depth, gaps in ((20, [0.0] * len(deep_minus_shallow)), (56, deep_minus_shallow)):
         for epoch, gap in enumerate(gaps, 1):
-            rows.append({"run_id": f"r{depth}", "arch": "residual", "depth": depth, "seed": 0, "epoch": epoch,
-                         "iteration": 100 * epoch, "lr": 0.1 if epoch <= len(gaps) // 2 else 0.01,
+            rows.append({"run_id": f"r{depth}-s{seed}", "arch": "residual", "depth": depth, "seed": seed,
+                         "epoch": epoch, "iteration": 100 * epoch, "lr": 0.1 if epoch <= len(gaps) // 2 else 0.01,
                          "train_error": 0.30 + gap / 100, "test_error": 0.35, "train_loss": 1.0, "test_loss": 1.0,
                          "precision": "fp32"})
-    runs = pd.DataFrame([{**QUICK.to_dict(), "run_id": f"r{depth}", "arch": "residual", "depth": depth, "seed": 0,
-                          "state": "finished", "iterations": 100 * len(deep_minus_shallow), "epochs": None}
+    runs = pd.DataFrame([{**QUICK.to_dict(), "run_id": f"r{depth}-s{seed}", "arch": "residual", "depth": depth,
+                          "seed": seed, "state": "finished", "iterations": 100 * len(deep_minus_shallow),
+                          "epochs": None}
                          for depth in (20, 56)])
     return pd.DataFrame(rows), runs
 
@@ -410,6 +411,21 @@ def test_a_crossing_is_where_the_deeper_net_stays_below_to_the_end(gaps, first_b
     words = "\n".join(report.crossing_lines(crossed))
     assert ("crosses;" in words) == (below_from is not None)
     assert ("ends below residual-20 in none" in words) == (gaps[-1] >= 0)
+
+
+def test_the_crossing_over_seeds_gives_the_mean_spread_and_how_many_seeds_cross():
+    seeds = {0: [5, 2, -0.5, 0.3, -0.2, -0.4], 1: [5, 2, -1, -1, -1, -1.6], 2: [5, 2, 1, 0.5, 0.2, 0.1]}
+    parts = [_gap_runs(gaps, seed) for seed, gaps in seeds.items()]
+    epochs, runs = (pd.concat(frames, ignore_index=True) for frames in zip(*parts))
+    crossed = tables.crossings(tables.training_gaps(epochs, runs))
+    assert list(crossed["below_from"].fillna(0)) == [500, 300, 0]
+    words = report.crossing_lines(crossed)
+    finals = [-0.4, -1.6, 0.1]
+    assert words[-1] == (f"    - 600 iterations (fp32) over 3 seeds: final gap {np.mean(finals):.2f} ± "
+                         f"{np.std(finals, ddof=1):.2f} points (-1.60 to +0.10); residual-56 crosses in 2 of 3; "
+                         f"below from iteration 400 ± 141.")
+    # One seed per schedule: nothing over seeds to say.
+    assert not any("over" in line for line in report.crossing_lines(crossed[crossed["seed"] == 0]))
 
 
 def test_how_a_run_executes_never_splits_an_experiment():
