@@ -54,9 +54,12 @@ def depth_colors(depths: Iterable[int]) -> dict[int, tuple]:
 
 
 def arch_colors() -> dict[str, tuple]:
-    """The colours of the two architectures in the timing figures (and grey for torchvision references)."""
+    """One colour per architecture where a figure tells archs apart by colour (the timing figures, every arch
+    at one depth), and grey for torchvision references."""
     palette = sns.color_palette("colorblind")
-    return {"plain": palette[3], "residual": palette[0], "torchvision": (0.35, 0.35, 0.35)}
+    # A shortcut arch in a blue or green, a shortcut-free one in a red or pink: the family shows at a glance.
+    return {"plain": palette[3], "residual": palette[0], "preact": palette[2], "zero-init": palette[9],
+            "dirac": palette[4], "torchvision": (0.35, 0.35, 0.35)}
 
 
 def x_axis(epochs: pd.DataFrame, runs: pd.DataFrame, x: str = "auto") -> tuple[str, float, str]:
@@ -257,6 +260,44 @@ def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "au
         fit = [line] if (line := fit_caption(runs)) else []
         add_caption(fig, [*provenance_lines(runs), f"Thin dashed: training error; bold: test error{spread}.", *fit],
                     title=title or _default_title(runs, "Training plain vs residual networks"))
+    return fig
+
+
+def depth_figure(epochs: pd.DataFrame, runs: pd.DataFrame, depth: int, *, x: str = "auto", band: str = "minmax",
+                 title: str | None = None) -> Figure:
+    """Every arch at one depth on one axis, training error (left) and test error (right), one colour per arch:
+    the remedies beside plain and residual without reading across the degradation figure's panels."""
+    runs = runs[runs["depth"] == depth]
+    epochs = epochs[epochs["run_id"].isin(runs["run_id"])]
+    xcol, scale, xlabel = x_axis(epochs, runs, x)
+    data = curves(epochs, xcol)
+    colors = arch_colors()
+    with style():
+        fig = Figure(figsize=(12, 4.6))
+        axes = fig.subplots(1, 2, sharex=True, sharey=True)
+        top = _top(data, ("train", "test"), band)
+        for ax, kind in zip(axes, ("train", "test")):
+            handles, drawn = [], set()
+            for arch in (a for a in ALL_ARCHS if (data["arch"] == a).any()):
+                curve, line_runs = data[data["arch"] == arch], runs[runs["arch"] == arch]
+                _draw(ax, curve, kind, scale=scale, color=colors[arch], band=band, bold=True,
+                      gid=f"{arch}-{depth}-{kind}")
+                drawn |= _mark_states(ax, epochs, line_runs, curve, kind=kind, xcol=xcol, scale=scale,
+                                      color=colors[arch], top=top)
+                if kind == "train":
+                    drawn |= _mark_fits(ax, epochs, line_runs, xcol=xcol, scale=scale, color=colors[arch])
+                handles.append(Line2D([], [], color=colors[arch], lw=TEST_WIDTH,
+                                      label=f"{arch}-{depth}{_state_note(line_runs)}"))
+            ax.legend(handles=handles + _mark_handles(drawn), loc="best", fontsize=8.5)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{'training' if kind == 'train' else 'test'} error (%)")
+            ax.yaxis.set_tick_params(labelleft=True)
+        axes[0].set_ylim(0, top)
+        _x_limits(axes[0], epochs, runs, xcol, scale)
+        spread = (f"Line: mean over seeds, band: {BANDS[band]}." if runs["seed"].nunique() > 1
+                  else "One seed per net.")
+        add_caption(fig, [*provenance_lines(runs), spread],
+                    title=title or _default_title(runs, f"Every arch at {depth} layers"))
     return fig
 
 

@@ -24,8 +24,8 @@ from bench.config import EXECUTION_FIELDS, FORMATS, RunConfig
 from bench.errors import BenchError, Notify
 from bench.fitting import FIT_ERROR
 from bench.layers import GRAD_NORM, RESPONSE_STD
-from bench.plots import (PHASE_LABELS, crossing_figure, degradation_figure, depth_colors, figure1, figure7,
-                         gradient_figure, schedule_figure, style, timing_figure)
+from bench.plots import (PHASE_LABELS, crossing_figure, degradation_figure, depth_colors, depth_figure, figure1,
+                         figure7, gradient_figure, schedule_figure, style, timing_figure)
 from bench.files import check_writable, write_atomic
 from bench.provenance import utc_now
 from bench.records import DIVERGED, FINISHED
@@ -311,6 +311,11 @@ def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, layers: pd.
     readme += ["### Plain vs residual (paper Figures 4 and 6)", "", *_figure_lines(paths, out, "degradation")]
     if fit := prose.fit_caption(runs):
         readme += [f"*{fit}*", ""]
+    for depth in sorted(d for d, archs in runs.groupby("depth")["arch"].nunique().items() if archs >= 3):
+        paths = save_figure(depth_figure(epochs, runs, depth), folder / f"archs-{depth}", formats)
+        written += paths
+        readme += [f"### Every arch at {depth} layers (the remedies beside plain and residual)", "",
+                   *_figure_lines(paths, out, f"every arch at {depth} layers")]
     if runs.loc[runs["arch"] == "plain", "depth"].nunique() >= 2:
         paths = save_figure(figure1(epochs, runs, colors=colors), folder / "figure1", formats)
         written += paths

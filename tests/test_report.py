@@ -428,6 +428,28 @@ def test_the_crossing_over_seeds_gives_the_mean_spread_and_how_many_seeds_cross(
     assert not any("over" in line for line in report.crossing_lines(crossed[crossed["seed"] == 0]))
 
 
+def test_every_arch_at_a_depth_three_archs_share_is_one_figure(tmp_path):
+    root = tmp_path / "results"
+    for arch in ("plain", "residual", "dirac"):
+        for seed in (0, 1):
+            write_run(root, arch, 56, seed)
+    for arch in ("plain", "residual"):
+        write_run(root, arch, 20, 0)
+    epochs, runs = report.read_results([root])
+    fig = plots.depth_figure(epochs, runs, 56)
+    lines = {line.get_gid(): line for ax in fig.axes for line in ax.lines}
+    assert sorted(gid for gid in lines if gid) == sorted(f"{arch}-56-{kind}" for arch in ("plain", "residual", "dirac")
+                                                         for kind in ("train", "test"))
+    for arch in ("plain", "residual", "dirac"):
+        mine = epochs[(epochs["arch"] == arch) & (epochs["depth"] == 56)]
+        assert list(lines[f"{arch}-56-train"].get_ydata()) == pytest.approx(
+            list(mine.groupby("epoch")["train_error"].mean() * 100))
+    out = tmp_path / "reports"
+    report.make_report([root], out, notify=lambda message: None)
+    assert [p.name for p in out.rglob("archs-*.png")] == ["archs-56.png"]  # 20 layers has two archs only
+    assert "### Every arch at 56 layers" in (out / "README.md").read_text()
+
+
 def test_how_a_run_executes_never_splits_an_experiment():
     base = {**QUICK.to_dict(), "dataset": "cifar10", "arch": "plain", "depth": 20, "seed": 0, "family": "cifar"}
     runs = pd.DataFrame([{**base, "run_id": "eager"}, {**base, "compile": True, "run_id": "compiled"},
