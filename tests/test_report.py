@@ -438,9 +438,9 @@ def test_every_arch_at_a_depth_three_archs_share_is_one_figure(tmp_path):
     epochs, runs = report.read_results([root])
     fig = plots.depth_figure(epochs, runs, 56)
     lines = {line.get_gid(): line for ax in fig.axes for line in ax.lines}
-    assert sorted(gid for gid in lines if gid) == sorted(f"{arch}-56-{kind}" for arch in ("plain", "residual", "dirac")
-                                                         for kind in ("train", "test"))
-    for arch in ("plain", "residual", "dirac"):
+    archs = ("plain", "residual", "dirac")
+    assert sorted(gid for gid in lines if gid) == sorted(f"{a}-56-{kind}" for a in archs for kind in ("train", "test"))
+    for arch in archs:
         mine = epochs[(epochs["arch"] == arch) & (epochs["depth"] == 56)]
         assert list(lines[f"{arch}-56-train"].get_ydata()) == pytest.approx(
             list(mine.groupby("epoch")["train_error"].mean() * 100))
