@@ -265,40 +265,46 @@ def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "au
 
 def depth_figure(epochs: pd.DataFrame, runs: pd.DataFrame, depth: int, *, x: str = "auto", band: str = "minmax",
                  title: str | None = None) -> Figure:
-    """Every arch at one depth on one axis, training error (left) and test error (right), one colour per arch:
-    the remedies beside plain and residual without reading across the degradation figure's panels."""
+    """Every arch at one depth on one axis, training error (left) and test error (right) on the same y range, one
+    colour per arch: the remedies beside plain and residual without reading across the degradation figure's
+    panels."""
     runs = runs[runs["depth"] == depth]
     epochs = epochs[epochs["run_id"].isin(runs["run_id"])]
     xcol, scale, xlabel = x_axis(epochs, runs, x)
     data = curves(epochs, xcol)
     colors = arch_colors()
+    lines = [(f"{arch}-{depth}", f"{arch}-{depth}", data[data["arch"] == arch], runs[runs["arch"] == arch],
+              colors[arch]) for arch in ALL_ARCHS if (data["arch"] == arch).any()]
+    top = _top(data, ("train", "test"), band)
     with style():
         fig = Figure(figsize=(12, 4.6))
-        axes = fig.subplots(1, 2, sharex=True, sharey=True)
-        top = _top(data, ("train", "test"), band)
-        for ax, kind in zip(axes, ("train", "test")):
-            handles, drawn = [], set()
-            for arch in (a for a in ALL_ARCHS if (data["arch"] == a).any()):
-                curve, line_runs = data[data["arch"] == arch], runs[runs["arch"] == arch]
-                _draw(ax, curve, kind, scale=scale, color=colors[arch], band=band, bold=True,
-                      gid=f"{arch}-{depth}-{kind}")
-                drawn |= _mark_states(ax, epochs, line_runs, curve, kind=kind, xcol=xcol, scale=scale,
-                                      color=colors[arch], top=top)
-                if kind == "train":
-                    drawn |= _mark_fits(ax, epochs, line_runs, xcol=xcol, scale=scale, color=colors[arch])
-                handles.append(Line2D([], [], color=colors[arch], lw=TEST_WIDTH,
-                                      label=f"{arch}-{depth}{_state_note(line_runs)}"))
-            ax.legend(handles=handles + _mark_handles(drawn), loc="best", fontsize=8.5)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"{'training' if kind == 'train' else 'test'} error (%)")
-            ax.yaxis.set_tick_params(labelleft=True)
-        axes[0].set_ylim(0, top)
-        _x_limits(axes[0], epochs, runs, xcol, scale)
+        for ax, kind in zip(fig.subplots(1, 2, sharex=True), ("train", "test")):
+            _error_panel(ax, epochs, runs, lines, kind, xcol=xcol, scale=scale, xlabel=xlabel, band=band, top=top,
+                         fits=kind == "train")
         spread = (f"Line: mean over seeds, band: {BANDS[band]}." if runs["seed"].nunique() > 1
                   else "One seed per net.")
         add_caption(fig, [*provenance_lines(runs), spread],
                     title=title or _default_title(runs, f"Every arch at {depth} layers"))
     return fig
+
+
+def _error_panel(ax: Axes, epochs: pd.DataFrame, runs: pd.DataFrame, lines: list[tuple], kind: str, *, xcol: str,
+                 scale: float, xlabel: str, band: str, top: float, fits: bool = False) -> None:
+    """One panel of `kind` error ("train" or "test"): a bold line per (gid, label, curve, runs, colour) of
+    `lines`, each with its state marks (and, with `fits`, where it first fit), a legend, and the axes from 0 to
+    `top` and over the planned schedule of `runs`."""
+    handles, drawn = [], set()
+    for gid, label, curve, line_runs, color in lines:
+        _draw(ax, curve, kind, scale=scale, color=color, band=band, bold=True, gid=f"{gid}-{kind}")
+        drawn |= _mark_states(ax, epochs, line_runs, curve, kind=kind, xcol=xcol, scale=scale, color=color, top=top)
+        if fits:
+            drawn |= _mark_fits(ax, epochs, line_runs, xcol=xcol, scale=scale, color=color)
+        handles.append(Line2D([], [], color=color, lw=TEST_WIDTH, label=f"{label}{_state_note(line_runs)}"))
+    ax.legend(handles=handles + _mark_handles(drawn), loc="best", fontsize=9)
+    ax.set_ylim(0, top)
+    _x_limits(ax, epochs, runs, xcol, scale)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{'training' if kind == 'train' else 'test'} error (%)")
 
 
 def figure1(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "auto", band: str = "minmax",
@@ -314,25 +320,13 @@ def figure1(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "auto", band: 
     xcol, scale, xlabel = x_axis(epochs, plain, x)
     data = curves(epochs, xcol)
     colors = colors or depth_colors(depths)
+    lines = [(f"plain-{depth}", f"{depth}-layer", curve, plain[plain["depth"] == depth], colors[depth])
+             for depth, curve in data.groupby("depth")]
     with style():
         fig = Figure(figsize=(12, 4.5))
-        axes = fig.subplots(1, 2, sharex=True)
-        for ax, kind in zip(axes, ("train", "test")):
-            top = _top(data, (kind,), band)
-            handles, drawn = [], set()
-            for depth, curve in data.groupby("depth"):
-                line_runs = plain[plain["depth"] == depth]
-                _draw(ax, curve, kind, scale=scale, color=colors[depth], band=band, bold=True,
-                      gid=f"plain-{depth}-{kind}")
-                drawn |= _mark_states(ax, epochs, line_runs, curve, kind=kind, xcol=xcol, scale=scale,
-                                      color=colors[depth], top=top)
-                handles.append(Line2D([], [], color=colors[depth], lw=TEST_WIDTH,
-                                      label=f"{depth}-layer{_state_note(line_runs)}"))
-            ax.legend(handles=handles + _mark_handles(drawn), loc="best", fontsize=9)
-            ax.set_ylim(0, top)
-            _x_limits(ax, epochs, plain, xcol, scale)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"{'training' if kind == 'train' else 'test'} error (%)")
+        for ax, kind in zip(fig.subplots(1, 2, sharex=True), ("train", "test")):
+            _error_panel(ax, epochs, plain, lines, kind, xcol=xcol, scale=scale, xlabel=xlabel, band=band,
+                         top=_top(data, (kind,), band))
         spread = (f"Line: mean over seeds, band: {BANDS[band]}." if plain["seed"].nunique() > 1
                   else "One seed per depth.")
         add_caption(fig, [*provenance_lines(plain), spread],
