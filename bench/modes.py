@@ -32,6 +32,7 @@ PRECISION_TEXT = {
 # included (not measured yet), runs train contiguous unless told.
 CHANNELS_LAST_WINS: dict[tuple[tuple[str, str, str], str], frozenset[tuple[int, int]]] = {
     (("AuthenticAMD", "25", "1"), "fp32"): frozenset({(34, 16), (50, 16), (56, 16)}),  # Zen 3
+    (("AuthenticAMD", "25", "17"), "fp32"): frozenset({(18, 16), (34, 16), (50, 16)}),  # Zen 4
     (("AuthenticAMD", "25", "17"), "bf16"): frozenset({(18, 16), (34, 16)}),  # Zen 4
 }
 

@@ -22,8 +22,8 @@ REFERENCE = ROOT / "results" / "reference"
 REPORT = ROOT / "reports" / "reference"
 # scripts/reference.sh: every net gets the paper's recipe at 4,000 iterations on the whole CIFAR-10 copy, and
 # the CIFAR nets also at 8,000 (and at 16,000 in bf16); the 20-layer pair again in bf16, residual-20 with a
-# second seed, the remedies at 56 layers, and the ImageNet layout 18/34/50 and residual-20/56 with seed 1
-# at 16,000 in bf16.
+# second seed, the remedies at 56 layers, and the ImageNet layout 18/34/50 at 16,000 in fp32 and
+# residual-20/56 with seed 1 at 16,000 in bf16.
 BASE = dataclasses.replace(PAPER, iterations=4000, dataset="cifar10")
 GRIDS = {"cifar": GridConfig(base=BASE, depths=(20, 56)),
          "imagenet": GridConfig(base=dataclasses.replace(BASE, width=16), depths=(18, 34)),
@@ -33,8 +33,8 @@ GRIDS = {"cifar": GridConfig(base=BASE, depths=(20, 56)),
          "cifar-16000-bf16": GridConfig(base=dataclasses.replace(BASE, iterations=16000, precision="bf16"),
                                         depths=(20, 56)),
          "remedies-56": GridConfig(base=BASE, depths=(56,), archs=("dirac", "preact", "zero-init")),
-         "imagenet-16000-bf16": GridConfig(base=dataclasses.replace(BASE, width=16, iterations=16000,
-                                                                    precision="bf16"), depths=(18, 34, 50)),
+         "imagenet-16000": GridConfig(base=dataclasses.replace(BASE, width=16, iterations=16000),
+                                      depths=(18, 34, 50), archs=("residual", "plain")),
          "cifar-16000-bf16-seed-1": GridConfig(base=dataclasses.replace(BASE, iterations=16000, precision="bf16"),
                                                depths=(20, 56), archs=("residual",), seeds=(1,))}
 # The same grids as the command lines that make them.
@@ -45,7 +45,7 @@ COMMANDS = (["--depths", "20", "56", "--iterations", "4000"],
             ["--depths", "20", "--arch", "residual", "--seeds", "1", "--iterations", "4000"],
             ["--depths", "20", "56", "--iterations", "16000", "--precision", "bf16"],
             ["--depths", "56", "--arch", "dirac", "preact", "zero-init", "--iterations", "4000"],
-            ["--depths", "18", "34", "50", "--width", "16", "--iterations", "16000", "--precision", "bf16"],
+            ["--depths", "18", "34", "50", "--width", "16", "--arch", "residual", "plain", "--iterations", "16000"],
             ["--depths", "20", "56", "--arch", "residual", "--seeds", "1", "--iterations", "16000", "--precision",
              "bf16"])
 # Only finished runs are committed; a reference chunk running in this checkout leaves others beside them.
