@@ -209,6 +209,8 @@ class FolderDataset(Dataset):
 
     def __getitem__(self, order: BatchOrder) -> Batch:
         images = torch.empty(len(order.indices), 3, self.view.size, self.view.size, dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:  # written in shared memory: not copied there to be sent
+            images.share_memory_()
         kept, skipped = [], []
         with warnings.catch_warnings():
             # torchvision 0.29 marks its codecs deprecated (in favour of TorchCodec) on every call; they still work.

@@ -7,7 +7,8 @@
 #   2. bench time: ResNet-20/56 and 18/50 (torchvision's 18/50 beside, --reference), fp32 and bf16, eager and
 #      --cuda-graph
 #   3. bench run of one short ResNet-20 configuration per mode; its first epochs must agree across modes
-#      within scripts/gpu_check.py's TOLERANCE
+#      within scripts/gpu_check.py's TOLERANCE; then streamed 224 steps of ResNet-18 (scripts/stream_step.py:
+#      generated JPEGs read by bench.streaming's workers, bf16, channels-last)
 #   4. bench run --devices over every visible GPU (each run's config.json names the GPU it ran on)
 #   5. torchrun with NCCL and --sync-bn against one process when there are two GPUs or more; with one GPU,
 #      that two ranks on it are refused in one line
@@ -106,6 +107,9 @@ for mode in "${modes[@]}"; do
 done
 section "bench run, one configuration per mode: the first epochs"
 "$python" scripts/gpu_check.py compare --epochs 2 "${compared[@]}" >>"$out/sections.md" 2>&1 || failed=1
+part stream-step "$python" scripts/stream_step.py "${device[@]}"
+section "streamed 224 steps (scripts/stream_step.py)"
+tail -n 1 "$out/stream-step.log" | sed 's/^/    /' >>"$out/sections.md"
 
 # 4. --devices over the visible GPUs, and 5. torchrun.
 if (( gpus > 0 )); then
