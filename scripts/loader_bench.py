@@ -59,15 +59,23 @@ def _photo(width: int, height: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
-def write_folder(root: Path, images: int, sizes: list[tuple[int, int]], classes: int = 10) -> Path:
-    """train/ and test/ of `images` training JPEGs (quality 90) and a tenth as many test ones."""
+def write_folder(root: Path, images: int, sizes: list[tuple[int, int]], classes: int = 10,
+                 distinct: int | None = None) -> Path:
+    """train/ and test/ of `images` training JPEGs (quality 90) and a tenth as many test ones. With `distinct`,
+    only that many pictures are drawn and encoded, and the files repeat them: a loader reads and decodes every
+    file whatever it holds, and drawing 20,000 pictures would take longer than streaming them."""
     rng = np.random.default_rng(0)
+    encoded: list[bytes] = []
     for split, count in (("train", images), ("test", max(images // 10, classes))):
         for i in range(count):
             folder = root / split / f"class{i % classes}"
             folder.mkdir(parents=True, exist_ok=True)
-            width, height = sizes[int(rng.integers(len(sizes)))]
-            _photo(width, height, rng).save(folder / f"{i:06d}.jpg", quality=90)
+            if distinct is None or len(encoded) < distinct:
+                width, height = sizes[int(rng.integers(len(sizes)))]
+                buffer = io.BytesIO()
+                _photo(width, height, rng).save(buffer, "JPEG", quality=90)
+                encoded.append(buffer.getvalue())
+            (folder / f"{i:06d}.jpg").write_bytes(encoded[-1] if distinct is None else encoded[i % len(encoded)])
     return root
 
 
@@ -154,7 +162,7 @@ def memory(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="loader-memory-"))
     try:
         started = time.perf_counter()
-        write_folder(root, args.images, [(224, 224), (240, 224), (224, 256), (256, 240)])
+        write_folder(root, args.images, [(224, 224), (240, 224), (224, 256), (256, 240)], distinct=500)
         written = time.perf_counter() - started
         listing = list_folder(root)
         loader = StreamLoader(listing.train, View(224, Augmentation.scale), batch_size=256, seed=0, shuffle=True,
