@@ -260,6 +260,11 @@ class StreamLoader:
                                  timeout=timeout_s if workers else 0, pin_memory=pin_memory,
                                  generator=torch.Generator().manual_seed(seed))
 
+    def describe(self) -> str:
+        """How the split is read, for the configuration line and config.json."""
+        workers = f"{self.workers} worker{'s' if self.workers != 1 else ''}" if self.workers else "no workers"
+        return f"streamed from disk ({workers}): {self.view.describe()}"
+
     @property
     def in_flight_bytes(self) -> int:
         """The most image bytes the loader holds at once: the batches in flight and the one in use."""

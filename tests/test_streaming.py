@@ -57,6 +57,7 @@ def test_a_generated_folder_streams_in_batches_at_224(tmp_path):
     assert listing.cache_bytes(224) == 18 * 3 * 224 * 224
     train = StreamLoader(listing.train, View(224, Augmentation.scale), batch_size=5, seed=0, shuffle=True,
                          drop_last=True)
+    assert train.describe() == "streamed from disk (no workers): shorter side 256-480, random 224 crop, flip"
     batches = list(train.batches(0))
     assert len(batches) == 2 and all(b.images.shape == (5, 3, 224, 224) and b.images.dtype == torch.uint8
                                      for b in batches)
