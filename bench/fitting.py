@@ -21,6 +21,13 @@ from bench.records import DIVERGED, UNFINISHED
 # Training error (a fraction) at or below which a net fits its set: 3 images of the quick preset's 768, the
 # same fraction of any other. Not 0: one image left over is noise at the floor, not an optimisation failure.
 FIT_ERROR = 0.005
+# Where neither net of a pair has two seeds, a gap in final training error (points) below this is a tie: two
+# seeds of one reference net differed by about this much (docs/reference-results.md), and nothing smaller is
+# known to be more than noise.
+NOISE_FLOOR = 1.0
+# The same for the pass of first fit where neither net has two seeds that fit (passes): residual-18's first fit
+# moved over this many passes across six seeds of the quick preset (docs/quick-preset.md).
+PASS_FLOOR = 2
 
 
 def final_train_error(train_errors: Sequence[float], iterations: Sequence[int]) -> float:
@@ -89,6 +96,8 @@ class Fit:
     fitted: int  # runs that end fitted (fit_pass), of those that did not diverge
     first_fit: float | None  # the median pass of first fit of the runs that fitted; None when none did
     unfinished: int = 0  # runs that may train further
+    spread: float = math.nan  # final training error, max minus min over its seeds (points); NaN under two seeds
+    pass_spread: float = math.nan  # the pass of first fit, max minus min over its seeds that fit; NaN under two
 
     @property
     def net(self) -> str:
@@ -103,6 +112,43 @@ class Pair:
     deep: Fit
     provisional: bool  # a run of the arch may train further
 
+    @property
+    def gap(self) -> float:
+        """Final training error, deeper minus shallower (points)."""
+        return self.deep.final_train - self.shallow.final_train
+
+    @property
+    def spread(self) -> float:
+        """The larger seed spread of its two nets (points), NaN where neither has two seeds."""
+        spreads = [net.spread for net in (self.shallow, self.deep) if not math.isnan(net.spread)]
+        return max(spreads) if spreads else math.nan
+
+    @property
+    def noise(self) -> float:
+        """What its gap is read against: the measured seed spread, or NOISE_FLOOR where none was measured."""
+        return NOISE_FLOOR if math.isnan(self.spread) else self.spread
+
+    @property
+    def pass_spread(self) -> float:
+        """The larger spread of the pass of first fit of its two nets, NaN where neither has two seeds that fit."""
+        spreads = [net.pass_spread for net in (self.shallow, self.deep) if not math.isnan(net.pass_spread)]
+        return max(spreads) if spreads else math.nan
+
+    @property
+    def pass_noise(self) -> float:
+        """What a difference in the pass of first fit is read against: its spread, or PASS_FLOOR."""
+        return PASS_FLOOR if math.isnan(self.pass_spread) else self.pass_spread
+
+    @property
+    def tie(self) -> bool:
+        """Whether its gap is within the noise: neither net shown to train better."""
+        return is_tie(self.gap, self.noise)
+
+
+def is_tie(gap: float, noise: float) -> bool:
+    """Whether a difference (points) is within `noise` (a seed spread, or NOISE_FLOOR): no result either way."""
+    return abs(gap) < noise
+
 
 def net_fit(runs: Sequence[RunFit]) -> Fit:
     """The Fit of one net from its runs. A diverged run counts among the runs but not in the error or the fit:
@@ -110,8 +156,10 @@ def net_fit(runs: Sequence[RunFit]) -> Fit:
     kept = [run for run in runs if run.state != DIVERGED]
     finals = [run.final_train for run in kept if not math.isnan(run.final_train)]
     passes = [run.first_fit for run in kept if run.first_fit is not None]
+    spread = float(max(finals) - min(finals)) if len(finals) >= 2 else math.nan
+    pass_spread = float(max(passes) - min(passes)) if len(passes) >= 2 else math.nan
     return Fit(runs[0].arch, runs[0].depth, float(np.mean(finals)) if finals else math.nan, len(runs), len(passes),
-               median_pass(passes), sum(run.state in UNFINISHED for run in runs))
+               median_pass(passes), sum(run.state in UNFINISHED for run in runs), spread, pass_spread)
 
 
 def net_fits(runs: Iterable[RunFit]) -> list[Fit]:

@@ -19,16 +19,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.transforms import offset_copy
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 from bench.errors import BenchError
-from bench.fitting import FIT_ERROR, fit_pass
+from bench.fitting import FIT_ERROR, NOISE_FLOOR, fit_pass
 from bench.prose import fit_caption, provenance_lines, schedule_provenance, timing_provenance
 from bench.records import DIVERGED, PHASES, UNFINISHED
-from bench.tables import breakdown, curves, with_percent
+from bench.tables import breakdown, curve_gaps, curves, with_percent
 from resnet import ALL_ARCHS, ARCHS
 
-ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks (ResNet)",
+ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks",
                "preact": "pre-activation residual", "zero-init": "residual, branches start at zero",
                "dirac": "Dirac-parameterised plain"}
 BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}
@@ -38,6 +39,16 @@ PHASE_STYLES = {"forward": ":", "forward_backward": "--", "train_step": "-"}
 CAPTION_SIZE = 7.5
 # The training-gap axis (points, symlog): tenths of a point near a crossing, tens in the first epochs.
 GAP_TICKS = [-30, -10, -3, -1, -0.5, 0, 0.5, 1, 3, 10, 30, 100]
+# Panels of a multi-panel figure, in inches: at most three side by side, so that a figure stays within about
+# 2,000 pixels at the report's 150 dpi and readable at page width; more panels wrap onto further rows.
+PANEL_WIDTH, PANEL_HEIGHT, MAX_COLUMNS = 4.3, 4.4, 3
+# How far a legend under a panel sits below its axis, in points: past the tick labels and the axis label.
+LEGEND_DROP = 34
+
+
+# The colorblind palette's colours in the order depths take them: its orange and vermillion (1, 3) look alike
+# side by side, so the depths next to each other in a report never get both.
+DEPTH_ORDER = (0, 1, 2, 4, 5, 9, 3)
 
 
 def style() -> matplotlib.rc_context:
@@ -49,8 +60,10 @@ def style() -> matplotlib.rc_context:
 def depth_colors(depths: Iterable[int]) -> dict[int, tuple]:
     """One colour per depth, the same in every panel and figure of a report (shallow to deep in palette order)."""
     depths = sorted({int(d) for d in depths})
-    palette = sns.color_palette("colorblind" if len(depths) <= 7 else "husl", len(depths))
-    return dict(zip(depths, palette))
+    if len(depths) > len(DEPTH_ORDER):
+        return dict(zip(depths, sns.color_palette("husl", len(depths))))
+    palette = sns.color_palette("colorblind")
+    return dict(zip(depths, (palette[i] for i in DEPTH_ORDER)))
 
 
 def arch_colors() -> dict[str, tuple]:
@@ -94,13 +107,11 @@ def _band(curve: pd.DataFrame, kind: str, band: str) -> tuple[pd.Series, pd.Seri
 
 
 def _top(data: pd.DataFrame, kinds: Iterable[str], band: str) -> float:
-    """Upper y limit: the highest plotted value, ignoring the first 5% of long runs (their early error
-    dwarfs the rest, so the paper lets it leave the plot), rounded up to 5%."""
+    """Upper y limit: the highest plotted value (bands included, so no point leaves the plot), rounded up to 5%."""
     values = []
     for _, curve in data.groupby(["arch", "depth"]):
-        skip = math.ceil(0.05 * len(curve)) if len(curve) > 20 else 0
         for kind in kinds:
-            values.extend(_band(curve.iloc[skip:], kind, band)[1].dropna())
+            values.extend(_band(curve, kind, band)[1].dropna())
     top = max(values, default=math.nan) * 1.06
     return 100.0 if math.isnan(top) else min(100.0, max(5.0, 5 * math.ceil(top / 5)))
 
@@ -206,6 +217,40 @@ def add_caption(fig: Figure, lines: list[str], *, title: str | None = None) -> N
     fig.tight_layout(rect=(0, extra / fig.get_figheight(), 1, 1))  # tight_layout leaves room for the suptitle
 
 
+def panels(count: int, *, width: float = PANEL_WIDTH, height: float = PANEL_HEIGHT) -> tuple[Figure, list[Axes]]:
+    """A figure of `count` panels, at most MAX_COLUMNS side by side and wrapped onto rows beyond that."""
+    columns = min(count, MAX_COLUMNS)
+    rows = math.ceil(count / columns)
+    fig = Figure(figsize=(width * columns, height * rows))
+    axes = list(fig.subplots(rows, columns, squeeze=False).ravel())
+    for spare in axes[count:]:
+        spare.remove()
+    return fig, axes[:count]
+
+
+def legend_below(ax: Axes, handles: list | None = None, *, columns: int = 2, size: float = 8) -> None:
+    """The panel's legend under its x axis, where it covers no line."""
+    handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
+    # Anchored a fixed distance under the axis (points, not a fraction of the panel's height), below the tick
+    # labels and the axis label whatever the panel's size.
+    below = offset_copy(ax.transAxes, fig=ax.figure, y=-LEGEND_DROP, units="points")
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below, ncol=columns,
+              fontsize=size, frameon=False, borderaxespad=0, handlelength=2.6)
+
+
+def _gap_axis(ax: Axes) -> Patch:
+    """A training-error gap axis: linear within ±1 point and logarithmic beyond (GAP_TICKS), zero marked, so
+    the first epochs' gap of tens of points and a final one of a point both read; the noise floor shaded, so a
+    tie reads as one. Returns the shading's legend handle."""
+    ax.axhline(0, color="0.3", lw=0.9)
+    ax.axhspan(-NOISE_FLOOR, NOISE_FLOOR, color="0.55", alpha=0.15, lw=0, zorder=0, gid="noise-floor")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.yaxis.set_major_locator(FixedLocator(GAP_TICKS))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:+g}" if value else "0"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    return Patch(color="0.55", alpha=0.3, lw=0, label=f"within ±{NOISE_FLOOR:g} point, the noise floor: a tie")
+
+
 def _default_title(runs: pd.DataFrame, what: str) -> str:
     datasets = ", ".join(sorted(runs["dataset"].astype(str).unique()))
     presets = ", ".join(sorted(runs["preset"].astype(str).unique()))
@@ -216,22 +261,24 @@ def _default_title(runs: pd.DataFrame, what: str) -> str:
 
 def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "auto", band: str = "minmax",
                        colors: dict[int, tuple] | None = None, title: str | None = None) -> Figure:
-    """The paper's Figures 4 and 6: plain nets (left) and their residual twins (right), then a panel for each
-    remedy (resnet.REMEDIES) that has runs, one colour per depth,
-    thin dashed training error and bold test error, mean over seeds with a band (`band`: "minmax" or "std"),
-    the same y range in both panels. `runs` must carry state, epochs_done, epochs_total, diverged_epoch.
+    """The paper's Figures 4 and 6: plain nets, their residual twins, then a panel for each remedy
+    (resnet.REMEDIES) that has runs, one colour per depth, thin dashed training error and bold test error,
+    mean over seeds with a band (`band`: "minmax" or "std"), one y range for all. Where an arch has two depths,
+    a last panel draws each net's training error minus the next shallower one's (`tables.curve_gaps`), on an
+    axis where a gap of a point reads as well as one of tens: the residual half of the paper is a point or two.
+    Panels wrap at MAX_COLUMNS. `runs` must carry state, epochs_done, epochs_total, diverged_epoch.
     """
     if band not in BANDS:
         raise BenchError(f"unknown band {band!r}: choose one of {', '.join(BANDS)}")
     epochs = epochs[epochs["run_id"].isin(runs["run_id"])]
     xcol, scale, xlabel = x_axis(epochs, runs, x)
     data = curves(epochs, xcol)
+    gaps = curve_gaps(data)
     colors = colors or depth_colors(data["depth"])
     top = _top(data, ("train", "test"), band)
+    archs = drawn_archs(runs)
     with style():
-        archs = drawn_archs(runs)
-        fig = Figure(figsize=(6 * len(archs), 4.8))
-        axes = fig.subplots(1, len(archs), sharey=True, sharex=True)
+        fig, axes = panels(len(archs) + (not gaps.empty))
         for ax, arch in zip(axes, archs):
             handles, drawn = [], set()
             for depth, curve in data[data["arch"] == arch].groupby("depth"):
@@ -245,22 +292,47 @@ def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "au
                 drawn |= _mark_fits(ax, epochs, line_runs, xcol=xcol, scale=scale, color=color)
                 handles.append(Line2D([], [], color=color, lw=TEST_WIDTH,
                                       label=f"{arch}-{depth}{_state_note(line_runs)}"))
-            ax.set_title(ARCH_TITLES[arch], fontsize=12)
+            ax.set_title(ARCH_TITLES[arch], fontsize=11)
             ax.set_xlabel(xlabel)
+            ax.set_ylabel("error (%)")
+            ax.set_ylim(0, top)
+            _x_limits(ax, epochs, runs, xcol, scale)
             if not handles:
                 ax.text(0.5, 0.5, f"no {arch} runs yet", transform=ax.transAxes, ha="center", color="0.4")
                 continue
             handles += [Line2D([], [], color="0.35", lw=TRAIN_WIDTH, ls="--", label="training error"),
                         Line2D([], [], color="0.35", lw=TEST_WIDTH, label="test error"), *_mark_handles(drawn)]
-            ax.legend(handles=handles, loc="best", fontsize=8.5)
-        axes[0].set_ylabel("error (%)")
-        axes[0].set_ylim(0, top)
-        _x_limits(axes[0], epochs, runs, xcol, scale)
-        spread = f"; line: mean over seeds, band: {BANDS[band]}" if runs["seed"].nunique() > 1 else ""
+            legend_below(ax, handles)
+        notes = [f"Thin dashed: training error; bold: test error"
+                 + (f"; line: mean over seeds, band: {BANDS[band]}." if runs["seed"].nunique() > 1 else ".")
+                 + " Each run's last training error is pooled over its last whole epoch of iterations, as the "
+                   "tables give it."]
+        if not gaps.empty:
+            _gap_panel(axes[-1], gaps, scale=scale, xlabel=xlabel)
+            _x_limits(axes[-1], epochs, runs, xcol, scale)
+            notes.append("Last panel: each net's training error minus the next shallower net's of its arch, epoch by "
+                         "epoch; below 0 the deeper net trains better; grey: within the noise floor, a tie (the "
+                         "verdicts use the seed spread where two seeds were run). y: linear within ±1 point, "
+                         "logarithmic beyond.")
         fit = [line] if (line := fit_caption(runs)) else []
-        add_caption(fig, [*provenance_lines(runs), f"Thin dashed: training error; bold: test error{spread}.", *fit],
+        add_caption(fig, [*provenance_lines(runs), *notes, *fit],
                     title=title or _default_title(runs, "Training plain vs residual networks"))
     return fig
+
+
+def _gap_panel(ax: Axes, gaps: pd.DataFrame, *, scale: float, xlabel: str) -> None:
+    """`tables.curve_gaps` as one line per pair, in the arch's colour and line style."""
+    colors = arch_colors()
+    for (arch, shallow, deep), curve in gaps.groupby(["arch", "shallow", "deep"], sort=False):
+        style_of = ARCH_LINES[arch]
+        ax.plot(curve["x"] / scale, curve["gap"], color=colors[arch], lw=1.8, ls=style_of["ls"],
+                marker=style_of["marker"] if len(curve) <= 25 else None, ms=3,
+                gid=f"{arch}-{deep}-{shallow}-gap", label=f"{arch}-{deep} minus {arch}-{shallow}")
+    noise = _gap_axis(ax)
+    ax.set_title("training error, deeper minus shallower", fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("gap (points)")
+    legend_below(ax, [*ax.get_legend_handles_labels()[0], noise], columns=1)
 
 
 def depth_figure(epochs: pd.DataFrame, runs: pd.DataFrame, depth: int, *, x: str = "auto", band: str = "minmax",
@@ -276,23 +348,29 @@ def depth_figure(epochs: pd.DataFrame, runs: pd.DataFrame, depth: int, *, x: str
     lines = [(f"{arch}-{depth}", f"{arch}-{depth}", data[data["arch"] == arch], runs[runs["arch"] == arch],
               colors[arch]) for arch in ALL_ARCHS if (data["arch"] == arch).any()]
     top = _top(data, ("train", "test"), band)
+    # On a log axis the archs that end a point or two apart stay apart beside one that ends tens of points above;
+    # a net fitted to 0% has no place on it.
+    log = bool((data["train_min"].dropna() >= 1).all())
     with style():
         fig = Figure(figsize=(12, 4.6))
         for ax, kind in zip(fig.subplots(1, 2, sharex=True), ("train", "test")):
             _error_panel(ax, epochs, runs, lines, kind, xcol=xcol, scale=scale, xlabel=xlabel, band=band, top=top,
-                         fits=kind == "train")
+                         fits=kind == "train", log=log and kind == "train")
         spread = (f"Line: mean over seeds, band: {BANDS[band]}." if runs["seed"].nunique() > 1
                   else "One seed per net.")
+        if log:
+            spread += " Training error on a log axis, so that nets a point apart stay apart."
         add_caption(fig, [*provenance_lines(runs), spread],
                     title=title or _default_title(runs, f"Every arch at {depth} layers"))
     return fig
 
 
 def _error_panel(ax: Axes, epochs: pd.DataFrame, runs: pd.DataFrame, lines: list[tuple], kind: str, *, xcol: str,
-                 scale: float, xlabel: str, band: str, top: float, fits: bool = False) -> None:
+                 scale: float, xlabel: str, band: str, top: float, fits: bool = False, log: bool = False) -> None:
     """One panel of `kind` error ("train" or "test"): a bold line per (gid, label, curve, runs, colour) of
-    `lines`, each with its state marks (and, with `fits`, where it first fit), a legend, and the axes from 0 to
-    `top` and over the planned schedule of `runs`."""
+    `lines`, each with its state marks (and, with `fits`, where it first fit), a legend under it, and the axes
+    from 0 to `top` (with `log`, a log axis from just below the lowest band) and over the planned schedule of
+    `runs`."""
     handles, drawn = [], set()
     for gid, label, curve, line_runs, color in lines:
         _draw(ax, curve, kind, scale=scale, color=color, band=band, bold=True, gid=f"{gid}-{kind}")
@@ -300,8 +378,17 @@ def _error_panel(ax: Axes, epochs: pd.DataFrame, runs: pd.DataFrame, lines: list
         if fits:
             drawn |= _mark_fits(ax, epochs, line_runs, xcol=xcol, scale=scale, color=color)
         handles.append(Line2D([], [], color=color, lw=TEST_WIDTH, label=f"{label}{_state_note(line_runs)}"))
-    ax.legend(handles=handles + _mark_handles(drawn), loc="best", fontsize=9)
-    ax.set_ylim(0, top)
+    legend_below(ax, handles + _mark_handles(drawn), columns=3)
+    if log:
+        low = min(_band(curve, kind, band)[0].min() for _, _, curve, _, _ in lines)
+        ax.set_yscale("log")
+        ax.set_ylim(low / 1.15, top)
+        ticks = [t for t in (1, 2, 5, 10, 15, 20, 30, 50, 70, 100) if low / 1.15 <= t <= top]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_locator(NullLocator())
+    else:
+        ax.set_ylim(0, top)
     _x_limits(ax, epochs, runs, xcol, scale)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{'training' if kind == 'train' else 'test'} error (%)")
@@ -320,7 +407,7 @@ def figure1(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "auto", band: 
     xcol, scale, xlabel = x_axis(epochs, plain, x)
     data = curves(epochs, xcol)
     colors = colors or depth_colors(depths)
-    lines = [(f"plain-{depth}", f"{depth}-layer", curve, plain[plain["depth"] == depth], colors[depth])
+    lines = [(f"plain-{depth}", f"plain-{depth}", curve, plain[plain["depth"] == depth], colors[depth])
              for depth, curve in data.groupby("depth")]
     with style():
         fig = Figure(figsize=(12, 4.5))
@@ -451,7 +538,7 @@ def line_key(runs: pd.DataFrame) -> str:
 
 
 def _net_line(ax: Axes, x: np.ndarray, y: np.ndarray, arch: str, depth: int, color: tuple, gid: str) -> Line2D:
-    label = f"{ {'plain': 'plain', 'residual': 'ResNet'}.get(arch, arch)}-{depth}"
+    label = f"{arch}-{depth}"
     (line,) = ax.plot(x, y, color=color, lw=1.6, ms=3.2 if len(x) <= 60 else 0, label=label, gid=gid,
                       **ARCH_LINES[arch])
     return line
@@ -476,7 +563,7 @@ def figure7(profile: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int, tupl
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0].set_ylabel("std of the layer's response")
         axes[0].set_ylim(bottom=0)
-        axes[1].legend(loc="best", fontsize=8.5)
+        legend_below(axes[1], columns=3)
         iterations = ", ".join(f"{i:,}" for i in sorted({int(i) for i in profile["iteration"]}))
         add_caption(fig, [*provenance_lines(runs),
                           f"Responses: each 3x3 layer's BatchNorm output before ReLU and addition, eval mode, at each "
@@ -505,7 +592,7 @@ def gradient_figure(first: pd.DataFrame, last: pd.DataFrame, runs: pd.DataFrame,
             ax.set_yscale("log")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0].set_ylabel("gradient norm of the conv weight")
-        axes[1].legend(loc="best", fontsize=8.5)
+        legend_below(axes[1], columns=3)
         add_caption(fig, [*provenance_lines(runs),
                           "Gradient: L2 norm of each main-path conv weight's gradient after backward, before the "
                           f"optimizer step; mean over seeds. {line_key(runs)}"],
@@ -515,41 +602,57 @@ def gradient_figure(first: pd.DataFrame, last: pd.DataFrame, runs: pd.DataFrame,
 
 def schedule_figure(table: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int, tuple] | None = None,
                     title: str | None = None) -> Figure:
-    """Final training error (left) and test error (right) against schedule length, one line per net: where a
-    deeper net starts to pay off. `table` is `tables.schedule_table`; plain dashed, residual solid. Where the
-    table mixes precisions, each precision's points get their own marker fill (fp32 filled, others hollow)
-    and the line joins the mean over every run of a length."""
+    """Final training error (left) and test error (right) against schedule length, one line per net finished at
+    two lengths or more: where a deeper net starts to pay off. `table` is `tables.schedule_table`; each arch has
+    its line style and marker. A line joins only lengths next to each other in the table, so it never runs
+    through a length that net was not run at. Where the table mixes precisions, each precision's points get
+    their own marker fill (fp32 filled, others hollow) and the line joins the mean over every run of a length."""
     colors = colors or depth_colors(table["depth"])
     lengths = sorted(table["iterations"].unique())
     precisions = sorted(table["precision"].unique(), key=lambda p: (p != "fp32", p))
     mixed = len(precisions) > 1
+    drawn = table.groupby(["arch", "depth"]).filter(lambda net: net["iterations"].nunique() >= 2)
+    left_out = sorted({f"{arch}-{depth}" for arch, depth in zip(table["arch"], table["depth"])}
+                      - {f"{arch}-{depth}" for arch, depth in zip(drawn["arch"], drawn["depth"])})
     with style():
-        fig = Figure(figsize=(12, 4.6))
+        fig = Figure(figsize=(12, 4.4))
         axes = fig.subplots(1, 2, sharey=True)
         for ax, column, what in zip(axes, ("final_train", "final_test"), ("training", "test")):
-            for (arch, depth), net in table.groupby(["arch", "depth"]):
+            for (arch, depth), net in drawn.groupby(["arch", "depth"]):
                 sums = net.assign(total=net[column] * net["seeds"]).groupby("iterations")[["total", "seeds"]].sum()
-                line = _net_line(ax, sums.index.to_numpy(), (sums["total"] / sums["seeds"]).to_numpy(), arch,
-                                 depth, colors[depth], f"{arch}-{depth}-{column}")
+                # NaN at a length the net lacks breaks the line there.
+                mean = (sums["total"] / sums["seeds"]).reindex(lengths)
+                line = _net_line(ax, mean.index.to_numpy(), mean.to_numpy(), arch, depth, colors[depth],
+                                 f"{arch}-{depth}-{column}")
+                line.set_markersize(5)
                 if mixed:
                     line.set_marker("None")
                     for precision, points in net.groupby("precision"):
                         ax.plot(points["iterations"], points[column], ls="none", marker=ARCH_LINES[arch]["marker"],
-                                ms=5, color=colors[depth], mfc=colors[depth] if precision == "fp32" else "white",
+                                ms=6, color=colors[depth], mfc=colors[depth] if precision == "fp32" else "white",
                                 gid=f"{arch}-{depth}-{column}-{precision}")
             ax.set_xscale("log", base=2)
             ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
             ax.minorticks_off()
+            ax.set_xlim(lengths[0] / 1.25, lengths[-1] * 1.25)
             ax.set_xlabel("schedule length (iterations)")
             ax.set_title(f"final {what} error", fontsize=11)
         axes[0].set_ylabel("error (%)")
-        handles = axes[1].get_legend_handles_labels()[0]
+        axes[0].set_ylim(0, None)
+        # Legend entries with the marker the points carry, so every marker drawn is named.
+        handles = [Line2D([], [], color=colors[depth], lw=1.6, ls=ARCH_LINES[arch]["ls"], ms=6,
+                          marker=ARCH_LINES[arch]["marker"], label=f"{arch}-{depth}")
+                   for (arch, depth), _ in drawn.groupby(["arch", "depth"])]
         if mixed:
             handles += [Line2D([], [], ls="none", marker="o", color="0.4", mfc="0.4" if p == "fp32" else "white",
-                               label=p) for p in precisions]
-        axes[1].legend(handles=handles, loc="best", fontsize=8.5)
+                               label=f"{p} ({'filled' if p == 'fp32' else 'hollow'})") for p in precisions]
+        legend_below(axes[1], handles, columns=3)
+        key = "; ".join(f"{LINE_WORDS[a]}: {a}" for a in ALL_ARCHS if (drawn["arch"] == a).any())
         notes = ["Each point: a whole run of that length (the lr decays scale with it), finished; mean over seeds. "
-                 "Dashed: plain; solid: residual."]
+                 f"{key[:1].upper()}{key[1:]}. A line joins lengths next to each other only: a gap in it is a "
+                 "length not run."]
+        if left_out:
+            notes.append(f"Run at one length only, so in the table and not drawn: {', '.join(left_out)}.")
         if mixed:
             notes.append(f"Precisions mixed ({', '.join(precisions)}): fp32 points filled, "
                          f"{', '.join(precisions[1:])} hollow; where a length has both, the line joins the mean "
@@ -576,11 +679,11 @@ def crossing_figure(gaps: pd.DataFrame, crossed: pd.DataFrame, runs: pd.DataFram
         fig = Figure(figsize=(6 * len(archs), 4.6))
         axes = np.atleast_1d(fig.subplots(1, len(archs), squeeze=False)[0])
         for ax, arch in zip(axes, archs):
-            ax.axhline(0, color="0.3", lw=0.9)
             keys = ["shallow", "deep", "iterations", "precision", "seed"]
             for (shallow, deep, iterations, precision, seed), curve in gaps[gaps["arch"] == arch].groupby(keys):
                 extra = ", ".join(f"seed {seed}" if k == "seed" else precision for k in varies)
-                label = f"{deep} − {shallow}, {iterations:,} iterations" + (f" ({extra})" if extra else "")
+                label = (f"{arch}-{deep} minus {arch}-{shallow}, {iterations:,} iterations"
+                         + (f" ({extra})" if extra else ""))
                 gid = f"{arch}-{deep}-{shallow}-{iterations}-{precision}-s{seed}"
                 ax.plot(curve["iteration"], curve["gap"], color=palette[iterations], lw=1.5, label=label, gid=gid,
                         **ARCH_LINES[arch], ms=0)
@@ -588,13 +691,13 @@ def crossing_figure(gaps: pd.DataFrame, crossed: pd.DataFrame, runs: pd.DataFram
                 if pd.notna(settled):
                     ax.plot([settled], curve.loc[curve["iteration"] == settled, "gap"].to_numpy(), "o",
                             color=palette[iterations], ms=6, mec="black", mew=0.6, zorder=5, gid=f"{gid}-crossing")
-            ax.set_yscale("symlog", linthresh=1)
-            ax.yaxis.set_major_locator(FixedLocator(GAP_TICKS))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:+g}" if value else "0"))
-            ax.yaxis.set_minor_locator(NullLocator())
+            noise = _gap_axis(ax)
             ax.set_xlabel("iteration")
             ax.set_title(f"{ARCH_TITLES[arch]}: deeper minus shallower", fontsize=11)
-            ax.legend(loc="best", fontsize=8)
+            dots = [Line2D([], [], ls="", marker="o", ms=6, color="0.5", mec="black", mew=0.6,
+                           label="below from here to the end")] if any(
+                (line.get_gid() or "").endswith("-crossing") for line in ax.get_lines()) else []
+            legend_below(ax, [*ax.get_legend_handles_labels()[0], *dots, noise], columns=1)
         axes[0].set_ylabel("training error gap (points)")
         add_caption(fig, [*schedule_provenance(runs),
                           "Training error of each epoch (running, augmented) of the deeper net minus the shallower's "

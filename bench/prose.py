@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.fitting import FIT_ERROR, Fit, Pair
+from bench.fitting import FIT_ERROR, NOISE_FLOOR, PASS_FLOOR, Fit, Pair, is_tie
 from resnet import SHORTCUT_ARCHS
 
 
@@ -135,9 +135,12 @@ def degradation_verdict(row: pd.Series) -> str:
     def net(name: str) -> Fit:
         fitted = row.get(f"{name}_fitted")
         first = row.get(f"{name}_first_fit")
+        spread, pass_spread = (row.get(f"{name}_{key}") for key in ("spread", "pass_spread"))
         return Fit(row["arch"], int(row[f"{name}_depth"]), float(row[f"{name}_train"]),
                    int(row.get(f"{name}_runs", 1)), 0 if pd.isna(fitted) else int(fitted),
-                   None if first is None or pd.isna(first) else float(first))
+                   None if first is None or pd.isna(first) else float(first),
+                   spread=math.nan if spread is None or pd.isna(spread) else float(spread),
+                   pass_spread=math.nan if pass_spread is None or pd.isna(pass_spread) else float(pass_spread))
 
     return degradation_sentence(Pair(net("shallow"), net("deep"), bool(row["provisional"])))
 
@@ -162,31 +165,48 @@ def _share(net: Fit) -> str:
 
 def degradation_sentence(pair: Pair) -> str:
     """A net against the next shallower one of its arch in one sentence: the final training errors and
-    their gap, then the verdict (read at the floor where either net fits, else from the gap), saying plainly
-    when it is negative (none shown)."""
+    their gap (with the seed spread where either net has two seeds), then the verdict: read at the floor where
+    either net fits, else from the gap against the noise (bench.fitting.Pair.noise), a tie within it, saying
+    plainly when it is negative (none shown)."""
     shallow, deep = pair.shallow, pair.deep
-    gap = deep.final_train - shallow.final_train
+    spread = "" if math.isnan(pair.spread) else f" (seed spread {pair.spread:.2f})"
     head = (f"{deep.arch}: the {deep.depth}-layer net ends at {deep.final_train:.2f}% training error, "
-            f"the {shallow.depth}-layer at {shallow.final_train:.2f}%: gap {gap:+.2f} points")
-    verdict = fit_verdict(shallow, deep) or _gap_verdict(deep.arch, gap)
+            f"the {shallow.depth}-layer at {shallow.final_train:.2f}%: gap {pair.gap:+.2f} points{spread}")
+    verdict = fit_verdict(pair) or _gap_verdict(pair)
     tail = " (provisional: runs still in progress)" if pair.provisional else ""
     return f"{head}, {verdict}{tail}."
 
 
-def _gap_verdict(arch: str, gap: float) -> str:
+def noise_text(pair: Pair) -> str:
+    """What a pair's gap was read against: 'the seed spread' or 'the 1-point noise floor of one seed'."""
+    return "the seed spread" if not math.isnan(pair.spread) else f"the {NOISE_FLOOR:g}-point noise floor of one seed"
+
+
+def _gap_verdict(pair: Pair) -> str:
+    arch, gap = pair.deep.arch, pair.gap
+    if pair.tie:
+        return (f"a tie within {noise_text(pair)}: "
+                + (f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well)" if arch not in SHORTCUT_ARCHS
+                   else f"the deeper {arch} net trains as well, no degradation (the paper's trains better)"))
+    beyond = f", beyond {noise_text(pair)}"
     if arch not in SHORTCUT_ARCHS:
-        return (f"degradation shown (the deeper {arch} net trains worse)" if gap > 0
-                else f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well or better)")
-    if math.isclose(gap, 0.0, abs_tol=1e-9):
-        return f"the deeper {arch} net trains as well, no degradation (the paper's trains better)"
-    return (f"the deeper {arch} net trains better, as in the paper" if gap < 0
-            else f"the deeper {arch} net trains worse here, unlike the paper")
+        return (f"degradation shown{beyond} (the deeper {arch} net trains worse)" if gap > 0
+                else f"NEGATIVE: no degradation shown{beyond} (the deeper {arch} net trains better)")
+    return (f"the deeper {arch} net trains better, as in the paper{beyond}" if gap < 0
+            else f"the deeper {arch} net trains worse here, unlike the paper{beyond}")
 
 
-def fit_verdict(shallow: Fit, deep: Fit) -> str | None:
-    """The degradation read at the floor, or None when neither net fits. Deeper fits first: the paper's
-    "deeper residual trains better"; both fit: no degradation; the deeper does not fit what the shallower
-    fits: degradation."""
+# What `bench run` adds where the quick preset's 50-layer nets did not fit: why, as measured (the docs page).
+STALLED_50 = ("The 50-layer nets do not start in the quick preset: at lr 0.1 their large first gradients inflate the "
+              "weights they hit, and every later step is then too small to learn (measured: docs/quick-preset.md). "
+              "preact-50 fits; the reference runs (docs/reference-results.md) show deeper nets at a longer schedule.")
+
+
+def fit_verdict(pair: Pair) -> str | None:
+    """The degradation read at the floor, or None when neither net fits. Deeper fits first, by more passes than
+    the noise (bench.fitting.Pair.pass_noise): the paper's "deeper residual trains better"; both fit: no
+    degradation; the deeper does not fit what the shallower fits: degradation."""
+    shallow, deep = pair.shallow, pair.deep
     if not shallow.fitted and not deep.fitted:
         return None
     plain, arch = deep.arch not in SHORTCUT_ARCHS, deep.arch
@@ -198,7 +218,13 @@ def fit_verdict(shallow: Fit, deep: Fit) -> str | None:
         head = f"{deep.net} fits and {shallow.net} does not{_share(shallow)}"
         return f"{head}: " + (f"NEGATIVE: no degradation shown (the deeper {arch} net trains better)" if plain
                               else f"the deeper {arch} net trains better, as in the paper")
-    if deep.first_fit < shallow.first_fit:
+    if is_tie(deep.first_fit - shallow.first_fit, pair.pass_noise) and deep.first_fit != shallow.first_fit:
+        which = "first" if deep.first_fit < shallow.first_fit else "later"
+        head = (f"both fit{_share(deep)}, {deep.net} {which} ({_pass_text(deep)} against {_pass_text(shallow)}), "
+                f"a tie within {_pass_noise_text(pair)}")
+        tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well)" if plain
+                else f"the deeper {arch} net trains as well, no degradation (the paper's trains better)")
+    elif deep.first_fit < shallow.first_fit:
         head = f"both fit{_share(deep)}, {deep.net} first ({_pass_text(deep)} against {_pass_text(shallow)})"
         tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net trains better)" if plain
                 else f"the deeper {arch} net trains better, as in the paper")
@@ -211,6 +237,13 @@ def fit_verdict(shallow: Fit, deep: Fit) -> str | None:
         tail = (f"NEGATIVE: no degradation shown (the deeper {arch} net fits too, more slowly)" if plain
                 else f"no degradation, but the deeper {arch} net fits more slowly (the paper's trains better)")
     return f"{head}: {tail}"
+
+
+def _pass_noise_text(pair: Pair) -> str:
+    """'the seed spread of 3 passes' or 'the 2-pass noise floor of one seed'."""
+    if math.isnan(pair.pass_spread):
+        return f"the {PASS_FLOOR}-pass noise floor of one seed"
+    return f"the seed spread of {pair.pass_spread:g} passes"
 
 
 def response_sentence(ratios: pd.DataFrame, profile: pd.DataFrame) -> str:

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from bench import prose, tables
 from bench.config import EXECUTION_FIELDS, FORMATS, RunConfig
 from bench.errors import BenchError, Notify
-from bench.fitting import FIT_ERROR
+from bench.fitting import FIT_ERROR, NOISE_FLOOR, is_tie
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, crossing_figure, degradation_figure, depth_colors, depth_figure, figure1,
                          figure7, gradient_figure, schedule_figure, style, timing_figure)
@@ -211,10 +211,13 @@ def crossing_lines(crossings: pd.DataFrame) -> list[str]:
     for (arch, shallow, deep), pair in crossings.groupby(["arch", "shallow", "deep"], sort=True):
         a, b = f"{arch}-{deep}", f"{arch}-{shallow}"
         finals = pair.groupby("iterations")["final_gap"].mean()
-        ends_below = [f"{n:,}" for n, gap in finals.items() if gap < 0]
+        noise = {n: _noise(of_length) for n, of_length in pair.groupby("iterations")}
+        ends_below = [f"{n:,}" for n, gap in finals.items() if gap < 0 and not is_tie(gap, noise[n])]
         lines.append(f"- **{a} against {b}**, final training error, deeper minus shallower: "
-                     + ", ".join(f"{gap:+.2f} points at {n:,} iterations" for n, gap in finals.items())
-                     + f"; {a} ends below {b} in "
+                     + ", ".join(f"{gap:+.2f} points at {n:,} iterations"
+                                 + (f" (a tie: within {noise[n]:.2f} points of noise)" if is_tie(gap, noise[n]) else "")
+                                 for n, gap in finals.items())
+                     + f"; {a} ends below {b}, beyond the noise, in "
                      + (f"the {' and '.join(ends_below)}-iteration schedule{'s' if len(ends_below) > 1 else ''}"
                         if ends_below else "none of them") + ".")
         for row in pair.itertuples():
@@ -231,6 +234,14 @@ def crossing_lines(crossings: pd.DataFrame) -> list[str]:
                 lines.append(f"    - {where}: does not cross; {dips}ends above: final {finals_text}.")
         lines += _over_seeds(pair, a)
     return lines
+
+
+def _noise(runs: pd.DataFrame) -> float:
+    """What the final gaps of one schedule length are read against: the larger seed spread (max minus min) of
+    its two nets' final training errors where it has two seeds or more, else bench.fitting.NOISE_FLOOR."""
+    if runs["seed"].nunique() < 2:
+        return NOISE_FLOOR
+    return max(runs[net].max() - runs[net].min() for net in ("shallow_final", "deep_final"))
 
 
 def _over_seeds(pair: pd.DataFrame, deep: str) -> list[str]:

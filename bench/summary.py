@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import store
-from bench.config import RunConfig
+from bench.config import QUICK, RunConfig
 from bench.errors import BenchError, Notify
 from bench.fitting import RunFit, final_train_error, fit_pass, net_fits, pairs
 from bench.progress import print_whole
-from bench.prose import degradation_sentence, fit_text
+from bench.prose import STALLED_50, degradation_sentence, fit_text
+from resnet import family_of
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,12 @@ class RunSummary:
     state: str  # its run state, "finished (earlier)" and the like, or why the grid did not train it
     rows: list[dict] = field(default_factory=list)  # its EpochRow dicts, as read back
     seconds: float = 0.0  # training time in this grid
+    preset: str = ""  # the preset it was configured from
 
     @classmethod
     def of(cls, config: RunConfig, state: str, rows: list[dict], seconds: float = 0.0) -> RunSummary:
         """The summary of `config`'s run."""
-        return cls(config.run_id(), config.arch, config.depth, config.seed, state, rows, seconds)
+        return cls(config.run_id(), config.arch, config.depth, config.seed, state, rows, seconds, config.preset)
 
     @functools.cached_property
     def final_train(self) -> float:
@@ -78,8 +80,14 @@ def summary_table(summary: list[RunSummary]) -> Table:
 
 def verdict_lines(summary: list[RunSummary]) -> list[str]:
     """Per arch with two depths or more, each net against the next shallower one in one sentence (18 against
-    34, then 34 against 50), as `bench report` says it."""
-    return [degradation_sentence(pair) for pair in pairs(net_fits(item.fit() for item in summary if item.rows))]
+    34, then 34 against 50), as `bench report` says it; then, where a quick-preset Bottleneck net (50 layers or
+    more) did not fit what the shallower net of its arch fits, why, as measured."""
+    found = pairs(net_fits(item.fit() for item in summary if item.rows))
+    quick = any(item.preset == QUICK.preset for item in summary)
+    # The ImageNet layout's Bottleneck nets: 50 layers and deeper.
+    stalled = quick and any(pair.deep.depth >= 50 and family_of(pair.deep.depth) == "imagenet"
+                            and pair.deep.fitted < pair.shallow.fitted for pair in found)
+    return [degradation_sentence(pair) for pair in found] + ([STALLED_50] if stalled else [])
 
 
 def print_summary(console: Console, summary: list[RunSummary]) -> None:

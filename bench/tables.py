@@ -27,18 +27,48 @@ def with_percent(epochs: pd.DataFrame) -> pd.DataFrame:
     return epochs.assign(train=epochs["train_error"].where(sane) * 100, test=epochs["test_error"].where(sane) * 100)
 
 
+def pooled_percent(epochs: pd.DataFrame) -> pd.DataFrame:
+    """`with_percent`, with each run's last training error replaced by its final training error (bench.fitting.
+    final_train_error, pooled over the last whole epoch of iterations): a curve then ends at the number the
+    tables give, not on a short last epoch of a few batches."""
+    frame = with_percent(epochs).sort_values(["run_id", "epoch"])
+    last = frame.groupby("run_id").tail(1).index
+    final = {run_id: final_train_error(run["train"].to_numpy(), run["iteration"].to_numpy())
+             for run_id, run in frame.groupby("run_id")}
+    frame.loc[last, "train"] = frame.loc[last, "run_id"].map(final).to_numpy(dtype=float)
+    return frame
+
+
 def curves(epochs: pd.DataFrame, x: str = "epoch") -> pd.DataFrame:
     """One row per (arch, depth, epoch): the x position (column `x`) and, over the seeds that reached
-    that epoch, `seeds` and the mean, std, min and max of train and test error in percent.
+    that epoch, `seeds` and the mean, std, min and max of train and test error in percent; each run's last
+    training error is its pooled final one (`pooled_percent`).
 
     NaN errors (see `with_percent`) are skipped by every statistic, so they never break a line.
     """
-    frame = with_percent(epochs)
+    frame = pooled_percent(epochs)
     stats = {"x": (x, "mean"), "seeds": ("run_id", "nunique")}
     for kind in ("train", "test"):
         for stat in ("mean", "std", "min", "max"):
             stats[f"{kind}_{stat}"] = (kind, stat)
     return frame.groupby(["arch", "depth", "epoch"]).agg(**stats).reset_index()
+
+
+def curve_gaps(data: pd.DataFrame) -> pd.DataFrame:
+    """From `curves`: per arch, each depth's mean training error minus the next shallower depth's, epoch by epoch
+    (points; below zero the deeper net trains better). Columns arch, shallow, deep, epoch, x, gap."""
+    columns = ["arch", "shallow", "deep", "epoch", "x", "gap"]
+    parts = []
+    for arch, of_arch in data.groupby("arch", sort=False):
+        train = of_arch.pivot_table(index="epoch", columns="depth", values="train_mean")
+        x = of_arch.groupby("epoch")["x"].mean()
+        depths = sorted(train.columns)
+        for shallow, deep in zip(depths, depths[1:]):
+            both = train[[shallow, deep]].dropna()
+            parts.append(pd.DataFrame({"arch": arch, "shallow": int(shallow), "deep": int(deep), "epoch": both.index,
+                                       "x": x.reindex(both.index).to_numpy(),
+                                       "gap": (both[deep] - both[shallow]).to_numpy()}))
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
 def final_errors(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -99,6 +129,7 @@ def error_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             "final_test_mean": final_test, "final_test_std": final_test_std,
             "best_test_mean": best_test, "best_test_std": best_test_std,
             "final_train_mean": net.final_train, "final_train_std": kept["final_train"].dropna().std(),
+            "final_train_spread": net.spread, "first_fit_spread": net.pass_spread,
             "fitted": net.fitted, "first_fit": math.nan if net.first_fit is None else net.first_fit,
             "paper_test": paper_test_error(str(first["dataset"]), str(first["preset"]), arch, int(depth), paper_setup),
             "note": _progress_note(running),
@@ -133,7 +164,8 @@ def degradation(errors: pd.DataFrame) -> pd.DataFrame:
     final training error of the deeper minus the shallower's (percentage points), and the same of the final
     test error. Positive for plain nets is the degradation problem; negative means none is shown."""
     nets = [Fit(row.arch, int(row.depth), row.final_train_mean, int(row.runs), int(row.fitted),
-                None if pd.isna(row.first_fit) else float(row.first_fit), int(row.unfinished))
+                None if pd.isna(row.first_fit) else float(row.first_fit), int(row.unfinished),
+                float(getattr(row, "final_train_spread", math.nan)), float(getattr(row, "first_fit_spread", math.nan)))
             for row in errors.sort_values(["arch", "depth"]).itertuples()]
     test = errors.set_index(["arch", "depth"])["final_test_mean"]
     rows = []
@@ -146,10 +178,12 @@ def degradation(errors: pd.DataFrame) -> pd.DataFrame:
                      "provisional": pair.provisional,
                      **{f"{name}_{key}": math.nan if value is None else value
                         for name, net in (("shallow", shallow), ("deep", deep))
-                        for key, value in (("runs", net.runs), ("fitted", net.fitted), ("first_fit", net.first_fit))}})
+                        for key, value in (("runs", net.runs), ("fitted", net.fitted), ("first_fit", net.first_fit),
+                                           ("spread", net.spread), ("pass_spread", net.pass_spread))}})
     return pd.DataFrame(rows, columns=["arch", "shallow_depth", "deep_depth", "shallow_train", "deep_train",
                                        "train_gap", "test_gap", "provisional", "shallow_runs", "shallow_fitted",
-                                       "shallow_first_fit", "deep_runs", "deep_fitted", "deep_first_fit"])
+                                       "shallow_first_fit", "shallow_spread", "shallow_pass_spread", "deep_runs",
+                                       "deep_fitted", "deep_first_fit", "deep_spread", "deep_pass_spread"])
 
 
 def schedule_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -169,10 +203,11 @@ def training_gaps(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Epoch by epoch, a deeper net's training error minus a shallower one's of the same arch (points; below
     zero the deeper trains better), for each pair of depths that both finished one schedule (iterations,
     precision) with one seed: columns arch, shallow, deep (the depths), iterations, precision, seed, iteration,
-    lr, shallow_train and deep_train (their training errors, %) and gap."""
+    lr, shallow_train and deep_train (their training errors, %, each run's last one pooled: `pooled_percent`) and
+    gap."""
     finished = runs[(runs["state"] == FINISHED) & runs["iterations"].notna()]
     mine = epochs[epochs["run_id"].isin(finished["run_id"])]
-    frame = with_percent(mine.drop(columns=["iterations", "precision"], errors="ignore")).merge(
+    frame = pooled_percent(mine.drop(columns=["iterations", "precision"], errors="ignore")).merge(
         finished[["run_id", "iterations", "precision"]], on="run_id")
     keys = ["arch", "iterations", "precision", "seed"]
     parts = []
@@ -198,7 +233,8 @@ def crossings(gaps: pd.DataFrame) -> pd.DataFrame:
     precision, seed). `first_below` is the first iteration at which the deeper net's training error is lower;
     `below_from` the iteration from which it stays lower to the end, at learning rate `lr_then`. Each is NaN
     where there is none: no epoch below, or the last one not below. `shallow_final` and `deep_final` are the
-    nets' final training errors (bench.fitting.final_train_error), `final_gap` their difference."""
+    nets' final training errors (each curve's last point, pooled by `training_gaps`), `final_gap` their
+    difference."""
     keys = ["arch", "shallow", "deep", "iterations", "precision", "seed"]
     rows = []
     for key, curve in gaps.groupby(keys, sort=True):
@@ -207,8 +243,8 @@ def crossings(gaps: pd.DataFrame) -> pd.DataFrame:
         # The last epoch at or above zero; the curve stays below after it.
         last_above = np.flatnonzero(~below).max() if (~below).any() else -1
         settled = bool(below[-1])
-        shallow_final, deep_final = (final_train_error(curve[net].to_numpy(), at)
-                                     for net in ("shallow_train", "deep_train"))
+        # training_gaps ends each curve on the runs' pooled final errors (pooled_percent).
+        shallow_final, deep_final = (float(curve[net].iloc[-1]) for net in ("shallow_train", "deep_train"))
         rows.append({**dict(zip(keys, key)),
                      "first_below": at[below.argmax()] if below.any() else math.nan,
                      "below_from": at[last_above + 1] if settled else math.nan,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
 import pytest
 
 from bench import prose, tables
-from bench.fitting import FIT_ERROR, Fit, final_train_error, first_fit, fit_pass, fits, median_pass
+from bench.fitting import (FIT_ERROR, NOISE_FLOOR, PASS_FLOOR, Fit, Pair, final_train_error, first_fit, fit_pass,
+                           fits, median_pass, net_fit, RunFit)
 from bench.prose import fit_text, fit_verdict
 from bench.summary import RunSummary, summary_table, verdict_lines
 
@@ -70,6 +72,13 @@ def test_fit_text_says_the_pass_how_many_seeds_and_does_not_fit() -> None:
      "both fit, residual-34 later (pass 28 against pass 25): no degradation, but the deeper residual net fits"),
     (Fit("plain", 34, 0.0, 1, 1, 30.0), Fit("plain", 18, 0.0, 1, 1, 20.0),
      "both fit, plain-34 later (pass 30 against pass 20): NEGATIVE: no degradation shown"),
+    # A pass apart on one seed each is within the noise floor of the pass: a tie, not a result.
+    (Fit("residual", 34, 0.0, 1, 1, 20.0), Fit("residual", 18, 0.0, 1, 1, 21.0),
+     "both fit, residual-34 first (pass 20 against pass 21), a tie within the 2-pass noise floor of one seed: the "
+     "deeper residual net trains as well"),
+    # Where seeds were measured, their spread is the noise: here 4 passes, so 3 passes earlier is a tie.
+    (Fit("residual", 34, 0.0, 2, 2, 18.0, pass_spread=4.0), Fit("residual", 18, 0.0, 2, 2, 21.0),
+     "a tie within the seed spread of 4 passes"),
     # Only the deeper fits.
     (Fit("plain", 34, 0.0, 1, 1, 30.0), Fit("plain", 18, 0.0, 1, 0, None),
      "plain-34 fits and plain-18 does not: NEGATIVE"),
@@ -78,11 +87,45 @@ def test_fit_text_says_the_pass_how_many_seeds_and_does_not_fit() -> None:
      "plain-34 does not fit what plain-18 fits (1 of 3 seeds): degradation shown"),
 ])
 def test_the_verdict_at_the_floor(deep: Fit, shallow: Fit, expected: str) -> None:
-    assert expected in fit_verdict(shallow, deep)
+    assert expected in fit_verdict(Pair(shallow, deep, False))
 
 
 def test_no_verdict_at_the_floor_when_neither_fits() -> None:
-    assert fit_verdict(Fit("plain", 18, 0.0, 1, 0, None), Fit("plain", 34, 0.0, 1, 0, None)) is None
+    assert fit_verdict(Pair(Fit("plain", 18, 0.0, 1, 0, None), Fit("plain", 34, 0.0, 1, 0, None), False)) is None
+
+
+def test_a_net_over_seeds_has_the_spread_of_its_final_error_and_its_pass() -> None:
+    net = net_fit([RunFit("residual", 20, "finished", 17.52, None), RunFit("residual", 20, "finished", 18.49, None),
+                   RunFit("residual", 20, "diverged", math.nan, None)])
+    assert net.spread == pytest.approx(0.97) and math.isnan(net.pass_spread)
+    fitted = net_fit([RunFit("residual", 18, "finished", 0.0, 19), RunFit("residual", 18, "finished", 0.0, 22)])
+    assert fitted.pass_spread == 3 and fitted.spread == 0
+    assert math.isnan(net_fit([RunFit("plain", 18, "finished", 3.0, None)]).spread)
+
+
+@pytest.mark.parametrize(("shallow", "deep", "expected"), [
+    # One seed each: a gap below the stated floor is a tie, above it a result that says what it beat.
+    (Fit("residual", 18, 18.01, 1, 0, None), Fit("residual", 34, 17.94, 1, 0, None),
+     f"gap -0.07 points, a tie within the {NOISE_FLOOR:g}-point noise floor of one seed: the deeper residual net "
+     "trains as well, no degradation"),
+    (Fit("residual", 20, 8.29, 1, 0, None), Fit("residual", 56, 6.80, 1, 0, None),
+     f"gap -1.49 points, the deeper residual net trains better, as in the paper, beyond the {NOISE_FLOOR:g}-point "
+     "noise floor of one seed."),
+    (Fit("plain", 20, 22.24, 1, 0, None), Fit("plain", 56, 22.90, 1, 0, None),
+     "a tie within the 1-point noise floor of one seed: NEGATIVE: no degradation shown"),
+    # Two seeds: the spread is given, and is the noise.
+    (Fit("residual", 20, 18.01, 2, 0, None, spread=0.97), Fit("residual", 56, 21.31, 1, 0, None),
+     "gap +3.30 points (seed spread 0.97), the deeper residual net trains worse here, unlike the paper, beyond the "
+     "seed spread."),
+    (Fit("residual", 20, 18.01, 2, 0, None, spread=0.97), Fit("residual", 56, 18.51, 1, 0, None),
+     "gap +0.50 points (seed spread 0.97), a tie within the seed spread"),
+])
+def test_a_gap_within_the_noise_is_a_tie(shallow: Fit, deep: Fit, expected: str) -> None:
+    assert expected in prose.degradation_sentence(Pair(shallow, deep, False))
+
+
+def test_the_noise_floors_are_stated_numbers() -> None:
+    assert NOISE_FLOOR == 1.0 and PASS_FLOOR == 2
 
 
 def _curve(floor: float, fit_at: int | None, passes: int = 8) -> list[float]:
@@ -133,7 +176,8 @@ def test_where_neither_fits_the_summary_reads_the_gap() -> None:
                for depth, error, state in ((18, 0.03, "finished (earlier)"), (34, 0.5, "interrupted"))]
     assert verdict_lines(summary) == [
         "plain: the 34-layer net ends at 50.00% training error, the 18-layer at 3.00%: gap +47.00 points, "
-        "degradation shown (the deeper plain net trains worse) (provisional: runs still in progress)."]
+        "degradation shown, beyond the 1-point noise floor of one seed (the deeper plain net trains worse) "
+        "(provisional: runs still in progress)."]
 
 
 def test_the_summary_reads_every_depth_against_the_next_shallower() -> None:
@@ -148,6 +192,9 @@ def test_the_summary_reads_every_depth_against_the_next_shallower() -> None:
     assert "both fit, at the same pass 2" in lines[0]
     assert lines[1].startswith("residual: the 50-layer net ends at 85.00% training error, the 34-layer at 0.00%")
     assert "residual-50 does not fit what residual-34 fits" in lines[1]
+    # Run with the quick preset, the summary says why its 50-layer net did not start, and where to look.
+    quick = verdict_lines([dataclasses.replace(item, preset="quick") for item in summary])
+    assert quick[:2] == lines and quick[2] == prose.STALLED_50 and "docs/quick-preset.md" in quick[2]
     errors = pd.DataFrame([{"arch": "residual", "depth": d, "final_train_mean": 100 * c[-1], "final_test_mean": 50.0,
                             "unfinished": 0, "runs": 1, "fitted": int(c[-1] <= 0.005),
                             "first_fit": 2 if c[-1] <= 0.005 else None} for d, c in curves.items()])
@@ -175,6 +222,6 @@ def test_the_summary_and_the_report_give_the_same_verdicts_a_diverged_run_counte
     assert summary == report
     # The diverged seed is left out of residual-18's final error (not NaN) and counted among its runs, unfitted.
     assert summary[1] == (
-        "residual: the 34-layer net ends at 0.00% training error, the 18-layer at 0.00%: gap +0.00 points, "
-        "residual-34 fits and residual-18 does not (1 of 2 seeds): the deeper residual net trains better, as in "
-        "the paper.")
+        "residual: the 34-layer net ends at 0.00% training error, the 18-layer at 0.00%: gap +0.00 points (seed "
+        "spread 0.00), residual-34 fits and residual-18 does not (1 of 2 seeds): the deeper residual net trains "
+        "better, as in the paper.")
