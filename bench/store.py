@@ -159,14 +159,30 @@ def _unhashed_wrong(meta: dict) -> str | None:
         family = family_of(config["depth"])
     except Exception:  # a depth no family builds: read_config's run_id check has said more
         return f"depth {config.get('depth')!r:.40}, which no family builds"
-    built = {"family": family, "width": config.get("width") or FAMILY_DEFAULTS[family]["width"]}
+    defaults = FAMILY_DEFAULTS[family]
+    built = {"family": family, "width": config.get("width") or defaults["width"],
+             "shortcut": config.get("shortcut") or defaults["shortcut"]}
     for key, value in built.items():
         if key in model and model[key] != value:
             return f"model.{key} {model[key]!r:.40}, but its config builds {value!r}"
     for key, where in (("params", model), ("epochs", schedule), ("iterations", schedule)):
         if where.get(key) is not None and not _count(where[key]):
             return f"{key} {where[key]!r:.40}, not a count"
+    dataset = meta.get("dataset") or {}
+    # 'auto' is what a config said before bench run pinned the dataset into it; it trained on dataset.name.
+    if dataset.get("name") is not None and config.get("dataset") not in (dataset["name"], "auto"):
+        return f"dataset.name {dataset['name']!r:.60}, but its config trained on {config.get('dataset')!r:.60}"
+    shown = [("dataset", key, dataset.get(key)) for key in ("name", "note", "source")] + [
+        ("environment", key, (meta.get("environment") or {}).get(key)) for key in _SHOWN_ENVIRONMENT]
+    for section, key, value in shown:
+        if value is not None and (not isinstance(value, str) or len(value) > _SHOWN_LIMIT):
+            return f"{section}.{key} {str(value)[:40]!r}, not text of at most {_SHOWN_LIMIT} characters"
     return None
+
+
+# The provenance the report shows that no hash covers: text, of a length a caption can hold.
+_SHOWN_ENVIRONMENT = ("device_name", "git_commit", "torch")
+_SHOWN_LIMIT = 4096  # PATH_MAX: the data source is a path
 
 
 def check_same_data(directory: Path, fingerprint: str, source: str) -> None:
