@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bench.config import FORMATS, PRESETS, parse_gpus, usable_cpus
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line, is_out_of_memory
 from bench.interrupts import exit_code, hung_up, stop_like_ctrl_c
 from bench.modes import PRECISIONS
 from resnet import ALL_ARCHS, ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
@@ -103,15 +103,26 @@ def handles_errors(function: F) -> F:
             errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as error:  # an output folder that is a file, read-only or full, met outside bench.store
-            from bench.files import DISK_FULL, UNWRITABLE
+            from bench.files import DISK_FULL, LIMITS, UNWRITABLE, limit_message
 
             if hung_up():  # the closed terminal, written to on the way out: the work was saved before
                 raise typer.Exit(exit_code()) from None
+            if error.errno in LIMITS:  # ulimit -f, a name too long: met outside bench.files' writes too
+                errors.print(f"[bold red]error:[/] {escape(limit_message(error))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
             if error.errno not in (*UNWRITABLE, *DISK_FULL):
                 raise
             errors.print(f"[bold red]error:[/] cannot access {escape(str(error.filename or 'a file'))} "
                          f"({error.strerror}): choose a writable folder (--out, --results) or free some space",
                          highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except (MemoryError, RuntimeError) as error:  # a memory limit (ulimit -v) met outside a run's own care
+            if isinstance(error, RuntimeError) and not is_out_of_memory(error):
+                raise
+            # Plain text: rich imports modules as it renders, and an import needs the memory that ran out.
+            sys.stderr.write(f"error: out of host memory ({first_line(error, 200)}); a memory limit (ulimit -v) "
+                             "may be set: raise it, or use a smaller --batch-size or subset; finished work is "
+                             "saved, and the same command resumes\n")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             try:  # after SIGHUP the terminal may be gone: the exit code still says what happened

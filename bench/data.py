@@ -13,12 +13,13 @@ Datasets (the `--dataset` names):
 
 Files are decoded once into uint8 tensors and cached as ``<folder holding the dataset>/.cache/<name>-<key>.pt``,
 keyed by the source's file names, sizes and modification times, so the next start loads in about a second;
-a digest of its tensors, checked at every load (`_cache_digest`), makes a damaged or edited cache decode again.
+a cache that disagrees with its source or itself (bench.cache) is decoded again.
 Each dataset also gets a content fingerprint (DataInfo.fingerprint) that a run folder records.
 The whole set then lives on the training device (`ImageData.to`), where bench/loader.py batches and augments it.
 
     bench.sources    finding: a name -> a DataSource (resolve_dataset), the download
-    bench.decoding   decoding and the cache: ImageFolder files, CIFAR pickles, the synthetic set
+    bench.decoding   decoding: ImageFolder files, CIFAR pickles, the synthetic set
+    bench.cache      the decoded-tensor cache, checked against its source at every load
     bench.data       loading a DataSource into an ImageData (load_dataset), and the subset a run trains on
 """
 
@@ -32,10 +33,10 @@ import torch
 from torch import Tensor
 
 from bench import synthetic
-from bench.decoding import (SYNTHETIC_SEED, _cache_digest, _cifar_pickle_source, _fingerprint, _imagefolder_source,
-                            _load_cache, _save_cache, _synthetic_source, _tensor_fingerprint, _train_mean)
+from bench.cache import Expected, cache_path, load_cache, save_cache
+from bench.decoding import (SYNTHETIC_SEED, _cifar_pickle_source, _fingerprint, _imagefolder_source,
+                            _synthetic_source, _tensor_fingerprint, _train_mean)
 from bench.errors import BenchError, Notify
-from bench.files import safe_name
 from bench.sources import (_CIFAR, _CIFAR_TITLE, DATASETS, DataSource, _canonical, _download_cifar, _find_cifar,
                            _is_imagefolder, default_data_dir, resolve_dataset)
 
@@ -112,36 +113,41 @@ def _load(pinned: DataSource, image_size: int, synthetic_train: int, synthetic_t
     """Load the pinned dataset: its cache, else decode (or draw, or download first) and cache it."""
     name, path = pinned.name, Path(pinned.path)
     fingerprint = None  # None: hash the decoded tensors
+    # What the listing says before anything is decoded, for the cache to agree with (bench.cache.Expected).
+    classes, labels, counts = {"cifar10": 10, "cifar100": 100}.get(name), {}, {}
     if name == "synthetic":
         source, cache_dir = f"generated (seed {SYNTHETIC_SEED})", path
         key, build = _synthetic_source(synthetic_train, synthetic_test, image_size, progress)
         fingerprint = _fingerprint([f"synthetic {synthetic.VERSION} {synthetic_train} {synthetic_test} {image_size} "
                                     f"{SYNTHETIC_SEED}"])
+        classes, counts = len(synthetic.CLASSES), {"train": synthetic_train, "test": synthetic_test}
     elif name.startswith("imagefolder"):
         source, cache_dir = str(path), path.parent
-        key, build, fingerprint = _imagefolder_source(path, image_size, progress, title=None, notify=notify)
+        key, build, fingerprint, labels = _imagefolder_source(path, image_size, progress, title=None, notify=notify)
     else:
         root = _find_cifar(name, path) or _download_cifar(name, path)  # resolve_dataset found it downloadable
         source, cache_dir = str(root), root.parent
         if _is_imagefolder(root):
-            key, build, fingerprint = _imagefolder_source(root, image_size, progress, title=_CIFAR_TITLE[name],
-                                                          notify=notify)
+            key, build, fingerprint, labels = _imagefolder_source(root, image_size, progress,
+                                                                  title=_CIFAR_TITLE[name], notify=notify)
         else:
             key, build = _cifar_pickle_source(name, root)
+    if labels:
+        classes, counts = int(labels["train"].max()) + 1, {split: len(labels[split]) for split in labels}
 
-    cache = cache_dir / ".cache" / f"{safe_name(name)}-{key}.pt"
-    tensors = _load_cache(cache, notify)
+    expected = Expected(name, key, source, image_size, classes, counts, labels)
+    cache = cache_path(cache_dir, expected)
+    tensors = load_cache(cache, expected, notify)
     if tensors is None:
         started = time.perf_counter()
         tensors = build()
         tensors["mean"] = _train_mean(tensors["train_images"])
-        tensors["digest"] = _cache_digest(tensors)
-        if _save_cache(cache, tensors, notify):
+        if save_cache(cache, tensors, expected, notify):
             notify(f"{name}: built in {time.perf_counter() - started:.1f} s and cached as {cache}")
     num_classes = int(tensors["num_classes"])
-    expected = {"cifar10": 10, "cifar100": 100}.get(name, num_classes)
-    if num_classes != expected:
-        raise BenchError(f"{source} has {num_classes} classes, not {_CIFAR_TITLE[name]}'s {expected}: "
+    wanted = {"cifar10": 10, "cifar100": 100}.get(name, num_classes)
+    if num_classes != wanted:
+        raise BenchError(f"{source} has {num_classes} classes, not {_CIFAR_TITLE[name]}'s {wanted}: "
                          f"use --dataset imagefolder for other image sets")
     info = DataInfo(name=name, source=source, num_classes=num_classes, image_size=image_size,
                     train_size=len(tensors["train_images"]), test_size=len(tensors["test_images"]),

@@ -2,8 +2,9 @@
 
 Each source gives a cache key (its file names, sizes and modification times, or the synthetic set's
 parameters), a function that decodes or draws it into a dict of uint8 tensors, and a content fingerprint
-(bench.data.DataInfo.fingerprint). The cache is ``<folder holding the dataset>/.cache/<name>-<key>.pt``; a
-digest of its tensors, checked at every load (`_cache_digest`), makes a damaged or edited cache decode again.
+(bench.data.DataInfo.fingerprint); an ImageFolder also gives the labels its listing implies, which the cache
+(bench.cache) is checked against. Images are the one thing bench reads through links: a link that resolves
+outside the data folder is followed, and counted in a notice.
 The names keep their leading underscore: they are bench.data's helpers, not an API of their own.
 """
 
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from bench import synthetic
 from bench.errors import BenchError, Notify, first_line
-from bench.files import read_regular, size_text, write_atomic
+from bench.files import read_regular, size_text
 from bench.sources import _CIFAR, _CIFAR_TITLE
 
 Builder = Callable[[], dict]  # decodes or draws a dataset into the dict of tensors that is cached
@@ -67,54 +68,6 @@ def _tensor_fingerprint(tensors: dict) -> str:
     arrays = [tensors[f"{split}_{kind}"].contiguous().numpy() for split in ("train", "test")
               for kind in ("images", "labels")]
     return _fingerprint([f"tensors {tensors['num_classes']}", *(memoryview(a).cast("B") for a in arrays)])
-
-def _cache_digest(tensors: dict) -> str:
-    """A hash of every tensor and field of a cache, stored in it when it is built and checked whenever it is
-    loaded, so a cache of the right shape holding other pixels or labels is not trusted. It costs 0.15 s for
-    CIFAR-10's 60,000 images (176 MiB, sha1; AMD EPYC, on a loaded 2-core machine) beside 0.35 s to load the
-    cache. The cache is tied to its source by its key (file names, sizes and times): checking the source's
-    bytes at every start would cost 1.5 s for the 60,000 JPEG files with the page cache warm, a minute cold."""
-    mean = tensors["mean"].contiguous().numpy()
-    return _fingerprint([_tensor_fingerprint(tensors), memoryview(mean).cast("B"), tensors["note"]])
-
-def _load_cache(path: Path, notify: Notify) -> dict | None:
-    """The cached tensors, or None when there is no cache or it is unreadable, damaged or edited (its digest or
-    its labels are off): then it is rebuilt."""
-    if not path.is_file():
-        return None
-    try:
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        for split in ("train", "test"):
-            images, labels = cached[f"{split}_images"], cached[f"{split}_labels"]
-            if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
-                raise ValueError(f"bad {split} tensors")
-        if cached["mean"].dtype != torch.float32 or cached["mean"].shape != cached["train_images"].shape[1:]:
-            raise ValueError("bad mean")
-        if not isinstance(cached["note"], str) or not isinstance(cached["num_classes"], int):
-            raise ValueError("bad metadata")
-        for split in ("train", "test"):  # a label outside the classes would fail deep in the loss
-            labels = cached[f"{split}_labels"]
-            if labels.dtype != torch.int64 or labels.dim() != 1 or (
-                    len(labels) and not 0 <= labels.min() <= labels.max() < cached["num_classes"]):
-                raise ValueError(f"{split} labels outside the {cached['num_classes']} classes")
-        if cached.get("digest") != _cache_digest(cached):
-            raise ValueError("its tensors do not match its digest: damaged, edited, or from before digests")
-    except Exception as error:  # any damage (truncated file, foreign pickle, wrong keys) means: decode again
-        reason = f"{type(error).__name__}: {error}" if isinstance(error, ValueError) else type(error).__name__
-        notify(f"cache {path} is unreadable ({reason}); decoding the data again")
-        return None
-    return cached
-
-def _save_cache(path: Path, tensors: dict, notify: Notify) -> bool:
-    """Write atomically, so a killed process never leaves half a cache behind; a cache that cannot be written
-    only costs the next start a decode."""
-    try:
-        write_atomic(path, lambda handle: torch.save(tensors, handle))
-        return True
-    except Exception as error:  # torch.save raises RuntimeError for some write failures, OSError for others
-        reason = first_line(error, 200)
-        notify(f"could not write the data cache {path} ({reason}); the next start decodes again")
-        return False
 
 @contextmanager
 def _progress(enabled: bool, total: int, description: str) -> Iterator[Callable[[int], None]]:
@@ -225,7 +178,8 @@ def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], 
         # torchvision 0.29 marks its codecs deprecated (in favour of TorchCodec) on every call; they still work.
         warnings.simplefilter("ignore", DeprecationWarning)
         for i, entry in enumerate(files):
-            raw = read_regular(Path(entry.path), MAX_IMAGE_BYTES, "replace or delete the file")  # not a FIFO
+            # Not a FIFO; read through a link, as torchvision's ImageFolder does (counted by _links_outside).
+            raw = read_regular(Path(entry.path), MAX_IMAGE_BYTES, "replace or delete the file", follow=True)
             _check_pixels(raw, entry.path)
             try:
                 image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
@@ -244,8 +198,9 @@ def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], 
     return out, resized
 
 def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None,
-                        notify: Notify) -> tuple[str, Builder, str]:
-    """Check an ImageFolder root; returns its cache key, the function that decodes it and its fingerprint.
+                        notify: Notify) -> tuple[str, Builder, str, dict[str, Tensor]]:
+    """Check an ImageFolder root; returns its cache key, the function that decodes it, its fingerprint and
+    the labels of each split that its listing gives (a cache is checked against them).
 
     `title` ("CIFAR-10") marks a copy of a known set, whose JPEG files get the lossy-copy note.
     """
@@ -259,6 +214,14 @@ def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None
         raise BenchError(f"{root / 'train'} and {test_dir} have different class folders ({', '.join(differ[:5])}): "
                          f"give both splits the same classes")
     files = {split: [f for entries in per_class.values() for f in entries] for split, per_class in splits.items()}
+    outside = sum(_links_outside(root, (root / "train" if split == "train" else test_dir) / cls, entries)
+                  for split, per_class in splits.items() for cls, entries in per_class.items())
+    if outside:
+        notify(f"{outside} images of {root} are links (or lie in linked class folders) that resolve outside it: "
+               "they are read as its images, and its fingerprint counts their names and sizes")
+    labels = {split: torch.repeat_interleave(torch.arange(len(per_class)),
+                                             torch.tensor([len(entries) for entries in per_class.values()]))
+              for split, per_class in splits.items()}
     named = [(f"{split}/{cls}/{e.name}", e.stat()) for split, per_class in splits.items()
              for cls, entries in per_class.items() for e in entries]
     # PNGs decoded before 16-bit images were scaled may sit in the cache wrapped: key them anew.
@@ -272,10 +235,9 @@ def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None
         tensors: dict = {"num_classes": len(splits["train"])}
         resized = False
         with _progress(progress, len(files["train"]) + len(files["test"]), f"decoding {root}") as advance:
-            for split, per_class in splits.items():
+            for split in splits:
                 tensors[f"{split}_images"], split_resized = _decode_files(files[split], size, advance)
-                counts = torch.tensor([len(entries) for entries in per_class.values()])
-                tensors[f"{split}_labels"] = torch.repeat_interleave(torch.arange(len(per_class)), counts)
+                tensors[f"{split}_labels"] = labels[split].clone()
                 resized |= split_resized
         notes = []
         if title and any(f.name.lower().endswith((".jpg", ".jpeg")) for f in files["train"]):
@@ -285,7 +247,18 @@ def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None
         tensors["note"] = "; ".join(notes)
         return tensors
 
-    return key, build, fingerprint
+    return key, build, fingerprint, labels
+
+
+def _links_outside(root: Path, folder: Path, entries: list[os.DirEntry]) -> int:
+    """How many of `entries` (images of `folder`, below `root`) resolve outside `root`: all of them when the
+    class folder is a link out, else those that are links out themselves. realpath only for links: 60,000
+    plain files cost nothing."""
+    base = os.path.realpath(root)
+    if os.path.commonpath([base, os.path.realpath(folder)]) != base:
+        return len(entries)
+    return sum(entry.is_symlink() and os.path.commonpath([base, os.path.realpath(entry.path)]) != base
+               for entry in entries)
 
 # Every global a CIFAR batch pickle names: numpy's array and scalar reconstructors (numpy 1 pickles say
 # numpy.core, numpy 2 ones numpy._core; protocol 5 frombuffer), and _codecs.encode, which Python 3's protocol 2

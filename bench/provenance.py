@@ -127,7 +127,8 @@ def environment(device: torch.device | str = "cpu") -> dict[str, object]:
         "pandas": _version("pandas"),
         "resnet_bench": _version("resnet-bench"),
         "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        # Asked on a GPU run only: on a CPU it would load cuDNN, which aborts the process under ulimit -v.
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "device": device.type,
         "device_name": device_name(device),
         # The GPU current while it ran (bench.step.device_settings makes cuda:N so): N, or None on the CPU.

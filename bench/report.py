@@ -26,7 +26,7 @@ from bench.fitting import FIT_ERROR, NOISE_FLOOR, is_tie
 from bench.layers import GRAD_NORM, RESPONSE_STD
 from bench.plots import (PHASE_LABELS, crossing_figure, degradation_figure, depth_colors, depth_figure, figure1,
                          figure7, gradient_figure, schedule_figure, style, timing_figure)
-from bench.files import check_writable, write_atomic
+from bench.files import check_writable, own_folder, write_atomic
 from bench.provenance import utc_now
 from bench.records import DIVERGED, FINISHED
 from bench.store import dataset_folder, read_layers, read_results, write_text
@@ -91,7 +91,7 @@ def _schedules(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, out: Path, f
                colors: dict) -> tuple[list[Path], list[str]]:
     """The final-error-against-schedule-length figure and table of one group of `schedule_groups`, and where
     each deeper net's training error crosses the shallower's (a figure of the gap, a table, sentences)."""
-    folder = out / name
+    folder = own_folder(out, out / name)  # a link there is refused, not written through
     table = tables.schedule_table(epochs, runs)
     paths = save_figure(schedule_figure(table, runs, colors=colors), folder / "final-error-vs-schedule", formats)
     markdown = schedule_markdown(table)
@@ -315,7 +315,7 @@ def _layer_sections(layers: pd.DataFrame, runs: pd.DataFrame, folder: Path, out:
 def _experiment(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, layers: pd.DataFrame, out: Path,
                 formats: Sequence[str], colors: dict, notify: Notify) -> tuple[list[Path], list[str]]:
     """Figures and tables of one experiment; returns (files written, README lines)."""
-    folder = out / name
+    folder = own_folder(out, out / name)  # a link there is refused, not written through
     written, readme = [], [f"## {name}", "", *[f"- {line}" for line in prose.provenance_lines(runs)], ""]
     paths = save_figure(degradation_figure(epochs, runs, colors=colors), folder / "degradation", formats)
     written += paths
@@ -362,10 +362,11 @@ def _timing(timing: pd.DataFrame, out: Path, formats: Sequence[str]) -> tuple[li
                               + ("-channels-last" if setting["channels_last"] else "")
                               + ("-compiled" if setting["compiled"] else "")
                               + ("-cuda-graph" if prose.is_set(setting.get("cuda_graph")) else ""))
-        paths = save_figure(timing_figure(rows, setting), out / "timing" / name / "speed", formats)
+        folder = own_folder(out, out / "timing" / name)
+        paths = save_figure(timing_figure(rows, setting), folder / "speed", formats)
         table = tables.timing_table(rows)
         markdown = timing_markdown(table)
-        written += paths + _write_table(table, out / "timing" / name / "speed", markdown)
+        written += paths + _write_table(table, folder / "speed", markdown)
         readme += [f"## Speed: {name}", "", *[f"- {line}" for line in prose.timing_provenance(setting, rows)], "",
                    *_figure_lines(paths, out, f"speed {name}"), markdown, ""]
     return written, readme

@@ -122,7 +122,14 @@ def resolve_dataset(name: str, data_dir: Path | None = None) -> DataSource:
         return DataSource(name, data_dir, None)
     if name.startswith("imagefolder"):
         root = _imagefolder_root(name, data_dir)
-        return DataSource(f"imagefolder:{root.resolve().name}", root, None)
+        folder = root.resolve().name
+        try:  # the name goes into every epoch row, as parquet text: UTF-8 or nothing
+            folder.encode()
+        except UnicodeEncodeError:
+            raise BenchError(f"the image folder's name {folder.encode(errors='surrogateescape')!r} is not UTF-8, "
+                             "and results name the dataset after it: rename the folder (or link it under a UTF-8 "
+                             "name) and pass that") from None
+        return DataSource(f"imagefolder:{folder}", root, None)
     wanted = "cifar10" if name == "auto" else name
     found = _find_cifar(wanted, data_dir)
     if found is not None:

@@ -38,8 +38,10 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.config import RunConfig
+from resnet import FAMILY_DEFAULTS, family_of
 from bench.errors import BenchError, Notify, first_line
-from bench.files import RefusedFile, open_regular, read_regular, refuse_link, safe_name, size_text, write_atomic
+from bench.files import (RefusedFile, check_nesting, open_regular, read_regular, refuse_link, refuse_links_below,
+                         safe_name, size_text, write_atomic)
 from bench.layers import GRAD_NORM, LAYER_SCHEMA, RESPONSE_STD, WEIGHT_NORM
 from bench.provenance import utc_now
 from bench.records import DIVERGED, EPOCH_SCHEMA, FINISHED, INTERRUPTED, RUNNING, STATES
@@ -78,8 +80,8 @@ def dataset_folder(dataset: str) -> str:
 
 
 def run_dir(results: Path, dataset: str, run_id: str) -> Path:
-    """Where the run's files live."""
-    return Path(results) / dataset_folder(dataset) / run_id
+    """Where the run's files live; a link in place of its dataset or run folder is a BenchError naming it."""
+    return refuse_links_below(results, Path(results) / dataset_folder(dataset) / run_id)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -97,6 +99,7 @@ def read_json(path: Path, shape: Mapping[str, type | tuple[type, ...]] | None = 
     BenchError. `shape` maps keys to the types their values must have (CONFIG_SHAPE, STATUS_SHAPE)."""
     path = Path(path)
     raw = read_regular(path, FILE_LIMITS.get(path.name, FILE_LIMITS[CONFIG]), _REWRITE)
+    check_nesting(raw, path, _REWRITE)
     try:
         data = json.loads(raw)
     except ValueError as error:
@@ -118,7 +121,13 @@ def read_status(directory: Path) -> dict:
     status = read_json(path, STATUS_SHAPE)
     if status["state"] not in STATES:
         raise BenchError(f"{path} has an unknown state {status['state']!r}: {_REWRITE}")
+    for key in _STATUS_COUNTS:
+        if status.get(key) is not None and not _count(status[key]):
+            raise BenchError(f"{path} has {key} {status[key]!r:.40}, not a count: {_REWRITE}")
     return status
+
+
+_STATUS_COUNTS = ("epoch", "epochs_total", "diverged_epoch")  # what status.json counts, where it has them
 
 
 def read_config(directory: Path) -> dict:
@@ -135,7 +144,45 @@ def read_config(directory: Path) -> dict:
     if not derived == meta["run_id"] == directory.name:
         raise BenchError(f"{path} does not describe its run folder (its config gives run_id {derived}, it says "
                          f"{meta['run_id']}, the folder is {directory.name}): {_REWRITE}")
+    if (wrong := _unhashed_wrong(meta)) is not None:
+        raise BenchError(f"{path} has {wrong}: {_REWRITE}")
     return meta
+
+
+def _unhashed_wrong(meta: dict) -> str | None:
+    """What of config.json's fields outside the hash (the net as built, the schedule) that the report shows
+    disagrees with its hashed config or is of the wrong type, or None: an edited `model.width` must not
+    relabel a width-4 run."""
+    config = meta["config"]
+    model, schedule = meta.get("model") or {}, meta.get("schedule") or {}
+    try:
+        family = family_of(config["depth"])
+    except Exception:  # a depth no family builds: read_config's run_id check has said more
+        return f"depth {config.get('depth')!r:.40}, which no family builds"
+    defaults = FAMILY_DEFAULTS[family]
+    built = {"family": family, "width": config.get("width") or defaults["width"],
+             "shortcut": config.get("shortcut") or defaults["shortcut"]}
+    for key, value in built.items():
+        if key in model and model[key] != value:
+            return f"model.{key} {model[key]!r:.40}, but its config builds {value!r}"
+    for key, where in (("params", model), ("epochs", schedule), ("iterations", schedule)):
+        if where.get(key) is not None and not _count(where[key]):
+            return f"{key} {where[key]!r:.40}, not a count"
+    dataset = meta.get("dataset") or {}
+    # 'auto' is what a config said before bench run pinned the dataset into it; it trained on dataset.name.
+    if dataset.get("name") is not None and config.get("dataset") not in (dataset["name"], "auto"):
+        return f"dataset.name {dataset['name']!r:.60}, but its config trained on {config.get('dataset')!r:.60}"
+    shown = [("dataset", key, dataset.get(key)) for key in ("name", "note", "source")] + [
+        ("environment", key, (meta.get("environment") or {}).get(key)) for key in _SHOWN_ENVIRONMENT]
+    for section, key, value in shown:
+        if value is not None and (not isinstance(value, str) or len(value) > _SHOWN_LIMIT):
+            return f"{section}.{key} {str(value)[:40]!r}, not text of at most {_SHOWN_LIMIT} characters"
+    return None
+
+
+# The provenance the report shows that no hash covers: text, of a length a caption can hold.
+_SHOWN_ENVIRONMENT = ("device_name", "git_commit", "torch")
+_SHOWN_LIMIT = 4096  # PATH_MAX: the data source is a path
 
 
 def check_same_data(directory: Path, fingerprint: str, source: str) -> None:
@@ -411,9 +458,18 @@ def _check_epochs(frame: pd.DataFrame, schema: pa.Schema, run_id: str, status: d
     others = sorted(set(frame["run_id"]) - {run_id})
     if others:
         raise ValueError(f"rows of run {others[0]}")
+    named = dict(zip(("arch", "depth"), run_id.rsplit("-", 3)))  # a run_id is <arch>-<depth>-s<seed>-<hash>
+    for column, value in named.items():
+        if (wrong := sorted(set(frame[column].astype(str)) - {value})):
+            raise ValueError(f"column {column} holds {wrong[0]!r:.40}, but the run is {run_id}")
+    if not frame["epoch"].astype("int64").tolist() == list(range(1, len(frame) + 1)):
+        raise ValueError("its epochs are not one row per epoch, 1, 2, 3... in order")
     epochs = status.get("epoch")
-    if status.get("state") in (FINISHED, DIVERGED) and isinstance(epochs, int) and len(frame) < epochs:
+    if status.get("state") in (FINISHED, DIVERGED) and isinstance(epochs, int) and len(frame) != epochs:
         raise ValueError(f"{len(frame)} epochs, but status.json says {epochs}")
+    recorded = [count for count in (epochs, status.get("epochs_total")) if isinstance(count, int)]
+    if recorded and len(frame) > max(recorded):  # a running run may be an epoch ahead of its status, not more
+        raise ValueError(f"{len(frame)} epochs, more than the {max(recorded)} status.json says")
 
 
 def read_parquet(path: Path, limit: int, fix: str) -> tuple[pd.DataFrame, pa.Schema]:
@@ -466,15 +522,35 @@ def read_epochs(directory: Path, notify: Notify = print, *, repair: bool = False
     return frame
 
 
+def _run_folders(results: Sequence[Path], name: str) -> list[tuple[Path, Path]]:
+    """(root, run folder) for every folder <root>/<dataset>/<run>/ holding `name` (or a link by that name)."""
+    return [(Path(root), path.parent) for root in results for path in Path(root).glob(f"*/*/{name}")]
+
+
 def find_runs(results: Sequence[Path]) -> list[Path]:
-    """Every run folder (one holding config.json) under the given results folders."""
-    return sorted({path.parent for root in results for path in Path(root).glob(f"*/*/{CONFIG}")})
+    """Every run folder (one holding config.json) under the given results folders, not reached through a link
+    (find_linked names those)."""
+    return sorted({folder for root, folder in _run_folders(results, CONFIG) if not _linked(root, folder)})
+
+
+def find_linked(results: Sequence[Path]) -> list[Path]:
+    """Run folders found only through a link in place of a dataset or run folder: never read."""
+    return sorted({folder for name in (CONFIG, STATUS) for root, folder in _run_folders(results, name)
+                   if _linked(root, folder)})
+
+
+def _linked(root: Path, folder: Path) -> bool:
+    try:
+        refuse_links_below(root, folder)
+    except BenchError:
+        return True
+    return False
 
 
 def find_orphans(results: Sequence[Path]) -> list[Path]:
     """Run folders that lost their config.json (status or checkpoint there, config.json not)."""
-    return sorted({path.parent for root in results for name in (STATUS, CHECKPOINT)
-                   for path in Path(root).glob(f"*/*/{name}") if not (path.parent / CONFIG).exists()})
+    return sorted({folder for name in (STATUS, CHECKPOINT) for root, folder in _run_folders(results, name)
+                   if not (folder / CONFIG).exists() and not _linked(root, folder)})
 
 
 def _stderr(message: str) -> None:
@@ -499,6 +575,9 @@ def read_results(results: Sequence[Path], notify: Notify = _stderr) -> tuple[pd.
     epochs.parquet is read from the run's checkpoint instead.
     """
     epoch_frames, run_rows = [], []
+    for directory in find_linked(results):
+        notify(f"skipped {directory}: a symbolic link stands in place of its run or dataset folder, and bench never "
+               "reads through one below its results folder; move the run folder itself there")
     for directory in find_orphans(results):
         notify(f"skipped {directory}: it has no {CONFIG}; run the `bench run` command that made it again to "
                "rewrite it")

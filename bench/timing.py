@@ -43,7 +43,7 @@ import resnet
 from bench.allocator import keep_freed_memory, release_freed_memory
 from bench.config import parse_device, precision_notice, threads_notice, unavailable
 from bench.errors import BenchError, Notify, check_choice, check_positive, is_out_of_memory, out_of_memory_on
-from bench.files import check_writable
+from bench.files import check_writable, refuse_links_below
 from bench.measure import (TIMING_LR, Timing, make_phase, measure, memory_bytes, peak_memory, reset_peak_memory,
                            synchronize)
 from bench.modes import PRECISIONS, check_mode, check_net, mode_of
@@ -243,7 +243,7 @@ def sweep(config: TimeConfig, *, progress: bool = True, notify: Notify = print, 
         for precision in config.precisions:
             if notice := precision_notice(precision, device):
                 notify(notice)
-    folder = Path(config.results) / "timing"
+    folder = refuse_links_below(config.results, Path(config.results) / "timing")
     if devices:  # before the sweep, not after it: a sweep can take hours
         check_writable(folder, tidy=True)
     nets = _nets(config, notify) if devices else []

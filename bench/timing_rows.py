@@ -4,6 +4,7 @@ of a sweep with what went wrong writing it, the table printed at its end, and th
 from __future__ import annotations
 
 import datetime as dt
+import math
 import secrets
 import sys
 import tempfile
@@ -12,12 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from rich.table import Table
 
 from bench import store
 from bench.errors import BenchError, Notify
+from bench.files import refuse_links_below
 from bench.records import record_schema
 
 OK, OOM = "ok", "oom"
@@ -137,13 +140,51 @@ def timing_rich_table(df: pd.DataFrame) -> Table:
     return table
 
 
+# What a timing row's fields may be before it is drawn: counts from 1, measured figures finite and positive (an
+# out-of-memory row has none), names short text (a device name becomes part of a folder name).
+_COUNTS = ("depth", "batch_size", "input_size")
+_MEASURED = ("median_ms", "images_per_second")
+_TEXTS = ("model", "arch", "family", "device", "device_name", "precision", "phase")
+NAME_LIMIT = 200
+
+
+def _wrong_row(frame: pd.DataFrame) -> str | None:
+    """The first field of `frame`'s rows that is not what a timing row holds, in words, or None."""
+    # Files from before `status` was recorded mark an out-of-memory row by its missing figures alone.
+    measured = (frame["status"] != OOM) if "status" in frame else frame["median_ms"].notna()
+    for column in _TEXTS:
+        for value in frame[column]:
+            if not isinstance(value, str) or not 0 < len(value) <= NAME_LIMIT:
+                return f"its {column} {str(value)[:40]!r} is not a name of at most {NAME_LIMIT} characters"
+    for column in (*_COUNTS, *_MEASURED, "iqr_ms", "tflops", "peak_memory_bytes"):
+        if column not in frame:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=math.nan)
+        finite, missing = np.isfinite(values), np.isnan(values)
+        if column in _COUNTS:
+            ok = finite & (values >= 1)
+        elif column in _MEASURED:
+            ok = (finite & (values > 0)) | (missing & ~measured.to_numpy(dtype=bool))
+        else:
+            ok = missing | (finite & (values >= 0))
+        if not ok.all():
+            return f"its {column} holds {frame[column].iloc[int(np.flatnonzero(~ok)[0])]!r}, which no measurement is"
+    return None
+
+
 def read_timing(results: Sequence[Path], notify: Notify | None = None) -> pd.DataFrame:
     """Every `bench time` row under `<results>/timing/*.parquet`, the same measurement kept once; a torn or
     foreign file is skipped with a one-line `notify` (default: stderr, as read_results'), never blocking the
     others."""
     notify = notify or (lambda message: print(message, file=sys.stderr))
     frames = []
-    for path in sorted(p for root in results for p in (Path(root) / "timing").glob("*.parquet")):
+    folders = []
+    for root in results:
+        try:
+            folders.append(refuse_links_below(root, Path(root) / "timing"))
+        except BenchError as error:
+            notify(f"skipped the timing files: {error}")
+    for path in sorted(p for folder in folders for p in folder.glob("*.parquet")):
         try:
             frame, _ = store.read_parquet(path, store.TIMING_LIMIT, "delete it and run `bench time` again")
         except BenchError as error:  # a FIFO, a device or a huge file: not opened
@@ -157,6 +198,9 @@ def read_timing(results: Sequence[Path], notify: Notify | None = None) -> pd.Dat
         if missing:
             notify(f"skipped timing file {path}: it lacks {', '.join(missing)}, so it is not from `bench time`; "
                    "move it out of the results folder")
+            continue
+        if (wrong := _wrong_row(frame)) is not None:
+            notify(f"skipped timing file {path}: {wrong}; delete it and run `bench time` again")
             continue
         frames.append(frame)
     if not frames:

@@ -3,6 +3,7 @@ loader is tests/test_loader.py's."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import tarfile
 import time
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import data as data_module
+from bench import cache as cache_module
 from bench import sources
 from bench import synthetic
 from bench.data import DataInfo, ImageData, default_data_dir, load_dataset, resolve_dataset
@@ -105,7 +106,7 @@ def test_imagefolder_cache_is_used_and_keyed_by_the_files(tmp_path):
     # Mark the cache: a second load that returns the mark read the cache, not the images.
     tensors = torch.load(cache, weights_only=True)
     tensors["train_images"][0] = 7
-    tensors["digest"] = data_module._cache_digest(tensors)  # signed again, or the mark would be taken for damage
+    tensors["digest"] = cache_module.cache_digest(tensors)  # signed again, or the mark would be taken for damage
     torch.save(tensors, cache)
     assert (load_dataset("imagefolder", root, progress=False).train_images[0] == 7).all()
     # A changed file changes the key: decoded again, into a second cache file.
@@ -261,3 +262,42 @@ def test_real_cifar10_copy():
     assert torch.bincount(data.train_labels).tolist() == [5000] * 10
     assert "JPEG" in data.info.note
     assert 0.4 < data.mean.mean().item() < 0.5
+
+
+# --- links among the images; a folder name that is not UTF-8 ----------------------------------------------------
+
+
+def test_images_that_link_outside_the_data_folder_are_read_and_counted(tmp_path):
+    """The rule for images (docs/links-and-bounds.md): followed, as torchvision's ImageFolder follows them,
+    and counted in one notice; links that stay inside the folder are not counted."""
+    root = tmp_path / "data"
+    written = _image_folder(root)
+    _image_folder(tmp_path / "other-disk", classes=("dog",))
+    (root / "train" / "dog").symlink_to(tmp_path / "other-disk" / "train" / "dog", target_is_directory=True)
+    (root / "test" / "dog").symlink_to(tmp_path / "other-disk" / "test" / "dog", target_is_directory=True)
+    (root / "train" / "ant" / "zz-out.png").symlink_to(tmp_path / "other-disk" / "train" / "dog" / "00.png")
+    (root / "train" / "ant" / "zz-in.png").symlink_to(root / "train" / "bee" / "00.png")
+    notes: list[str] = []
+    data = load_dataset("imagefolder", root, progress=False, notify=notes.append)
+    assert data.info.num_classes == 4 and data.info.train_size == 4 * 4 + 2
+    # ant's 00-02.png, zz-in (bee's 00), zz-out (dog's 00), zz.jpg; then bee's 00.png
+    assert torch.equal(data.train_images[3], written["train"]["bee"][0])
+    assert torch.equal(data.train_images[6], written["train"]["bee"][0])
+    [note] = [n for n in notes if "resolve outside" in n]
+    assert note.startswith(f"9 images of {root} are links") and "\n" not in note  # 4 + 4 dogs, 1 ant
+
+
+def test_a_data_folder_whose_name_is_not_utf8_is_refused_up_front_and_leaves_no_run(tmp_path):
+    from tests.conftest import bench, one_line_exit_2
+
+    root = tmp_path / os.fsdecode(b"caf\xe9")
+    _image_folder(root)
+    results = tmp_path / "results"
+    args = ["run", "--depths", "8", "--arch", "plain", "--dataset", "imagefolder", "--data-dir", str(root),
+            "--device", "cpu", "--preset", "quick", "--width", "2", "--batch-size", "4", "--epochs", "1",
+            "--results", str(results), "--no-progress"]
+    for _ in range(2):  # a second try says the same, never a run left interrupted
+        one_line_exit_2(bench(*args), "is not UTF-8", "rename the folder")
+        assert not list(results.glob("*/*/*"))
+    renamed = root.rename(tmp_path / "cafe")
+    assert bench(*[str(renamed) if a == str(root) else a for a in args]).exit_code == 0

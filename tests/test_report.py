@@ -37,6 +37,7 @@ def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCH
     schedule = {"iterations": iterations, "epochs": None} if iterations else {"epochs": EPOCHS_TOTAL}
     config = dataclasses.replace(QUICK, arch=arch, depth=depth, seed=seed, precision=precision, **schedule)
     run_id = config.run_id()
+    width = config.width or 16  # what that config builds (bench.store checks config.json's model against it)
     directory = run_dir(root, "cifar10", run_id)
     rng = np.random.default_rng(depth * 100 + seed + (arch == "plain") * 7 + (iterations or 0))
     floor = (0.04 + 0.002 * depth if arch == "plain" else 0.09 - 0.0008 * depth) + rng.uniform(0, 0.03)
@@ -46,7 +47,7 @@ def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCH
         train = floor + 0.7 * math.exp(-epoch / 1.5) + rng.uniform(0, 0.01)
         diverged = epoch == diverged_epoch
         rows.append({
-            "run_id": run_id, "dataset": "cifar10", "arch": arch, "depth": depth, "width": 16,
+            "run_id": run_id, "dataset": "cifar10", "arch": arch, "depth": depth, "width": width,
             "shortcut": "A", "seed": seed, "preset": "quick", "epoch": epoch,
             "iteration": epoch * 157, "lr": 0.05, "train_loss": math.nan if diverged else 2 * train,
             "train_error": math.nan if diverged else train, "test_loss": 1.0,
@@ -59,7 +60,7 @@ def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCH
         "run_id": run_id, "config": config.to_dict(),
         "dataset": {"name": "cifar10", "source": "test", "num_classes": 10, "image_size": 32,
                     "train_size": 10000, "test_size": 2000, "note": NOTE},
-        "model": {"family": "cifar", "width": 16, "shortcut": "A", "has_shortcuts": arch == "residual",
+        "model": {"family": "cifar", "width": width, "shortcut": "A", "has_shortcuts": arch == "residual",
                   "stem": "cifar", "params": 1000 * depth},
         "environment": {"device_name": "Test CPU", "git_commit": "abc123def456", "torch": "2.14.1"},
         "started_at": "2025-01-01T00:00:00Z",

@@ -96,7 +96,83 @@ def test_a_config_from_before_a_field_existed_reads_as_that_fields_default(tmp_p
         run_id = RunConfig.from_dict(config).run_id()  # the field left out is at its default: the same run_id
         directory = store.run_dir(tmp_path, "synthetic", run_id)
         store.write_json(directory / store.CONFIG, {"run_id": run_id, "config": config, "dataset": {"name": "synthetic"}})
-        store.write_epochs(directory / store.EPOCHS, [_row(1, run_id=run_id)])
+        store.write_epochs(directory / store.EPOCHS, [_row(1, run_id=run_id, arch="residual")])  # the run's own
         store.write_status(directory, store.FINISHED)
     _, runs = store.read_results([tmp_path])
     assert runs["augment"].tolist() == [True, True]
+
+
+# --- a run folder's files checked against each other when read ------------------------------------------------
+
+
+def _plain(results):
+    [folder] = results.glob("synthetic/plain-8-*")
+    return folder
+
+
+EPOCH_LIES = {
+    "an epoch twice, the second at 0%": lambda rows: pd.concat(
+        [rows, rows.tail(1).assign(train_error=0.0, test_error=0.0)], ignore_index=True),
+    "200,000 rows for two epochs": lambda rows: pd.concat([rows] * 100_000, ignore_index=True),
+    "epochs out of order": lambda rows: rows.iloc[::-1].reset_index(drop=True),
+    "a depth the run_id does not name": lambda rows: rows.assign(depth=9),
+    "an arch the run_id does not name": lambda rows: rows.assign(arch="residual"),
+}
+
+
+@pytest.mark.parametrize("lie", list(EPOCH_LIES))
+def test_an_epochs_file_that_is_not_one_row_per_epoch_of_its_run_is_replaced_by_the_checkpoints_rows(
+        finished_grid, tmp_path, lie):
+    from tests.conftest import bench
+
+    folder = _plain(finished_grid)
+    truth = store.load_checkpoint(folder)["rows"]
+    EPOCH_LIES[lie](pd.read_parquet(folder / store.EPOCHS)).to_parquet(folder / store.EPOCHS)
+    notes: list[str] = []
+    epochs, runs = store.read_results([finished_grid], notify=notes.append)
+    plain = epochs[epochs["run_id"] == folder.name]
+    assert plain["train_error"].tolist() == [row["train_error"] for row in truth]  # the right final error
+    assert any(str(folder / store.EPOCHS) in note for note in notes), notes
+    drawn = bench("report", "--results", str(finished_grid), "--out", str(tmp_path / "reports"))
+    assert drawn.exit_code == 0 and "Traceback" not in drawn.output, drawn.output
+
+
+CONFIG_LIES = {
+    "model.width 64 for a width-2 run": (("model", "width"), 64, "model.width 64"),
+    "model.family imagenet": (("model", "family"), "imagenet", "model.family"),
+    "model.params a string": (("model", "params"), "many", "params 'many'"),
+    "schedule.epochs Infinity": (("schedule", "epochs"), float("inf"), "epochs inf"),
+}
+STATUS_LIES = {
+    "epochs_total Infinity": ("epochs_total", float("inf")),
+    "epochs_total a string": ("epochs_total", "six"),
+    "epoch negative": ("epoch", -1),
+    "diverged_epoch a float": ("diverged_epoch", 1.5),
+}
+
+
+@pytest.mark.parametrize("lie", [*CONFIG_LIES, *STATUS_LIES])
+def test_a_run_file_field_of_the_wrong_type_or_value_is_a_refused_file(finished_grid, data_dir, tmp_path, lie):
+    import json
+
+    from tests.conftest import TINY_GRID, bench, one_line_exit_2
+
+    folder = _plain(finished_grid)
+    if lie in CONFIG_LIES:
+        (section, key), value, said = CONFIG_LIES[lie]
+        path = folder / store.CONFIG
+        meta = json.loads(path.read_text())
+        meta[section][key] = value
+    else:
+        (key, value), said, path = STATUS_LIES[lie], f"{STATUS_LIES[lie][0]} ", folder / store.STATUS
+        meta = {**json.loads(path.read_text()), key: value}
+    path.write_text(json.dumps(meta))  # Infinity, as Python's json writes it
+    with pytest.raises(BenchError, match="not a count|but its config builds"):
+        store.read_config(folder) if lie in CONFIG_LIES else store.read_status(folder)
+    drawn = bench("report", "--results", str(finished_grid), "--out", str(tmp_path / "reports"))
+    assert drawn.exit_code == 0 and "Traceback" not in drawn.output, drawn.output
+    text = " ".join(drawn.output.split())
+    assert f"skipped {folder}" in text and said in text
+    assert "width 64" not in (tmp_path / "reports" / "README.md").read_text()
+    one_line_exit_2(bench("run", *TINY_GRID, "--data-dir", str(data_dir), "--results", str(finished_grid)),
+                    str(path))

@@ -244,7 +244,7 @@ def _cache_file(folder: Path) -> Path:
 def test_a_cache_with_other_pixels_or_labels_is_noticed_and_rebuilt(tmp_path):
     import torch
 
-    from bench import data as data_module
+    from bench import cache as cache_module
 
     sizes = dict(synthetic_train=20, synthetic_test=10, progress=False)
     first = load_dataset("synthetic", tmp_path, **sizes)
@@ -255,7 +255,7 @@ def test_a_cache_with_other_pixels_or_labels_is_noticed_and_rebuilt(tmp_path):
             cached["train_images"].zero_()
         else:
             cached["train_labels"] += 100
-            cached["digest"] = data_module._cache_digest(cached)
+            cached["digest"] = cache_module.cache_digest(cached)
         torch.save(cached, cache)
         notes: list[str] = []
         again = load_dataset("synthetic", tmp_path, notify=notes.append, **sizes)

@@ -11,13 +11,14 @@ See docs/benchmarks.md.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from bench.provenance import environment
 
-from .harness import ACROSS_MACHINES_ENV, fingerprint, machine_differences
+from .harness import ACROSS_MACHINES_ENV, baseline_problem, fingerprint, machine_differences
 
 FULL_RUN_OPTIONS = ("benchmark_only", "benchmark_save", "benchmark_autosave", "benchmark_compare", "benchmark_json")
 
@@ -39,7 +40,11 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession, machine_info: dict,
                                           compared_benchmark: dict) -> None:
-    """Refuse to compare against a run from another machine, unless asked to, and then say so."""
+    """Refuse a saved run the gate cannot compare against (baseline_problem), naming its file; refuse to
+    compare against a run from another machine, unless asked to, and then say so."""
+    if (problem := baseline_problem(compared_benchmark)) is not None:
+        raise pytest.UsageError(f"{_saved_path(benchmarksession, compared_benchmark)}: {problem}, so no comparison "
+                                "against it means anything: delete it and save a baseline again (--benchmark-autosave)")
     differences = machine_differences(machine_info["resnet_bench"],
                                       compared_benchmark["machine_info"].get("resnet_bench"))
     if not differences:
@@ -51,6 +56,16 @@ def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksessio
     else:
         raise pytest.UsageError(f"{message}: save a baseline on this machine first, or set "
                                 f"{ACROSS_MACHINES_ENV}=1 to compare anyway")
+
+
+def _saved_path(benchmarksession, compared: dict) -> str:
+    """The file `compared` was loaded from (pytest-benchmark's hook is not told): the stored run that dumps the
+    same, NaN included."""
+    text = json.dumps(compared, sort_keys=True)
+    for path, data in benchmarksession.storage.load():
+        if json.dumps(data, sort_keys=True) == text:
+            return str(path)
+    return "the saved benchmark run"
 
 
 def pytest_benchmark_scale_unit(config, unit, benchmarks, best, worst, sort):

@@ -18,6 +18,7 @@ and 6-8% in reference units of CPU time. pytest-benchmark's statistics, saved ru
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -182,6 +183,39 @@ def fingerprint() -> dict[str, object]:
         "gpu": device_name("cuda") if torch.cuda.is_available() else None,
         "torch": torch.__version__,
     }
+
+
+# The stats of a saved benchmark the gate may compare (`--benchmark-compare-fail=median:15%`): each a finite
+# number >= 0, or the comparison is against nothing (NaN compares false with everything, so NaN passes any gate).
+COMPARED_STATS = ("min", "max", "mean", "stddev", "median", "iqr")
+
+
+def baseline_problem(saved: object) -> str | None:
+    """What makes a saved benchmark run (pytest-benchmark's JSON, loaded) one the gate cannot compare against,
+    in words, or None: a machine fingerprint that is not fingerprint()'s keys with plain values, a benchmark
+    without its name or stats, a stat that is not a finite number >= 0."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("machine_info"), dict):
+        return "it has no machine_info"
+    theirs = saved["machine_info"].get("resnet_bench")
+    if theirs is not None:  # absent: a run saved before fingerprints, refused by machine_differences
+        if not isinstance(theirs, dict):
+            return f"its resnet_bench machine fingerprint is a {type(theirs).__name__}, not a mapping"
+        for key in fingerprint():
+            if key not in theirs or not isinstance(theirs[key], (str, int, type(None))):
+                return f"its resnet_bench machine fingerprint has no plain {key!r}"
+    benchmarks = saved.get("benchmarks")
+    if not isinstance(benchmarks, list):
+        return "it has no list of benchmarks"
+    for index, bench in enumerate(benchmarks):
+        if not isinstance(bench, dict) or not isinstance(bench.get("fullname"), str) \
+                or not isinstance(bench.get("stats"), dict):
+            return f"its benchmark {index} has no fullname or stats"
+        for stat in COMPARED_STATS:
+            value = bench["stats"].get(stat)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                return f"{bench['fullname']}'s {stat} is {value!r}, not a finite number >= 0"
+    return None
 
 
 def machine_differences(now: dict[str, object], saved: dict[str, object] | None) -> list[str]:

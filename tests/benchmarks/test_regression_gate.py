@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ACROSS_MACHINES_ENV, SLOWDOWN_ENV, fingerprint, machine_differences
+from .harness import ACROSS_MACHINES_ENV, SLOWDOWN_ENV, baseline_problem, fingerprint, machine_differences
 
 ROOT = Path(__file__).resolve().parents[2]
 # One small benchmark is enough to show the gate works; the full suite would take a minute.
@@ -59,3 +59,52 @@ def test_machine_differences_name_what_changed() -> None:
     changed = machine_differences(now, {**now, "threads": 64, "torch": "2.0.0"})
     assert len(changed) == 2 and changed[0].startswith("threads: 64 -> ")
     assert machine_differences(now, None) == ["the saved run has no resnet_bench machine fingerprint"]
+
+
+def _saved_run(median: object = 1.5) -> dict:
+    """A saved run as pytest-benchmark writes it, cut to what the gate reads."""
+    stats = {"min": 1.0, "max": 2.0, "mean": 1.5, "stddev": 0.1, "median": median, "iqr": 0.2}
+    return {"machine_info": {"resnet_bench": fingerprint()},
+            "benchmarks": [{"fullname": "tests/benchmarks/test_throughput.py::test_x", "stats": stats}]}
+
+
+BASELINE_DAMAGES = {
+    "a NaN median": (lambda run: run["benchmarks"][0]["stats"].update(median=float("nan")), "median is nan"),
+    "a median that is text": (lambda run: run["benchmarks"][0]["stats"].update(median="1.5"), "median is '1.5'"),
+    "no median": (lambda run: run["benchmarks"][0]["stats"].pop("median"), "median is None"),
+    "no stats": (lambda run: run["benchmarks"][0].pop("stats"), "no fullname or stats"),
+    "a fingerprint that is a list": (lambda run: run["machine_info"].update(resnet_bench=["x"]), "not a mapping"),
+    "a fingerprint without its cpu": (lambda run: run["machine_info"]["resnet_bench"].pop("cpu"), "no plain 'cpu'"),
+    "a fingerprint cpu that is a dict": (lambda run: run["machine_info"]["resnet_bench"].update(cpu={}),
+                                         "no plain 'cpu'"),
+}
+
+
+def test_a_baseline_the_gate_can_compare_has_no_problem() -> None:
+    assert baseline_problem(_saved_run()) is None
+
+
+@pytest.mark.parametrize("damage", list(BASELINE_DAMAGES))
+def test_a_baseline_the_gate_cannot_compare_is_named(damage: str) -> None:
+    run = _saved_run()
+    change, said = BASELINE_DAMAGES[damage]
+    change(run)
+    problem = baseline_problem(run)
+    assert problem is not None and said in problem
+
+
+@pytest.mark.slow
+def test_the_gate_refuses_a_baseline_it_cannot_compare_in_one_line_naming_the_file(tmp_path: Path) -> None:
+    baseline = bench(tmp_path, "--benchmark-autosave")
+    assert baseline.returncode == 0, baseline.stdout + baseline.stderr
+    [saved] = tmp_path.glob(".benchmarks/*/0001_*.json")
+    good = saved.read_text()
+    for change, said in (BASELINE_DAMAGES["a NaN median"], BASELINE_DAMAGES["a fingerprint that is a list"]):
+        data = json.loads(good)
+        change(data)
+        saved.write_text(json.dumps(data))  # NaN as pytest-benchmark's json writes it
+        compared = bench(tmp_path, "--benchmark-compare", "--benchmark-compare-fail=median:15%")
+        assert compared.returncode != 0, compared.stdout + compared.stderr
+        assert "Traceback" not in compared.stderr and "AttributeError" not in compared.stderr
+        [line] = [line for line in compared.stderr.splitlines() if saved.name in line]  # as pytest-benchmark names it
+        assert said in line and "save a baseline again" in line
