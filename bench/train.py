@@ -32,7 +32,7 @@ from bench.data import ImageData
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
 from bench.errors import BenchError, Notify, first_line
 from bench.interrupts import ForcedStop, StopFlag, deferred_interrupts, signals_held
-from bench.layers import gradient_rows, response_probe, response_rows
+from bench.layers import RESPONSE_BATCH, gradient_rows, response_probe, response_rows
 from bench.loader import augment, epoch_batches
 from bench.provenance import environment, utc_now
 from bench.records import EpochRow
@@ -46,6 +46,7 @@ __all__ = ["Run", "RunState", "Schedule", "check_batch", "describe", "evaluate",
 OnStep = Callable[[int, int, dict], None]
 
 WARMUP_WINDOW = 50  # iterations averaged to decide that training error is below warmup_until_error
+EVAL_BATCH = 1000  # test images per forward at the stored size (scaled_batch: fewer at a larger input size)
 
 
 def make_model(config: RunConfig, data: ImageData) -> nn.Module:
@@ -112,7 +113,7 @@ def _seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
-             config: RunConfig, ranks: Dist = Dist(), batch_size: int = 1000) -> tuple[float, float]:
+             config: RunConfig, ranks: Dist = Dist(), batch_size: int = EVAL_BATCH) -> tuple[float, float]:
     """(mean loss, error fraction) of `model` in eval mode over the whole of `images`.
 
     With several ranks, each evaluates its contiguous share of the images and the sums are added up.
@@ -333,7 +334,7 @@ class Run:
         started = time.perf_counter()
         loss_total, wrong_total = (all_sum(value, ranks) for value in epoch.sums(self.device))
         test = evaluate(self.model, data.test_images, data.test_labels, data.mean, config, ranks,
-                        batch_size=scaled_batch(1000, config, data))
+                        batch_size=scaled_batch(EVAL_BATCH, config, data))
         seconds = epoch.seconds + time.perf_counter() - started
         state.epoch += 1
         self.record_responses()  # outside the epoch's seconds: a diagnostic, not part of the training it times
@@ -392,7 +393,7 @@ class Run:
             self.state.layer_rows += response_rows(config.run_id(), self.state.epoch, self.state.iteration,
                                                    self.model, response_probe(data.test_images),
                                                    lambda images: prepare_inputs(images, data.mean, config),
-                                                   batch_size=scaled_batch(500, config, data))
+                                                   batch_size=scaled_batch(RESPONSE_BATCH, config, data))
 
     def end_warmup_if_learning(self, batch_error: float) -> None:
         """The paper's 110-layer rule: back to lr once training error averaged over WARMUP_WINDOW iterations
