@@ -148,9 +148,9 @@ def _shard(value: str) -> tuple[int, int]:
 def _input_size(given: int | None, stem: enum.Enum | None) -> int | None:
     """--input-size as given; without it, the ImageNet stem's own size (224, as `bench time` times it) and
     otherwise None, the images as stored."""
-    from bench.timing import DEFAULT_INPUT_SIZE
-
     if given is None and stem is not None and stem.value == "imagenet":
+        from bench.timing import DEFAULT_INPUT_SIZE
+
         return DEFAULT_INPUT_SIZE["imagenet"]
     return given
 

@@ -52,6 +52,8 @@ def test_dry_run_shows_the_recipe_and_the_ids_follow_it(tmp_path, data_dir):
     assert tuned.split()[0] != sgd.split()[0]
     (same,) = lines("--optimizer", "sgd", "--momentum", "0.9", "--lr-milestones", "0.5", "0.75")
     assert same.split()[0] == sgd.split()[0]  # the preset's values, said again: the same run
+    (imagenet,) = lines("--stem", "imagenet")
+    assert imagenet.endswith(f"input=224 stem=imagenet  -> {tmp_path / 'synthetic' / imagenet.split()[0]}")
 
 
 @pytest.mark.parametrize("args, fix", [
@@ -159,6 +161,9 @@ def test_the_tutorial_resnet_50_at_224_with_adam_is_one_command(tmp_path, data_d
                    "--data-dir", str(data_dir), "--results", str(tmp_path / "results"))
     assert result.exit_code == 0, result.output
     assert '"optimizer": "adam"' in result.output and '"input_size": 224' in result.output  # the configuration
+    # One line per epoch and net in a log: training loss and error, test error and loss.
+    assert len(re.findall(r"epoch [12]/2: loss [\d.]+ train [\d.]+% test [\d.]+% \(loss [\d.]+\)",
+                          result.output)) == 4, result.output
     for directory in (tmp_path / "results" / "synthetic").iterdir():
         described = store.read_json(directory / store.CONFIG)
         assert described["model"]["stem"] == "imagenet" and described["config"]["lr"] == 0.001
