@@ -13,8 +13,8 @@ from bench import store
 from bench.config import RunConfig, resolve_device
 from bench.data import load_dataset
 from bench.errors import BenchError, Notify, first_line
-from bench.layers import RESPONSE_STD, response_rows
-from bench.train import make_model, prepare_inputs
+from bench.layers import RESPONSE_BATCH, RESPONSE_STD, response_rows
+from bench.train import make_model, prepare_inputs, scaled_batch
 
 
 
@@ -70,7 +70,8 @@ def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = 
         mean = data.mean.to(target)
         epoch, iteration = int(checkpoint["epoch"]), int(checkpoint["iteration"])
         rows = response_rows(meta["run_id"], epoch, iteration, model, data.test_images,
-                             lambda images: prepare_inputs(images.to(target), mean, config))
+                             lambda images: prepare_inputs(images.to(target), mean, config),
+                             batch_size=scaled_batch(RESPONSE_BATCH, config, data))
         layers = directory / store.LAYERS
         kept = [r for r in kept if not (r["kind"] == RESPONSE_STD and r["epoch"] == epoch)]
         store.write_layers(layers, kept + rows)

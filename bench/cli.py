@@ -19,7 +19,7 @@ from rich.markup import escape
 from bench.config import FORMATS, PRESETS, parse_gpus, usable_cpus
 from bench.errors import BenchError, first_line, is_out_of_memory
 from bench.interrupts import exit_code, hung_up, stop_like_ctrl_c
-from bench.modes import PRECISIONS
+from bench.modes import OPTIMIZERS, PRECISIONS
 from resnet import ALL_ARCHS, ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -30,7 +30,7 @@ errors = Console(stderr=True)
 # Options that take several values: `--depths 18 34` is rewritten to `--depths 18 --depths 34`,
 # because click options take one value per occurrence.
 LIST_OPTIONS = {"--depths", "--arch", "--seeds", "--device", "--batch-size", "--precision", "--results",
-                "--format"}
+                "--format", "--lr-milestones"}
 # Of those, the ones that stay single-valued for some commands.
 SINGLE_VALUED = {"run": {"--device", "--batch-size", "--precision", "--results"}, "time": {"--results"}}
 
@@ -45,6 +45,7 @@ def choices(name: str, values: Sequence[str]) -> type[enum.Enum]:
 Arch = choices("Arch", ALL_ARCHS)
 Preset = choices("Preset", tuple(PRESETS))
 Precision = choices("Precision", PRECISIONS)
+Optimizer = choices("Optimizer", OPTIMIZERS)
 Shortcut = choices("Shortcut", SHORTCUTS)
 Family = choices("Family", FAMILIES)
 Stem = choices("Stem", STEMS)
@@ -155,6 +156,30 @@ def _shard(value: str) -> tuple[int, int]:
     return index, count
 
 
+def _input_size(given: int | None, stem: enum.Enum | None) -> int | None:
+    """--input-size as given; without it, the ImageNet stem's own size (224, as `bench time` times it) and
+    otherwise None, the images as stored."""
+    if given is None and stem is not None and stem.value == "imagenet":
+        from bench.timing import DEFAULT_INPUT_SIZE
+
+        return DEFAULT_INPUT_SIZE["imagenet"]
+    return given
+
+
+def _milestones(given: list[str] | None) -> tuple[float, ...] | None:
+    """`--lr-milestones 0.5 0.75` -> (0.5, 0.75); 'none' -> () (a constant lr); None leaves the preset's.
+    Whether each lies inside the run is bench.config.validate's to say."""
+    if given is None:
+        return None
+    if [value.lower() for value in given] == ["none"]:
+        return ()
+    try:
+        return tuple(float(value) for value in given)
+    except ValueError:
+        raise BenchError(f"--lr-milestones {' '.join(given)}: give fractions of the run, e.g. 0.5 0.75, or none"
+                         ) from None
+
+
 def _devices(value: str | None, device: str) -> tuple[str, ...]:
     """`--devices 0,1` -> ('cuda:0', 'cuda:1'); by default every visible GPU when training on GPUs."""
     import torch
@@ -183,9 +208,25 @@ def run(
     epochs: Annotated[Optional[int], typer.Option(help="Train for N epochs (overrides the preset).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Train for N iterations (overrides the preset).")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Initial learning rate.")] = None,
+    optimizer: Annotated[Optimizer, typer.Option(help="sgd: the preset's recipe (momentum 0.9, weight decay 1e-4); "
+                                                 "adam, adamw: torch's defaults (lr 1e-3; weight decay 0 for adam, "
+                                                 "0.01 for adamw), no momentum.")] = Optimizer.sgd,
+    lr: Annotated[Optional[float], typer.Option(help="Initial learning rate (default: the preset's for sgd, "
+                                                "torch's for adam and adamw).")] = None,
+    momentum: Annotated[Optional[float], typer.Option(help="SGD's momentum (default: the preset's, 0.9).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="L2 weight decay (default: the preset's for sgd, "
+                                                          "torch's for adam and adamw).")] = None,
+    lr_milestones: Annotated[Optional[list[str]], typer.Option(
+        help="Where the lr is divided by 10, as fractions of the run (default: 0.5 0.75); 'none' keeps it "
+             "constant.")] = None,
     width: Annotated[Optional[int], typer.Option(help="First-stage channels (imagenet 64, cifar 16).")] = None,
     shortcut: Annotated[Optional[Shortcut], typer.Option(help="Paper section 3.3 (default: the family's).")] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="Input height and width: the stored images are resized "
+                                                      "on the device, batch by batch (default: 224 with --stem "
+                                                      "imagenet, else as stored, 32 for CIFAR).")] = None,
+    stem: Annotated[Optional[Stem], typer.Option(help="imagenet: 7x7 stride 2 and a max-pool; cifar: one 3x3 "
+                                                 "(default: the family's; ImageNet-layout nets take the CIFAR "
+                                                 "stem below 128 pixels).")] = None,
     train_subset: Annotated[Optional[int], typer.Option(help="Train on a fixed subset of N images (0: all).")] = None,
     test_subset: Annotated[Optional[int], typer.Option(help="Test on a fixed subset of N images (0: all).")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="The paper's crop and flip "
@@ -212,7 +253,7 @@ def run(
                                                    )] = None,
 ) -> None:
     """Train plain and residual nets of the given depths; log train/test error per epoch to parquet."""
-    from bench.config import GridConfig
+    from bench.config import GridConfig, with_optimizer
     from bench.data import default_data_dir
     from bench.distributed import from_environment
     from bench.grid import run_grid
@@ -223,14 +264,16 @@ def run(
                                     "sync_bn": sync_bn}
     if epochs is not None or iterations is not None:  # the preset's length, replaced; both given, validate refuses
         overrides.update(epochs=epochs, iterations=iterations)
-    for name, value in (("batch_size", batch_size), ("lr", lr), ("width", width),
-                        ("shortcut", shortcut and shortcut.value), ("augment", augment)):
+    for name, value in (("batch_size", batch_size), ("lr", lr), ("width", width), ("momentum", momentum),
+                        ("weight_decay", weight_decay), ("lr_decay_at", _milestones(lr_milestones)),
+                        ("shortcut", shortcut and shortcut.value), ("augment", augment),
+                        ("stem", stem and stem.value), ("input_size", _input_size(input_size, stem))):
         if value is not None:
             overrides[name] = value
     for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
         if value is not None:
             overrides[name] = value or None
-    base = dataclasses.replace(PRESETS[preset.value], **overrides)
+    base = dataclasses.replace(with_optimizer(PRESETS[preset.value], optimizer.value), **overrides)
     spread = _devices(devices, device)
     grid = GridConfig(base=base, depths=tuple(depths), archs=values(arch) or ARCHS, seeds=tuple(seeds or (0,)),
                       data_dir=str(data_dir or default_data_dir()), results=str(results), shard=_shard(shard),

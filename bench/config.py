@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from bench import provenance
-from bench.errors import BenchError, check_choice, check_positive
-from bench.modes import PRECISIONS, check_mode, check_net, mode_of
+from bench.errors import BenchError, check_choice, check_positive, first_line
+from bench.modes import OPTIMIZERS, PRECISIONS, check_mode, check_net, mode_of, torch_default
 from resnet import ARCHS, family_of
 
 # Each name is defined once; the network's own names (ARCHS, SHORTCUTS) live with the networks, the
@@ -46,17 +46,22 @@ class RunConfig:
     width: int | None = None
     shortcut: str | None = None
     stem: str | None = None
+    # The network's input height and width; None: the images as stored (32 for CIFAR and the synthetic set).
+    # The stored images are resized on the device, batch by batch (bench.loader.resize).
+    input_size: int | None = None
     # The data. A subset keeps a short preset short on any dataset; None means the whole split.
     dataset: str = "auto"
     train_subset: int | None = None
     test_subset: int | None = None
     # The paper's crop and flip (section 4.2); off, a run fits the stored images as they are (--no-augment).
     augment: bool = True
-    # The schedule (SGD with momentum, by iteration, as the paper's section 4.2).
+    # The schedule (SGD with momentum, by iteration, as the paper's section 4.2). Adam and AdamW take torch's
+    # defaults where the command does not say (with_optimizer) and have no momentum.
     preset: str = "paper"
     epochs: int | None = None
     iterations: int | None = 64_000
     batch_size: int = 128
+    optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -93,6 +98,14 @@ class RunConfig:
         defaults = _DEFAULTS.to_dict()
         return {k: v for k, v in self.to_dict().items()
                 if k in RUN_ID_FIELDS_V1 or (k not in EXECUTION_FIELDS and v != defaults[k])}
+
+    def stem_at(self, size: int) -> str | None:
+        """The stem the net is built with on inputs of `size` pixels: the one asked for, else the CIFAR stem
+        for ImageNet-layout nets below 128 pixels (their ImageNet stem would leave a 1x1 map by the last
+        stage at 32), else the family's (None)."""
+        if self.stem is None and family_of(self.depth) == "imagenet" and size < 128:
+            return "cifar"
+        return self.stem
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict of every field."""
@@ -229,6 +242,18 @@ class GridConfig:
         return every[index - 1 :: count]
 
 
+def with_optimizer(config: RunConfig, optimizer: str) -> RunConfig:
+    """`config` (a preset) trained by `optimizer`: SGD keeps the preset's recipe; Adam and AdamW take torch's
+    defaults for the learning rate and weight decay, and no momentum (theirs are the betas, torch's too). The
+    schedule (length, lr milestones) stays the preset's. The command's own --lr, --weight-decay and
+    --lr-milestones apply on top."""
+    if optimizer == "sgd":
+        return config
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    return dataclasses.replace(config, optimizer=optimizer, lr=torch_default(optimizer, "lr"), momentum=0.0,
+                               weight_decay=torch_default(optimizer, "weight_decay"))
+
+
 def paper_rules(config: RunConfig) -> RunConfig:
     """Section 4.2's one exception: CIFAR nets of 110 layers and more warm up at lr 0.01 until training
     error is below 80%, because 0.1 is too large to start converging."""
@@ -241,6 +266,7 @@ def validate(config: RunConfig) -> RunConfig:
     """Check everything that can be checked before any data is loaded; return the config unchanged."""
     # The net's own checks first (arch, depth, shortcut, stem), where the arch was checked before.
     check_net(config.depth, config.arch, shortcut=config.shortcut, stem=config.stem, width=4)
+    check_input_size(config)
     check_choice("precision", config.precision, PRECISIONS)
     # 'auto' as what it resolves to on this machine; a named device that is not here is refused only when the
     # grid trains, so that --dry-run plans a GPU job anywhere.
@@ -257,5 +283,34 @@ def validate(config: RunConfig) -> RunConfig:
     for name in ("momentum", "weight_decay", "lr_decay"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):
-            raise BenchError(f"{name} must be a finite number of zero or more, got {value}")
+            raise BenchError(f"--{name.replace('_', '-')} must be a finite number of zero or more, got {value}")
+    check_recipe(config)
     return config
+
+
+def check_input_size(config: RunConfig) -> None:
+    """--input-size: a positive number of pixels the net can take in training, found out by a forward pass at
+    the run's batch on the meta device (exact, and free: nothing is computed or allocated)."""
+    if config.input_size is None:
+        return
+    check_positive("--input-size", config.input_size, integer=True, detail=" of pixels")
+    stem = config.stem_at(config.input_size)
+    try:
+        check_net(config.depth, config.arch, shortcut=config.shortcut, stem=stem, width=4,
+                  input_shape=(max(config.batch_size, 1), 3, config.input_size, config.input_size))
+    except (RuntimeError, ValueError) as error:
+        raise BenchError(f"--input-size {config.input_size} is too small for {config.arch}-{config.depth} with the "
+                         f"{stem or 'default'} stem ({first_line(error, 120)}): use a larger --input-size") from None
+
+
+def check_recipe(config: RunConfig) -> None:
+    """The optimizer and its lr milestones: a known optimizer, no momentum for Adam (its betas are torch's),
+    milestones inside the run (fractions of it, 0 < f < 1)."""
+    check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    if config.optimizer != "sgd" and config.momentum:
+        raise BenchError(f"--optimizer {config.optimizer} has no momentum (its betas are torch's, 0.9 and 0.999): "
+                         "drop --momentum, or use --optimizer sgd")
+    outside = [f for f in config.lr_decay_at if not (isinstance(f, (int, float)) and 0 < f < 1)]
+    if outside:
+        raise BenchError(f"--lr-milestones {outside[0]} is outside the run: give fractions of the run between 0 and "
+                         "1, e.g. 0.5 0.75 (or none)")

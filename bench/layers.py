@@ -30,6 +30,7 @@ RESPONSE_STD, GRAD_NORM, WEIGHT_NORM = "response_std", "grad_norm", "weight_norm
 # Test images the per-epoch response statistics are measured on during training, fixed for the whole run.
 # 1,000 images cost ~10% of one evaluation pass, well under 1% of an epoch.
 RESPONSE_IMAGES = 1_000
+RESPONSE_BATCH = 500  # images per forward of the response diagnostics, at the stored size
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def response_stds(model: nn.Module, batches: Iterator[torch.Tensor]) -> list[flo
 
 
 def response_rows(run_id: str, epoch: int, iteration: int, model: nn.Module, images: torch.Tensor,
-                  prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 500) -> list[dict]:
+                  prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int = RESPONSE_BATCH) -> list[dict]:
     """LayerRow dicts of kind response_std for every 3x3 layer, over `images` (uint8, turned into the
     network's input by `prepare`) in batches of `batch_size`."""
     batches = (prepare(images[i:i + batch_size]) for i in range(0, len(images), batch_size))

@@ -1,7 +1,9 @@
 """The on-device loader of `bench run`: batches of a dataset that already lives on the training device.
 
 `epoch_batches` draws one epoch's index batches, `augment` does the paper's CIFAR augmentation (4-pixel pad,
-random 32x32 crop, horizontal flip) batched on the device, and `normalize` subtracts the per-pixel mean.
+random 32x32 crop, horizontal flip) batched on the device, `normalize` subtracts the per-pixel mean, and
+`resize` brings a batch to the run's input size. The crop is drawn at the stored size, before the resize, so it
+scales with the input: 4 of 32 pixels is 28 of 224, the same share of the image.
 Nothing here copies from the host or knows about ranks: under DistributedDataParallel every rank draws the
 same global batches and the caller, bench/train.py, takes each rank's slice of them. Finding, decoding and
 caching the data (and the fixed subset a run trains on) is bench/data.py's.
@@ -44,6 +46,16 @@ def _to(t: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def resize(images: Tensor, size: int) -> Tensor:
+    """Float images [N,C,H,W] at `size` x `size`, as torchvision's Resize(size) makes a square image: bilinear,
+    antialiased when shrinking; unchanged when they are that size already. Done per batch on the images'
+    device, so the dataset stays in memory at its stored size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    shrinking = size < min(images.shape[-2:])
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
 
 
 def normalize(images: Tensor, mean: Tensor) -> Tensor:

@@ -8,6 +8,8 @@ can read a precision without either importing the other.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from bench.errors import BenchError, model_errors
@@ -17,6 +19,10 @@ from resnet import build_model
 # A precision is the autocast dtype it trains and times in (None: plain fp32).
 PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 PRECISIONS = tuple(PRECISION_DTYPES)
+# The optimizers `bench run` trains with (`--optimizer`), built in one place (bench.step.make_optimizer).
+OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+OPTIMIZERS = tuple(OPTIMIZER_CLASSES)
 # What each precision computes in, as `bench run` says it before training.
 PRECISION_TEXT = {
     "fp32": "fp32 (everything in float32)",
@@ -43,11 +49,21 @@ def default_channels_last(device_type: str, precision: str, depth: int, width: i
     return device_type == "cpu" and (depth, width) in CHANNELS_LAST_WINS.get((cpu_model(), precision), ())
 
 
-def check_net(depth: int, arch: str = "residual", **options: object) -> None:
+def torch_default(optimizer: str, argument: str) -> float:
+    """The default torch gives `argument` (lr, weight_decay) of `optimizer`, read from its signature, so that
+    "torch's defaults" stays true whichever torch is installed."""
+    return float(inspect.signature(OPTIMIZER_CLASSES[optimizer]).parameters[argument].default)
+
+
+def check_net(depth: int, arch: str = "residual", input_shape: tuple[int, ...] | None = None,
+              **options: object) -> None:
     """The networks' own checks of depth, arch, family, shortcut, stem and width, as a BenchError: the net is
-    built on the meta device, which takes no time and allocates nothing."""
+    built on the meta device, which takes no time and allocates nothing. With `input_shape`, a training-mode
+    forward of an input of that shape runs there too; what torch refuses in it raises as torch raises it."""
     with model_errors(), torch.device("meta"):
-        build_model(depth, arch, **options)  # type: ignore[arg-type]
+        model = build_model(depth, arch, **options)  # type: ignore[arg-type]
+        if input_shape is not None:
+            model(torch.empty(input_shape))
 
 
 def mode_of(compile: bool, cuda_graph: bool) -> str:

@@ -84,5 +84,15 @@ def dry_run_lines(planned: Plan) -> list[str]:
         directory = planned.directory(run)
         state = store.run_state(directory) if directory.exists() else None
         lines.append(f"{run.run_id()}  {run.arch:<8} depth={run.depth:<4} seed={run.seed}  "
-                     f"{planned.dataset}  {state or 'new'}  -> {directory}")
+                     f"{planned.dataset}  {state or 'new'}  {recipe(run)}  -> {directory}")
     return lines
+
+
+def recipe(run: RunConfig) -> str:
+    """The optimizer and its settings in one short phrase, as --dry-run shows them, and the input size and
+    stem where the command gave them."""
+    milestones = ",".join(f"{f:g}" for f in run.lr_decay_at) or "none"
+    momentum = f" momentum={run.momentum:g}" if run.optimizer == "sgd" else ""
+    size = f" input={run.input_size}" if run.input_size else ""
+    stem = f" stem={run.stem}" if run.stem else ""
+    return f"{run.optimizer} lr={run.lr:g}{momentum} wd={run.weight_decay:g} milestones={milestones}{size}{stem}"

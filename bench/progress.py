@@ -42,7 +42,7 @@ class GridProgress:
         if self.progress.disable:  # logs without a live display still get one line per epoch
             self.progress.console.print(
                 f"{row['run_id']} epoch {run.state.epoch}/{run.schedule.epochs}: loss {row['train_loss']:.3f} "
-                f"train {row['train_error']:.2%} test {row['test_error']:.2%} "
+                f"train {row['train_error']:.2%} test {row['test_error']:.2%} (loss {row['test_loss']:.3f}) "
                 f"{row['images_per_second']:.0f} img/s", highlight=False, soft_wrap=True)
         self.progress.update(self.task, epoch=run.state.epoch, loss=f"{row['train_loss']:.3f}",
                              train=f"{row['train_error']:.1%}", test=f"{row['test_error']:.1%}",

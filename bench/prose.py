@@ -57,8 +57,10 @@ def schedule_text(runs: pd.DataFrame) -> str:
     first = runs.iloc[0]
     length = (f"{int(first['iterations']):,} iterations" if pd.notna(first.get("iterations"))
               else f"{count_text(first.get('epochs'))} epochs")
-    parts = [f"preset {first['preset']}: {length}", f"batch {_unique(runs, 'batch_size')}",
-             f"lr {_unique(runs, 'lr')}", f"width {_unique(runs, 'width')}"]
+    optimizer = _unique(runs, "optimizer")
+    lr = f"lr {_unique(runs, 'lr')}" if optimizer in ("sgd", "unknown") else f"{optimizer} lr {_unique(runs, 'lr')}"
+    parts = [f"preset {first['preset']}: {length}", f"batch {_unique(runs, 'batch_size')}", lr,
+             f"width {_unique(runs, 'width')}"]
     if pd.notna(first.get("train_subset")) or pd.notna(first.get("test_subset")):
         parts.append(f"subset {count_text(first.get('train_subset'))} train / {count_text(first.get('test_subset'))} test")
     if not first["augment"]:  # read_results gives a run from before the option its default
@@ -72,6 +74,7 @@ def provenance_lines(runs: pd.DataFrame) -> list[str]:
     note = _unique(runs, "dataset_note")
     if note != "unknown":
         dataset += f" ({note})"
+    dataset += f"; {input_text(runs)}"
     states = runs["state"].value_counts()
     count = f"{len(runs)} run{'s' if len(runs) != 1 else ''}: " + ", ".join(
         f"{n} {state}" for state, n in states.items())
@@ -79,6 +82,19 @@ def provenance_lines(runs: pd.DataFrame) -> list[str]:
     machine = (f"Device: {_unique(runs, 'device_name')}; precision {_unique(runs, 'precision')}; seeds {seeds}; "
                f"commit {_unique(runs, 'git_commit')}; torch {_unique(runs, 'torch')}")
     return [dataset, f"Schedule: {schedule_text(runs)}; {count}", machine]
+
+
+def input_text(runs: pd.DataFrame) -> str:
+    """The input size the nets saw, and the stored size where they were resized: '224x224 inputs (stored
+    32x32, resized on the device)' or '32x32 inputs'."""
+    stored = runs["image_size"] if "image_size" in runs else pd.Series(None, index=runs.index, dtype=object)
+    given = runs["input_size"] if "input_size" in runs else pd.Series(None, index=runs.index, dtype=object)
+    seen = given.where(given.notna(), stored)
+    sizes = ", ".join(f"{int(s)}x{int(s)}" for s in sorted(seen.dropna().unique())) or "?"
+    if not given.notna().any():
+        return f"{sizes} inputs"
+    stored_sizes = ", ".join(f"{int(s)}x{int(s)}" for s in sorted(stored.dropna().unique())) or "?"
+    return f"{sizes} inputs (stored {stored_sizes}, resized on the device)"
 
 
 def schedule_provenance(runs: pd.DataFrame) -> list[str]:

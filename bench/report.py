@@ -41,6 +41,8 @@ _VARIES_WITHIN = {"arch", "depth", "seed", "dataset", "warmup_lr", *EXECUTION_FI
 EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _VARIES_WITHIN)
 # The network family is not a RunConfig field but follows the depth: CIFAR nets and ImageNet-layout nets are
 # two experiments (the paper's Figures 6 and 4), never one figure, even at one width.
+# The RunConfig fields that hold counts (int, or None for a default).
+_INTEGER_FIELDS = {f.name for f in dataclasses.fields(RunConfig) if str(f.type).startswith("int")}
 FAMILY_NAMES = {"cifar": "cifar-nets", "imagenet": "imagenet-layout"}
 
 
@@ -111,11 +113,16 @@ def _schedules(name: str, epochs: pd.DataFrame, runs: pd.DataFrame, out: Path, f
 
 
 def _setting(run: pd.Series, field: str) -> object:
-    """A config value of a run, comparable across runs: lists as tuples, NaN as None."""
+    """A config value of a run, comparable across runs: lists as tuples, NaN as None, and a count as an int
+    again where pandas made it a float beside another run's None (input size 224, not 224.0)."""
     value = run.get(field)
     if isinstance(value, list):
         return tuple(value)
-    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if field in _INTEGER_FIELDS and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def save_figure(fig: Figure, base: Path, formats: Sequence[str]) -> list[Path]:

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.loader import normalize
-from bench.modes import PRECISION_DTYPES
+from bench.loader import normalize, resize
+from bench.modes import OPTIMIZER_CLASSES, PRECISION_DTYPES
 from bench.provenance import numerics
 
 GRAPH_WARMUP = 3  # eager iterations before a capture, on a side stream, as the CUDA-graph docs ask
@@ -77,9 +77,14 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def network_inputs(images: torch.Tensor, mean: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 images -> mean-subtracted floats (bench.loader.normalize) in the run's memory format."""
+def network_inputs(images: torch.Tensor, mean: torch.Tensor, channels_last: bool = False,
+                   size: int | None = None) -> torch.Tensor:
+    """uint8 images -> mean-subtracted floats (bench.loader.normalize), resized to `size` (bench.loader.resize;
+    None: as stored), in the run's memory format. The mean is subtracted at the stored size, where it was
+    measured: the resize is linear, so this equals resizing first and subtracting the resized mean."""
     x = normalize(images, mean)
+    if size is not None:
+        x = resize(x, size)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -93,6 +98,15 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, prec
 def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4) -> torch.optim.SGD:
     """The paper's optimizer (section 3.4: momentum 0.9, weight decay 1e-4)."""
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def make_optimizer(model: nn.Module, optimizer: str, lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """The run's optimizer: `sgd` (with momentum), or `adam` / `adamw` with torch's betas and eps. Adam has no
+    momentum argument: bench.config.validate refuses one, so `momentum` is ignored for it here."""
+    if optimizer == "sgd":
+        return sgd(model, lr, momentum, weight_decay)
+    return OPTIMIZER_CLASSES[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 def accelerate(model: nn.Module, mode: str, example: torch.Tensor, precision: str) -> Callable:

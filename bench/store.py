@@ -596,6 +596,7 @@ def read_results(results: Sequence[Path], notify: Notify = _stderr) -> tuple[pd.
             "run_id": meta["run_id"],
             "dataset": dataset.get("name"),
             "dataset_note": dataset.get("note", ""),
+            "image_size": dataset.get("image_size"),  # as stored; the net saw input_size where that is set
             "width": (meta.get("model") or {}).get("width"),
             "shortcut": (meta.get("model") or {}).get("shortcut"),
             "family": (meta.get("model") or {}).get("family"),

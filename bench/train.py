@@ -32,12 +32,12 @@ from bench.data import ImageData
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
 from bench.errors import BenchError, Notify, first_line
 from bench.interrupts import ForcedStop, StopFlag, deferred_interrupts, signals_held
-from bench.layers import gradient_rows, response_probe, response_rows
+from bench.layers import RESPONSE_BATCH, gradient_rows, response_probe, response_rows
 from bench.loader import augment, epoch_batches
 from bench.provenance import environment, utc_now
 from bench.records import EpochRow
-from bench.step import TrainStep, accelerate, at_least_fp32, network_inputs, predict, sgd
-from resnet import FAMILY_DEFAULTS, build_model, count_parameters, family_of
+from bench.step import TrainStep, accelerate, at_least_fp32, make_optimizer, network_inputs, predict
+from resnet import FAMILY_DEFAULTS, build_model, count_parameters
 
 __all__ = ["Run", "RunState", "Schedule", "check_batch", "describe", "evaluate", "learning_rate",
            "make_model", "prepare_inputs", "rewrite_config", "train_one_epoch", "train_run"]
@@ -46,15 +46,27 @@ __all__ = ["Run", "RunState", "Schedule", "check_batch", "describe", "evaluate",
 OnStep = Callable[[int, int, dict], None]
 
 WARMUP_WINDOW = 50  # iterations averaged to decide that training error is below warmup_until_error
+EVAL_BATCH = 1000  # test images per forward at the stored size (scaled_batch: fewer at a larger input size)
 
 
 def make_model(config: RunConfig, data: ImageData) -> nn.Module:
-    """The run's network; ImageNet-layout nets get the CIFAR stem on small images unless told otherwise."""
-    stem = config.stem
-    if stem is None and family_of(config.depth) == "imagenet" and data.info.image_size < 128:
-        stem = "cifar"
+    """The run's network; ImageNet-layout nets get the CIFAR stem on small inputs unless told otherwise
+    (RunConfig.stem_at)."""
+    stem = config.stem_at(input_size(config, data))
     return build_model(config.depth, config.arch, shortcut=config.shortcut, stem=stem, width=config.width,
                        num_classes=data.info.num_classes)
+
+
+def input_size(config: RunConfig, data: ImageData) -> int:
+    """The height and width the net sees: --input-size, else the images as stored."""
+    return config.input_size or data.info.image_size
+
+
+def scaled_batch(batch: int, config: RunConfig, data: ImageData) -> int:
+    """`batch`, a number of stored-size images, shrunk to hold as many pixels at the run's input size, so that
+    evaluation and the diagnostics take no more memory at 224 than at 32."""
+    stored, size = data.info.image_size, input_size(config, data)
+    return batch if size <= stored else max(1, batch * stored * stored // (size * size))
 
 
 def shortcut_option(config: RunConfig, family: str) -> str:
@@ -101,7 +113,7 @@ def _seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
-             config: RunConfig, ranks: Dist = Dist(), batch_size: int = 1000) -> tuple[float, float]:
+             config: RunConfig, ranks: Dist = Dist(), batch_size: int = EVAL_BATCH) -> tuple[float, float]:
     """(mean loss, error fraction) of `model` in eval mode over the whole of `images`.
 
     With several ranks, each evaluates its contiguous share of the images and the sums are added up.
@@ -125,8 +137,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
 
 
 def prepare_inputs(images: torch.Tensor, mean: torch.Tensor, config: RunConfig) -> torch.Tensor:
-    """uint8 images -> the network's input for this run (bench.step.network_inputs)."""
-    return network_inputs(images, mean, config.channels_last)
+    """uint8 images -> the network's input for this run (bench.step.network_inputs), at its input size."""
+    return network_inputs(images, mean, config.channels_last, config.input_size)
 
 
 def check_batch(config: RunConfig, train_images: int, world_size: int = 1) -> None:
@@ -235,7 +247,7 @@ class Run:
         self.model.to(device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = sgd(self.model, config.lr, config.momentum, config.weight_decay)
+        self.optimizer = make_optimizer(self.model, config.optimizer, config.lr, config.momentum, config.weight_decay)
         self.shortcut_option = shortcut_option(config, self.model.family)
         if config.mode == "cuda-graph" and ranks.enabled:
             raise BenchError("--cuda-graph runs one process per run: leave out torchrun (--devices spreads "
@@ -321,7 +333,8 @@ class Run:
         config, data, ranks, state = self.config, self.data, self.ranks, self.state
         started = time.perf_counter()
         loss_total, wrong_total = (all_sum(value, ranks) for value in epoch.sums(self.device))
-        test = evaluate(self.model, data.test_images, data.test_labels, data.mean, config, ranks)
+        test = evaluate(self.model, data.test_images, data.test_labels, data.mean, config, ranks,
+                        batch_size=scaled_batch(EVAL_BATCH, config, data))
         seconds = epoch.seconds + time.perf_counter() - started
         state.epoch += 1
         self.record_responses()  # outside the epoch's seconds: a diagnostic, not part of the training it times
@@ -379,7 +392,8 @@ class Run:
         if self.diagnostics:
             self.state.layer_rows += response_rows(config.run_id(), self.state.epoch, self.state.iteration,
                                                    self.model, response_probe(data.test_images),
-                                                   lambda images: prepare_inputs(images, data.mean, config))
+                                                   lambda images: prepare_inputs(images, data.mean, config),
+                                                   batch_size=scaled_batch(RESPONSE_BATCH, config, data))
 
     def end_warmup_if_learning(self, batch_error: float) -> None:
         """The paper's 110-layer rule: back to lr once training error averaged over WARMUP_WINDOW iterations

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from bench.config import PAPER, PRESETS, QUICK, GridConfig, RunConfig, paper_rules, validate
+from bench.config import PAPER, PRESETS, QUICK, GridConfig, RunConfig, paper_rules, validate, with_optimizer
 from bench.errors import BenchError
 
 
@@ -46,6 +46,15 @@ def test_paper_rules_warm_up_only_the_deep_cifar_nets():
     ({"precision": "fp8"}, "fp32, bf16"),
     ({"epochs": 3}, "exactly one of"),
     ({"batch_size": 0}, "--batch-size"),
+    ({"optimizer": "lion"}, "sgd, adam, adamw"),
+    ({"optimizer": "adam", "momentum": 0.9}, "drop --momentum"),
+    ({"lr_decay_at": (0.5, 1.0)}, "outside the run"),
+    ({"lr_decay_at": (0.0,)}, "outside the run"),
+    ({"weight_decay": -1e-4}, "--weight-decay"),
+    ({"input_size": 0}, "--input-size must be a positive integer"),
+    ({"input_size": -32}, "--input-size must be a positive integer"),
+    # One image of 1x1 pixels leaves BatchNorm one value per channel to normalise in training.
+    ({"input_size": 1, "batch_size": 1, "depth": 18}, "--input-size 1 is too small for residual-18"),
 ])
 def test_validate_rejects_bad_input_with_the_choices(change, message):
     with pytest.raises(BenchError, match=message):
@@ -76,3 +85,37 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_of(monkeypatch, flags
     assert (notice is not None) == warned
     if warned:
         assert "avx512_bf16" in notice and "--precision fp32" in notice and "\n" not in notice
+
+
+def test_adam_takes_torchs_defaults_and_keeps_the_presets_schedule():
+    import torch
+
+    adam = with_optimizer(QUICK, "adam")
+    defaults = torch.optim.Adam([torch.zeros(1, requires_grad=True)]).defaults
+    assert (adam.lr, adam.weight_decay, adam.momentum) == (defaults["lr"], defaults["weight_decay"], 0.0)
+    assert (adam.epochs, adam.lr_decay_at, adam.batch_size) == (QUICK.epochs, QUICK.lr_decay_at, QUICK.batch_size)
+    assert with_optimizer(QUICK, "adamw").weight_decay == torch.optim.AdamW(
+        [torch.zeros(1, requires_grad=True)]).defaults["weight_decay"]
+    assert with_optimizer(QUICK, "sgd") == QUICK
+    validate(dataclasses.replace(adam, depth=18))
+
+
+def test_the_optimizer_enters_the_run_id_only_when_it_is_not_sgd():
+    sgd = dataclasses.replace(QUICK, depth=18)
+    assert "optimizer" not in sgd.identity()  # every run made before --optimizer keeps its id
+    adam = with_optimizer(sgd, "adam")
+    assert adam.identity()["optimizer"] == "adam" and adam.run_id() != sgd.run_id()
+    # Adam at SGD's recipe is still another run than SGD's.
+    assert dataclasses.replace(sgd, optimizer="adam", momentum=0.0).run_id() != dataclasses.replace(
+        sgd, momentum=0.0).run_id()
+
+
+def test_the_input_size_enters_the_run_id_only_when_given_and_sets_the_stem():
+    run = dataclasses.replace(QUICK, depth=18)
+    assert "input_size" not in run.identity()
+    assert dataclasses.replace(run, input_size=224).run_id() != run.run_id()
+    assert run.stem_at(32) == "cifar" and run.stem_at(224) is None  # None: the family's, ImageNet's
+    assert dataclasses.replace(run, stem="imagenet").stem_at(32) == "imagenet"
+    assert dataclasses.replace(run, depth=20).stem_at(224) is None  # CIFAR nets have one stem
+    validate(dataclasses.replace(run, input_size=224))
+    validate(dataclasses.replace(run, input_size=8, batch_size=2))  # padding leaves every stage a map

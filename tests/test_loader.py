@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.loader import augment, epoch_batches, normalize
+from bench.loader import augment, epoch_batches, normalize, resize
 
 
 def _random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -89,3 +89,22 @@ def test_augment_from_the_cpu_generator_on_the_gpu_gives_the_cpu_numbers_without
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.is_cuda and torch.equal(out.cpu(), expected)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 224])
+def test_resize_is_torchvisions_resize_bilinear_antialiased(size):
+    from torchvision.transforms.v2 import functional as TF
+
+    images = _random_images(4).float().div(255)
+    expected = TF.resize(images, [size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    out = resize(images, size)
+    assert out.shape == (4, 3, size, size)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    if size == 32:
+        assert out is images  # nothing to do at the stored size
+
+
+def test_the_mean_subtracted_before_the_resize_is_the_resized_mean():
+    images, mean = _random_images(3), torch.rand(3, 32, 32)
+    torch.testing.assert_close(resize(normalize(images, mean), 64),
+                               resize(images.float().div(255), 64) - resize(mean[None], 64), atol=1e-6, rtol=0)

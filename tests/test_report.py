@@ -30,12 +30,13 @@ NOTE = "CIFAR-10 re-encoded as JPEG (quality 95): errors are not exactly compara
 
 
 def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCHS_TOTAL, state: str = "finished",
-              diverged_epoch: int | None = None, iterations: int | None = None, precision: str = "fp32") -> str:
+              diverged_epoch: int | None = None, iterations: int | None = None, precision: str = "fp32",
+              **changes: object) -> str:
     """One run folder as `bench run` leaves it: plain nets train worse the deeper they are (the degradation),
     residual nets better; a diverged epoch has NaN training loss and error. With `iterations`, a run of that
     schedule length (instead of EPOCHS_TOTAL epochs), which ends lower the longer it is."""
     schedule = {"iterations": iterations, "epochs": None} if iterations else {"epochs": EPOCHS_TOTAL}
-    config = dataclasses.replace(QUICK, arch=arch, depth=depth, seed=seed, precision=precision, **schedule)
+    config = dataclasses.replace(QUICK, arch=arch, depth=depth, seed=seed, precision=precision, **schedule, **changes)
     run_id = config.run_id()
     width = config.width or 16  # what that config builds (bench.store checks config.json's model against it)
     directory = run_dir(root, "cifar10", run_id)
@@ -558,3 +559,20 @@ def test_a_schedule_line_never_runs_through_a_length_not_run(tmp_path: Path) -> 
     assert markers == {"plain-20": "s", "residual-20": "o"}
     _drawn(fig)
     assert legend.get_window_extent().y1 <= fig.axes[1].get_window_extent().y0 + 1
+
+
+def test_the_input_size_and_optimizer_are_named_and_split_experiments(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    for arch in ("plain", "residual"):
+        write_run(root, arch, 20, 0)
+        write_run(root, arch, 20, 0, input_size=224, optimizer="adam", lr=1e-3, momentum=0.0)
+    out = tmp_path / "reports"
+    report.make_report([root], out, formats=("png",), notify=lambda _: None)
+    readme = (out / "README.md").read_text()
+    assert "32x32 inputs;" not in readme  # named once per experiment, in its data line
+    assert "- Data: cifar10 (" in readme and "; 32x32 inputs" in readme
+    assert "; 224x224 inputs (stored 32x32, resized on the device)" in readme
+    assert "adam lr 0.001" in readme
+    folders = {path.name for path in out.iterdir() if path.is_dir()}
+    assert {"cifar10-quick-input-size-224-optimizer-adam-lr-0.001-momentum-0.0",
+            "cifar10-quick-input-size-None-optimizer-sgd-lr-0.1-momentum-0.9"} <= folders, folders

@@ -92,6 +92,51 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_numbers(tmp_path, tiny_d
     pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_each_optimizer_trains_and_resumes_a_ctrl_c_exactly(tmp_path, tiny_data, optimizer):
+    from bench.config import with_optimizer
+    from bench.modes import OPTIMIZER_CLASSES
+
+    config = with_optimizer(TINY_RUN, optimizer)
+    if optimizer == "sgd":  # TINY_RUN's own lr; Adam's is torch's
+        assert config.lr == TINY_RUN.lr
+    run = Run(config, tiny_data, tmp_path / "probe", CPU)
+    assert type(run.optimizer) is OPTIMIZER_CLASSES[optimizer]
+    assert run.optimizer.defaults["lr"] == config.lr and run.optimizer.defaults["weight_decay"] == config.weight_decay
+    train_run(config, tiny_data, tmp_path / "whole", CPU)
+    whole = epoch_numbers(tmp_path / "whole")
+    assert whole["train_loss"].iloc[-1] < whole["train_loss"].iloc[0]  # it learns
+
+    def interrupt(iteration, total, stats):
+        if iteration == 11:  # in the middle of epoch 2: the optimizer's state must come back with the weights
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, tiny_data, tmp_path / "cut", CPU, on_step=interrupt)
+    state = store.load_checkpoint(tmp_path / "cut")["optimizer"]["state"]
+    assert {"sgd": "momentum_buffer", "adam": "exp_avg_sq", "adamw": "exp_avg_sq"}[optimizer] in state[0]
+    assert train_run(config, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
+    pd.testing.assert_frame_equal(whole, epoch_numbers(tmp_path / "cut"))
+
+
+@pytest.mark.parametrize(("depth", "size", "stem"), [(18, 224, "imagenet"), (18, 64, "cifar"), (8, 48, "cifar")])
+def test_a_run_at_another_input_size_resizes_every_batch_and_picks_the_stem(tmp_path, tiny_data, depth, size,
+                                                                            stem):
+    config = dataclasses.replace(TINY_RUN, depth=depth, width=2, input_size=size, epochs=1, batch_size=32,
+                                 arch="residual")
+    shapes = []
+
+    def watch(run: Run) -> None:  # every forward's input, training, evaluation and the diagnostics' alike
+        run.model.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape[1:])))
+
+    assert train_run(config, tiny_data, tmp_path, CPU, on_start=watch) == store.FINISHED
+    assert tiny_data.train_images.shape[-1] == 32  # the data stays at its stored size
+    assert set(shapes) == {(3, size, size)}
+    described = store.read_json(tmp_path / store.CONFIG)
+    assert described["model"]["stem"] == stem and described["config"]["input_size"] == size
+    assert len(epoch_numbers(tmp_path)) == 1
+
+
 def test_a_checkpoint_of_another_configuration_is_refused(tmp_path, tiny_data):
     train_run(dataclasses.replace(TINY_RUN, epochs=1), tiny_data, tmp_path, CPU)
     with pytest.raises(BenchError, match="different configuration"):
