@@ -34,8 +34,9 @@ PRECISION_TEXT = {
 # Where channels-last was measured to train faster than torch's default (contiguous) memory format, beyond
 # the noise of a measurement (docs/benchmarks.md, "The memory format bench run picks"), so that `bench run`
 # trains in it there unless told otherwise: (CPU vendor, family, model) and precision -> the nets, as (depth,
-# first-stage width); a net's plain and residual twins and remedies share its convolutions. Anywhere else, GPUs
-# included (not measured yet), runs train contiguous unless told.
+# first-stage width), each measured at 32x32 inputs; a net's plain and residual twins and remedies share its
+# convolutions. Anywhere else, other input sizes and GPUs included (not measured yet), runs train contiguous
+# unless told: at 224 one of these CPUs' channels-last backward was seen to crash (docs/benchmarks.md).
 CHANNELS_LAST_WINS: dict[tuple[tuple[str, str, str], str], frozenset[tuple[int, int]]] = {
     (("AuthenticAMD", "25", "1"), "fp32"): frozenset({(34, 16), (50, 16), (56, 16)}),  # Zen 3
     (("AuthenticAMD", "25", "17"), "fp32"): frozenset({(18, 16), (34, 16), (50, 16)}),  # Zen 4
@@ -43,10 +44,11 @@ CHANNELS_LAST_WINS: dict[tuple[tuple[str, str, str], str], frozenset[tuple[int, 
 }
 
 
-def default_channels_last(device_type: str, precision: str, depth: int, width: int) -> bool:
-    """Whether a new run of the net of `depth` and `width` in `precision` on `device_type` trains channels-last
-    when the command does not say: only where that was measured faster (CHANNELS_LAST_WINS)."""
-    return device_type == "cpu" and (depth, width) in CHANNELS_LAST_WINS.get((cpu_model(), precision), ())
+def default_channels_last(device_type: str, precision: str, depth: int, width: int, input_size: int = 32) -> bool:
+    """Whether a new run of the net of `depth` and `width` at `input_size` in `precision` on `device_type` trains
+    channels-last when the command does not say: only where that was measured faster (CHANNELS_LAST_WINS)."""
+    return (device_type == "cpu" and input_size == 32
+            and (depth, width) in CHANNELS_LAST_WINS.get((cpu_model(), precision), ()))
 
 
 def torch_default(optimizer: str, argument: str) -> float:

@@ -62,7 +62,7 @@ def memory_format(run: RunConfig, directory: Path, device_type: str) -> RunConfi
         return dataclasses.replace(run, channels_last=bool(recorded))
     width = run.width or FAMILY_DEFAULTS[family_of(run.depth)]["width"]
     return dataclasses.replace(run, channels_last=default_channels_last(device_type, run.precision, run.depth,
-                                                                        width))
+                                                                        width, run.input_size or 32))
 
 
 def configuration(grid: GridConfig, planned: Plan) -> dict[str, object]:

@@ -93,6 +93,7 @@ def test_the_measured_defaults_name_the_nets_they_were_measured_for(monkeypatch)
     assert modes.default_channels_last("cpu", "fp32", 56, 16) and modes.default_channels_last("cpu", "fp32", 50, 16)
     assert not modes.default_channels_last("cpu", "fp32", 20, 16)  # measured, and no faster
     assert not modes.default_channels_last("cpu", "fp32", 50, 64)  # not measured at that width
+    assert not modes.default_channels_last("cpu", "fp32", 50, 16, 224)  # nor at that input size
     assert not modes.default_channels_last("cuda", "fp32", 56, 16)
 
 
