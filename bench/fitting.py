@@ -120,8 +120,7 @@ class Pair:
     @property
     def spread(self) -> float:
         """The larger seed spread of its two nets (points), NaN where neither has two seeds."""
-        spreads = [net.spread for net in (self.shallow, self.deep) if not math.isnan(net.spread)]
-        return max(spreads) if spreads else math.nan
+        return _larger(self.shallow.spread, self.deep.spread)
 
     @property
     def noise(self) -> float:
@@ -131,8 +130,7 @@ class Pair:
     @property
     def pass_spread(self) -> float:
         """The larger spread of the pass of first fit of its two nets, NaN where neither has two seeds that fit."""
-        spreads = [net.pass_spread for net in (self.shallow, self.deep) if not math.isnan(net.pass_spread)]
-        return max(spreads) if spreads else math.nan
+        return _larger(self.shallow.pass_spread, self.deep.pass_spread)
 
     @property
     def pass_noise(self) -> float:
@@ -143,6 +141,12 @@ class Pair:
     def tie(self) -> bool:
         """Whether its gap is within the noise: neither net shown to train better."""
         return is_tie(self.gap, self.noise)
+
+
+def _larger(a: float, b: float) -> float:
+    """The larger of two spreads, either of which may be NaN (not measured); NaN where neither was."""
+    measured = [value for value in (a, b) if not math.isnan(value)]
+    return max(measured) if measured else math.nan
 
 
 def is_tie(gap: float, noise: float) -> bool:
