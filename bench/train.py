@@ -1,10 +1,11 @@
-"""The training loop of one run: SGD by iteration, per-epoch train/test error, checkpoints that resume exactly.
+"""The training loop of one run: the optimizer's steps by iteration, per-epoch train/test error, checkpoints that resume exactly.
 
 Training error is the error on the (augmented) training mini-batches of each epoch, as the paper plots it;
 test error is measured on the whole test split after every epoch, in eval mode.
 
     train_run        one run's life from start (or checkpoint) to end, per epoch: train, evaluate, divergence
-                     check, save, status, deadline; the one place a Ctrl-C or SIGTERM is handled
+                     check, save, status, deadline; where a Ctrl-C or SIGTERM during a run is acted on (the
+                     `bench.interrupts` defer it to an iteration boundary; cli catches one outside a run)
     train_one_epoch  one epoch's SGD iterations (or the rest of a half-done one)
     Run              what the loop works on: data, model, optimizer, step, schedule, and RunState, the
                      part of it a checkpoint holds beside the weights
@@ -537,7 +538,7 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
             if ranks.is_main:
                 store.drop_previous_checkpoint(directory)
             return store.FINISHED
-        except KeyboardInterrupt as stop:  # the one place a Ctrl-C or SIGTERM is handled
+        except KeyboardInterrupt as stop:  # where a stop during a run is acted on (cli catches one outside a run)
             run.stopped(stop)
             raise
         except Exception as error:  # a full disk, out of memory, a lost rank: the run is not running any more
