@@ -82,7 +82,8 @@ def test_the_built_in_archs_keep_their_looks():
     assert [colours[a] for a in resnet.ALL_ARCHS] == [palette[i] for i in (3, 0, 2, 9, 4)]
     assert line_words() == {"plain": "dashed", "residual": "solid", "preact": "dotted", "zero-init": "dash-dot",
                             "dirac": "long dash-dot"}
-    assert arch_lines()["plain"] == {"ls": "--", "marker": "s"} and arch_lines()["residual"] == {"ls": "-", "marker": "o"}
+    lines = arch_lines()
+    assert lines["plain"] == {"ls": "--", "marker": "s"} and lines["residual"] == {"ls": "-", "marker": "o"}
     assert arch_title("zero-init") == "residual, branches start at zero"
 
 
