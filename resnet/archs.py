@@ -121,7 +121,12 @@ def has_shortcut(name: str) -> bool:
     return name in _REGISTRY and _REGISTRY[name].shortcut
 
 
-# The paper's two archs, then the remedies for degradation that later work proposed (docs/remedies.md).
+# The paper's two archs, which `bench run` trains unless told otherwise, then the remedies for degradation that
+# later work proposed (docs/remedies.md), each the same layers with one thing changed:
+#   preact     pre-activation units (He et al. 2016, "Identity Mappings in Deep Residual Networks")
+#   zero-init  each block's last norm weight starting at 0, so the net starts as its stem and head (Goyal et al.
+#              2017, "Accurate, Large Minibatch SGD"; torchvision's zero_init_residual)
+#   dirac      no shortcuts; every block conv Dirac-parameterised (Zagoruyko and Komodakis 2017, DiracNets)
 BUILT_IN = tuple(register(a).name for a in (
     Arch("plain", "plain networks", "warm", shortcut=False, paper=True),
     Arch("residual", "residual networks", "cool", shortcut=True, paper=True),

@@ -31,13 +31,8 @@ CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 # memory in its depth before anything runs (even on the meta device): 600,002 layers took minutes and 2.3 GB.
 MAX_CIFAR_DEPTH = 6002
 FAMILIES = ("imagenet", "cifar")
-# The built-in archs as of import (resnet.archs has each one's entry; an arch registered later is in
-# resnet.archs.arch_names(), which everything that builds or lists archs reads):
-#   plain, residual   the paper's two, which `bench run` trains unless told otherwise
-#   preact     residual, pre-activation units (He et al. 2016, "Identity Mappings in Deep Residual Networks")
-#   zero-init  residual, each block's last norm weight starting at 0, so the net starts as its stem and
-#              head (Goyal et al. 2017, "Accurate, Large Minibatch SGD"; torchvision's zero_init_residual)
-#   dirac      no shortcuts; every block conv Dirac-parameterised (Zagoruyko and Komodakis 2017, DiracNets)
+# The built-in archs (resnet.archs holds each one's entry), kept as import paths. An arch registered later is
+# in resnet.archs.arch_names(), which everything that builds or lists archs reads.
 ARCHS = paper_archs()
 REMEDIES = remedies()
 ALL_ARCHS = arch_names()
