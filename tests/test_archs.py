@@ -7,22 +7,8 @@ import torch
 from torch import nn
 
 import resnet
-from bench.styles import arch_colors, arch_lines, arch_title, line_words
 from resnet import Arch, DiracConv2d, ModelConfigError, build_model, get_arch, register, unregister
 from tests.conftest import TINY_GRID, bench
-
-# Built from the existing block options only: DiracNets' convs inside the residual net's blocks.
-THROWAWAY = Arch("dirac-residual", "Dirac convs with shortcuts", "cool", shortcut=True, dirac=True)
-
-
-@pytest.fixture
-def throwaway_arch():
-    """THROWAWAY registered for one test, and gone afterwards whatever the test did."""
-    register(THROWAWAY)
-    try:
-        yield THROWAWAY
-    finally:
-        unregister(THROWAWAY.name)
 
 
 def test_the_built_in_archs_state_what_their_blocks_do():
@@ -72,26 +58,6 @@ def test_a_registered_arch_builds_from_its_flags_alone(throwaway_arch):
     assert block_convs and all(isinstance(c, DiracConv2d) for c in block_convs)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert throwaway_arch.name in resnet.arch_names() and resnet.has_shortcut(throwaway_arch.name)
-
-
-def test_the_built_in_archs_keep_their_looks():
-    import seaborn as sns
-
-    palette = sns.color_palette("colorblind")
-    colours = arch_colors()
-    assert [colours[a] for a in resnet.ALL_ARCHS] == [palette[i] for i in (3, 0, 2, 9, 4)]
-    assert line_words() == {"plain": "dashed", "residual": "solid", "preact": "dotted", "zero-init": "dash-dot",
-                            "dirac": "long dash-dot"}
-    lines = arch_lines()
-    assert lines["plain"] == {"ls": "--", "marker": "s"} and lines["residual"] == {"ls": "-", "marker": "o"}
-    assert arch_title("zero-init") == "residual, branches start at zero"
-
-
-def test_a_registered_arch_gets_its_own_look_and_an_unregistered_one_still_draws(throwaway_arch):
-    colours, lines = arch_colors(["gated"]), arch_lines(["gated"])
-    assert len({colours[a] for a in (*resnet.arch_names(), "gated")}) == 7  # every arch its own colour
-    assert len({str(lines[a]) for a in (*resnet.arch_names(), "gated")}) == 7
-    assert arch_title(throwaway_arch.name) == throwaway_arch.title and arch_title("gated") == "gated"
 
 
 def test_bench_run_and_report_take_a_registered_arch_end_to_end(throwaway_arch, tmp_path, data_dir):
