@@ -213,7 +213,7 @@ def _devices(value: str | None, device: str) -> tuple[str, ...]:
 @handles_errors
 def run(
     depths: Annotated[list[int], typer.Option(help="Depths to train, e.g. --depths 18 34 (or 20 32 44 56).")],
-    arch: Annotated[Optional[list[str]], typer.Option(help=ARCH_HELP, callback=registered_archs)] = None,
+    arch: Annotated[Optional[list[str]], typer.Option(help=ARCH_HELP, callback=registered_archs, metavar="ARCH")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option(help="Seeds, e.g. --seeds 0 1 2.")] = None,
     dataset: Annotated[str, typer.Option(help="auto | cifar10 | cifar100 | imagefolder | synthetic.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Where datasets live (default: $BENCH_DATA or data/).")] = None,
@@ -330,7 +330,7 @@ def models(
 @handles_errors
 def time(
     depths: Annotated[list[int], typer.Option(help="Depths to time, e.g. --depths 18 34 50.")],
-    arch: Annotated[Optional[list[str]], typer.Option(help=ARCH_HELP, callback=registered_archs)] = None,
+    arch: Annotated[Optional[list[str]], typer.Option(help=ARCH_HELP, callback=registered_archs, metavar="ARCH")] = None,
     family: Annotated[Optional[Family], typer.Option(help="(default: from the depth)")] = None,
     device: Annotated[Optional[list[str]], typer.Option(help="cpu and/or cuda (default: cpu).")] = None,
     batch_size: Annotated[Optional[list[int]], typer.Option(help="Batch sizes, e.g. 1 32 128 (default: 32).")] = None,
