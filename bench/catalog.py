@@ -30,7 +30,7 @@ def architecture_table(
 
     Keys: family, depth, arch, block, shortcut (None for plain nets), stride_on (None for basic
     blocks), input_size, params, macs (at ``input_size``), paper_macs (Table 1: the imagenet
-    residual nets and plain-18/34), paper_params (Table 6: cifar); the remedies (resnet.REMEDIES) are not in
+    residual nets and plain-18/34), paper_params (Table 6: cifar); the other archs (resnet.remedies()) are not in
     the paper's tables. ImageNet rows have 1000
     classes, CIFAR rows 10. Bottleneck nets put the stride on the 3x3 conv unless
     ``stride_on="1x1"``, the paper's layout, the one Table 1's 3.8/7.6/11.3 G count.
@@ -43,7 +43,7 @@ def architecture_table(
     rows = []
     for family in families:
         for depth in _DEPTHS[family]:
-            for arch in resnet.ALL_ARCHS:
+            for arch in resnet.arch_names():
                 # Meta skips initialising imagenet's tens of millions of weights; the small but
                 # many-layered cifar nets build faster without its per-call dispatch (1202: 0.7 s vs 2 s).
                 with torch.device("meta") if family == "imagenet" else contextlib.nullcontext():

@@ -20,7 +20,7 @@ from bench.config import FORMATS, PRESETS, parse_gpus, usable_cpus
 from bench.errors import BenchError, first_line, is_out_of_memory
 from bench.interrupts import exit_code, hung_up, stop_like_ctrl_c
 from bench.modes import OPTIMIZERS, PRECISIONS
-from resnet import ALL_ARCHS, ARCHS, FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError
+from resnet import FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError, arch_names, paper_archs, remedies
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Re-run, time and draw the degradation experiment of He et al. (2015).")
@@ -42,7 +42,6 @@ def choices(name: str, values: Sequence[str]) -> type[enum.Enum]:
     return enum.Enum(name, [(value, value) for value in values], type=str)
 
 
-Arch = choices("Arch", ALL_ARCHS)
 Preset = choices("Preset", tuple(PRESETS))
 Precision = choices("Precision", PRECISIONS)
 Optimizer = choices("Optimizer", OPTIMIZERS)
@@ -51,6 +50,20 @@ Family = choices("Family", FAMILIES)
 Stem = choices("Stem", STEMS)
 StrideOn = choices("StrideOn", STRIDE_ON)
 Format = choices("Format", FORMATS)
+
+
+def registered_archs(names: Optional[list[str]]) -> Optional[list[str]]:
+    """--arch's check, against the registry (resnet.archs) as it is when the command runs, so that an arch
+    registered after this module was imported is taken too; the message is Click's for a bad choice."""
+    valid = arch_names()
+    for name in names or ():
+        if name not in valid:
+            raise typer.BadParameter(f"{name!r} is not one of {', '.join(map(repr, valid))}.", param_hint="'--arch'")
+    return names
+
+
+# --arch's help, from the archs registered when the command line is built.
+ARCH_HELP = f"{' and/or '.join(paper_archs())} (default: both), or a remedy: {', '.join(remedies())}."
 
 
 def values(options: Sequence[enum.Enum] | None) -> tuple[str, ...] | None:
@@ -200,7 +213,7 @@ def _devices(value: str | None, device: str) -> tuple[str, ...]:
 @handles_errors
 def run(
     depths: Annotated[list[int], typer.Option(help="Depths to train, e.g. --depths 18 34 (or 20 32 44 56).")],
-    arch: Annotated[Optional[list[Arch]], typer.Option(help="plain and/or residual (default: both), or a remedy: preact, zero-init, dirac.")] = None,
+    arch: Annotated[Optional[list[str]], typer.Option(help=ARCH_HELP, callback=registered_archs, metavar="ARCH")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option(help="Seeds, e.g. --seeds 0 1 2.")] = None,
     dataset: Annotated[str, typer.Option(help="auto | cifar10 | cifar100 | imagefolder | synthetic.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Where datasets live (default: $BENCH_DATA or data/).")] = None,
@@ -275,7 +288,7 @@ def run(
             overrides[name] = value or None
     base = dataclasses.replace(with_optimizer(PRESETS[preset.value], optimizer.value), **overrides)
     spread = _devices(devices, device)
-    grid = GridConfig(base=base, depths=tuple(depths), archs=values(arch) or ARCHS, seeds=tuple(seeds or (0,)),
+    grid = GridConfig(base=base, depths=tuple(depths), archs=tuple(arch or ()) or paper_archs(), seeds=tuple(seeds or (0,)),
                       data_dir=str(data_dir or default_data_dir()), results=str(results), shard=_shard(shard),
                       devices=spread, time_limit=time_limit,
                       threads=threads if threads is not None else _default_threads(len(spread)))
@@ -317,7 +330,7 @@ def models(
 @handles_errors
 def time(
     depths: Annotated[list[int], typer.Option(help="Depths to time, e.g. --depths 18 34 50.")],
-    arch: Annotated[Optional[list[Arch]], typer.Option(help="plain and/or residual (default: both), or a remedy: preact, zero-init, dirac.")] = None,
+    arch: Annotated[Optional[list[str]], typer.Option(help=ARCH_HELP, callback=registered_archs, metavar="ARCH")] = None,
     family: Annotated[Optional[Family], typer.Option(help="(default: from the depth)")] = None,
     device: Annotated[Optional[list[str]], typer.Option(help="cpu and/or cuda (default: cpu).")] = None,
     batch_size: Annotated[Optional[list[int]], typer.Option(help="Batch sizes, e.g. 1 32 128 (default: 32).")] = None,
@@ -343,7 +356,7 @@ def time(
 
     stop_like_ctrl_c()  # a scheduler's stop or a closed terminal saves what was measured too
 
-    config = TimeConfig(depths=tuple(depths), archs=values(arch) or ARCHS, family=family and family.value,
+    config = TimeConfig(depths=tuple(depths), archs=tuple(arch or ()) or paper_archs(), family=family and family.value,
                         devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (32,)),
                         input_size=input_size, precisions=values(precision) or ("fp32",), width=width,
                         stem=stem and stem.value, channels_last=channels_last, compile=compile,

@@ -27,11 +27,9 @@ from bench.fitting import FIT_ERROR, NOISE_FLOOR, fit_pass
 from bench.prose import fit_caption, provenance_lines, schedule_provenance, timing_provenance
 from bench.records import DIVERGED, PHASES, UNFINISHED
 from bench.tables import breakdown, curve_gaps, curves, with_percent
-from resnet import ALL_ARCHS, ARCHS
+from bench.styles import arch_colors, arch_lines, arch_order, arch_title, drawn_archs, line_key, line_words
+from resnet import paper_archs
 
-ARCH_TITLES = {"plain": "plain networks", "residual": "residual networks",
-               "preact": "pre-activation residual", "zero-init": "residual, branches start at zero",
-               "dirac": "Dirac-parameterised plain"}
 BANDS = {"minmax": "min to max over seeds", "std": "mean ± 1 std over seeds"}
 TRAIN_WIDTH, TEST_WIDTH = 1.1, 2.4
 PHASE_LABELS = {"forward": "forward", "forward_backward": "forward + backward", "train_step": "train step"}
@@ -64,15 +62,6 @@ def depth_colors(depths: Iterable[int]) -> dict[int, tuple]:
         return dict(zip(depths, sns.color_palette("husl", len(depths))))
     palette = sns.color_palette("colorblind")
     return dict(zip(depths, (palette[i] for i in DEPTH_ORDER)))
-
-
-def arch_colors() -> dict[str, tuple]:
-    """One colour per architecture where a figure tells archs apart by colour (the timing figures, every arch
-    at one depth), and grey for torchvision references."""
-    palette = sns.color_palette("colorblind")
-    # A shortcut arch in a blue or green, a shortcut-free one in a red or pink: the family shows at a glance.
-    return {"plain": palette[3], "residual": palette[0], "preact": palette[2], "zero-init": palette[9],
-            "dirac": palette[4], "torchvision": (0.35, 0.35, 0.35)}
 
 
 def x_axis(epochs: pd.DataFrame, runs: pd.DataFrame, x: str = "auto") -> tuple[str, float, str]:
@@ -261,8 +250,8 @@ def _default_title(runs: pd.DataFrame, what: str) -> str:
 
 def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "auto", band: str = "minmax",
                        colors: dict[int, tuple] | None = None, title: str | None = None) -> Figure:
-    """The paper's Figures 4 and 6: plain nets, their residual twins, then a panel for each remedy
-    (resnet.REMEDIES) that has runs, one colour per depth, thin dashed training error and bold test error,
+    """The paper's Figures 4 and 6: plain nets, their residual twins, then a panel for each other arch
+    (resnet.archs) that has runs, one colour per depth, thin dashed training error and bold test error,
     mean over seeds with a band (`band`: "minmax" or "std"), one y range for all. Where an arch has two depths,
     a last panel draws each net's training error minus the next shallower one's (`tables.curve_gaps`), on an
     axis where a gap of a point reads as well as one of tens: the residual half of the paper is a point or two.
@@ -292,7 +281,7 @@ def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "au
                 drawn |= _mark_fits(ax, epochs, line_runs, xcol=xcol, scale=scale, color=color)
                 handles.append(Line2D([], [], color=color, lw=TEST_WIDTH,
                                       label=f"{arch}-{depth}{_state_note(line_runs)}"))
-            ax.set_title(ARCH_TITLES[arch], fontsize=11)
+            ax.set_title(arch_title(arch), fontsize=11)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("error (%)")
             ax.set_ylim(0, top)
@@ -322,9 +311,9 @@ def degradation_figure(epochs: pd.DataFrame, runs: pd.DataFrame, *, x: str = "au
 
 def _gap_panel(ax: Axes, gaps: pd.DataFrame, *, scale: float, xlabel: str) -> None:
     """`tables.curve_gaps` as one line per pair, in the arch's colour and line style."""
-    colors = arch_colors()
+    colors, lines = arch_colors(gaps["arch"]), arch_lines(gaps["arch"])
     for (arch, shallow, deep), curve in gaps.groupby(["arch", "shallow", "deep"], sort=False):
-        style_of = ARCH_LINES[arch]
+        style_of = lines[arch]
         ax.plot(curve["x"] / scale, curve["gap"], color=colors[arch], lw=1.8, ls=style_of["ls"],
                 marker=style_of["marker"] if len(curve) <= 25 else None, ms=3,
                 gid=f"{arch}-{deep}-{shallow}-gap", label=f"{arch}-{deep} minus {arch}-{shallow}")
@@ -344,9 +333,9 @@ def depth_figure(epochs: pd.DataFrame, runs: pd.DataFrame, depth: int, *, x: str
     epochs = epochs[epochs["run_id"].isin(runs["run_id"])]
     xcol, scale, xlabel = x_axis(epochs, runs, x)
     data = curves(epochs, xcol)
-    colors = arch_colors()
+    colors = arch_colors(data["arch"])
     lines = [(f"{arch}-{depth}", f"{arch}-{depth}", data[data["arch"] == arch], runs[runs["arch"] == arch],
-              colors[arch]) for arch in ALL_ARCHS if (data["arch"] == arch).any()]
+              colors[arch]) for arch in arch_order(data["arch"]) if (data["arch"] == arch).any()]
     top = _top(data, ("train", "test"), band)
     # On a log axis the archs that end a point or two apart stay apart beside one that ends tens of points above;
     # a net fitted to 0% has no place on it.
@@ -488,7 +477,7 @@ def timing_figure(timing: pd.DataFrame, setting: dict, *, title: str | None = No
 
 def _breakdown_bars(ax: Axes, timing: pd.DataFrame, colors: dict[str, tuple]) -> None:
     """Stacked bars per depth, plain (hatched) beside residual; a phase not measured is left out."""
-    parts = breakdown(timing[timing["arch"].isin(ARCHS)])
+    parts = breakdown(timing[timing["arch"].isin(paper_archs())])
     depths = sorted(parts["depth"].unique())
     shades = dict(zip(("forward", "backward", "optimizer"), sns.color_palette("crest", 3)))
     position = {depth: i for i, depth in enumerate(depths)}
@@ -515,32 +504,10 @@ def _breakdown_bars(ax: Axes, timing: pd.DataFrame, colors: dict[str, tuple]) ->
     ax.legend(handles=handles, fontsize=8.5, loc="upper left")
 
 
-ARCH_LINES = {"plain": {"ls": "--", "marker": "s"}, "residual": {"ls": "-", "marker": "o"},
-              "preact": {"ls": ":", "marker": "^"}, "zero-init": {"ls": "-.", "marker": "D"},
-              "dirac": {"ls": (0, (6, 1.5, 1, 1.5)), "marker": "v"}}
-
-
-LINE_WORDS = {"plain": "dashed", "residual": "solid", "preact": "dotted", "zero-init": "dash-dot",
-              "dirac": "long dash-dot"}
-
-
-def drawn_archs(runs: pd.DataFrame) -> list[str]:
-    """The archs a figure draws: plain and residual always (an empty one says so), each remedy where it has runs."""
-    return [a for a in ALL_ARCHS if a in ARCHS or (runs["arch"] == a).any()]
-
-
-def line_key(runs: pd.DataFrame) -> str:
-    """'Dashed: plain; solid: residual.', and the line of each remedy that has runs."""
-    archs = drawn_archs(runs)
-    key = "; ".join(f"{LINE_WORDS[a]}: {a}" for a in archs)
-    note = " (preact: a pre-activation unit's conv output, as no norm follows it)" if "preact" in archs else ""
-    return key[0].upper() + key[1:] + note + "."
-
-
 def _net_line(ax: Axes, x: np.ndarray, y: np.ndarray, arch: str, depth: int, color: tuple, gid: str) -> Line2D:
     label = f"{arch}-{depth}"
     (line,) = ax.plot(x, y, color=color, lw=1.6, ms=3.2 if len(x) <= 60 else 0, label=label, gid=gid,
-                      **ARCH_LINES[arch])
+                      **arch_lines([arch])[arch])
     return line
 
 
@@ -612,6 +579,7 @@ def schedule_figure(table: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int
     precisions = sorted(table["precision"].unique(), key=lambda p: (p != "fp32", p))
     mixed = len(precisions) > 1
     drawn = table.groupby(["arch", "depth"]).filter(lambda net: net["iterations"].nunique() >= 2)
+    lines = arch_lines(table["arch"])
     left_out = sorted({f"{arch}-{depth}" for arch, depth in zip(table["arch"], table["depth"])}
                       - {f"{arch}-{depth}" for arch, depth in zip(drawn["arch"], drawn["depth"])})
     with style():
@@ -628,7 +596,7 @@ def schedule_figure(table: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int
                 if mixed:
                     line.set_marker("None")
                     for precision, points in net.groupby("precision"):
-                        ax.plot(points["iterations"], points[column], ls="none", marker=ARCH_LINES[arch]["marker"],
+                        ax.plot(points["iterations"], points[column], ls="none", marker=lines[arch]["marker"],
                                 ms=6, color=colors[depth], mfc=colors[depth] if precision == "fp32" else "white",
                                 gid=f"{arch}-{depth}-{column}-{precision}")
             ax.set_xscale("log", base=2)
@@ -640,14 +608,15 @@ def schedule_figure(table: pd.DataFrame, runs: pd.DataFrame, *, colors: dict[int
         axes[0].set_ylabel("error (%)")
         axes[0].set_ylim(0, None)
         # Legend entries with the marker the points carry, so every marker drawn is named.
-        handles = [Line2D([], [], color=colors[depth], lw=1.6, ls=ARCH_LINES[arch]["ls"], ms=6,
-                          marker=ARCH_LINES[arch]["marker"], label=f"{arch}-{depth}")
+        handles = [Line2D([], [], color=colors[depth], lw=1.6, ls=lines[arch]["ls"], ms=6,
+                          marker=lines[arch]["marker"], label=f"{arch}-{depth}")
                    for (arch, depth), _ in drawn.groupby(["arch", "depth"])]
         if mixed:
             handles += [Line2D([], [], ls="none", marker="o", color="0.4", mfc="0.4" if p == "fp32" else "white",
                                label=f"{p} ({'filled' if p == 'fp32' else 'hollow'})") for p in precisions]
         legend_below(axes[1], handles, columns=3)
-        key = "; ".join(f"{LINE_WORDS[a]}: {a}" for a in ALL_ARCHS if (drawn["arch"] == a).any())
+        words = line_words(drawn["arch"])
+        key = "; ".join(f"{words[a]}: {a}" for a in arch_order(drawn["arch"]) if (drawn["arch"] == a).any())
         notes = ["Each point: a whole run of that length (the lr decays scale with it), finished; mean over seeds. "
                  f"{key[:1].upper()}{key[1:]}. A line joins lengths next to each other only: a gap in it is a "
                  "length not run."]
@@ -670,7 +639,8 @@ def crossing_figure(gaps: pd.DataFrame, crossed: pd.DataFrame, runs: pd.DataFram
     it (the dots, as the report's table states them). The y axis is linear within
     ±1 point and logarithmic beyond, so that the first epochs' gap of tens of points and a crossing of a
     tenth of a point are both legible."""
-    archs = [a for a in ARCHS if a in set(gaps["arch"])]
+    archs = [a for a in paper_archs() if a in set(gaps["arch"])]
+    lines = arch_lines(gaps["arch"])
     lengths = sorted(gaps["iterations"].unique())
     palette = dict(zip(lengths, sns.color_palette("viridis_r", len(lengths) + 1)[1:]))
     varies = [k for k in ("precision", "seed") if gaps[k].nunique() > 1]
@@ -686,14 +656,14 @@ def crossing_figure(gaps: pd.DataFrame, crossed: pd.DataFrame, runs: pd.DataFram
                          + (f" ({extra})" if extra else ""))
                 gid = f"{arch}-{deep}-{shallow}-{iterations}-{precision}-s{seed}"
                 ax.plot(curve["iteration"], curve["gap"], color=palette[iterations], lw=1.5, label=label, gid=gid,
-                        **ARCH_LINES[arch], ms=0)
+                        **lines[arch], ms=0)
                 settled = settles.loc[(arch, shallow, deep, iterations, precision, seed), "below_from"]
                 if pd.notna(settled):
                     ax.plot([settled], curve.loc[curve["iteration"] == settled, "gap"].to_numpy(), "o",
                             color=palette[iterations], ms=6, mec="black", mew=0.6, zorder=5, gid=f"{gid}-crossing")
             noise = _gap_axis(ax)
             ax.set_xlabel("iteration")
-            ax.set_title(f"{ARCH_TITLES[arch]}: deeper minus shallower", fontsize=11)
+            ax.set_title(f"{arch_title(arch)}: deeper minus shallower", fontsize=11)
             dots = [Line2D([], [], ls="", marker="o", ms=6, color="0.5", mec="black", mew=0.6,
                            label="below from here to the end")] if any(
                 (line.get_gid() or "").endswith("-crossing") for line in ax.get_lines()) else []

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.fitting import FIT_ERROR, NOISE_FLOOR, PASS_FLOOR, Fit, Pair, is_tie
-from resnet import SHORTCUT_ARCHS
+from resnet import has_shortcut
 
 
 def count_text(value: object) -> str:
@@ -202,10 +202,10 @@ def _gap_verdict(pair: Pair) -> str:
     arch, gap = pair.deep.arch, pair.gap
     if pair.tie:
         return (f"a tie within {noise_text(pair)}: "
-                + (f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well)" if arch not in SHORTCUT_ARCHS
+                + (f"NEGATIVE: no degradation shown (the deeper {arch} net trains as well)" if not has_shortcut(arch)
                    else f"the deeper {arch} net trains as well, no degradation (the paper's trains better)"))
     beyond = f", beyond {noise_text(pair)}"
-    if arch not in SHORTCUT_ARCHS:
+    if not has_shortcut(arch):
         return (f"degradation shown{beyond} (the deeper {arch} net trains worse)" if gap > 0
                 else f"NEGATIVE: no degradation shown{beyond} (the deeper {arch} net trains better)")
     return (f"the deeper {arch} net trains better, as in the paper{beyond}" if gap < 0
@@ -225,7 +225,7 @@ def fit_verdict(pair: Pair) -> str | None:
     shallow, deep = pair.shallow, pair.deep
     if not shallow.fitted and not deep.fitted:
         return None
-    plain, arch = deep.arch not in SHORTCUT_ARCHS, deep.arch
+    plain, arch = not has_shortcut(deep.arch), deep.arch
     if deep.fitted < shallow.fitted:
         head = f"{deep.net} does not fit what {shallow.net} fits{_share(deep)}"
         return f"{head}: " + (f"degradation shown (the deeper {arch} net trains worse)" if plain

@@ -1,5 +1,17 @@
 """Plain and residual networks matched layer for layer (He et al., 2015)."""
 
+from .archs import (
+    COLOUR_FAMILIES,
+    Arch,
+    arch_names,
+    get_arch,
+    has_shortcut,
+    paper_archs,
+    register,
+    registered,
+    remedies,
+    unregister,
+)
 from .blocks import (
     SHORTCUTS,
     STRIDE_ON,
@@ -30,6 +42,16 @@ from .nets import (
 )
 
 __all__ = [
+    "COLOUR_FAMILIES",
+    "Arch",
+    "arch_names",
+    "get_arch",
+    "has_shortcut",
+    "paper_archs",
+    "register",
+    "registered",
+    "remedies",
+    "unregister",
     "ALL_ARCHS",
     "ARCHS",
     "CIFAR_DEPTHS",

@@ -22,6 +22,7 @@ from .blocks import (
     PreActBottleneck,
     conv3x3,
 )
+from .archs import arch_names, get_arch, has_shortcut, paper_archs, remedies
 from .checks import ModelConfigError, check_choice, check_positive
 
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
@@ -30,16 +31,12 @@ CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 # memory in its depth before anything runs (even on the meta device): 600,002 layers took minutes and 2.3 GB.
 MAX_CIFAR_DEPTH = 6002
 FAMILIES = ("imagenet", "cifar")
-# The paper's two archs, which `bench run` trains unless told otherwise, and the remedies for degradation
-# that later work proposed, each the same layers with one thing changed (resnet.blocks, ResNet below):
-#   preact     residual, pre-activation units (He et al. 2016, "Identity Mappings in Deep Residual Networks")
-#   zero-init  residual, each block's last norm weight starting at 0, so the net starts as its stem and
-#              head (Goyal et al. 2017, "Accurate, Large Minibatch SGD"; torchvision's zero_init_residual)
-#   dirac      no shortcuts; every block conv Dirac-parameterised (Zagoruyko and Komodakis 2017, DiracNets)
-ARCHS = ("plain", "residual")
-REMEDIES = ("preact", "zero-init", "dirac")
-ALL_ARCHS = ARCHS + REMEDIES
-SHORTCUT_ARCHS = ("residual", "preact", "zero-init")
+# The built-in archs (resnet.archs holds each one's entry), kept as import paths. An arch registered later is
+# in resnet.archs.arch_names(), which everything that builds or lists archs reads.
+ARCHS = paper_archs()
+REMEDIES = remedies()
+ALL_ARCHS = arch_names()
+SHORTCUT_ARCHS = tuple(name for name in ALL_ARCHS if has_shortcut(name))
 STEMS = ("imagenet", "cifar")
 
 # Paper Table 1: blocks per stage for each ImageNet depth.
@@ -108,8 +105,9 @@ class ResNet(nn.Module):
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
         self._norm_layer = norm_layer
-        residual = arch in SHORTCUT_ARCHS
-        if arch == "preact":
+        spec = get_arch(arch)
+        residual = spec.shortcut
+        if spec.preact:
             block = PreActBottleneck if block is Bottleneck else PreActBasicBlock  # type: ignore[assignment]
         # Provenance: what was built, for logs and result rows. A plain net has no shortcut.
         self.depth = 2 + block.convs * sum(layers)
@@ -131,8 +129,8 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
         block_args: dict[str, Any] = {"shortcut": shortcut, "norm_layer": norm_layer}
-        if arch != "preact":
-            block_args.update(residual=residual, dirac=arch == "dirac")
+        if not spec.preact:
+            block_args.update(residual=residual, dirac=spec.dirac)
         if self.block == "bottleneck":
             block_args["stride_on"] = stride_on
         in_planes = widths[0]
@@ -146,7 +144,7 @@ class ResNet(nn.Module):
             self.add_module(name, nn.Sequential(*blocks))
         # Pre-activation units end on an addition; the norm and ReLU the last one leaves out come here.
         self.final_norm: nn.Module = nn.Sequential(norm_layer(in_planes), nn.ReLU(inplace=True)) \
-            if arch == "preact" else nn.Identity()
+            if spec.preact else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
 
@@ -158,7 +156,7 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if arch == "zero-init":  # each residual branch starts at zero: its last norm's scale is 0
+        if spec.zero_init:  # each residual branch starts at zero: its last norm's scale is 0
             for name in self.stage_names:
                 for b in getattr(self, name):
                     nn.init.zeros_(getattr(b, f"bn{block.convs}").weight)
@@ -182,8 +180,8 @@ def build_model(
     norm_layer: NormLayer | None = None,
     **options: Any,
 ) -> ResNet:
-    """Build a net of the given depth: ``arch`` is "plain" or "residual" (the paper's), or one of the remedies
-    "preact", "zero-init", "dirac" (REMEDIES; what each changes: resnet.blocks).
+    """Build a net of the given depth: ``arch`` is a registered arch's name (resnet.archs): "plain" or
+    "residual" (the paper's), a remedy "preact", "zero-init", "dirac", or one registered since.
 
     ``family`` is inferred from ``depth`` when None (18/34/50/101/152 -> imagenet, other 6n+2 ->
     cifar); pass ``family="cifar"`` for the CIFAR nets of depth 50 or 152. ``shortcut``, ``stem``
@@ -198,7 +196,7 @@ def build_model(
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ModelConfigError(f"unknown option {unknown[0]!r}: choose from {', '.join(OPTIONS)}")
-    check_choice("arch", arch, ALL_ARCHS)
+    get_arch(arch)
     if family is None:
         family = family_of(depth)
     check_choice("family", family, FAMILIES)

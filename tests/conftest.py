@@ -9,6 +9,7 @@ from bench import store
 from bench.cli import app, expand_lists
 from bench.config import RunConfig
 from bench.timing import sweep
+from resnet import Arch, register, unregister
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +118,17 @@ def finished_grid(_finished_once, tmp_path) -> Path:
     results = tmp_path / "results"
     shutil.copytree(_finished_once, results)
     return results
+
+
+# Built from the existing block options only: DiracNets' convs inside the residual net's blocks.
+THROWAWAY = Arch("dirac-residual", "Dirac convs with shortcuts", "cool", shortcut=True, dirac=True)
+
+
+@pytest.fixture
+def throwaway_arch():
+    """THROWAWAY registered for one test, and gone afterwards whatever the test did."""
+    register(THROWAWAY)
+    try:
+        yield THROWAWAY
+    finally:
+        unregister(THROWAWAY.name)

@@ -33,7 +33,7 @@ def test_a_remedy_builds_in_both_families_with_its_twins_convs(depth, family, ar
     model = _build(depth, arch)
     assert model.family == family and model.arch == arch
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    twin = _build(depth, "plain" if arch == "dirac" else "residual")
+    twin = _build(depth, resnet.get_arch(arch).twin)
     assert _conv_shapes(model) == _conv_shapes(twin)  # the same convolutions, named alike
     assert (model.shortcut is None) == (twin.shortcut is None)
 
@@ -115,7 +115,7 @@ def test_a_tiny_run_of_each_remedy_trains_and_logs_its_layers(arch, tmp_path, ti
         values = rows.loc[rows["epoch"] == rows["epoch"].max(), "value"]
         assert len(values) and values.notna().all() and (values > 0).all(), kind
     described = store.read_json(tmp_path / store.CONFIG)["model"]
-    assert described["has_shortcuts"] == (arch != "dirac")
+    assert described["has_shortcuts"] == resnet.get_arch(arch).shortcut
     assert dataclasses.replace(config).run_id().startswith(f"{arch}-8-s0-")
 
 
