@@ -22,14 +22,10 @@ from bench.modes import PRECISION_TEXT
 from bench.planner import Plan, plan
 from bench.progress import GridProgress
 from bench.step import device_settings
-from bench.summary import RunSummary, print_summary, read_rows
-from bench.train import Schedule, rewrite_config, train_run
+from bench.records import RunStatus
+from bench.summary import BUSY, EARLIER, OUT_OF_MEMORY, RunSummary, print_summary, read_rows
+from bench.train import Schedule, past_deadline, rewrite_config, train_run
 from bench.workers import run_on_devices
-
-# Summary states of runs the grid did not train to an end of theirs.
-BUSY = "busy (another process)"
-OUT_OF_MEMORY = "out of memory"
-DONE_EARLIER = (f"{store.FINISHED} (earlier)", f"{store.DIVERGED} (earlier)")
 
 
 def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool = True,
@@ -64,28 +60,29 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
                     directory = planned.directory(config)
                     rows, seconds = [], 0.0
                     with store.run_lock(directory) if ranks.is_main else nullcontext(True) as ours:
-                        state = _found(config, schedule, directory, data, device, ranks, notify, ours)
-                        if state is None:
+                        state, note = _found(config, schedule, directory, data, device, ranks, notify, ours)
+                        if not note:
                             started = time.perf_counter()
                             try:
                                 state = train_run(
                                     config, data, directory, device, notify=notify, ranks=ranks, on_start=bars.start,
                                     on_step=bars.step, on_epoch=bars.epoch, deadline=deadline, schedule=schedule)
                             except RuntimeError as error:
-                                state = _out_of_memory(error, config, device, ranks, notify)
+                                note = _out_of_memory(error, config, device, ranks, notify)
+                                state = store.run_state(directory)  # 'interrupted' if it began training
                             seconds = time.perf_counter() - started
-                        if state != BUSY:
-                            rows = read_rows(directory, notify, repair=ranks.is_main and state in DONE_EARLIER)
-                    summary.append(RunSummary.of(config, state, rows, seconds))
+                        if note != BUSY:
+                            rows = read_rows(directory, notify, repair=ranks.is_main and note == EARLIER)
+                    summary.append(RunSummary.of(config, state, rows, seconds, note))
                     # The run's model, optimizer and batches, before the next run allocates its own. The cyclic
                     # collector is needed: make_graphed_callables leaves a --cuda-graph run's module in a
                     # reference cycle (its forward closes over the module), graphs and memory pools with it.
                     gc.collect()
-                    if state == OUT_OF_MEMORY:
+                    if note == OUT_OF_MEMORY:
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                         store.remove_if_empty(directory)  # failed while building: nothing worth keeping
-                    if deadline is not None and distributed.broadcast(time.monotonic() > deadline, ranks):
+                    if past_deadline(deadline, ranks):
                         notify(f"--time-limit {grid.time_limit:g} min reached: progress is saved; run the same "
                                "command to continue")
                         break
@@ -139,37 +136,39 @@ def _load_data(planned: Plan, device: torch.device, ranks: distributed.Dist, con
 
 
 def _found(config: RunConfig, schedule: Schedule, directory: Path, data: ImageData, device: torch.device,
-           ranks: distributed.Dist, notify: Notify, ours: bool) -> str | None:
-    """The summary state of a run not to train now (BUSY: another process holds it; or done earlier), or
-    None. `ours`: whether this process holds the run's lock (under torchrun, rank 0 takes it for all)."""
+           ranks: distributed.Dist, notify: Notify, ours: bool) -> tuple[RunStatus | None, str]:
+    """The state and summary note of a run not to train now (BUSY: another process holds it; EARLIER: it
+    finished or diverged before), or its state and no note: train it. `ours`: whether this process holds the
+    run's lock (under torchrun, rank 0 takes it for all)."""
     try:
         if ours:
             store.check_same_data(directory, data.info.fingerprint, data.info.source)
             store.record_data(directory, data.info.fingerprint, data.info.source, data.info.name)
-        state, problem = (store.run_state(directory) if ours else "busy"), None
+        state, problem = (store.run_state(directory) if ours else None), None
     except BenchError as error:  # every rank must stop, not only the one that read the files
         state, problem = None, str(error)
-    state, problem = distributed.broadcast((state, problem), ranks)
+    ours, state, problem = distributed.broadcast((ours, state, problem), ranks)
     if problem:
         raise BenchError(problem)
-    if state == "busy":
+    if not ours:
         notify(f"{config.run_id()}: another bench process is training it; skipped")
-        return BUSY
+        return None, BUSY
     if state not in (store.FINISHED, store.DIVERGED):
-        return None
+        return state, ""
     if ranks.is_main:  # tidy it: config.json back if it was deleted (else `bench report` would never see the
         if not (directory / store.CONFIG).exists():  # run again), and a finished run's previous checkpoint gone
             rewrite_config(config, data, directory, device, world_size=ranks.world_size, notify=notify,
                            schedule=schedule)
         if state == store.FINISHED:
             store.drop_previous_checkpoint(directory)
-    return f"{state} (earlier)"
+    return state, EARLIER
 
 
 def _out_of_memory(error: RuntimeError, config: RunConfig, device: torch.device, ranks: distributed.Dist,
                    notify: Notify) -> str:
-    """OUT_OF_MEMORY, said in one line, when `error` is a run running out of memory (the grid goes on with the
-    next run); any other error, or any under torchrun (train_run has told the ranks apart), raised again."""
+    """The note OUT_OF_MEMORY, said in one line, when `error` is a run running out of memory (the
+    grid goes on with the next run); any other error, or any under torchrun (train_run has told the ranks
+    apart), raised again."""
     if ranks.enabled or not is_out_of_memory(error):
         raise error
     # The CPU allocator's message begins with a C++ source location: keep what it asked for.

@@ -1,5 +1,6 @@
-"""Ctrl-C, SIGTERM and SIGHUP while a run trains: the first one stops the loop between iterations, a second one
-at once.
+"""Ctrl-C, SIGTERM and SIGHUP: the one module that installs or masks signal handlers. While a run trains, the
+first one stops the loop between iterations, a second one at once; elsewhere SIGTERM and SIGHUP raise
+KeyboardInterrupt as Ctrl-C does (stop_like_ctrl_c), caught where a command saves its work.
 
 Between iterations a run's state is whole, so a checkpoint made there resumes exactly; a stop that lands
 anywhere else (half-way through an optimizer step) is not saved, and the last whole checkpoint stays the

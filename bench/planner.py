@@ -11,7 +11,8 @@ import torch
 from bench import store
 from bench.config import GridConfig, RunConfig, validate
 from bench.data import DataSource, resolve_dataset
-from bench.errors import check_positive
+from bench.distributed import from_environment
+from bench.errors import BenchError, check_positive
 from bench.modes import default_channels_last
 from resnet import FAMILY_DEFAULTS, family_of
 
@@ -38,8 +39,11 @@ class Plan:
 
 def plan(grid: GridConfig) -> Plan:
     """Validate every run, pin the dataset ('auto' becomes what will really be used) and settle each run's
-    memory format (memory_format)."""
+    memory format (memory_format): every check of a run, before any data is loaded or any model built."""
     runs = [validate(run) for run in grid.runs()]
+    if from_environment().enabled and any(run.mode == "cuda-graph" for run in runs):
+        raise BenchError("--cuda-graph runs one process per run: leave out torchrun (--devices spreads runs over "
+                         "GPUs instead)")
     check_positive("--time-limit", grid.time_limit, detail=" of minutes", fix=": leave it out for no limit")
     check_positive("--threads", grid.threads, integer=True)
     source = resolve_dataset(grid.base.dataset, Path(grid.data_dir))

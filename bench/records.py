@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import types
 import typing
 from dataclasses import dataclass
@@ -24,9 +25,23 @@ _ARROW_TYPES: dict[object, pa.DataType] = {
 }
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
-# The states a run's status.json records: bench.store writes and checks them, the report reads them.
-RUNNING, FINISHED, DIVERGED, INTERRUPTED = "running", "finished", "diverged", "interrupted"
-STATES = (RUNNING, FINISHED, DIVERGED, INTERRUPTED)
+
+class RunStatus(str, enum.Enum):
+    """The states a run's status.json records: bench.store writes and checks them, the report reads them. A
+    str, so each is its plain word in status.json, in tables and in text, and equals the strings older
+    results hold (enum.StrEnum, but Python 3.10 has none)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    DIVERGED = "diverged"
+    INTERRUPTED = "interrupted"
+
+    __str__ = str.__str__  # the word, in f-strings too, not "RunStatus.RUNNING"
+
+
+# The members by their own names, as bench.records and bench.store have always offered them.
+RUNNING, FINISHED, DIVERGED, INTERRUPTED = RunStatus
+STATES = tuple(RunStatus)
 UNFINISHED = (RUNNING, INTERRUPTED)  # may train further
 # The phases `bench time` measures, in this order, as its rows name them (bench.timing.make_phase).
 PHASES = ("forward", "forward_backward", "train_step")

@@ -44,7 +44,7 @@ from bench.files import (RefusedFile, check_nesting, open_regular, read_regular,
                          safe_name, size_text, write_atomic)
 from bench.layers import GRAD_NORM, LAYER_SCHEMA, RESPONSE_STD, WEIGHT_NORM
 from bench.provenance import utc_now
-from bench.records import DIVERGED, EPOCH_SCHEMA, FINISHED, INTERRUPTED, RUNNING, STATES
+from bench.records import DIVERGED, EPOCH_SCHEMA, FINISHED, INTERRUPTED, RUNNING, STATES, RunStatus
 
 EPOCH_COLUMNS = tuple(EPOCH_SCHEMA.names)
 
@@ -52,7 +52,8 @@ CONFIG, EPOCHS, LAYERS, STATUS = "config.json", "epochs.parquet", "layers.parque
 DATA = "data.json"
 CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 
-# The run states (bench.records) are store.RUNNING, store.FINISHED... to callers of the results folder too.
+# The run states (bench.records.RunStatus) are store.RUNNING, store.FINISHED... to callers of the results folder
+# too.
 
 # What the JSON files of a run folder must hold (key -> type), checked whenever one is read back.
 CONFIG_SHAPE: dict[str, type | tuple[type, ...]] = {
@@ -114,7 +115,7 @@ def read_json(path: Path, shape: Mapping[str, type | tuple[type, ...]] | None = 
 
 
 def read_status(directory: Path) -> dict:
-    """A run's status.json, checked ({} when it has none yet)."""
+    """A run's status.json, checked ({} when it has none yet): the one reader of status.json."""
     path = Path(directory) / STATUS
     if not path.exists():
         return {}
@@ -243,9 +244,9 @@ def write_layers(path: Path, rows: Sequence[dict]) -> None:
     write_parquet(path, pa.Table.from_pylist(list(rows), schema=LAYER_SCHEMA))
 
 
-def write_status(directory: Path, state: str, **fields: object) -> None:
-    """Record where the run stands (`state` is one of running/finished/diverged/interrupted)."""
-    write_json(Path(directory) / STATUS, {"state": state, "updated": utc_now(), **fields})
+def write_status(directory: Path, state: RunStatus, **fields: object) -> None:
+    """Record where the run stands: the one writer of status.json (read_status its one reader)."""
+    write_json(Path(directory) / STATUS, {"state": RunStatus(state).value, "updated": utc_now(), **fields})
 
 
 def save_checkpoint(directory: Path, state: dict) -> None:
@@ -380,9 +381,10 @@ def remove_if_empty(directory: Path) -> None:
             pass
 
 
-def run_state(directory: Path) -> str | None:
+def run_state(directory: Path) -> RunStatus | None:
     """The recorded state of a run folder, or None if it has no status yet."""
-    return read_status(directory).get("state")
+    state = read_status(directory).get("state")
+    return None if state is None else RunStatus(state)
 
 
 # Kinds of arrow type a column may be stored as and still mean what EPOCH_SCHEMA says (pandas writes large_string

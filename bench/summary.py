@@ -16,7 +16,15 @@ from bench.errors import BenchError, Notify
 from bench.fitting import RunFit, final_train_error, fit_pass, net_fits, pairs
 from bench.progress import print_whole
 from bench.prose import STALLED_50, degradation_sentence, fit_text
+from bench.records import RunStatus
 from resnet import family_of
+
+# The notes a summary line adds to a run's state, for a person: why the grid did not train it to an end of
+# its own in this command.
+BUSY = "busy (another process)"  # another process holds its lock: its state is that process's to say
+OUT_OF_MEMORY = "out of memory"  # it failed for memory, building or training; the grid went on
+EARLIER = "earlier"  # it finished or diverged in an earlier command
+NOT_STARTED = "not started"  # no worker got to it
 
 
 @dataclass(frozen=True)
@@ -27,15 +35,29 @@ class RunSummary:
     arch: str
     depth: int
     seed: int
-    state: str  # its run state, "finished (earlier)" and the like, or why the grid did not train it
+    state: RunStatus | None  # its run state as status.json records it; None where the grid does not know it
     rows: list[dict] = field(default_factory=list)  # its EpochRow dicts, as read back
     seconds: float = 0.0  # training time in this grid
     preset: str = ""  # the preset it was configured from
+    note: str = ""  # the words a person is shown beside the state (EARLIER, BUSY...); never parsed back
+
+    def __post_init__(self) -> None:  # a word that is no run state is refused here, not read back later
+        if self.state is not None:
+            object.__setattr__(self, "state", RunStatus(self.state))
 
     @classmethod
-    def of(cls, config: RunConfig, state: str, rows: list[dict], seconds: float = 0.0) -> RunSummary:
+    def of(cls, config: RunConfig, state: RunStatus | None, rows: list[dict], seconds: float = 0.0,
+           note: str = "") -> RunSummary:
         """The summary of `config`'s run."""
-        return cls(config.run_id(), config.arch, config.depth, config.seed, state, rows, seconds, config.preset)
+        return cls(config.run_id(), config.arch, config.depth, config.seed, state, rows, seconds, config.preset,
+                   note)
+
+    @property
+    def shown(self) -> str:
+        """Its state as the summary table shows it: "finished (earlier)", "busy (another process)"."""
+        if self.state is None:
+            return self.note
+        return f"{self.state} ({self.note})" if self.note else str(self.state)
 
     @functools.cached_property
     def final_train(self) -> float:
@@ -48,8 +70,8 @@ class RunSummary:
         return fit_pass(r["train_error"] for r in self.rows)
 
     def fit(self) -> RunFit:
-        """What the verdict on its net is computed from; its run state is the first word of `state`."""
-        return RunFit(self.arch, self.depth, self.state.split()[0], 100 * self.final_train, self.first_fit)
+        """What the verdict on its net is computed from (a run with rows has a state)."""
+        return RunFit(self.arch, self.depth, self.state, 100 * self.final_train, self.first_fit)  # type: ignore[arg-type]
 
 
 def read_rows(directory: Path, notify: Notify, *, repair: bool = False) -> list[dict]:
@@ -72,7 +94,7 @@ def summary_table(summary: list[RunSummary]) -> Table:
     for item in summary:
         last = item.rows[-1] if item.rows else {}
         best = min((r["test_error"] for r in item.rows), default=float("nan"))
-        table.add_row(item.run_id, item.arch, str(item.depth), str(item.seed), item.state, str(len(item.rows)),
+        table.add_row(item.run_id, item.arch, str(item.depth), str(item.seed), item.shown, str(len(item.rows)),
                       f"{item.final_train:.2%}", fit_text(int(item.first_fit is not None), 1, item.first_fit),
                       f"{last.get('test_error', float('nan')):.2%}", f"{best:.2%}", f"{item.seconds / 60:.1f}")
     return table

@@ -3,9 +3,11 @@
 Training error is the error on the (augmented) training mini-batches of each epoch, as the paper plots it;
 test error is measured on the whole test split after every epoch, in eval mode.
 
-    train_run        one run's life from start (or checkpoint) to end, per epoch: train, evaluate, divergence
-                     check, save, status, deadline; where a Ctrl-C or SIGTERM during a run is acted on (the
-                     `bench.interrupts` defer it to an iteration boundary; cli catches one outside a run)
+    train_run        one run's life from start (or checkpoint) to end, and the one place its ending (finished,
+                     diverged, interrupted by the deadline, a stop or an error) is written to status.json; where
+                     a Ctrl-C, SIGTERM or SIGHUP during a run is acted on (bench.interrupts defers it to an
+                     iteration boundary; cli.handles_errors turns it into the exit code)
+    _train           the epochs, per epoch: train, evaluate, divergence check, save, status, deadline
     train_one_epoch  one epoch's SGD iterations (or the rest of a half-done one)
     Run              what the loop works on: data, model, optimizer, step, schedule, and RunState, the
                      part of it a checkpoint holds beside the weights
@@ -36,12 +38,12 @@ from bench.interrupts import ForcedStop, StopFlag, deferred_interrupts, signals_
 from bench.layers import RESPONSE_BATCH, gradient_rows, response_probe, response_rows
 from bench.loader import augment, epoch_batches
 from bench.provenance import environment, utc_now
-from bench.records import EpochRow
+from bench.records import EpochRow, RunStatus
 from bench.step import TrainStep, accelerate, at_least_fp32, make_optimizer, network_inputs, predict
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters
 
-__all__ = ["Run", "RunState", "Schedule", "check_batch", "describe", "evaluate", "learning_rate",
-           "make_model", "prepare_inputs", "rewrite_config", "train_one_epoch", "train_run"]
+__all__ = ["Ending", "Run", "RunState", "Schedule", "check_batch", "describe", "evaluate", "learning_rate",
+           "make_model", "past_deadline", "prepare_inputs", "rewrite_config", "train_one_epoch", "train_run"]
 
 # Called after every iteration with (iteration, total, stats); stats holds the latest epoch row or running numbers.
 OnStep = Callable[[int, int, dict], None]
@@ -224,6 +226,14 @@ class RunState:
                    partial=None if state["partial"] is None else EpochInProgress(**state["partial"]))
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a run's training ended, as its status.json records it: the state and what goes with it."""
+
+    state: RunStatus
+    fields: dict = field(default_factory=dict)
+
+
 class Run:
     """What the training loop works on: the data, the model and its optimizer and step, the data generator,
     the schedule, and the state a checkpoint saves."""
@@ -250,9 +260,6 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, config.optimizer, config.lr, config.momentum, config.weight_decay)
         self.shortcut_option = shortcut_option(config, self.model.family)
-        if config.mode == "cuda-graph" and ranks.enabled:
-            raise BenchError("--cuda-graph runs one process per run: leave out torchrun (--devices spreads "
-                             "runs over GPUs instead)")
         forward: nn.Module = self.model
         if ranks.enabled:
             forward = nn.parallel.DistributedDataParallel(self.model,
@@ -277,8 +284,7 @@ class Run:
             if checkpoint is not None:
                 self.restore(checkpoint)
         except BenchError as error:
-            if self.ranks.is_main:
-                store.write_status(self.directory, store.INTERRUPTED, error=str(error))
+            self.status(store.INTERRUPTED, counted=False, error=str(error))  # where it got to is not known
             raise
         if not self.ranks.is_main:
             return
@@ -288,11 +294,12 @@ class Run:
             store.write_json(self.directory / store.CONFIG, describe(self.config, self.data, self.model, self.schedule,
                                                                      self.device, self.ranks.world_size))
 
-    def status(self, state: str, **fields: object) -> None:
-        """status.json: the run's state and its epoch; only rank 0 writes."""
+    def status(self, state: RunStatus, *, counted: bool = True, **fields: object) -> None:
+        """status.json (through store.write_status, its one writer): the run's state and, when `counted`, its
+        epoch and epochs in all; only rank 0 writes. Every status this run records goes through here."""
         if self.ranks.is_main:
-            store.write_status(self.directory, state, epoch=self.state.epoch, epochs_total=self.schedule.epochs,
-                               **fields)
+            counts = {"epoch": self.state.epoch, "epochs_total": self.schedule.epochs} if counted else {}
+            store.write_status(self.directory, state, **counts, **fields)
 
     def checkpoint(self) -> dict:
         """Everything needed to continue exactly where this run is."""
@@ -343,13 +350,12 @@ class Run:
         state.rows.append(self.epoch_row(epoch, lr, (loss_total, wrong_total), test, seconds))
         return state.rows[-1]
 
-    def diverged(self, row: dict) -> str:
-        """Record a run whose loss went NaN or infinite as 'diverged', with the rows up to that epoch."""
+    def diverged(self, row: dict) -> Ending:
+        """A run whose loss went NaN or infinite: the rows up to that epoch written, its ending 'diverged'."""
         if self.ranks.is_main:
             self.write_rows()
-        self.status(store.DIVERGED, diverged_epoch=self.state.epoch)
         self.notify(f"{self.config.run_id()}: loss is {row['train_loss']} at epoch {self.state.epoch}: marked diverged")
-        return store.DIVERGED
+        return Ending(store.DIVERGED, {"diverged_epoch": self.state.epoch})
 
     def stopped(self, stop: KeyboardInterrupt) -> None:
         """Record the run stopped by Ctrl-C or SIGTERM as 'interrupted'. A first stop comes between iterations:
@@ -504,7 +510,7 @@ def rewrite_config(config: RunConfig, data: ImageData, directory: Path, device: 
 def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch.device, *,
               notify: Notify = print, ranks: Dist = Dist(), on_epoch: Callable[[Run, dict], None] | None = None,
               on_step: OnStep | None = None, on_start: Callable[[Run], None] | None = None,
-              deadline: float | None = None, diagnostics: bool = True, schedule: Schedule | None = None) -> str:
+              deadline: float | None = None, diagnostics: bool = True, schedule: Schedule | None = None) -> RunStatus:
     """Train (or resume) one run in `directory` to its end; returns its final state.
 
     `deadline` (a time.monotonic() value) stops the run cleanly after the first epoch that ends past it,
@@ -519,25 +525,13 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
     run.resume()
     if on_start is not None:
         on_start(run)
-    run.status(store.RUNNING)
     with deferred_interrupts(run.stop):  # a stop after the last iteration: the run ends whole, then it is raised
         try:
-            while not run.finished:
-                epoch, lr = train_one_epoch(run, on_step)
-                row = run.evaluate(epoch, lr)
-                if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
-                    return run.diverged(row)
-                run.save()
-                run.status(store.RUNNING)
-                if on_epoch is not None:
-                    on_epoch(run, row)
-                if deadline is not None and not run.finished and broadcast(time.monotonic() > deadline, ranks):
-                    run.status(store.INTERRUPTED, iteration=run.state.iteration)
-                    return store.INTERRUPTED
-            run.status(store.FINISHED)
-            if ranks.is_main:
+            ending = _train(run, on_step, on_epoch, deadline)
+            run.status(ending.state, **ending.fields)
+            if ending.state == store.FINISHED and ranks.is_main:
                 store.drop_previous_checkpoint(directory)
-            return store.FINISHED
+            return ending.state
         except KeyboardInterrupt as stop:  # where a stop during a run is acted on (cli catches one outside a run)
             run.stopped(stop)
             raise
@@ -545,3 +539,27 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
             if lost := run.failed(error):
                 raise lost from None
             raise
+
+
+def _train(run: Run, on_step: OnStep | None, on_epoch: Callable[[Run, dict], None] | None,
+           deadline: float | None) -> Ending:
+    """Epochs until the run ends: finished, diverged, or stopped by the deadline; 'running' recorded as it goes."""
+    run.status(store.RUNNING)
+    while not run.finished:
+        epoch, lr = train_one_epoch(run, on_step)
+        row = run.evaluate(epoch, lr)
+        if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
+            return run.diverged(row)
+        run.save()
+        run.status(store.RUNNING)
+        if on_epoch is not None:
+            on_epoch(run, row)
+        if not run.finished and past_deadline(deadline, run.ranks):
+            return Ending(store.INTERRUPTED, {"iteration": run.state.iteration})
+    return Ending(store.FINISHED)
+
+
+def past_deadline(deadline: float | None, ranks: Dist) -> bool:
+    """Whether `deadline` (a time.monotonic() value; None: no limit) has passed, as rank 0 sees it, so that all
+    ranks stop together: the one check of --time-limit, after each epoch here and after each run in the grid."""
+    return deadline is not None and broadcast(time.monotonic() > deadline, ranks)

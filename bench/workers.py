@@ -18,7 +18,7 @@ from bench.data import load_dataset
 from bench.errors import BenchError, Notify
 from bench.interrupts import stop_like_ctrl_c
 from bench.planner import Plan
-from bench.summary import RunSummary, print_summary, read_rows
+from bench.summary import NOT_STARTED, RunSummary, print_summary, read_rows
 
 # What a worker calls to train its device's share: bench.grid.run_grid, handed in so that this module does
 # not import its caller.
@@ -37,8 +37,11 @@ def run_on_devices(grid: GridConfig, planned: Plan, console: Console, notify: No
     except torch.multiprocessing.ProcessError as error:  # raised in a worker, or a worker killed
         raise BenchError(f"a device worker failed: {str(error).strip().splitlines()[-1]}; "
                          "run the same command again to resume") from None
-    summary = [RunSummary.of(run, store.run_state(planned.directory(run)) or "not started",
-                             read_rows(planned.directory(run), notify)) for run in planned.runs]
+    summary = []
+    for run in planned.runs:
+        state = store.run_state(planned.directory(run))
+        summary.append(RunSummary.of(run, state, read_rows(planned.directory(run), notify),
+                                     note="" if state else NOT_STARTED))
     print_summary(console, summary)
     return summary
 

@@ -171,9 +171,9 @@ def test_the_run_summary_gives_the_first_fit_and_the_verdicts() -> None:
 
 
 def test_where_neither_fits_the_summary_reads_the_gap() -> None:
-    summary = [RunSummary(run_id=f"plain-{depth}", arch="plain", depth=depth, seed=0, state=state,
+    summary = [RunSummary(run_id=f"plain-{depth}", arch="plain", depth=depth, seed=0, state=state, note=note,
                           seconds=60.0, rows=[{"train_error": error, "test_error": 0.5, "iteration": 6}])
-               for depth, error, state in ((18, 0.03, "finished (earlier)"), (34, 0.5, "interrupted"))]
+               for depth, error, state, note in ((18, 0.03, "finished", "earlier"), (34, 0.5, "interrupted", ""))]
     assert verdict_lines(summary) == [
         "plain: the 34-layer net ends at 50.00% training error, the 18-layer at 3.00%: gap +47.00 points, "
         "degradation shown, beyond the 1-point noise floor of one seed (the deeper plain net trains worse) "

@@ -15,7 +15,7 @@ from bench import modes, progress, store, train
 from bench.config import QUICK, GridConfig, RunConfig
 from bench.grid import run_grid
 from bench.planner import configuration, plan
-from tests.conftest import TINY_GRID, bench
+from tests.conftest import TINY_GRID, bench, one_line_exit_2
 
 
 def test_a_run_is_freed_before_the_next_is_built_also_in_a_reference_cycle(tmp_path, data_dir, monkeypatch):
@@ -114,3 +114,19 @@ def test_a_started_run_keeps_the_memory_format_its_config_records(tmp_path, data
     grid = dataclasses.replace(_tiny_grid(data_dir, results), seeds=(0, 1))
     mixed = plan(grid)
     assert configuration(grid, mixed)["channels_last"] == {run.run_id(): run.seed == 0 for run in mixed.runs}
+
+
+def test_cuda_graph_under_torchrun_is_refused_before_any_data_is_loaded_or_model_built(tmp_path, monkeypatch):
+    # The plan refuses it (on a machine without a GPU too: a named device is refused only when the grid trains).
+    monkeypatch.setattr(train, "make_model", lambda *args: pytest.fail("a model was built"))
+    monkeypatch.setattr("bench.grid.load_dataset", lambda *args, **kwargs: pytest.fail("data was loaded"))
+    results = tmp_path / "results"
+    torchrun = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    result = bench("run", "--depths", "8", "--arch", "plain", "--device", "cuda", "--cuda-graph", "--dataset",
+                   "synthetic", "--epochs", "1", "--no-progress", "--results", str(results), env=torchrun)
+    one_line_exit_2(result, "--cuda-graph runs one process per run", "leave out torchrun")
+    assert not results.exists()
+    # Without torchrun the same run plans.
+    base = RunConfig(preset="test", dataset="synthetic", width=2, epochs=1, iterations=None, device="cuda",
+                     cuda_graph=True)
+    assert plan(GridConfig(base=base, depths=(8,), archs=("plain",), results=str(results))).runs

@@ -1,4 +1,5 @@
 import datetime as dt
+import json
 import os
 
 import pandas as pd
@@ -8,6 +9,7 @@ import torch
 from bench import files, store
 from bench.config import RunConfig
 from bench.errors import BenchError
+from bench.records import RunStatus
 
 
 def _row(epoch: int, **over) -> dict:
@@ -176,3 +178,15 @@ def test_a_run_file_field_of_the_wrong_type_or_value_is_a_refused_file(finished_
     assert "width 64" not in (tmp_path / "reports" / "README.md").read_text()
     one_line_exit_2(bench("run", *TINY_GRID, "--data-dir", str(data_dir), "--results", str(finished_grid)),
                     str(path))
+
+
+def test_status_json_holds_the_state_as_its_word_and_reads_back_as_the_run_status(tmp_path):
+    store.write_status(tmp_path, RunStatus.FINISHED, epoch=2, epochs_total=2)
+    assert json.loads((tmp_path / store.STATUS).read_text())["state"] == "finished"
+    assert store.run_state(tmp_path) is RunStatus.FINISHED
+    # As bench wrote it before the states were one type: the same words, read the same.
+    (tmp_path / store.STATUS).write_text('{"state": "interrupted", "updated": "2025-01-01T00:00:00+00:00"}')
+    assert store.run_state(tmp_path) is RunStatus.INTERRUPTED and f"{store.run_state(tmp_path)}" == "interrupted"
+    with pytest.raises(ValueError, match="busy"):  # a word that is no run state is never written
+        store.write_status(tmp_path, "busy")  # type: ignore[arg-type]
+    assert store.run_state(tmp_path) is RunStatus.INTERRUPTED

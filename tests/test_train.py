@@ -1,4 +1,5 @@
 import dataclasses
+import inspect
 import math
 import random
 
@@ -10,6 +11,7 @@ import torch
 from bench import store
 from bench.config import PAPER, RunConfig
 from bench.errors import BenchError
+from bench.records import RunStatus
 from bench.loader import epoch_batches
 from bench.train import Run, _rng_state, _set_rng_state, learning_rate, prepare_inputs, train_one_epoch, train_run
 from tests.conftest import CPU, TINY_RUN, epoch_numbers
@@ -169,6 +171,25 @@ def test_a_deadline_stops_after_an_epoch_and_the_rerun_continues(tmp_path, tiny_
     assert train_run(TINY_RUN, tiny_data, tmp_path / "chunked", CPU) == store.FINISHED
     train_run(TINY_RUN, tiny_data, tmp_path / "whole", CPU)
     pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "chunked"))
+
+
+def test_every_status_of_a_run_is_written_in_order_through_run_status(tmp_path, tiny_data, monkeypatch):
+    import time
+
+    written = []
+    real_write = store.write_status
+
+    def write_status(directory, state, **fields):
+        written.append((inspect.stack()[1].function, state, fields.get("epoch")))
+        real_write(directory, state, **fields)
+
+    monkeypatch.setattr(store, "write_status", write_status)
+    assert train_run(TINY_RUN, tiny_data, tmp_path, CPU, deadline=time.monotonic()) is RunStatus.INTERRUPTED
+    assert train_run(TINY_RUN, tiny_data, tmp_path, CPU) is RunStatus.FINISHED
+    assert written == [("status", "running", 0), ("status", "running", 1), ("status", "interrupted", 1),
+                       ("status", "running", 1), ("status", "running", 2), ("status", "running", 3),
+                       ("status", "finished", 3)]
+    assert store.read_status(tmp_path)["state"] == "finished"
 
 
 def test_a_stop_during_evaluation_keeps_the_epoch_and_resumes_to_the_same_numbers(tmp_path, tiny_data,

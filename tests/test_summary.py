@@ -1,0 +1,23 @@
+"""bench.summary: what `bench run` prints at the end (the verdicts are tested with bench.fitting's)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.records import RunStatus
+from bench.summary import BUSY, EARLIER, RunSummary, summary_table
+
+ROWS = [{"train_error": 0.5, "test_error": 0.6, "iteration": 4}, {"train_error": 0.0, "test_error": 0.4, "iteration": 8}]
+
+
+def test_a_summary_line_shows_its_note_beside_the_state_and_computes_from_the_state_alone() -> None:
+    earlier = RunSummary("plain-8", "plain", 8, 0, "finished", ROWS, note=EARLIER)
+    busy = RunSummary("residual-8", "residual", 8, 0, None, note=BUSY)
+    assert earlier.state is RunStatus.FINISHED and earlier.fit().state == RunStatus.FINISHED
+    column = next(c for c in summary_table([earlier, busy]).columns if c.header == "state")
+    assert list(column.cells) == ["finished (earlier)", "busy (another process)"]
+
+
+def test_a_summary_state_is_a_run_state_not_the_words_shown_with_it() -> None:
+    with pytest.raises(ValueError, match="finished \\(earlier\\)"):
+        RunSummary("plain-8", "plain", 8, 0, "finished (earlier)", ROWS)  # type: ignore[arg-type]
