@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import functools
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -106,6 +107,15 @@ def expand_lists(args: Sequence[str]) -> list[str]:
     return out
 
 
+def _out_of_host_memory(error: BaseException) -> NoReturn:
+    """One line for a memory limit (ulimit -v) met outside a run's own care, and exit 2. Plain text: rich
+    imports modules as it renders, and an import needs the memory that ran out."""
+    sys.stderr.write(f"error: out of host memory ({first_line(error, 200)}); a memory limit (ulimit -v) may be "
+                     "set: raise it, or use a smaller --batch-size or subset; finished work is saved, and the same "
+                     "command resumes\n")
+    raise typer.Exit(2) from None
+
+
 def handles_errors(function: F) -> F:
     """BenchError -> one red line and exit 2; Ctrl-C -> one line and exit 130. Never a traceback."""
 
@@ -117,6 +127,8 @@ def handles_errors(function: F) -> F:
             errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as error:  # an output folder that is a file, read-only or full, met outside bench.store
+            if error.errno == errno.ENOMEM:  # a memory limit met by a lazy import, or by the OS for a file
+                _out_of_host_memory(error)
             from bench.files import DISK_FULL, LIMITS, UNWRITABLE, limit_message
 
             if hung_up():  # the closed terminal, written to on the way out: the work was saved before
@@ -133,11 +145,7 @@ def handles_errors(function: F) -> F:
         except (MemoryError, RuntimeError) as error:  # a memory limit (ulimit -v) met outside a run's own care
             if isinstance(error, RuntimeError) and not is_out_of_memory(error):
                 raise
-            # Plain text: rich imports modules as it renders, and an import needs the memory that ran out.
-            sys.stderr.write(f"error: out of host memory ({first_line(error, 200)}); a memory limit (ulimit -v) "
-                             "may be set: raise it, or use a smaller --batch-size or subset; finished work is "
-                             "saved, and the same command resumes\n")
-            raise typer.Exit(2) from None
+            _out_of_host_memory(error)
         except KeyboardInterrupt:
             try:  # after SIGHUP the terminal may be gone: the exit code still says what happened
                 errors.print("[yellow]interrupted: finished work is saved; run the same command again to resume")
