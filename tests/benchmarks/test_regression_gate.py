@@ -39,8 +39,9 @@ def test_a_slowdown_fails_the_comparison_and_another_machine_is_refused(tmp_path
     [saved] = tmp_path.glob(".benchmarks/*/0001_*.json")
     assert json.loads(saved.read_text())["machine_info"]["resnet_bench"] == fingerprint()
 
-    # 50% slower, well clear of the 15% gate and of the few per cent the normalised figure moves by.
-    slowed = bench(tmp_path, "--benchmark-compare", "--benchmark-compare-fail=median:15%", slowdown="0.5")
+    # Three times slower: clear of the 15% gate and of the baseline's own noise, whose median was seen 40% high
+    # on a 2-core CI run (a 50% slowdown then compared only 10% slower).
+    slowed = bench(tmp_path, "--benchmark-compare", "--benchmark-compare-fail=median:15%", slowdown="2")
     output = slowed.stdout + slowed.stderr
     assert slowed.returncode != 0, output
     assert "Performance has regressed" in output and "residual-18-w8-32px-b8-cpu-forward" in output
