@@ -6,6 +6,7 @@
         epochs.parquet    one row per epoch, schema EPOCH_SCHEMA (a contract: report and users read it)
         layers.parquet    per-layer diagnostics, one row per measurement x layer, schema LAYER_SCHEMA
         status.json       running | finished | diverged | interrupted, with the epoch it got to
+        chunks.json       where and under which commit each start of the run trained (bench.chunks)
         checkpoint.pt     model, optimizer, the configuration (the schedule derives from it), RNG states, epoch rows so far
         checkpoint.prev.pt  the one before, used if the latest is torn
 

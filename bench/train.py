@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import store
+from bench import chunks, store
 from bench.config import RunConfig
 from bench.data import ImageData
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
@@ -293,6 +293,8 @@ class Run:
         if not (self.directory / store.CONFIG).exists():
             store.write_json(self.directory / store.CONFIG, describe(self.config, self.data, self.model, self.schedule,
                                                                      self.device, self.ranks.world_size))
+        if not self.finished:
+            chunks.record_start(self.directory, chunks.starting(self.state.epoch, self.state.iteration, self.device))
 
     def status(self, state: RunStatus, *, counted: bool = True, **fields: object) -> None:
         """status.json (through store.write_status, its one writer): the run's state and, when `counted`, its
