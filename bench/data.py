@@ -35,13 +35,16 @@ from torch import Tensor
 from bench import synthetic
 from bench.cache import Expected, cache_path, load_cache, save_cache
 from bench.decoding import (SYNTHETIC_SEED, _cifar_pickle_source, _fingerprint, _imagefolder_source,
-                            _synthetic_source, _tensor_fingerprint, _train_mean)
+                            _synthetic_source, _tensor_fingerprint, _train_images, _train_mean)
 from bench.errors import BenchError, Notify
 from bench.sources import (_CIFAR, _CIFAR_TITLE, DATASETS, DataSource, _canonical, _download_cifar, _find_cifar,
                            _is_imagefolder, default_data_dir, resolve_dataset)
 
 __all__ = ["DATASETS", "DataInfo", "DataSource", "ImageData", "default_data_dir", "load_dataset", "resolve_dataset",
-           "take_subset"]
+           "take_subset", "train_size"]
+
+SYNTHETIC_TRAIN = 20000  # the synthetic set's training images unless told otherwise
+CIFAR_TRAIN = 50000  # CIFAR-10's and CIFAR-100's training images, as released
 
 _SYNTHETIC_NOTE = ("offline synthetic shapes (bench/synthetic.py), not CIFAR-10: errors are not comparable "
                    "to the paper's")
@@ -85,7 +88,7 @@ class ImageData:
 
 
 def load_dataset(name: str | DataSource, data_dir: Path | None = None, *, image_size: int = 32,
-                 synthetic_train: int = 20000, synthetic_test: int = 4000, progress: bool = True,
+                 synthetic_train: int = SYNTHETIC_TRAIN, synthetic_test: int = 4000, progress: bool = True,
                  notify: Notify | None = None) -> ImageData:
     """Load a dataset as CPU tensors (call `.to(device)` next), decoding it on first use and caching it.
 
@@ -155,6 +158,18 @@ def _load(pinned: DataSource, image_size: int, synthetic_train: int, synthetic_t
                     fingerprint=fingerprint or _tensor_fingerprint(tensors))
     return ImageData(info, tensors["train_images"], tensors["train_labels"], tensors["test_images"],
                      tensors["test_labels"], tensors["mean"])
+
+
+def train_size(source: DataSource, synthetic_train: int = SYNTHETIC_TRAIN) -> int:
+    """How many training images `source` holds, known before anything is decoded, for `bench run`'s plan to
+    check each batch against: the synthetic set's is an option, an ImageFolder's files are counted (a listing,
+    as the load makes anyway), and a CIFAR copy in pickles (or one to be downloaded) holds the release's. A
+    pickle copy that is not the release may hold fewer: the decoded count is checked again as the data loads
+    (bench.train.Schedule.of), still before any run folder is made."""
+    if source.name == "synthetic":
+        return synthetic_train
+    root = source.path if source.name.startswith("imagefolder") else _find_cifar(source.name, Path(source.path))
+    return _train_images(root) if root is not None and _is_imagefolder(root) else CIFAR_TRAIN
 
 
 # --- the subset a run trains on ---------------------------------------------------------------------------------

@@ -107,6 +107,11 @@ def _class_files(split_dir: Path, notify: Notify) -> dict[str, list[os.DirEntry]
         files[cls] = found
     return files
 
+def _train_images(root: Path) -> int:
+    """How many training images an ImageFolder's listing holds, nothing opened or decoded (its notices are
+    said when it loads): `bench run`'s plan checks each batch against it before the data is loaded."""
+    return sum(len(files) for files in _class_files(root / "train", lambda message: None).values())
+
 _JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn, not DHT/JPG/DAC
 
 

@@ -131,7 +131,9 @@ def _load_data(planned: Plan, device: torch.device, ranks: distributed.Dist, con
                   + f"; precision: {PRECISION_TEXT[planned.runs[0].precision]}", soft_wrap=True)
     if data.info.note:
         console.print(f"[yellow]note: {data.info.note}", soft_wrap=True)
-    # Before any run folder is made: a batch that cannot fit leaves nothing behind.
+    # The plan checked each batch against the count known before decoding (bench.data.train_size); this is the
+    # decoded count, which only a CIFAR pickle copy that is not the release has fewer of. Still before any run
+    # folder is made: a batch that cannot fit leaves nothing behind.
     return data, [Schedule.of(config, len(data.train_images), ranks.world_size) for config in planned.runs]
 
 

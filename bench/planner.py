@@ -1,5 +1,5 @@
-"""`bench run`'s plan: every run of a grid validated, the dataset resolved and each run's memory format
-settled, before anything is trained."""
+"""`bench run`'s plan: the grid validated in one pass (validate_grid), the dataset resolved and each run's
+memory format settled, before anything is loaded, built or trained."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import torch
 
 from bench import store
 from bench.config import GridConfig, RunConfig, validate
-from bench.data import DataSource, resolve_dataset
+from bench.data import DataSource, resolve_dataset, train_size
 from bench.distributed import from_environment
 from bench.errors import BenchError, check_positive
 from bench.modes import default_channels_last
+from bench.train import check_batch
 from resnet import FAMILY_DEFAULTS, family_of
 
 
@@ -38,21 +39,56 @@ class Plan:
 
 
 def plan(grid: GridConfig) -> Plan:
-    """Validate every run, pin the dataset ('auto' becomes what will really be used) and settle each run's
-    memory format (memory_format): every check of a run, before any data is loaded or any model built."""
-    runs = [validate(run) for run in grid.runs()]
-    if from_environment().enabled and any(run.mode == "cuda-graph" for run in runs):
-        raise BenchError("--cuda-graph runs one process per run: leave out torchrun (--devices spreads runs over "
-                         "GPUs instead)")
-    check_positive("--time-limit", grid.time_limit, detail=" of minutes", fix=": leave it out for no limit")
-    check_positive("--threads", grid.threads, integer=True)
-    source = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
+    """Validate the grid (validate_grid), pin the dataset ('auto' becomes what will really be used) and settle
+    each run's memory format (memory_format), before any data is loaded or any model built."""
+    runs, source = validate_grid(grid)
     results = Path(grid.results)
     # The kind of device only: a GPU named but absent is refused where the device is set up.
     device_type = "cpu" if grid.base.device == "cpu" or not torch.cuda.is_available() else "cuda"
     runs = [dataclasses.replace(run, dataset=source.name) for run in runs]
     return Plan([memory_format(run, store.run_dir(results, source.name, run.run_id()), device_type)
                  for run in runs], source, results)
+
+
+def validate_grid(grid: GridConfig) -> tuple[list[RunConfig], DataSource]:
+    """Every check of a `bench run` grid, in one pass, before any data is loaded or model built: --shard and
+    --devices (the CLI only parsed them), each run (config.validate), --cuda-graph under torchrun, --time-limit
+    and --threads, the dataset (found or refused), and each run's batch against the training images it will
+    have (bench.data.train_size, capped by --train-subset; bench.train.check_batch). Returns the runs, and the
+    dataset as resolved."""
+    index, count = grid.shard
+    if not 1 <= index <= count:
+        raise BenchError(f"--shard '{index}/{count}': I must be between 1 and N")
+    _check_devices(grid.devices, grid.base.device)
+    runs = [validate(run) for run in grid.runs()]
+    ranks = from_environment()
+    if ranks.enabled and any(run.mode == "cuda-graph" for run in runs):
+        raise BenchError("--cuda-graph runs one process per run: leave out torchrun (--devices spreads runs over "
+                         "GPUs instead)")
+    check_positive("--time-limit", grid.time_limit, detail=" of minutes", fix=": leave it out for no limit")
+    check_positive("--threads", grid.threads, integer=True)
+    source = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
+    images = train_size(source) if runs else 0
+    for run in runs:
+        check_batch(run, min(images, run.train_subset or images), ranks.world_size)
+    return runs, source
+
+
+def _check_devices(devices: tuple[str, ...], device: str) -> None:
+    """The GPUs --devices named ('cuda:<index>' each, as the CLI parsed them), against --device and the GPUs
+    this machine has. A GridConfig built in code may spread runs over CPU devices too (tests stand them in for
+    GPUs): those are not checked."""
+    indices = [int(name.partition(":")[2] or 0) for name in devices if name.startswith("cuda")]
+    if not indices:
+        return
+    if device == "cpu":
+        raise BenchError("--devices names GPUs, but --device is cpu: drop one of them")
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        raise BenchError("--devices needs CUDA GPUs and none is visible: leave --devices out")
+    if any(not 0 <= i < visible for i in indices):
+        given = ",".join(map(str, indices))
+        raise BenchError(f"--devices {given!r}: {visible} GPU(s) visible, so indices run 0..{visible - 1}")
 
 
 def memory_format(run: RunConfig, directory: Path, device_type: str) -> RunConfig:

@@ -68,6 +68,10 @@ def test_dry_run_shows_the_recipe_and_the_ids_follow_it(tmp_path, data_dir):
     (["run", "--depths", "18", "--dataset", "mnist"], "cifar10"),
     (["run", "--depths", "18", "--epochs", "2", "--iterations", "9"], "not both"),
     (["run", "--depths", "18", "--shard", "5/4"], "between 1 and N"),
+    (["run", "--depths", "18", "--shard", "0/0"], "between 1 and N"),
+    (["run", "--depths", "18", "--shard", "half"], "write it as I/N"),
+    (["run", "--depths", "18", "--devices", "0,one"], "give GPU indices"),
+    (["run", "--depths", "18", "--device", "cpu", "--devices", "0"], "drop one of them"),
     (["run", "--depths", "18", "--optimizer", "lion"], "'sgd', 'adam', 'adamw'"),
     (["run", "--depths", "18", "--optimizer", "adam", "--momentum", "0.9"], "drop --momentum"),
     (["run", "--depths", "18", "--lr-milestones", "0.5", "1.5"], "1.5 is outside the run"),
@@ -82,6 +86,13 @@ def test_bad_input_is_one_line_and_exit_code_2(args, fix, tmp_path):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert fix in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_devices_this_machine_lacks_are_one_line_and_exit_code_2(tmp_path):
+    # Refused in the plan with its fix, whether the machine has no GPU or fewer than 100.
+    result = bench("run", "--depths", "18", "--devices", "0,99", "--dry-run", "--results", str(tmp_path))
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "leave --devices out" in result.output or "indices run 0.." in result.output
 
 
 def test_unwritable_results_folder_is_exit_code_2(tmp_path, data_dir):

@@ -17,7 +17,7 @@ from PIL import Image
 from bench import cache as cache_module
 from bench import sources
 from bench import synthetic
-from bench.data import DataInfo, ImageData, default_data_dir, load_dataset, resolve_dataset
+from bench.data import DataInfo, ImageData, default_data_dir, load_dataset, resolve_dataset, train_size
 from bench.errors import BenchError
 
 
@@ -90,6 +90,23 @@ def test_imagefolder_loads_labels_and_pixels(tmp_path):
         assert torch.equal(load_dataset(name, data_dir, progress=False).train_images, data.train_images)
     assert resolve_dataset("imagefolder", tmp_path / "tiny") == ("imagefolder:tiny", tmp_path / "tiny", None)
 
+
+
+def test_the_training_images_are_counted_before_anything_is_decoded(tmp_path, monkeypatch):
+    # What bench run's plan checks each batch against: the same count the load then gives.
+    _image_folder(tmp_path / "tiny")
+    _image_folder(tmp_path / "data" / "cifar10-jpg")
+    _fake_cifar10(tmp_path / "pickles" / "cifar-10-batches-py")
+    monkeypatch.setattr("bench.decoding._decode_files", lambda *args: pytest.fail("an image was decoded"))
+    assert train_size(resolve_dataset("imagefolder", tmp_path / "tiny")) == 12
+    assert train_size(resolve_dataset("cifar10", tmp_path / "data")) == 12  # a CIFAR copy as an ImageFolder
+    assert train_size(resolve_dataset("synthetic", tmp_path / "none")) == 20000  # what load_dataset draws
+    assert not (tmp_path / "none").exists()
+    # Pickles are not read to count them: a copy holds the release's 50,000 (this fake holds 20, and the
+    # decoded count is what a run's schedule is worked out on).
+    assert train_size(resolve_dataset("cifar10", tmp_path / "pickles")) == 50000
+    monkeypatch.undo()
+    assert len(load_dataset("imagefolder", tmp_path / "tiny", progress=False).train_images) == 12
 
 def test_imagefolder_resizes_to_image_size(tmp_path):
     _image_folder(tmp_path / "big", classes=("a", "b"), per_class=1, size=40)

@@ -130,3 +130,33 @@ def test_cuda_graph_under_torchrun_is_refused_before_any_data_is_loaded_or_model
     base = RunConfig(preset="test", dataset="synthetic", width=2, epochs=1, iterations=None, device="cuda",
                      cuda_graph=True)
     assert plan(GridConfig(base=base, depths=(8,), archs=("plain",), results=str(results))).runs
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_the_training_images_cannot_hold_is_refused_before_any_data_is_loaded(tmp_path, monkeypatch):
+    # The plan knows the training split's size before decoding: an option for the synthetic set (capped by
+    # --train-subset), a listing for an ImageFolder (whose files here are not even images), a release's for CIFAR.
+    monkeypatch.setattr("bench.grid.load_dataset", lambda *args, **kwargs: pytest.fail("data was loaded"))
+    folder = tmp_path / "images"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (folder / split / cls).mkdir(parents=True)
+            (folder / split / cls / "0.jpg").write_text("not an image")
+    results, data = tmp_path / "results", tmp_path / "data"
+    args = ["run", "--depths", "8", "--arch", "plain", "--device", "cpu", "--epochs", "1", "--no-progress",
+            "--data-dir", str(data), "--results", str(results)]
+    for given, said in [(["--dataset", "synthetic", "--batch-size", "512", "--train-subset", "256"], "256"),
+                        (["--dataset", "synthetic", "--batch-size", "512", "--train-subset", "256", "--dry-run"],
+                         "256"),
+                        (["--dataset", f"imagefolder:{folder}", "--batch-size", "4"], "2")]:
+        one_line_exit_2(bench(*args, *given), f"--batch-size {given[3]} is larger than the {said} training images",
+                        "use a smaller batch")
+    # Under torchrun the global batch must divide over the processes; said before any rank sets its device up.
+    torchrun = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    one_line_exit_2(bench(*args, "--dataset", "synthetic", "--batch-size", "33", env=torchrun),
+                    "--batch-size 33 (the global batch) must divide evenly over 2 processes")
+    assert not results.exists() and not data.exists()
+    # The whole set and a subset larger than it: a batch that fits plans.
+    base = RunConfig(preset="test", dataset=f"imagefolder:{folder}", width=2, epochs=1, iterations=None,
+                     batch_size=2, train_subset=100)
+    assert plan(GridConfig(base=base, depths=(8,), archs=("plain",), data_dir=str(data), results=str(results))).runs
