@@ -243,8 +243,11 @@ def _cold_and_warm(tmp_path: Path, allocator: str = "on") -> list[float]:
 def test_the_first_net_of_a_process_is_timed_warm(tmp_path: Path) -> None:
     # In a fresh process the first net's forward ran 2x slower than the same net timed again.
     # Without bench.allocator the cold median was 1.7x to 2x the warm one in every try; a busy machine can make
-    # one try of the same code disagree too, so a regression is three tries out of three.
-    tries = [_cold_and_warm(tmp_path) for _ in range(3)]
+    # one try of the same code disagree too, so a regression is three tries out of three (and one try that
+    # agrees is enough: the next two are not made).
+    tries: list[list[float]] = []
+    while len(tries) < 3 and not any(cold < 1.4 * warm for cold, warm in tries):
+        tries.append(_cold_and_warm(tmp_path))
     assert any(cold < 1.4 * warm for cold, warm in tries), tries
 
 
