@@ -60,6 +60,7 @@ def test_a_registered_arch_builds_from_its_flags_alone(throwaway_arch):
     assert throwaway_arch.name in resnet.arch_names() and resnet.has_shortcut(throwaway_arch.name)
 
 
+@pytest.mark.slow
 def test_bench_run_and_report_take_a_registered_arch_end_to_end(throwaway_arch, tmp_path, data_dir):
     results, out = tmp_path / "results", tmp_path / "reports"
     result = bench("run", *TINY_GRID, "--depths", "14", "--arch", "plain", throwaway_arch.name,

@@ -14,15 +14,18 @@ from bench.errors import BenchError
 
 @pytest.fixture(scope="module")
 def imagenet_rows():
+    # It counts the MACs of every ImageNet-layout net at 224, for seconds: every test that takes it is slow.
     # The paper's bottleneck layout, the one Table 1 counts; parameters do not depend on it.
     return architecture_table(224, families=("imagenet",), stride_on="1x1")
 
 
+@pytest.mark.slow
 def test_one_row_per_depth_and_arch(imagenet_rows):
     keys = [(r["family"], r["depth"], r["arch"]) for r in imagenet_rows]
     assert keys == list(itertools.product(["imagenet"], resnet.IMAGENET_DEPTHS, resnet.ALL_ARCHS))
 
 
+@pytest.mark.slow
 def test_residual_imagenet_rows_match_torchvision(imagenet_rows):
     for row in imagenet_rows:
         if row["arch"] == "residual":
@@ -32,6 +35,7 @@ def test_residual_imagenet_rows_match_torchvision(imagenet_rows):
             assert row["shortcut"] == "B"
 
 
+@pytest.mark.slow
 def test_plain_rows_have_no_shortcut_and_fewer_parameters(imagenet_rows):
     plain = {r["depth"]: r for r in imagenet_rows if r["arch"] == "plain"}
     residual = {r["depth"]: r for r in imagenet_rows if r["arch"] == "residual"}
@@ -42,10 +46,12 @@ def test_plain_rows_have_no_shortcut_and_fewer_parameters(imagenet_rows):
         assert plain[depth]["macs"] < residual[depth]["macs"]
 
 
+@pytest.mark.slow
 def test_rows_are_json_serialisable(imagenet_rows):
     assert json.loads(json.dumps(imagenet_rows)) == imagenet_rows
 
 
+@pytest.mark.slow
 def test_paper_layout_matches_table1_macs(imagenet_rows):
     with_paper = [r for r in imagenet_rows if r["paper_macs"] is not None]
     without = {(r["depth"], r["arch"]) for r in imagenet_rows if r["paper_macs"] is None}
@@ -57,6 +63,7 @@ def test_paper_layout_matches_table1_macs(imagenet_rows):
     assert {r["stride_on"] for r in imagenet_rows if r["block"] == "bottleneck"} == {"1x1"}
 
 
+@pytest.mark.timeout(500)
 @pytest.mark.slow
 def test_full_table_covers_both_families():
     rows = architecture_table()

@@ -102,6 +102,7 @@ def test_unwritable_results_folder_is_exit_code_2(tmp_path, data_dir):
     assert result.exit_code == 2 and "--results" in result.output
 
 
+@pytest.mark.slow
 def test_run_then_rerun_skips_finished_runs_and_report_draws_them(tmp_path, data_dir):
     args = ["run", "--depths", "8", "--epochs", "2", "--data-dir", str(data_dir), "--results", str(tmp_path), *TINY]
     first = bench(*args)
@@ -134,6 +135,8 @@ def _command(*args: str, results: Path, data_dir: Path) -> list[str]:
             *args]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(800)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_kill_9_mid_epoch_then_rerun_gives_the_same_numbers(tmp_path, data_dir, optimizer):
     """The promise of `bench run`: a killed run resumed gives what an uninterrupted one gives, epoch by epoch,
@@ -162,6 +165,8 @@ def test_kill_9_mid_epoch_then_rerun_gives_the_same_numbers(tmp_path, data_dir, 
                                   pd.read_parquet(directory / store.EPOCHS).drop(columns=timing))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_the_tutorial_resnet_50_at_224_with_adam_is_one_command(tmp_path, data_dir):
     """Issue 45's command, shrunk to seconds (width 2, a few images): it plans, trains, logs and reports."""
     from bench.report import make_report

@@ -304,6 +304,7 @@ def test_images_that_link_outside_the_data_folder_are_read_and_counted(tmp_path)
     assert note.startswith(f"9 images of {root} are links") and "\n" not in note  # 4 + 4 dogs, 1 ant
 
 
+@pytest.mark.slow
 def test_a_data_folder_whose_name_is_not_utf8_is_refused_up_front_and_leaves_no_run(tmp_path):
     from tests.conftest import bench, one_line_exit_2
 

@@ -25,6 +25,7 @@ def _bench(results, data_dir, nproc: int) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, data_dir):
     one = _bench(tmp_path / "one", data_dir, 1)
@@ -44,6 +45,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert config["distributed"] == {"world_size": 2, "batch_per_rank": 16}
 
 
+@pytest.mark.slow
 def test_shards_run_disjoint_slices_that_cover_the_grid(tmp_path, data_dir):
     base = RunConfig(preset="test", dataset="synthetic", width=4, epochs=1, iterations=None, batch_size=32,
                      train_subset=64, test_subset=32, device="cpu")
@@ -56,6 +58,7 @@ def test_shards_run_disjoint_slices_that_cover_the_grid(tmp_path, data_dir):
     assert sorted(seen) == sorted(runs["run_id"]) and len(seen) == 4 == len(set(seen))
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_workers_on_several_devices_take_each_run_once(tmp_path, data_dir):
     # Two CPU "devices" stand in for two GPUs: the run locks are what keeps the workers apart.

@@ -97,6 +97,7 @@ def _image_folder(root: Path, seed: int) -> None:
                 Image.fromarray(image.numpy()).save(root / split / cls / f"{seed}-{i}.png")
 
 
+@pytest.mark.slow
 def test_other_images_under_the_same_folder_name_are_refused(tmp_path):
     _image_folder(tmp_path / "a" / "good", seed=1)
     _image_folder(tmp_path / "b" / "good", seed=2)
@@ -140,6 +141,7 @@ def test_fingerprints_tell_data_apart_and_ignore_file_times(tmp_path):
 # --- 2: a torn epochs.parquet ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torn_epochs_parquet_is_rebuilt_from_the_checkpoint_and_blocks_nothing(tmp_path, data_dir):
     results = tmp_path / "results"
     tiny_run(results, data_dir)
@@ -223,6 +225,7 @@ def test_bench_time_checks_its_results_folder_before_the_sweep(read_only):
     one_line_exit_2(bench(*TIME, "--results", str(read_only)), "cannot write", "--results")
 
 
+@pytest.mark.slow
 def test_bench_time_keeps_its_rows_when_the_final_write_fails(tmp_path):
     results = tmp_path / "results"
 
@@ -246,6 +249,7 @@ def test_bench_time_keeps_its_rows_when_the_final_write_fails(tmp_path):
     kept.unlink()
 
 
+@pytest.mark.slow
 def test_report_into_a_file_or_read_only_folder_is_one_line(tmp_path, data_dir, read_only):
     tiny_run(tmp_path / "results", data_dir)
     (tmp_path / "file").write_text("")
@@ -263,6 +267,7 @@ def test_a_file_where_the_dataset_folder_goes_is_one_line(tmp_path, data_dir):
 # --- 7: JSON of the wrong shape --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, text", [(store.STATUS, "[]"), (store.STATUS, '{"state": 3}'), (store.CONFIG, "[]"),
                                         (store.CONFIG, "{}")])
 def test_json_of_the_wrong_shape_is_one_line(tmp_path, data_dir, name, text):
@@ -293,6 +298,7 @@ def test_bad_values_are_one_line(tmp_path, data_dir, option, value, fix):
 # --- 9: out of memory ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(Path("/proc/sys/vm/overcommit_memory").exists()
                     and Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1",
                     reason="with overcommit always on, a huge request might be granted and then touched")
@@ -326,6 +332,7 @@ def test_out_of_memory_says_which_memory_ran_out():
 # --- 10: a deleted config.json ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_deleted_config_json_is_rewritten_and_never_dropped_silently(tmp_path, data_dir):
     tiny_run(tmp_path, data_dir)
     [folder] = run_folders(tmp_path)
@@ -358,6 +365,7 @@ def test_disk_full_messages_speak_of_the_file_not_of_epochs(tmp_path, full_disk_
     assert "epoch" not in str(error.value) and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_disk_full_error_leaves_the_run_interrupted_not_running(tmp_path, tiny_data, full_disk_at):
     config = RunConfig(arch="plain", depth=8, width=2, preset="test", dataset="synthetic", iterations=None,
                        epochs=1, batch_size=64, lr=0.05)
@@ -383,6 +391,7 @@ def test_a_batch_larger_than_the_data_leaves_no_run_folder(tmp_path, data_dir):
     assert not run_folders(tmp_path)
 
 
+@pytest.mark.slow
 def test_logs_get_whole_tables_epoch_lines_and_notices_apart(tmp_path, data_dir, monkeypatch):
     args = [a for a in TINY if a != "--no-progress"]
     result = bench("run", "--depths", "8", "--data-dir", str(data_dir), "--results", str(tmp_path), *args,
@@ -402,6 +411,7 @@ def test_logs_get_whole_tables_epoch_lines_and_notices_apart(tmp_path, data_dir,
     assert "synthetic" in dry.stderr and "cifar10-jpg/" in dry.stderr
 
 
+@pytest.mark.slow
 def test_threads_are_set_and_recorded(tmp_path, data_dir, monkeypatch):
     tiny_run(tmp_path, data_dir, "--threads", "1")
     [folder] = run_folders(tmp_path)

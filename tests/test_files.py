@@ -51,6 +51,7 @@ def _plant(kind: str, results: Path, out: Path, outside: Path) -> Path:
     return where
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "command"), [
     ("dataset folder", "run"), ("run folder", "run"), ("report folder", "report"),
     ("report timing folder", "report"), ("timing folder", "time")])
@@ -67,6 +68,7 @@ def test_a_link_in_place_of_a_folder_of_bench_is_refused_and_nothing_is_written_
     assert _tree(outside) == before
 
 
+@pytest.mark.slow
 def test_the_roots_themselves_may_be_links(finished_grid, data_dir, tmp_path):
     (tmp_path / "results-link").symlink_to(finished_grid, target_is_directory=True)
     (tmp_path / "real-reports").mkdir()
@@ -78,6 +80,7 @@ def test_the_roots_themselves_may_be_links(finished_grid, data_dir, tmp_path):
     assert (tmp_path / "real-reports" / "synthetic-quick" / "degradation.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [store.EPOCHS, store.STATUS, store.CONFIG, store.LAYERS])
 def test_a_run_file_that_is_a_link_is_never_read(finished_grid, tmp_path, name):
     """A link to a file outside, of the right form but other numbers: the report says so, and draws the run
@@ -122,6 +125,7 @@ def test_a_long_name_is_cut_to_a_stable_short_form():
     assert name != files.safe_name(long + "x") and files.safe_name("Test CPU") == "Test-CPU"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [store.CONFIG, store.STATUS, store.DATA])
 def test_json_nested_past_the_bound_is_refused_before_parsing(finished_grid, data_dir, tmp_path, name):
     folder = _run_folder(finished_grid)
@@ -162,6 +166,8 @@ def _one_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert last.startswith("error: ") and all(f in last for f in fragments), result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(800)
 def test_a_file_size_limit_stops_run_and_report_in_one_line_and_the_run_resumes(tmp_path, data_dir):
     results = tmp_path / "results"
     args = [*TINY_GRID, "--depths", "8", "--arch", "plain", "--data-dir", str(data_dir), "--results", str(results)]

@@ -18,6 +18,7 @@ from bench.planner import configuration, plan
 from tests.conftest import TINY_GRID, bench, one_line_exit_2
 
 
+@pytest.mark.slow
 def test_a_run_is_freed_before_the_next_is_built_also_in_a_reference_cycle(tmp_path, data_dir, monkeypatch):
     # torch.cuda.make_graphed_callables leaves a --cuda-graph run's module in a reference
     # cycle (torch/cuda/graphs.py: `func.forward = make_graphed_forward(func, ..., func.forward)`, a closure
@@ -46,6 +47,7 @@ def test_a_run_is_freed_before_the_next_is_built_also_in_a_reference_cycle(tmp_p
     assert [item.state for item in summary] == ["finished"] * 4 and len(built) == 4
 
 
+@pytest.mark.slow
 def test_bench_run_reaches_a_runs_life_in_three_frames(tmp_path, data_dir, monkeypatch):
     # A reader follows `bench run` down to one run's life (train_run, per epoch: train, evaluate, divergence,
     # save, status, deadline) through the command, the grid, and that function: no layer between.
@@ -97,6 +99,7 @@ def test_the_measured_defaults_name_the_nets_they_were_measured_for(monkeypatch)
     assert not modes.default_channels_last("cuda", "fp32", 56, 16)
 
 
+@pytest.mark.slow
 def test_a_started_run_keeps_the_memory_format_its_config_records(tmp_path, data_dir, monkeypatch):
     # A resume computes what an unbroken run would only in the format the run started in, whatever this
     # machine would pick for a new run; a format the command names still wins.

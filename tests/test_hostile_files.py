@@ -52,6 +52,7 @@ def _rerun(results: Path, data_dir: Path):
 # --- files that hang, files that are too big ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300, method="thread")  # a FIFO waited on blocks in open(): end the session
 @pytest.mark.parametrize("name", [store.STATUS, store.CONFIG])
 def test_a_fifo_run_file_is_skipped_by_report_and_refused_by_run_never_waited_on(finished_grid, data_dir, name):
@@ -64,6 +65,7 @@ def test_a_fifo_run_file_is_skipped_by_report_and_refused_by_run_never_waited_on
     one_line_exit_2(_rerun(finished_grid, data_dir), str(path), "is a FIFO")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_sparse_1_gib_status_json_is_refused_unread(finished_grid, data_dir):
     path = _folder(finished_grid, "plain") / store.STATUS
@@ -84,6 +86,7 @@ def test_a_config_json_over_its_bound_is_refused_unread(finished_grid):
         store.read_config(path.parent)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300, method="thread")  # a FIFO waited on blocks in open(): end the session
 def test_a_fifo_timing_file_is_skipped_by_report(finished_grid):
     timing = finished_grid / "timing" / "cpu.parquet"
@@ -92,6 +95,8 @@ def test_a_fifo_timing_file_is_skipped_by_report(finished_grid):
     assert f"skipped timing file {timing} is a FIFO" in _report(finished_grid).output
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_depth_no_family_can_build_is_one_line_at_once(tmp_path):
     started = time.monotonic()
     result = bench("run", "--depths", "600002", "--dry-run", "--device", "cpu", "--results", str(tmp_path))
@@ -176,6 +181,7 @@ def _analyze(folder: Path, data_dir: Path):
     return bench("analyze", str(folder), "--data-dir", str(data_dir), "--device", "cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["an empty directory", "other columns", "a negative value"])
 def test_a_layers_file_of_the_wrong_shape_leaves_its_figures_out_and_stops_analyze(finished_grid, data_dir, damage):
     path = _folder(finished_grid, "plain") / store.LAYERS
@@ -195,6 +201,8 @@ def test_a_layers_file_of_the_wrong_shape_leaves_its_figures_out_and_stops_analy
     one_line_exit_2(_analyze(path.parent, data_dir), str(path), fragment, "bench analyze")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 @pytest.mark.parametrize("column", ["train_error", "test_error"])
 @pytest.mark.parametrize("value", [1e308, -5.0, math.nan, math.inf])
 def test_an_error_that_is_no_fraction_is_named_not_drawn(finished_grid, column, value):
@@ -276,7 +284,8 @@ def test_a_report_into_proc_is_one_line(finished_grid):
                     "--out")
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.slow
+@pytest.mark.timeout(700)
 @pytest.mark.parametrize("terminal", ["a pipe", "a terminal that is gone"])
 def test_sighup_saves_the_half_epoch_marks_the_run_interrupted_and_exits_129(tmp_path, data_dir, terminal):
     command = [sys.executable, "-m", "bench", "run", "--depths", "8", "--arch", "plain", "--epochs", "4",

@@ -76,6 +76,7 @@ def test_plain_and_residual_twins_have_the_same_layers():
     assert len(bottleneck) == 1 + 16  # the cifar stem and each block's middle conv
 
 
+@pytest.mark.slow
 def test_diagnostics_leave_training_unchanged(tmp_path, tiny_data):
     train_run(TINY_RUN, tiny_data, tmp_path / "with", CPU)
     train_run(TINY_RUN, tiny_data, tmp_path / "without", CPU, diagnostics=False)
@@ -85,6 +86,7 @@ def test_diagnostics_leave_training_unchanged(tmp_path, tiny_data):
     assert not (tmp_path / "without" / store.LAYERS).exists() or _layers(tmp_path / "without").empty
 
 
+@pytest.mark.slow
 def test_layer_rows_cover_each_epoch_and_the_first_step(tmp_path, tiny_data):
     train_run(TINY_RUN, tiny_data, tmp_path, CPU)
     rows = _layers(tmp_path)
@@ -97,6 +99,8 @@ def test_layer_rows_cover_each_epoch_and_the_first_step(tmp_path, tiny_data):
     assert (rows["value"] > 0).all() and rows["value"].map(np.isfinite).all()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_a_resumed_run_has_the_same_layer_rows_without_gaps_or_duplicates(tmp_path, tiny_data):
     train_run(TINY_RUN, tiny_data, tmp_path / "whole", CPU)
 
@@ -111,6 +115,8 @@ def test_a_resumed_run_has_the_same_layer_rows_without_gaps_or_duplicates(tmp_pa
     pd.testing.assert_frame_equal(_layers(tmp_path / "whole"), _layers(tmp_path / "cut"))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_figure7_and_gradient_figure_plot_what_layers_parquet_holds(tmp_path, tiny_data):
     results = tmp_path / "results"
     for arch in ("plain", "residual"):
@@ -138,6 +144,8 @@ def test_figure7_and_gradient_figure_plot_what_layers_parquet_holds(tmp_path, ti
     assert "x the plain net's" in (tmp_path / "reports" / "README.md").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_analyze_recomputes_responses_over_the_whole_test_split(tmp_path, data_dir):
     from bench.data import load_dataset, take_subset
     from bench.train import make_model, prepare_inputs

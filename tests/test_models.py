@@ -38,14 +38,16 @@ def torchvision_resnet(depth: int, meta: bool = False) -> nn.Module:
 
 @pytest.mark.parametrize(
     "depth, paper, digits",
-    [(20, 0.27e6, 2), (32, 0.46e6, 2), (44, 0.66e6, 2), (56, 0.85e6, 2), (110, 1.7e6, 2), (1202, 19.4e6, 3)],
+    [(20, 0.27e6, 2), (32, 0.46e6, 2), (44, 0.66e6, 2), (56, 0.85e6, 2), (110, 1.7e6, 2),
+     pytest.param(1202, 19.4e6, 3, marks=pytest.mark.slow)],
 )
 def test_cifar_parameters_match_paper_table6(depth, paper, digits):
     n = count_parameters(build_model(depth))  # small nets: the cpu builds them faster than meta
     assert float(f"{n:.{digits}g}") == paper
 
 
-@pytest.mark.parametrize("depth", resnet.IMAGENET_DEPTHS)
+@pytest.mark.parametrize("depth", [pytest.param(d, marks=pytest.mark.slow) if d == 152 else d
+                                   for d in resnet.IMAGENET_DEPTHS])
 def test_imagenet_parameters_equal_torchvision(depth):
     ours, reference = on_meta(depth, num_classes=1000), torchvision_resnet(depth, meta=True)
     assert count_parameters(ours) == count_parameters(reference)
@@ -54,7 +56,9 @@ def test_imagenet_parameters_equal_torchvision(depth):
     assert shapes == {k: v.shape for k, v in reference.state_dict().items()}
 
 
-@pytest.mark.parametrize("depth, paper", [(18, 1.8e9), (34, 3.6e9), (50, 3.8e9), (101, 7.6e9), (152, 11.3e9)])
+@pytest.mark.parametrize("depth, paper", [(18, 1.8e9), (34, 3.6e9), (50, 3.8e9),
+                                          pytest.param(101, 7.6e9, marks=pytest.mark.slow),
+                                          pytest.param(152, 11.3e9, marks=pytest.mark.slow)])
 def test_macs_match_paper_table1(depth, paper):
     # Table 1 counts the paper's own bottleneck, with the stride on the first 1x1 conv.
     macs = count_macs(on_meta(depth, num_classes=1000, stride_on="1x1"), 224)
@@ -118,7 +122,7 @@ def test_plain_net_has_no_path_around_a_block(block_path):
     torch.testing.assert_close(logits1, logits2)  # nothing of the input gets past the block
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50])
+@pytest.mark.parametrize("depth", [18, *(pytest.param(d, marks=pytest.mark.slow) for d in (34, 50))])
 def test_outputs_match_torchvision(depth):
     torch.manual_seed(depth)
     reference = torchvision_resnet(depth)
@@ -152,6 +156,7 @@ def test_every_depth_trains_a_step_on_cpu(family, depth, arch):
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_resnet_1202_runs_forward():
     # Train mode: with eval-mode BN at init, 600 un-normalised residual additions overflow.
     model = build_model(1202, width=4)
@@ -206,6 +211,7 @@ def test_pad_shortcut_subsamples_and_pads_with_zeros():
     assert torch.count_nonzero(y[:, 3:]) == 0
 
 
+@pytest.mark.slow
 def test_stride_on_places_the_bottleneck_stride():
     v15 = build_model(50, width=4)
     paper = build_model(50, width=4, stride_on="1x1")
@@ -287,6 +293,7 @@ def test_channels_last_matches_contiguous(depth):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
     eager = build_model(8, width=4)  # one block per stage: identity and padded shortcuts
@@ -323,6 +330,7 @@ def test_bad_input_names_the_valid_choices(kwargs, valid):
 
 @pytest.mark.gpu
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a first torch.compile on a fresh machine builds its kernels cold; never timed on a GPU
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_channels_last_compiled_bf16_step():
     torch.manual_seed(0)

@@ -93,6 +93,8 @@ def test_the_pinned_data_are_integers_only():
     assert (nearest == data.test_labels).float().mean() > 0.9
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_a_short_run_gives_the_pinned_numbers(tmp_path):
     pinned = json.loads(PINNED.read_text())
     now = run_numbers(tmp_path)

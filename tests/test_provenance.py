@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import store
 from bench.provenance import environment
 from tests.conftest import TINY_GRID
@@ -48,6 +50,8 @@ def test_a_cpu_environment_records_no_cudnn_or_cuda_device():
     assert recorded["cudnn"] is None and recorded["cuda_device"] is None and recorded["device"] == "cpu"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_cpu_run_loads_none_of_cudnns_libraries(tmp_path, data_dir):
     """torch maps the cuDNN loader (libcudnn.so) at import; asking its version loads libcudnn_graph, whose
     mapping is what failed under the memory limit."""
@@ -60,6 +64,8 @@ def test_a_cpu_run_loads_none_of_cudnns_libraries(tmp_path, data_dir):
     assert store.read_config(folder)["environment"]["cudnn"] is None
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_a_memory_limit_while_a_run_starts_is_one_line_and_the_same_command_resumes(tmp_path):
     args = ["run", *TINY_GRID, "--arch", "plain", "--data-dir", str(tmp_path / "data"),
             "--results", str(tmp_path / "results")]

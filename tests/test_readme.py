@@ -42,6 +42,17 @@ def test_every_docs_page_is_linked_from_the_readme() -> None:
     assert not unlinked, f"docs pages the README does not link: {unlinked}"
 
 
+def test_the_readme_pytest_is_the_fast_tests_and_ci_runs_the_slow_ones_too(request: pytest.FixtureRequest) -> None:
+    blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(), flags=re.M | re.S)
+    assert blocks[0].splitlines()[1] == "pytest"
+    assert "pytest -m slow" in {re.sub(r"\s+#.*$", "", line) for block in blocks for line in block.splitlines()}
+    addopts = request.config.getini("addopts")
+    assert addopts[addopts.index("-m") + 1] == "not slow" and float(request.config.getini("timeout")) > 0
+    ci = [line.split(" || ")[0] for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "python3 -m pytest" in ci and "python3 -m pytest -m slow" in ci
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("command", readme_commands())
 def test_each_readme_command_runs_as_written(command: str, data_dir: Path, tmp_path: Path) -> None:
     args = shlex.split(command)[1:]

@@ -66,6 +66,7 @@ def test_the_reference_commands_still_name_the_committed_runs():
     assert {directory.name for directory in RUNS} <= planned
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_dry_run_shows_the_committed_runs_as_finished():
     if not (ROOT / "data" / "cifar10-jpg").is_dir():
@@ -80,6 +81,8 @@ def test_dry_run_shows_the_committed_runs_as_finished():
     assert all(states[directory.name] == "finished" for directory in RUNS)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(700)
 def test_regenerating_the_report_gives_the_committed_tables(tmp_path):
     if not REPORT.is_dir():
         pytest.skip("no committed report yet")

@@ -27,6 +27,7 @@ def _conv_shapes(model: nn.Module) -> list[tuple[str, torch.Size]]:
     return [(name, module.weight.shape) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth,family", NETS)
 @pytest.mark.parametrize("arch", resnet.REMEDIES)
 def test_a_remedy_builds_in_both_families_with_its_twins_convs(depth, family, arch):
@@ -97,6 +98,7 @@ def test_a_pre_activation_unit_adds_nothing_after_its_sum():
     torch.testing.assert_close(block(x), x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", resnet.REMEDIES)
 def test_a_tiny_run_of_each_remedy_trains_and_logs_its_layers(arch, tmp_path, tiny_data):
     config = RunConfig(arch=arch, depth=8, width=4, preset="test", dataset="synthetic", iterations=None, epochs=2,
@@ -119,6 +121,8 @@ def test_a_tiny_run_of_each_remedy_trains_and_logs_its_layers(arch, tmp_path, ti
     assert dataclasses.replace(config).run_id().startswith(f"{arch}-8-s0-")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_the_report_draws_a_panel_and_says_a_verdict_for_each_remedy(tmp_path, tiny_data):
     from PIL import Image
 

@@ -119,6 +119,7 @@ def lines_by_gid(fig) -> dict[str, object]:
     return {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
 
 
+@pytest.mark.slow
 def test_degradation_figure_plots_the_mean_over_seeds(results: Path) -> None:
     epochs, runs, _ = report.load_results([results])
     fig = degradation_figure(epochs, runs)
@@ -146,6 +147,7 @@ def test_degradation_figure_plots_the_mean_over_seeds(results: Path) -> None:
     assert lines["residual-20-test"].get_ydata()[3] == pytest.approx(seeds01["test_error"].mean() * 100)
 
 
+@pytest.mark.slow
 def test_running_and_diverged_runs_are_marked_not_dropped(results: Path) -> None:
     epochs, runs, _ = report.load_results([results])
     fig = degradation_figure(epochs, runs)
@@ -160,6 +162,7 @@ def test_running_and_diverged_runs_are_marked_not_dropped(results: Path) -> None
     assert "seed 2 diverged at epoch 4" in legend
 
 
+@pytest.mark.slow
 def test_figure1_shows_shallowest_and_deepest_plain(results: Path) -> None:
     epochs, runs, _ = report.load_results([results])
     lines = lines_by_gid(figure1(epochs, runs))
@@ -219,6 +222,8 @@ def test_paper_numbers_only_where_they_apply() -> None:
     assert math.isnan(tables.paper_test_error("cifar10", "paper", "residual", 56, paper_setup=False))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_make_report_writes_figures_tables_and_readme(results: Path, tmp_path: Path) -> None:
     write_timing(results)
     out = tmp_path / "reports"
@@ -268,6 +273,8 @@ def test_out_of_memory_rows_are_named_not_drawn(tmp_path: Path) -> None:
     assert np.isnan(lines_by_gid(fig)["plain-train_step"].get_ydata()[-1])
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_merging_folders_equals_one_folder(tmp_path: Path) -> None:
     one, a, b = tmp_path / "one", tmp_path / "a", tmp_path / "b"
     write_grid(one)
@@ -293,6 +300,7 @@ def test_no_results_is_a_one_line_error(tmp_path: Path) -> None:
         report.make_report([tmp_path / "missing"], tmp_path / "reports")
 
 
+@pytest.mark.slow
 def test_dataset_filter_and_format_are_checked(results: Path, tmp_path: Path) -> None:
     with pytest.raises(BenchError, match="choose one of cifar10"):
         report.make_report([results], tmp_path / "r", dataset="mnist")
@@ -317,6 +325,8 @@ def test_other_settings_of_a_preset_are_not_averaged_together(results: Path, tmp
     assert names == [f"cifar10-quick-lr-{QUICK.lr:g}", "cifar10-quick-lr-0.2"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_schedule_lengths_get_a_figure_of_final_error_against_length(tmp_path):
     root = tmp_path / "results"
     for iterations in (1000, 4000):
@@ -347,6 +357,8 @@ def test_schedule_lengths_get_a_figure_of_final_error_against_length(tmp_path):
     assert "## cifar10-quick-schedules" in readme and "training error at 4,000" in readme
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_precisions_share_one_schedule_figure_and_the_table_tells_them_apart(tmp_path):
     root = tmp_path / "results"
     for arch in ("plain", "residual"):
@@ -434,6 +446,7 @@ def test_the_crossing_over_seeds_gives_the_mean_spread_and_how_many_seeds_cross(
     assert not any("over" in line for line in report.crossing_lines(crossed[crossed["seed"] == 0]))
 
 
+@pytest.mark.slow
 def test_every_arch_at_a_depth_three_archs_share_is_one_figure(tmp_path):
     root = tmp_path / "results"
     for arch in ("plain", "residual", "dirac"):
@@ -475,6 +488,7 @@ def _drawn(fig) -> None:
     FigureCanvasAgg(fig).draw()
 
 
+@pytest.mark.slow
 def test_legends_sit_below_their_panels_and_cover_no_line(results: Path) -> None:
     epochs, runs, _ = report.load_results([results])
     for fig in (degradation_figure(epochs, runs), figure1(epochs, runs), plots.depth_figure(epochs, runs, 56)):
@@ -485,6 +499,7 @@ def test_legends_sit_below_their_panels_and_cover_no_line(results: Path) -> None
             assert ax.get_legend().get_window_extent().y1 <= ax.get_window_extent().y0 + 1
 
 
+@pytest.mark.slow
 def test_no_axis_cuts_off_a_point_and_one_name_per_net(results: Path) -> None:
     epochs, runs, _ = report.load_results([results])
     for fig in (degradation_figure(epochs, runs), figure1(epochs, runs)):
@@ -497,6 +512,7 @@ def test_no_axis_cuts_off_a_point_and_one_name_per_net(results: Path) -> None:
         assert texts and not any("ResNet" in text for text in texts)
 
 
+@pytest.mark.slow
 def test_a_curve_ends_on_the_pooled_final_error_the_tables_give(tmp_path: Path) -> None:
     # A schedule of 4,000 iterations ends on a short epoch of 100 iterations: its own error is a few batches.
     rows = []
@@ -521,6 +537,8 @@ def test_a_curve_ends_on_the_pooled_final_error_the_tables_give(tmp_path: Path) 
     assert gap[-1] == pytest.approx(finals[56] - finals[20]) and gap[0] == pytest.approx(0.0)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_figure_of_every_arch_wraps_to_page_width(tmp_path: Path) -> None:
     root = tmp_path / "results"
     for arch in ("plain", "residual", "preact", "zero-init", "dirac"):
@@ -539,6 +557,7 @@ def test_a_figure_of_every_arch_wraps_to_page_width(tmp_path: Path) -> None:
     assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 2  # two rows of three
 
 
+@pytest.mark.slow
 def test_a_schedule_line_never_runs_through_a_length_not_run(tmp_path: Path) -> None:
     root = tmp_path / "results"
     for iterations in (1000, 2000, 4000):
@@ -561,6 +580,7 @@ def test_a_schedule_line_never_runs_through_a_length_not_run(tmp_path: Path) -> 
     assert legend.get_window_extent().y1 <= fig.axes[1].get_window_extent().y0 + 1
 
 
+@pytest.mark.slow
 def test_the_input_size_and_optimizer_are_named_and_split_experiments(tmp_path: Path) -> None:
     root = tmp_path / "results"
     for arch in ("plain", "residual"):

@@ -57,6 +57,8 @@ def test_the_same_commands_find_the_same_run_ids(old_results, data_dir):
     assert three[INTERRUPTED] == "interrupted" and len(three) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_finished_runs_are_skipped_and_unfinished_ones_resume(old_results, data_dir, tmp_path):
     common = ["run", "--depths", "8", *OPTIONS, "--data-dir", str(data_dir)]
     before = {run_id: _epochs(old_results, run_id) for run_id in (*FINISHED, INTERRUPTED)}

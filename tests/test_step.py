@@ -90,6 +90,7 @@ def test_execution_modes_keep_the_run_id() -> None:
         assert dataclasses.replace(base, **change).run_id() == base.run_id()
 
 
+@pytest.mark.slow
 def test_compile_compiles_every_net_of_a_grid(monkeypatch) -> None:
     # All nets share one `forward`; without a reset Dynamo compiles the first
     # recompile_limit (8) and silently runs the rest eager. Eleven distinct nets, each compiled.
@@ -102,6 +103,7 @@ def test_compile_compiles_every_net_of_a_grid(monkeypatch) -> None:
     torch.compiler.reset()
 
 
+@pytest.mark.slow
 def test_a_compiled_forward_trains_and_is_timed(monkeypatch) -> None:
     # torch.compile's module has no truth value (OptimizedModule.__len__ raises TypeError), so a
     # `forward or model` crashed bench run --compile and bench time --compile (scripts/gpu_check.sh on the CPU).

@@ -122,6 +122,8 @@ EPOCH_LIES = {
 }
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 @pytest.mark.parametrize("lie", list(EPOCH_LIES))
 def test_an_epochs_file_that_is_not_one_row_per_epoch_of_its_run_is_replaced_by_the_checkpoints_rows(
         finished_grid, tmp_path, lie):
@@ -153,6 +155,7 @@ STATUS_LIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lie", [*CONFIG_LIES, *STATUS_LIES])
 def test_a_run_file_field_of_the_wrong_type_or_value_is_a_refused_file(finished_grid, data_dir, tmp_path, lie):
     import json

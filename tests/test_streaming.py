@@ -205,6 +205,7 @@ _MEASURE = textwrap.dedent("""
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_streaming_a_folder_holds_the_batches_in_flight_not_the_set(tmp_path):
     """1,600 images whose decoded copy at 128 is 79 MB: streaming them grows neither this process nor its worker
     by a quarter of that."""

@@ -30,6 +30,7 @@ CONTRACT = ["model", "arch", "depth", "family", "device", "device_name", "batch_
 TINY = dict(width=4, input_size=16, batch_sizes=(2,), warmup=1, repeats=2, min_time=0.0, threads=1)
 
 
+@pytest.mark.slow
 def test_three_phases_and_exact_schema(tmp_path: Path) -> None:
     config = TimeConfig(depths=(8,), results=tmp_path, **TINY)
     frame = run_timing(config, progress=False, notify=lambda message: pytest.fail(message))
@@ -103,6 +104,7 @@ class _Cyclic(nn.Module):
         self.forward = lambda x: self.inner(x)
 
 
+@pytest.mark.slow
 def test_a_batch_is_measured_without_the_last_batchs_tensors_steps_and_graphs(tmp_path: Path, monkeypatch) -> None:
     # What one batch size allocated (inputs, TrainStep with its optimizer state, the
     # accelerated forward) must be gone before the next one allocates its own and opens its peak-memory
@@ -147,6 +149,7 @@ def test_a_batch_is_measured_without_the_last_batchs_tensors_steps_and_graphs(tm
     assert {b for b, what, _ in made if what == "step"} == {2, 3, 4}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_missing_cuda_is_skipped_with_one_notice(tmp_path: Path) -> None:
     notices: list[str] = []
@@ -162,6 +165,7 @@ def test_missing_cuda_is_skipped_with_one_notice(tmp_path: Path) -> None:
     assert any("cuda" in n for n in notices)
 
 
+@pytest.mark.slow
 def test_reference_is_torchvision_beside_ours(tmp_path: Path) -> None:
     config = TimeConfig(depths=(18,), archs=("residual",), reference=True, input_size=32, batch_sizes=(2,),
                         warmup=0, repeats=1, min_time=0.0, threads=1, results=tmp_path)
@@ -174,6 +178,7 @@ def test_reference_is_torchvision_beside_ours(tmp_path: Path) -> None:
     assert len(frame[frame["model"] == "torchvision-resnet18"]) == len(PHASES)
 
 
+@pytest.mark.slow
 def test_out_of_memory_batch_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     if Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1":
         pytest.skip("with overcommit always on, a 1 TB batch would be granted and then OOM-kill the test run")
@@ -234,14 +239,20 @@ def _cold_and_warm(tmp_path: Path, allocator: str = "on") -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # three tries when all fail
 def test_the_first_net_of_a_process_is_timed_warm(tmp_path: Path) -> None:
     # In a fresh process the first net's forward ran 2x slower than the same net timed again.
     # Without bench.allocator the cold median was 1.7x to 2x the warm one in every try; a busy machine can make
-    # one try of the same code disagree too, so a regression is three tries out of three.
-    tries = [_cold_and_warm(tmp_path) for _ in range(3)]
+    # one try of the same code disagree too, so a regression is three tries out of three (and one try that
+    # agrees is enough: the next two are not made).
+    tries: list[list[float]] = []
+    while len(tries) < 3 and not any(cold < 1.4 * warm for cold, warm in tries):
+        tries.append(_cold_and_warm(tmp_path))
     assert any(cold < 1.4 * warm for cold, warm in tries), tries
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_freed_memory_is_kept_so_a_loop_stops_faulting() -> None:
     # The cause behind the test above, counted rather than timed: minor page faults per forward call.
     import subprocess

@@ -35,6 +35,7 @@ def _rows(results: Path, **change: object) -> list[dict]:
     return [{**row, **change} for row in pq.read_table(results / "timing" / "t1.parquet").to_pylist()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lie", list(ROW_LIES))
 def test_a_timing_file_with_a_row_no_measurement_gives_is_skipped_and_the_rest_drawn(tmp_path, lie):
     results = tmp_path / "results"
@@ -57,6 +58,7 @@ def test_an_out_of_memory_row_without_figures_is_kept(tmp_path):
     assert drawn.exit_code == 0 and "skipped" not in drawn.output, drawn.output
 
 
+@pytest.mark.slow
 def test_a_long_device_name_makes_a_short_stable_folder(tmp_path):
     results = tmp_path / "results"
     name = "Very Long CPU Name " * 10  # 190 characters: allowed, but not as a folder name

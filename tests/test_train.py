@@ -49,6 +49,7 @@ def test_the_cuda_rng_state_is_the_run_devices(monkeypatch):
     assert asked == [("get", gpu), ("set", gpu)]
 
 
+@pytest.mark.slow
 def test_training_logs_every_epoch_and_is_deterministic(tmp_path, tiny_data):
     for name in ("a", "b"):
         assert train_run(TINY_RUN, tiny_data, tmp_path / name, CPU, notify=print) == store.FINISHED
@@ -63,6 +64,7 @@ def test_training_logs_every_epoch_and_is_deterministic(tmp_path, tiny_data):
     assert config["environment"]["torch"] == torch.__version__
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augmented", [True, False])
 def test_the_first_step_sees_the_stored_images_only_without_augmentation(tmp_path, tiny_data, augmented):
     config = dataclasses.replace(TINY_RUN, epochs=1, augment=augmented)
@@ -79,6 +81,7 @@ def test_the_first_step_sees_the_stored_images_only_without_augmentation(tmp_pat
     assert torch.equal(seen[0], stored) is not augmented
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_numbers(tmp_path, tiny_data):
     train_run(TINY_RUN, tiny_data, tmp_path / "whole", CPU)
 
@@ -94,6 +97,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_numbers(tmp_path, tiny_d
     pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_each_optimizer_trains_and_resumes_a_ctrl_c_exactly(tmp_path, tiny_data, optimizer):
     from bench.config import with_optimizer
@@ -121,6 +125,7 @@ def test_each_optimizer_trains_and_resumes_a_ctrl_c_exactly(tmp_path, tiny_data,
     pd.testing.assert_frame_equal(whole, epoch_numbers(tmp_path / "cut"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("depth", "size", "stem"), [(18, 224, "imagenet"), (18, 64, "cifar"), (8, 48, "cifar")])
 def test_a_run_at_another_input_size_resizes_every_batch_and_picks_the_stem(tmp_path, tiny_data, depth, size,
                                                                             stem):
@@ -163,6 +168,7 @@ def test_warmup_ends_once_training_error_is_low(tmp_path, tiny_data, monkeypatch
     assert not run.state.warming_up and "lr 0.01 -> 0.05" in messages[0]
 
 
+@pytest.mark.slow
 def test_a_deadline_stops_after_an_epoch_and_the_rerun_continues(tmp_path, tiny_data):
     import time
 
@@ -173,6 +179,7 @@ def test_a_deadline_stops_after_an_epoch_and_the_rerun_continues(tmp_path, tiny_
     pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "chunked"))
 
 
+@pytest.mark.slow
 def test_every_status_of_a_run_is_written_in_order_through_run_status(tmp_path, tiny_data, monkeypatch):
     import time
 
@@ -192,6 +199,7 @@ def test_every_status_of_a_run_is_written_in_order_through_run_status(tmp_path, 
     assert store.read_status(tmp_path)["state"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_stop_during_evaluation_keeps_the_epoch_and_resumes_to_the_same_numbers(tmp_path, tiny_data,
                                                                                   monkeypatch):
     import bench.train
@@ -228,6 +236,7 @@ def test_ctrl_c_waits_for_the_end_of_the_iteration(tmp_path, tiny_data):
     assert signal.getsignal(signal.SIGINT) is before  # handlers are put back
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_saves_nothing_and_the_resume_stays_exact(tmp_path, tiny_data, monkeypatch):
     import os
     import signal

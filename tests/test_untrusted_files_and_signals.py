@@ -124,6 +124,7 @@ def test_a_link_at_the_destination_is_refused_not_replaced_or_followed(tmp_path,
 # --- bench report killed mid-write -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_report_killed_mid_write_leaves_every_old_file_whole(tmp_path, monkeypatch):
     import signal
 
@@ -174,6 +175,7 @@ def _run(results: Path, data_dir: Path, *args: str):
                  "--device", "cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("finished", [True, False])
 def test_deleting_config_json_does_not_lose_the_data_fingerprint(tmp_path, finished):
     from tests.test_failures_keep_results import _image_folder
@@ -194,6 +196,7 @@ def test_deleting_config_json_does_not_lose_the_data_fingerprint(tmp_path, finis
     assert store.read_json(folder / store.CONFIG)["dataset"]["source"] == str(tmp_path / "a" / "good")
 
 
+@pytest.mark.slow
 def test_a_config_json_that_does_not_give_its_own_run_id_is_refused(tmp_path, data_dir):
     results = tmp_path / "results"
     assert _run(results, data_dir, *TINY).exit_code == 0  # plain-8 and residual-8
@@ -214,6 +217,7 @@ def test_a_config_json_that_does_not_give_its_own_run_id_is_refused(tmp_path, da
     one_line_exit_2(_run(results, data_dir, *TINY), "run_id", plain.name)
 
 
+@pytest.mark.slow
 def test_a_finished_run_whose_epochs_are_lost_is_named_not_dropped(tmp_path, data_dir):
     results = tmp_path / "results"
     assert _run(results, data_dir, *TINY, "--epochs", "2").exit_code == 0
@@ -304,6 +308,7 @@ def test_a_file_name_that_is_not_utf8_is_read_and_fingerprinted(tmp_path):
 # --- a wrong-typed epochs column, a torn timing file --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_skips_a_wrong_typed_epochs_file_and_a_torn_timing_file(tmp_path):
     from tests.test_report import write_grid, write_timing
 
@@ -408,6 +413,7 @@ TIME = ["time", "--depths", "8", "--arch", "plain", "residual", "--width", "2", 
         "2", "--threads", "1", "--no-progress"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("batches", "stopped_at", "kept"), [
     (["2"], 2, 0),  # in plain-8's phases: nothing measured whole
     (["2"], 5, 3),  # in residual-8's, after plain-8's three
@@ -441,6 +447,7 @@ def test_ctrl_c_in_bench_time_saves_what_was_measured_or_says_nothing_was(tmp_pa
         assert str(path) in message and "again" in message
 
 
+@pytest.mark.slow
 def test_bf16_on_a_cpu_without_bf16_instructions_is_said_by_both_commands(tmp_path, data_dir, monkeypatch):
     from bench import provenance, timing
 
@@ -461,6 +468,7 @@ def _quick_time_config(cls):
     return lambda **kwargs: dataclasses.replace(cls(**kwargs), warmup=0, repeats=1, min_time=0.0)
 
 
+@pytest.mark.slow
 def test_bench_time_asked_for_more_than_any_memory_is_one_line_or_an_oom_row(tmp_path, monkeypatch):
     from bench import timing
 
@@ -479,6 +487,7 @@ def test_bench_time_asked_for_more_than_any_memory_is_one_line_or_an_oom_row(tmp
     assert set(rows.loc[rows["batch_size"] == 4611686018427387904, "status"]) == {"oom"}
 
 
+@pytest.mark.slow
 def test_more_threads_than_cpus_is_said(tmp_path, data_dir, monkeypatch):
     from bench import timing
 
