@@ -11,6 +11,7 @@ from bench.train import train_run
 from tests.conftest import CPU, TINY_RUN
 
 
+@pytest.mark.slow
 def test_each_start_of_a_run_records_where_it_trained_from_which_epoch(tmp_path, tiny_data):
     assert train_run(TINY_RUN, tiny_data, tmp_path, CPU, deadline=time.monotonic()) == store.INTERRUPTED
     assert train_run(TINY_RUN, tiny_data, tmp_path, CPU) == store.FINISHED
@@ -23,6 +24,7 @@ def test_each_start_of_a_run_records_where_it_trained_from_which_epoch(tmp_path,
     assert len(chunks.read_chunks(tmp_path)) == 2
 
 
+@pytest.mark.slow
 def test_a_run_begun_before_chunks_were_recorded_starts_its_record_with_config_json(tmp_path, tiny_data):
     train_run(TINY_RUN, tiny_data, tmp_path, CPU, deadline=time.monotonic())
     (tmp_path / chunks.CHUNKS).unlink()
