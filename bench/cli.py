@@ -223,7 +223,8 @@ def run(
     seeds: Annotated[Optional[list[int]], typer.Option(help="Seeds, e.g. --seeds 0 1 2.")] = None,
     dataset: Annotated[str, typer.Option(help="auto | cifar10 | cifar100 | imagefolder | synthetic.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Where datasets live (default: $BENCH_DATA or data/).")] = None,
-    preset: Annotated[Preset, typer.Option(help="quick (minutes on a CPU) or paper (section 4.2).")] = Preset.quick,
+    preset: Annotated[Preset, typer.Option(help="quick (minutes on a CPU), paper (section 4.2) or imagenet (section "
+                                           "3.4: 90 epochs, batch 256, lr 0.1 x batch/256).")] = Preset.quick,
     epochs: Annotated[Optional[int], typer.Option(help="Train for N epochs (overrides the preset).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Train for N iterations (overrides the preset).")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
@@ -272,7 +273,7 @@ def run(
                                                    )] = None,
 ) -> None:
     """Train plain and residual nets of the given depths; log train/test error per epoch to parquet."""
-    from bench.config import GridConfig, with_optimizer
+    from bench.config import GridConfig, at_batch, with_optimizer
     from bench.data import default_data_dir
     from bench.distributed import from_environment
     from bench.grid import run_grid
@@ -292,7 +293,10 @@ def run(
     for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
         if value is not None:
             overrides[name] = value or None
-    base = dataclasses.replace(with_optimizer(PRESETS[preset.value], optimizer.value), **overrides)
+    # The batch first, so that a preset whose lr follows it (imagenet) scales it, then the optimizer's defaults
+    # and the command's own --lr on top.
+    base = dataclasses.replace(with_optimizer(at_batch(PRESETS[preset.value], batch_size), optimizer.value),
+                               **overrides)
     spread = _devices(devices, device)
     grid = GridConfig(base=base, depths=tuple(depths), archs=tuple(arch or ()) or paper_archs(), seeds=tuple(seeds or (0,)),
                       data_dir=str(data_dir or default_data_dir()), results=str(results), shard=_shard(shard),

@@ -129,10 +129,16 @@ def dry_run_lines(planned: Plan) -> list[str]:
 
 
 def recipe(run: RunConfig) -> str:
-    """The optimizer and its settings in one short phrase, as --dry-run shows them, and the input size and
-    stem where the command gave them."""
+    """The schedule, the optimizer and its settings in one short phrase, as --dry-run shows them (milestones as
+    fractions of the run, and as epochs where the run is given in whole epochs), and the input size and stem
+    where the command or preset gave them."""
     milestones = ",".join(f"{f:g}" for f in run.lr_decay_at) or "none"
+    epochs = [f * run.epochs for f in run.lr_decay_at] if run.epochs else []
+    if epochs and all(abs(e - round(e)) < 1e-9 for e in epochs):
+        milestones += f" (epochs {','.join(str(round(e)) for e in epochs)})"
+    length = f"epochs={run.epochs}" if run.epochs else f"iterations={run.iterations}"
     momentum = f" momentum={run.momentum:g}" if run.optimizer == "sgd" else ""
     size = f" input={run.input_size}" if run.input_size else ""
     stem = f" stem={run.stem}" if run.stem else ""
-    return f"{run.optimizer} lr={run.lr:g}{momentum} wd={run.weight_decay:g} milestones={milestones}{size}{stem}"
+    return (f"{length} batch={run.batch_size} {run.optimizer} lr={run.lr:g}{momentum} wd={run.weight_decay:g} "
+            f"milestones={milestones}{size}{stem}")

@@ -83,7 +83,10 @@ class EpochRow:
     train_loss: float  # mean over the epoch's (augmented) training batches, as the paper plots it
     train_error: float
     test_loss: float  # the whole test split, eval mode, after the epoch
-    test_error: float
+    test_error: float  # top-1
+    # Added with the ImageNet preset (issue #46): older files and checkpoints lack it and read as null. The true
+    # label not among the 5 highest logits; with 5 classes or fewer it is among them always, so this is 0.
+    test_top5_error: float | None = dataclasses.field(metadata={"added": True})
     epoch_seconds: float  # training plus evaluation; not the diagnostics or checkpoint writes
     images_per_second: float  # training images over training seconds
     device: str
@@ -92,3 +95,7 @@ class EpochRow:
 
 
 EPOCH_SCHEMA = record_schema(EpochRow, timestamp=UTC_TIMESTAMP)
+# The columns added to the contract after results were first written: a file or checkpoint row without one
+# still reads (the column null there); every other column is required.
+ADDED_EPOCH_COLUMNS = tuple(f.name for f in dataclasses.fields(EpochRow) if f.metadata.get("added"))
+TOP_K = 5  # test_top5_error's k

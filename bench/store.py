@@ -45,7 +45,7 @@ from bench.files import (RefusedFile, check_nesting, open_regular, read_regular,
                          safe_name, size_text, write_atomic)
 from bench.layers import GRAD_NORM, LAYER_SCHEMA, RESPONSE_STD, WEIGHT_NORM
 from bench.provenance import utc_now
-from bench.records import DIVERGED, EPOCH_SCHEMA, FINISHED, INTERRUPTED, RUNNING, STATES, RunStatus
+from bench.records import ADDED_EPOCH_COLUMNS, DIVERGED, EPOCH_SCHEMA, FINISHED, INTERRUPTED, RUNNING, STATES, RunStatus
 
 EPOCH_COLUMNS = tuple(EPOCH_SCHEMA.names)
 
@@ -221,7 +221,9 @@ def _table(rows: Sequence[dict]) -> pa.Table:
     def timestamp(value: object) -> object:  # rows keep ISO strings, so checkpoints hold plain types only
         return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
 
-    rows = [{**{c: row[c] for c in EPOCH_COLUMNS}, "timestamp": timestamp(row["timestamp"])} for row in rows]
+    # A checkpoint written before a column was added holds rows without it: null there.
+    rows = [{**{c: row.get(c) if c in ADDED_EPOCH_COLUMNS else row[c] for c in EPOCH_COLUMNS},
+             "timestamp": timestamp(row["timestamp"])} for row in rows]
     return pa.Table.from_pylist(rows, schema=EPOCH_SCHEMA)
 
 
@@ -398,9 +400,12 @@ def _same_kind(stored: pa.DataType, wanted: pa.DataType) -> bool:
     return any(kind(stored) and kind(wanted) for kind in _TYPE_KINDS)
 
 
-def _check_columns(schema: pa.Schema, wanted: pa.Schema) -> None:
-    """Every column of `wanted` in `schema`, of its kind of type; a ValueError names the first that is not."""
+def _check_columns(schema: pa.Schema, wanted: pa.Schema, added: Sequence[str] = ()) -> None:
+    """Every column of `wanted` in `schema` (those `added` to the contract later may be missing), of its kind
+    of type; a ValueError names the first that is not."""
     for field in wanted:
+        if field.name not in schema.names and field.name in added:
+            continue
         if field.name not in schema.names:
             raise ValueError(f"no column {field.name}")
         if not _same_kind(schema.field(field.name).type, field.type):
@@ -415,7 +420,8 @@ _EPOCH_RANGES = {
     "epoch": (1, math.inf, "a count from 1"), "iteration": (1, math.inf, "a count from 1"),
     "depth": (1, math.inf, "a count from 1"), "width": (1, math.inf, "a count from 1"),
     "lr": (0, math.inf, "a finite number >= 0"), "epoch_seconds": (0, math.inf, "a finite number >= 0"),
-    "images_per_second": (0, math.inf, "a finite number >= 0")}
+    "images_per_second": (0, math.inf, "a finite number >= 0"),
+    "test_top5_error": (0, 1, "a fraction in [0, 1]")}
 _LOSSES = ("train_loss", "test_loss")
 _ERRORS = ("train_error", "test_error")
 
@@ -444,7 +450,12 @@ def check_epoch_values(frame: pd.DataFrame) -> None:
     losses = frame[list(_LOSSES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=math.nan)
     diverged = ~np.isfinite(losses).all(axis=1)
     for column, (low, high, meaning) in _EPOCH_RANGES.items():
-        rows = frame[~(diverged & frame[column].isna())] if column in _ERRORS else frame
+        if column in ADDED_EPOCH_COLUMNS:  # null where a row predates the column
+            if column not in frame:
+                continue
+            rows = frame[frame[column].notna()]
+        else:
+            rows = frame[~(diverged & frame[column].isna())] if column in _ERRORS else frame
         if (value := _first_outside(rows, column, low, high)) is not None:
             raise ValueError(f"column {column} holds {value!r}, not {meaning}")
     for column in _LOSSES:
@@ -456,7 +467,7 @@ def _check_epochs(frame: pd.DataFrame, schema: pa.Schema, run_id: str, status: d
     """epochs.parquet against the contract and its run folder: every EPOCH_SCHEMA column of its kind of type,
     its numbers in range (check_epoch_values), rows of this run only, and, for a run that ended, as many epochs
     as status.json says it trained."""
-    _check_columns(schema, EPOCH_SCHEMA)
+    _check_columns(schema, EPOCH_SCHEMA, ADDED_EPOCH_COLUMNS)
     check_epoch_values(frame)
     others = sorted(set(frame["run_id"]) - {run_id})
     if others:
@@ -473,6 +484,15 @@ def _check_epochs(frame: pd.DataFrame, schema: pa.Schema, run_id: str, status: d
     recorded = [count for count in (epochs, status.get("epochs_total")) if isinstance(count, int)]
     if recorded and len(frame) > max(recorded):  # a running run may be an epoch ahead of its status, not more
         raise ValueError(f"{len(frame)} epochs, more than the {max(recorded)} status.json says")
+
+
+def with_added_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Epoch rows written before a column was added to the contract, with that column, null, in its place."""
+    for column in ADDED_EPOCH_COLUMNS:
+        if column not in frame:
+            frame.insert(min(EPOCH_COLUMNS.index(column), len(frame.columns)), column,
+                         pd.Series(np.nan, index=frame.index, dtype="float64"))
+    return frame
 
 
 def read_parquet(path: Path, limit: int, fix: str) -> tuple[pd.DataFrame, pa.Schema]:
@@ -498,7 +518,7 @@ def read_epochs(directory: Path, notify: Notify = print, *, repair: bool = False
         try:
             frame, schema = read_parquet(path, FILE_LIMITS[EPOCHS], _REWRITE)
             _check_epochs(frame, schema, directory.name, status)
-            return frame
+            return with_added_columns(frame)
         except RefusedFile as error:
             reason = error.reason
         except Exception as error:  # pyarrow raises several types for a torn or foreign file

@@ -4,6 +4,7 @@ way `bench report` reads it (bench.fitting computes it, bench.prose says it)."""
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import store
-from bench.config import QUICK, RunConfig
+from bench.config import IMAGENET, QUICK, RunConfig
 from bench.errors import BenchError, Notify
 from bench.fitting import RunFit, final_train_error, fit_pass, net_fits, pairs
 from bench.progress import print_whole
@@ -87,16 +88,22 @@ def read_rows(directory: Path, notify: Notify, *, repair: bool = False) -> list[
 def summary_table(summary: list[RunSummary]) -> Table:
     """The end-of-grid table: one line per run with its state, final errors and the pass at which it first
     fit its training set (bench.fitting)."""
+    # The final top-5 test error too where a run is of the imagenet preset: the paper gives ImageNet's top-5.
+    top5 = any(item.preset == IMAGENET.preset for item in summary)
     table = Table(title="bench run", show_lines=False)
     for column in ("run_id", "arch", "depth", "seed", "state", "epochs", "train err", "first fit", "test err",
-                   "best test", "minutes"):
+                   *(("test top-5",) if top5 else ()), "best test", "minutes"):
         table.add_column(column, justify="right" if column not in ("run_id", "arch", "state") else "left")
     for item in summary:
         last = item.rows[-1] if item.rows else {}
         best = min((r["test_error"] for r in item.rows), default=float("nan"))
+        last_top5 = last.get("test_top5_error")
         table.add_row(item.run_id, item.arch, str(item.depth), str(item.seed), item.shown, str(len(item.rows)),
                       f"{item.final_train:.2%}", fit_text(int(item.first_fit is not None), 1, item.first_fit),
-                      f"{last.get('test_error', float('nan')):.2%}", f"{best:.2%}", f"{item.seconds / 60:.1f}")
+                      f"{last.get('test_error', float('nan')):.2%}",
+                      *(("-" if last_top5 is None or math.isnan(last_top5) else f"{last_top5:.2%}",) if top5
+                        else ()),
+                      f"{best:.2%}", f"{item.seconds / 60:.1f}")
     return table
 
 

@@ -24,7 +24,9 @@ def with_percent(epochs: pd.DataFrame) -> pd.DataFrame:
     """The epoch rows with `train` and `test`: the errors in percent, NaN for an epoch whose loss is NaN or
     infinite (the epoch a run diverged: its errors measure the blow-up, not the network)."""
     sane = np.isfinite(epochs["train_loss"].astype(float)) & np.isfinite(epochs["test_loss"].astype(float))
-    return epochs.assign(train=epochs["train_error"].where(sane) * 100, test=epochs["test_error"].where(sane) * 100)
+    top5 = {"top5": epochs["test_top5_error"].where(sane) * 100} if "test_top5_error" in epochs else {}
+    return epochs.assign(train=epochs["train_error"].where(sane) * 100, test=epochs["test_error"].where(sane) * 100,
+                         **top5)
 
 
 def pooled_percent(epochs: pd.DataFrame) -> pd.DataFrame:
@@ -83,7 +85,8 @@ def final_errors(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     final = pd.Series({run_id: final_train_error(run["train"].to_numpy(), run["iteration"].to_numpy())
                        for run_id, run in runs_of}, dtype=float).rename_axis("run_id")
     per_run = pd.DataFrame({"final_train": final, "final_test": last["test"], "epochs_done": last["epoch"],
-                            "best_test": runs_of["test"].min(), "first_fit": first})
+                            "best_test": runs_of["test"].min(), "first_fit": first,
+                            "final_top5": last["top5"] if "top5" in last else math.nan})
     columns = ["run_id", "arch", "depth", "seed", "state", "params", "epochs_total"]
     return runs[columns].merge(per_run.reset_index(), on="run_id", how="inner")
 
@@ -120,6 +123,8 @@ def error_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         paper_setup = (pd.isna(first.get("train_subset")) and pd.isna(first.get("test_subset"))
                        and first.get("width") in (16, None))
         final_test, final_test_std = _mean_std(kept["final_test"])
+        # The top-5 error where the runs measured it (null in results that predate it): otherwise no column.
+        top5 = dict(zip(("final_top5_mean", "final_top5_std"), _mean_std(kept["final_top5"])))
         best_test, best_test_std = _mean_std(kept["best_test"])
         running = group[group["state"].isin(UNFINISHED)]
         rows.append({
@@ -127,6 +132,7 @@ def error_table(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             "runs": net.runs, "diverged": int((group["state"] == DIVERGED).sum()),
             "unfinished": net.unfinished,
             "final_test_mean": final_test, "final_test_std": final_test_std,
+            **(top5 if finals["final_top5"].notna().any() else {}),
             "best_test_mean": best_test, "best_test_std": best_test_std,
             "final_train_mean": net.final_train, "final_train_std": kept["final_train"].dropna().std(),
             "final_train_spread": net.spread, "first_fit_spread": net.pass_spread,

@@ -38,7 +38,7 @@ from bench.interrupts import ForcedStop, StopFlag, deferred_interrupts, signals_
 from bench.layers import RESPONSE_BATCH, gradient_rows, response_probe, response_rows
 from bench.loader import augment, epoch_batches
 from bench.provenance import environment, utc_now
-from bench.records import EpochRow, RunStatus
+from bench.records import TOP_K, EpochRow, RunStatus
 from bench.step import TrainStep, accelerate, at_least_fp32, make_optimizer, network_inputs, predict
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters
 
@@ -116,8 +116,8 @@ def _seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
-             config: RunConfig, ranks: Dist = Dist(), batch_size: int = EVAL_BATCH) -> tuple[float, float]:
-    """(mean loss, error fraction) of `model` in eval mode over the whole of `images`.
+             config: RunConfig, ranks: Dist = Dist(), batch_size: int = EVAL_BATCH) -> tuple[float, float, float]:
+    """(mean loss, top-1 error, top-5 error) of `model` in eval mode over the whole of `images`, in one pass.
 
     With several ranks, each evaluates its contiguous share of the images and the sums are added up.
     """
@@ -127,16 +127,24 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
     images, labels = images[rank_share], labels[rank_share]
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
-    wrong = torch.zeros((), dtype=torch.int64, device=images.device)
+    wrong = torch.zeros(2, dtype=torch.int64, device=images.device)  # top-1, top-5
     for start in range(0, len(images), batch_size):
         x = prepare_inputs(images[start:start + batch_size], mean, config)
         y = labels[start:start + batch_size]
         logits = predict(model, x, config.precision)
         loss_sum += F.cross_entropy(at_least_fp32(logits), y, reduction="sum")
-        wrong += (logits.argmax(1) != y).sum()
+        wrong += wrong_predictions(logits, y)
     model.train()
     loss_sum, wrong = all_sum(loss_sum, ranks), all_sum(wrong, ranks)
-    return loss_sum.item() / total, wrong.item() / total
+    top1, top5 = wrong.tolist()
+    return loss_sum.item() / total, top1 / total, top5 / total
+
+
+def wrong_predictions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many `labels` are not the highest logit of their row (top-1, argmax as always), and how many are not
+    among the TOP_K highest (top-5; with TOP_K classes or fewer, every label is among them: 0), as one tensor."""
+    top = logits.topk(min(TOP_K, logits.shape[1]), dim=1).indices
+    return torch.stack([(logits.argmax(1) != labels).sum(), (top != labels[:, None]).all(1).sum()])
 
 
 def prepare_inputs(images: torch.Tensor, mean: torch.Tensor, config: RunConfig) -> torch.Tensor:
@@ -415,15 +423,16 @@ class Run:
                         f"at iteration {state.iteration}; lr {config.warmup_lr} -> {config.lr}")
 
     def epoch_row(self, epoch: EpochInProgress, lr: float, train_sums: tuple[torch.Tensor, torch.Tensor],
-                  test: tuple[float, float], seconds: float) -> dict:
+                  test: tuple[float, float, float], seconds: float) -> dict:
         """The EpochRow dict of the epoch just ended (`train_sums` summed over the ranks)."""
         config, data = self.config, self.data
-        (loss_sum, wrong), (test_loss, test_error) = train_sums, test
+        (loss_sum, wrong), (test_loss, test_error, test_top5_error) = train_sums, test
         row = EpochRow(
             run_id=config.run_id(), dataset=data.info.name, arch=config.arch, depth=config.depth,
             width=self.model.width, shortcut=self.shortcut_option, seed=config.seed, preset=config.preset,
             epoch=self.state.epoch, iteration=self.state.iteration, lr=lr, train_loss=loss_sum.item() / epoch.seen,
             train_error=wrong.item() / epoch.seen, test_loss=test_loss, test_error=test_error,
+            test_top5_error=test_top5_error,
             epoch_seconds=seconds, images_per_second=epoch.seen / epoch.seconds,
             device=self.device.type, precision=config.precision, timestamp=utc_now())
         return dataclasses.asdict(row)

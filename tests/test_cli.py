@@ -56,9 +56,24 @@ def test_dry_run_shows_the_recipe_and_the_ids_follow_it(tmp_path, data_dir):
     assert imagenet.endswith(f"input=224 stem=imagenet  -> {tmp_path / 'synthetic' / imagenet.split()[0]}")
 
 
+def test_the_imagenet_preset_dry_run_prints_section_3_4s_recipe(tmp_path, data_dir):
+    def line(*args: str) -> str:
+        result = bench("run", "--depths", "50", "--arch", "residual", "--preset", "imagenet", "--dataset",
+                       "synthetic", "--data-dir", str(data_dir), "--results", str(tmp_path), "--dry-run", *args)
+        assert result.exit_code == 0, result.output
+        (planned,) = [line for line in result.stdout.splitlines() if line.strip()]
+        return planned
+
+    assert ("epochs=90 batch=256 sgd lr=0.1 momentum=0.9 wd=0.0001 milestones=0.333333,0.666667 (epochs 30,60) "
+            "input=224") in line()
+    assert "batch=512 sgd lr=0.2 " in line("--batch-size", "512")  # linear in the batch
+    assert "batch=512 sgd lr=0.05 " in line("--batch-size", "512", "--lr", "0.05")  # unless --lr says otherwise
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("args, fix", [
     (["run", "--depths", "19"], "choose one of"),
-    (["run", "--depths", "18", "--preset", "fast"], "'quick', 'paper'"),
+    (["run", "--depths", "18", "--preset", "fast"], "'quick', 'paper', 'imagenet'"),
     (["run", "--depths", "18", "--shortcut", "Z"], "'A', 'B', 'C'"),
     (["run", "--depths", "18", "--arch", "dense"], "'plain', 'residual'"),
     (["run", "--depths", "18", "--device", "cpu", "--cuda-graph"], "--cuda-graph needs a CUDA device"),

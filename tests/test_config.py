@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from bench.config import PAPER, PRESETS, QUICK, GridConfig, RunConfig, paper_rules, validate, with_optimizer
+from bench.config import (IMAGENET, PAPER, PRESETS, QUICK, GridConfig, RunConfig, at_batch, paper_rules, validate,
+                          with_optimizer)
 from bench.errors import BenchError
 
 
@@ -11,6 +12,25 @@ def test_paper_preset_is_section_4_2():
         128, 0.1, 64_000, 0.9, 1e-4)
     assert [round(f * PAPER.iterations) for f in PAPER.lr_decay_at] == [32_000, 48_000]
     assert PAPER.lr_decay == 0.1
+
+
+def test_imagenet_preset_is_section_3_4_as_torchvisions_reference_trains_it():
+    assert (IMAGENET.optimizer, IMAGENET.momentum, IMAGENET.weight_decay) == ("sgd", 0.9, 1e-4)
+    assert (IMAGENET.batch_size, IMAGENET.lr, IMAGENET.epochs, IMAGENET.iterations) == (256, 0.1, 90, None)
+    assert [f * IMAGENET.epochs for f in IMAGENET.lr_decay_at] == pytest.approx([30, 60]) and IMAGENET.lr_decay == 0.1
+    assert IMAGENET.input_size == 224 and dataclasses.replace(IMAGENET, depth=50).stem_at(224) is None  # 7x7 stem
+    assert paper_rules(dataclasses.replace(IMAGENET, depth=152)).warmup_lr is None
+
+
+def test_only_the_imagenet_preset_scales_its_lr_with_the_batch():
+    assert at_batch(IMAGENET, 512).lr == pytest.approx(0.2) and at_batch(IMAGENET, 64).lr == pytest.approx(0.025)
+    assert at_batch(IMAGENET, 512).batch_size == 512 and at_batch(IMAGENET, None) == IMAGENET
+    assert at_batch(IMAGENET, 256) == IMAGENET
+    for preset in (PAPER, QUICK):  # section 4.2's lr at any batch, as before: the same runs, the same run_ids
+        assert at_batch(preset, 512).lr == preset.lr
+        assert at_batch(preset, preset.batch_size) == preset
+    adam = with_optimizer(at_batch(IMAGENET, 512), "adam")  # torch's Adam lr, unscaled
+    assert adam.lr == with_optimizer(IMAGENET, "adam").lr
 
 
 def test_run_id_is_stable_and_tracks_every_field():

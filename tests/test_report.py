@@ -186,6 +186,7 @@ def test_error_table_matches_pandas(results: Path) -> None:
     assert errors.loc[("residual", 20), "diverged"] == 1 and errors.loc[("residual", 20), "runs"] == 3
     assert "seed 2 running at 3/6 epochs" in errors.loc[("plain", 56), "note"]
     assert errors["paper_test"].isna().all()  # quick preset on a subset: nothing to compare with
+    assert "final_top5_mean" not in errors  # rows without top-5 (written before it): no column, as before
 
     gaps = tables.gap_table(errors.reset_index()).set_index("depth")
     plain_minus_residual = final.loc[("plain", 56), "mean"] - final.loc[("residual", 56), "mean"]
@@ -195,6 +196,18 @@ def test_error_table_matches_pandas(results: Path) -> None:
     assert plain["train_gap"] == pytest.approx(train[("plain", 56)] - train[("plain", 20)])
     assert plain["train_gap"] > 0 and plain["provisional"]
     assert "degradation shown" in prose.degradation_verdict(pd.Series({**plain, "arch": "plain"}))
+
+
+def test_the_error_table_gives_the_final_top5_error_where_the_runs_measured_it(results: Path) -> None:
+    for path in results.glob("cifar10/*/" + EPOCHS):  # as runs of today's code write them
+        frame = pd.read_parquet(path)
+        write_epochs(path, frame.assign(test_top5_error=frame["test_error"] / 2).to_dict("records"))
+    epochs, runs, _ = report.load_results([results])
+    errors = tables.error_table(epochs, runs).set_index(["arch", "depth"])
+    np.testing.assert_allclose(errors["final_top5_mean"], errors["final_test_mean"] / 2)
+    markdown = report.error_markdown(errors.reset_index())
+    header = markdown.splitlines()[0]
+    assert header.index("final test error") < header.index("final top-5 test error") < header.index("best test")
 
 
 def test_negative_degradation_is_said_plainly() -> None:

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from bench import store
+from bench.records import ADDED_EPOCH_COLUMNS
 from tests.conftest import MEASURED_COLUMNS, bench
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results-f13b454"
@@ -68,7 +69,9 @@ def test_finished_runs_are_skipped_and_unfinished_ones_resume(old_results, data_
     ran(*common, "--epochs", "3", "--arch", "plain", "--results", str(old_results))
     resumed = _epochs(old_results, INTERRUPTED)
     assert resumed["epoch"].tolist() == [1, 2, 3]
-    pd.testing.assert_frame_equal(resumed.iloc[:1], before[INTERRUPTED])
+    # The epoch trained by the old code predates the top-5 column: null there, measured from the resume on.
+    assert resumed["test_top5_error"].isna().tolist() == [True, False, False]
+    pd.testing.assert_frame_equal(resumed.iloc[:1].drop(columns=list(ADDED_EPOCH_COLUMNS)), before[INTERRUPTED])
 
     # The numbers do not move: today's code, from scratch, gives the old code's numbers to the last bit, in
     # the memory format they were made in (a new run may get another on a CPU where one was measured faster).
@@ -76,5 +79,17 @@ def test_finished_runs_are_skipped_and_unfinished_ones_resume(old_results, data_
     ran(*common, "--no-channels-last", "--epochs", "2", "--results", str(fresh))
     ran(*common, "--no-channels-last", "--epochs", "3", "--arch", "plain", "--results", str(fresh))
     for run_id in (*FINISHED, INTERRUPTED):
-        expected = _epochs(old_results, run_id).drop(columns=MEASURED_COLUMNS)
-        pd.testing.assert_frame_equal(_epochs(fresh, run_id).drop(columns=MEASURED_COLUMNS), expected)
+        expected = _epochs(old_results, run_id).drop(columns=[*MEASURED_COLUMNS, *ADDED_EPOCH_COLUMNS], errors="ignore")
+        got = _epochs(fresh, run_id)
+        assert got["test_top5_error"].between(0, 1).all()
+        pd.testing.assert_frame_equal(got.drop(columns=[*MEASURED_COLUMNS, *ADDED_EPOCH_COLUMNS]), expected)
+
+
+def test_old_results_read_with_the_added_columns_null(old_results):
+    epochs, runs = store.read_results([old_results])
+    assert len(runs) == 3 and list(epochs.columns) == list(store.EPOCH_COLUMNS)
+    assert epochs["test_top5_error"].isna().all() and epochs["test_error"].notna().all()
+    # The interrupted run's checkpoint holds rows without the column too: they read the same way.
+    checkpoint = store.load_checkpoint(old_results / "synthetic" / INTERRUPTED)
+    assert "test_top5_error" not in checkpoint["rows"][0]
+    assert store.epochs_frame(checkpoint["rows"])["test_top5_error"].isna().all()

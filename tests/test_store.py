@@ -91,6 +91,21 @@ def test_read_results_merges_folders_and_keeps_a_copied_run_once(tmp_path):
     assert epochs["epoch"].tolist() == [1, 2]
 
 
+def test_an_epochs_file_from_before_the_top5_column_reads_with_it_null(tmp_path):
+    config = RunConfig(arch="plain")
+    directory = store.run_dir(tmp_path, "synthetic", config.run_id())
+    store.write_json(directory / store.CONFIG, {"run_id": config.run_id(), "config": config.to_dict(),
+                                                "dataset": {"name": "synthetic"}})
+    store.write_epochs(directory / store.EPOCHS, [_row(1, run_id=config.run_id(), test_top5_error=0.2)])
+    store.write_status(directory, store.FINISHED, epoch=1)
+    assert pd.read_parquet(directory / store.EPOCHS)["test_top5_error"].tolist() == [0.2]
+    pd.read_parquet(directory / store.EPOCHS).drop(columns="test_top5_error").to_parquet(directory / store.EPOCHS)
+    notes: list[str] = []
+    epochs, _ = store.read_results([tmp_path], notify=notes.append)
+    assert not notes and tuple(epochs.columns) == store.EPOCH_COLUMNS  # read as it is, the column in its place
+    assert epochs["test_top5_error"].isna().all() and epochs["test_error"].tolist() == [0.55]
+
+
 def test_a_config_from_before_a_field_existed_reads_as_that_fields_default(tmp_path):
     # Runs committed before `augment` existed augmented; they must land in one experiment with newer runs.
     for config in ({k: v for k, v in RunConfig(seed=0).to_dict().items() if k != "augment"},
@@ -119,6 +134,7 @@ EPOCH_LIES = {
     "epochs out of order": lambda rows: rows.iloc[::-1].reset_index(drop=True),
     "a depth the run_id does not name": lambda rows: rows.assign(depth=9),
     "an arch the run_id does not name": lambda rows: rows.assign(arch="residual"),
+    "a top-5 error of 150%": lambda rows: rows.assign(test_top5_error=1.5),
 }
 
 

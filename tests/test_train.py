@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from bench import store
-from bench.config import PAPER, RunConfig
+from bench.config import IMAGENET, PAPER, RunConfig
 from bench.errors import BenchError
 from bench.records import RunStatus
 from bench.loader import epoch_batches
-from bench.train import Run, _rng_state, _set_rng_state, learning_rate, prepare_inputs, train_one_epoch, train_run
+from bench.train import (Run, _rng_state, _set_rng_state, learning_rate, prepare_inputs, train_one_epoch, train_run,
+                         wrong_predictions)
 from tests.conftest import CPU, TINY_RUN, epoch_numbers
 
 def test_learning_rate_follows_the_paper_schedule():
@@ -24,6 +25,24 @@ def test_learning_rate_follows_the_paper_schedule():
     assert learning_rate(PAPER, 48_000, total, False) == pytest.approx(0.001)
     warm = dataclasses.replace(PAPER, warmup_lr=0.01)
     assert learning_rate(warm, 0, total, True) == pytest.approx(0.01)
+
+
+def test_learning_rate_follows_the_imagenet_preset_by_epoch():
+    per_epoch = 1_281_167 // 256  # ImageNet's training images, whole batches of 256
+    total = IMAGENET.epochs * per_epoch
+    for epoch, lr in ((1, 0.1), (30, 0.1), (31, 0.01), (60, 0.01), (61, 0.001), (90, 0.001)):
+        first, last = (epoch - 1) * per_epoch, epoch * per_epoch - 1  # the epoch's iterations, from 0
+        assert learning_rate(IMAGENET, first, total, False) == learning_rate(IMAGENET, last, total, False)
+        assert learning_rate(IMAGENET, last, total, False) == pytest.approx(lr), epoch
+
+
+def test_top5_counts_the_labels_outside_the_five_highest_logits():
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3], [9.0, 8, 7, 6, 5, 4, 3], [1.0, 2, 3, 4, 5, 6, 7]])
+    labels = torch.tensor([0, 4, 1])  # right; among the five highest; sixth highest
+    assert wrong_predictions(logits, labels).tolist() == [2, 1]
+    assert wrong_predictions(logits.bfloat16(), labels).tolist() == [2, 1]
+    # With five classes or fewer every label is among the five highest: no top-5 error at all.
+    assert wrong_predictions(logits[:, :3], torch.tensor([0, 1, 0])).tolist() == [2, 0]
 
 
 def test_rng_states_round_trip_exactly():
@@ -57,6 +76,8 @@ def test_training_logs_every_epoch_and_is_deterministic(tmp_path, tiny_data):
     assert a["epoch"].tolist() == [1, 2, 3]
     assert a["iteration"].tolist() == [8, 16, 24]  # 512 images // 64 per batch
     assert a[["train_error", "test_error"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (a["test_top5_error"] >= 0).all() and (a["test_top5_error"] <= a["test_error"]).all()
+    assert tiny_data.info.num_classes > 5 and a["test_top5_error"].iloc[0] > 0  # measured, not the 0 of few classes
     pd.testing.assert_frame_equal(a, b)
     assert store.read_json(tmp_path / "a" / store.STATUS)["state"] == store.FINISHED
     config = store.read_json(tmp_path / "a" / store.CONFIG)
