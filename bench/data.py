@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bench import synthetic
+from bench import decoding, synthetic
 from bench.cache import Expected, cache_path, load_cache, save_cache
-from bench.decoding import (SYNTHETIC_SEED, _cifar_pickle_source, _fingerprint, _imagefolder_source,
+from bench.decoding import (SYNTHETIC_SEED, _cifar_pickle_source, _imagefolder_source,
                             _synthetic_source, _tensor_fingerprint, _train_mean)
 from bench.errors import BenchError, Notify
 from bench.sources import (_CIFAR, _CIFAR_TITLE, DATASETS, DataSource, _canonical, _download_cifar, _find_cifar,
@@ -118,7 +118,7 @@ def _load(pinned: DataSource, image_size: int, synthetic_train: int, synthetic_t
     if name == "synthetic":
         source, cache_dir = f"generated (seed {SYNTHETIC_SEED})", path
         key, build = _synthetic_source(synthetic_train, synthetic_test, image_size, progress)
-        fingerprint = _fingerprint([f"synthetic {synthetic.VERSION} {synthetic_train} {synthetic_test} {image_size} "
+        fingerprint = decoding.fingerprint([f"synthetic {synthetic.VERSION} {synthetic_train} {synthetic_test} {image_size} "
                                     f"{SYNTHETIC_SEED}"])
         classes, counts = len(synthetic.CLASSES), {"train": synthetic_train, "test": synthetic_test}
     elif name.startswith("imagefolder"):
