@@ -40,8 +40,8 @@ from bench.errors import BenchError, Notify
 from bench.sources import (_CIFAR, _CIFAR_TITLE, DATASETS, DataSource, _canonical, _download_cifar, _find_cifar,
                            _is_imagefolder, default_data_dir, resolve_dataset)
 
-__all__ = ["DATASETS", "DataInfo", "DataSource", "ImageData", "default_data_dir", "load_dataset", "resolve_dataset",
-           "take_subset"]
+__all__ = ["DATASETS", "DataInfo", "DataSource", "ImageData", "default_data_dir", "fixed_subset", "load_dataset",
+           "resolve_dataset", "take_subset"]
 
 _SYNTHETIC_NOTE = ("offline synthetic shapes (bench/synthetic.py), not CIFAR-10: errors are not comparable "
                    "to the paper's")
@@ -160,6 +160,14 @@ def _load(pinned: DataSource, image_size: int, synthetic_train: int, synthetic_t
 # --- the subset a run trains on ---------------------------------------------------------------------------------
 
 
+def fixed_subset(length: int, n: int | None, generator: torch.Generator) -> Tensor | None:
+    """The sorted indices of `n` of `length` items drawn from `generator`, or None for all of them: the one
+    draw behind take_subset, and behind the subset of a streamed set (bench.batches)."""
+    if n is None or n >= length:
+        return None
+    return torch.randperm(length, generator=generator)[:n].sort().values
+
+
 def take_subset(data: ImageData, train: int | None, test: int | None) -> ImageData:
     """The same fixed random subset for every run (seed 0, not the run's seed), so runs compare.
 
@@ -169,9 +177,10 @@ def take_subset(data: ImageData, train: int | None, test: int | None) -> ImageDa
     generator = torch.Generator().manual_seed(0)
 
     def pick(images: torch.Tensor, labels: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if n is None or n >= len(images):
+        index = fixed_subset(len(images), n, generator)
+        if index is None:
             return images, labels
-        index = torch.randperm(len(images), generator=generator)[:n].sort().values.to(images.device)
+        index = index.to(images.device)
         return images[index], labels[index]
 
     train_images, train_labels = pick(data.train_images, data.train_labels, train)

@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 
 from bench import store
-from bench.config import GridConfig, RunConfig, validate
+from bench.config import GridConfig, RunConfig, usable_cpus, validate
 from bench.data import DataSource, resolve_dataset
 from bench.distributed import from_environment
 from bench.errors import BenchError, check_positive
 from bench.modes import default_channels_last
+from bench.streaming import list_folder
+from bench.views import PAPER_SIZE
 from resnet import FAMILY_DEFAULTS, family_of
 
 
@@ -24,6 +26,7 @@ class Plan:
     runs: list[RunConfig]
     source: DataSource  # resolved once here; the loading, and every --devices worker, take it as it is
     results: Path
+    stream: bool = False  # the ImageFolder streamed from disk (bench.batches), not held in memory
 
     @property
     def dataset(self) -> str:
@@ -46,13 +49,31 @@ def plan(grid: GridConfig) -> Plan:
                          "GPUs instead)")
     check_positive("--time-limit", grid.time_limit, detail=" of minutes", fix=": leave it out for no limit")
     check_positive("--threads", grid.threads, integer=True)
+    if grid.loader_workers is not None and (not isinstance(grid.loader_workers, int) or grid.loader_workers < 0):
+        raise BenchError(f"--loader-workers {grid.loader_workers}: give 0 (decode in the training process) or more")
     source = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
     results = Path(grid.results)
     # The kind of device only: a GPU named but absent is refused where the device is set up.
     device_type = "cpu" if grid.base.device == "cpu" or not torch.cuda.is_available() else "cuda"
     runs = [dataclasses.replace(run, dataset=source.name) for run in runs]
+    stream = streams(grid, source)
+    if stream:  # a streamed set's views are 224 unless told: said in the run, so its run_id tells it apart
+        runs = [validate(dataclasses.replace(run, input_size=run.input_size or PAPER_SIZE)) for run in runs]
     return Plan([memory_format(run, store.run_dir(results, source.name, run.run_id()), device_type)
-                 for run in runs], source, results)
+                 for run in runs], source, results, stream)
+
+
+def streams(grid: GridConfig, source: DataSource) -> bool:
+    """Whether the dataset is streamed from disk: --stream or --in-memory as given, else when its decoded copy at
+    the input size would fill half this machine's memory (FolderListing.streams). Only an ImageFolder streams."""
+    if not source.name.startswith("imagefolder"):
+        if grid.stream:
+            raise BenchError(f"--stream reads an ImageFolder from disk, and {source.name} is held in memory: use "
+                             "--dataset imagefolder:<folder>, or leave --stream out")
+        return False
+    if grid.stream is not None:
+        return grid.stream
+    return list_folder(source.path).streams(grid.base.input_size or 32)
 
 
 def memory_format(run: RunConfig, directory: Path, device_type: str) -> RunConfig:
@@ -78,7 +99,18 @@ def configuration(grid: GridConfig, planned: Plan) -> dict[str, object]:
     shared["channels_last"] = formats if len(set(formats.values())) > 1 else next(iter(formats.values()), None)
     index, count = grid.shard
     return {**shared, "dataset": planned.dataset, "depths": grid.depths, "archs": grid.archs, "seeds": grid.seeds,
-            "data_dir": grid.data_dir, "results": grid.results, "shard": f"{index}/{count}"}
+            "data_dir": grid.data_dir, "results": grid.results, "shard": f"{index}/{count}",
+            "data": f"streamed, {_workers(loader_workers(grid))}" if planned.stream else "in memory"}
+
+
+def _workers(count: int) -> str:
+    return f"{count} loader worker{'s' if count != 1 else ''}"
+
+
+def loader_workers(grid: GridConfig) -> int:
+    """The processes decoding a streamed set's batches: --loader-workers, else one per CPU this process may
+    use, up to 8."""
+    return grid.loader_workers if grid.loader_workers is not None else min(usable_cpus(), 8)
 
 
 def dry_run_lines(planned: Plan) -> list[str]:
