@@ -118,8 +118,8 @@ def _load(pinned: DataSource, image_size: int, synthetic_train: int, synthetic_t
     if name == "synthetic":
         source, cache_dir = f"generated (seed {SYNTHETIC_SEED})", path
         key, build = _synthetic_source(synthetic_train, synthetic_test, image_size, progress)
-        fingerprint = decoding.fingerprint([f"synthetic {synthetic.VERSION} {synthetic_train} {synthetic_test} {image_size} "
-                                    f"{SYNTHETIC_SEED}"])
+        fingerprint = decoding.fingerprint([f"synthetic {synthetic.VERSION} {synthetic_train} {synthetic_test} "
+                                            f"{image_size} {SYNTHETIC_SEED}"])
         classes, counts = len(synthetic.CLASSES), {"train": synthetic_train, "test": synthetic_test}
     elif name.startswith("imagefolder"):
         source, cache_dir = str(path), path.parent

@@ -101,8 +101,8 @@ def list_folder(root: Path, notify: Notify | None = None) -> FolderListing:
                          "give the test split only the training split's classes")
     classes = list(train)
     splits = _split(root / "train", train, classes), _split(test_dir, test, classes)
-    digest = fingerprint(["imagefolder stream", *(f"{split.folder.name}/{os.fsdecode(name)} {label}"
-                                                  for split in splits for name, label in zip(split.names, split.labels))])
+    digest = fingerprint(["imagefolder stream", *(f"{split.folder.name}/{os.fsdecode(name)} {label}" for split in splits
+                                                  for name, label in zip(split.names, split.labels))])
     return FolderListing(root, tuple(classes), *splits, digest)
 
 
@@ -252,10 +252,17 @@ class StreamLoader:
                     raise BenchError(batch.refused)
                 yield batch
         except RuntimeError as error:
-            if not str(error).startswith(_WORKER_FAILURES):
-                raise
-            raise BenchError(f"a data loader worker failed ({first_line(error, 200).strip()}): run the same "
-                             "command again to resume from the last save") from None
+            raise worker_failure(error) or error from None
+
+
+def worker_failure(error: BaseException) -> BenchError | None:
+    """The one line for torch's error on a loader worker that died (killed by the system) or hung; None for any
+    other error. torch raises it from its SIGCHLD handler too, wherever the main process is at the time, so
+    bench.train asks here about an error from anywhere in a run, not only from the loader's `next`."""
+    if not isinstance(error, RuntimeError) or not str(error).startswith(_WORKER_FAILURES):
+        return None
+    return BenchError(f"a data loader worker failed ({first_line(error, 200).strip()}): run the same command again "
+                      "to resume from the last save")
 
 
 def pixel_mean(files: SplitFiles, size: int = PAPER_SIZE, *, sample: int = 10_000, workers: int = 0,

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import store
-from bench.config import RunConfig
 from bench.batches import Batches, StreamedData, batch_source, loading
+from bench.config import RunConfig
 from bench.data import ImageData
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
 from bench.errors import BenchError, Notify, first_line
@@ -40,6 +40,7 @@ from bench.layers import RESPONSE_BATCH, gradient_rows, response_rows
 from bench.provenance import environment, utc_now
 from bench.records import EpochRow, RunStatus
 from bench.step import TrainStep, accelerate, at_least_fp32, make_optimizer, network_inputs, predict
+from bench.streaming import worker_failure
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters
 
 __all__ = ["Ending", "Run", "RunState", "Schedule", "check_batch", "describe", "evaluate", "learning_rate",
@@ -534,8 +535,8 @@ def train_run(config: RunConfig, data: Data, directory: Path, device: torch.devi
         except KeyboardInterrupt as stop:  # where a stop during a run is acted on (cli catches one outside a run)
             run.stopped(stop)
             raise
-        except Exception as error:  # a full disk, out of memory, a lost rank: the run is not running any more
-            if lost := run.failed(error):
+        except Exception as error:  # a full disk, out of memory, a lost rank or loader worker: the run is not
+            if lost := run.failed(error) or worker_failure(error):  # running any more
                 raise lost from None
             raise
 

@@ -21,6 +21,7 @@ from bench import store
 from bench.batches import MemoryBatches, StreamBatches, load_streamed
 from bench.config import RunConfig
 from bench.distributed import Dist
+from bench.errors import BenchError
 from bench.train import Run, train_run
 from tests.conftest import CPU, bench, epoch_numbers, one_line_exit_2
 from tests.test_distributed import _bench
@@ -90,6 +91,25 @@ def test_a_stop_mid_epoch_on_the_streaming_path_resumes_to_the_same_numbers(tmp_
     assert checkpoint["iteration"] == 4 and checkpoint["partial"]["done"] == 1
     other_mean = dataclasses.replace(data, mean=torch.zeros_like(data.mean))  # a resume keeps the run's own mean
     assert train_run(STREAMED, other_mean, tmp_path / "cut", CPU) == store.FINISHED
+    pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))
+
+
+@pytest.mark.slow
+def test_a_loader_worker_killed_mid_epoch_stops_the_run_in_one_line_and_the_rerun_is_exact(tmp_path):
+    data = _streamed(write_folder(tmp_path / "set", per_class=8, sizes=SMALL), workers=1)
+    assert train_run(STREAMED, data, tmp_path / "whole", CPU) == store.FINISHED
+
+    def kill_the_workers(iteration, total, stats):
+        if iteration == 4:  # as the system's out-of-memory killer would, mid-epoch 2
+            for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+            time.sleep(0.5)  # torch's SIGCHLD handler may raise here, in the middle of the loop's own work
+
+    with pytest.raises(BenchError, match=r"a data loader worker failed .*run the same command again") as error:
+        train_run(STREAMED, data, tmp_path / "cut", CPU, on_step=kill_the_workers)
+    assert "\n" not in str(error.value)
+    assert store.read_status(tmp_path / "cut")["state"] == "interrupted"
+    assert train_run(STREAMED, data, tmp_path / "cut", CPU) == store.FINISHED  # from epoch 1's checkpoint
     pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))
 
 
