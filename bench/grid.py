@@ -19,7 +19,7 @@ from bench.data import load_dataset, take_subset
 from bench.errors import BenchError, Notify, first_line, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
 from bench.modes import PRECISION_TEXT
-from bench.planner import Plan, loader_workers, plan
+from bench.planner import Plan, loader_workers, plan, workers_text
 from bench.progress import GridProgress
 from bench.step import device_settings
 from bench.records import RunStatus
@@ -124,7 +124,7 @@ def _load_data(grid: GridConfig, planned: Plan, device: torch.device, ranks: dis
     base = planned.runs[0]
     if planned.stream:
         data = _streamed(grid, planned, ranks, notify)
-        how = f"streamed from disk, {data.workers} loader workers, views at {data.info.image_size}"
+        how = f"streamed from disk, {workers_text(data.workers)}, views at {data.info.image_size}"
     else:
         for turn in (True, False):
             if ranks.is_main == turn:

@@ -100,10 +100,11 @@ def configuration(grid: GridConfig, planned: Plan) -> dict[str, object]:
     index, count = grid.shard
     return {**shared, "dataset": planned.dataset, "depths": grid.depths, "archs": grid.archs, "seeds": grid.seeds,
             "data_dir": grid.data_dir, "results": grid.results, "shard": f"{index}/{count}",
-            "data": f"streamed, {_workers(loader_workers(grid))}" if planned.stream else "in memory"}
+            "data": f"streamed, {workers_text(loader_workers(grid))}" if planned.stream else "in memory"}
 
 
-def _workers(count: int) -> str:
+def workers_text(count: int) -> str:
+    """'1 loader worker', '4 loader workers'."""
     return f"{count} loader worker{'s' if count != 1 else ''}"
 
 
