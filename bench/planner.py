@@ -73,7 +73,11 @@ def streams(grid: GridConfig, source: DataSource) -> bool:
         return False
     if grid.stream is not None:
         return grid.stream
-    return list_folder(source.path).streams(grid.base.input_size or 32)
+    try:
+        listing = list_folder(source.path)
+    except BenchError:  # a folder neither path can read: bench.data's loading says what is wrong, as it always has
+        return False
+    return listing.streams(grid.base.input_size or 32)
 
 
 def memory_format(run: RunConfig, directory: Path, device_type: str) -> RunConfig:
