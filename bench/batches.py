@@ -165,6 +165,8 @@ class StreamBatches:
         return self._on_device(self.train_loader.batches(epoch, done), len(batches) - done)
 
     def test(self, batch_size: int) -> Batches:
+        """The test view, a global batch at a time whatever `batch_size` (the stored-size count bench.train
+        scales for the in-memory set): training fits that batch at this size, with its gradients."""
         return self._on_device(self.test_loader.batches(0), None)
 
     def _on_device(self, stream: Iterator, count: int | None) -> Batches:
