@@ -57,6 +57,9 @@ def plan(grid: GridConfig) -> Plan:
     device_type = "cpu" if grid.base.device == "cpu" or not torch.cuda.is_available() else "cuda"
     runs = [dataclasses.replace(run, dataset=source.name) for run in runs]
     stream = streams(grid, source)
+    if stream and any(run.mode == "cuda-graph" for run in runs):
+        raise BenchError("--cuda-graph replays one batch shape, and a streamed batch is smaller where an image "
+                         "could not be decoded: leave out --cuda-graph (or use --in-memory)")
     if stream:  # a streamed set's views are 224 unless told: said in the run, so its run_id tells it apart
         runs = [validate(dataclasses.replace(run, input_size=run.input_size or PAPER_SIZE)) for run in runs]
     return Plan([memory_format(run, store.run_dir(results, source.name, run.run_id()), device_type)

@@ -166,9 +166,12 @@ def test_two_gloo_ranks_streaming_match_one_process(tmp_path):
         assert abs(b[column].iloc[0] - a[column].iloc[0]) <= 1 / images + 1e-9, column
 
 
-def test_only_an_image_folder_streams(tmp_path):
+def test_only_an_image_folder_streams_and_never_under_cuda_graphs(tmp_path):
     one_line_exit_2(bench("run", "--depths", "8", "--dataset", "synthetic", "--stream", "--device", "cpu",
                           "--results", str(tmp_path), "--dry-run"), "--stream reads an ImageFolder", "synthetic")
+    root = write_folder(tmp_path / "set", per_class=2, test_per_class=1, sizes=SMALL)
+    one_line_exit_2(bench(*_args(root, tmp_path / "results", "--cuda-graph", "--device", "cuda", "--dry-run")),
+                    "--cuda-graph replays")
 
 
 def test_a_test_split_with_classes_the_training_split_lacks_is_one_line(tmp_path):
