@@ -99,11 +99,13 @@ def memory_format(run: RunConfig, directory: Path, device_type: str) -> RunConfi
 
 def configuration(grid: GridConfig, planned: Plan) -> dict[str, object]:
     """What `bench run` prints before it trains: the base config (the grid's depths, archs and seeds stand for
-    its single arch, depth and seed) as the plan settled it: the dataset, and the memory format, one value, or
-    one per run_id where runs differ."""
+    its single arch, depth and seed) as the plan settled it: the dataset, the memory format, one value, or
+    one per run_id where runs differ, and how the data is read (streamed, with the input size, or in memory)."""
     shared = {k: v for k, v in grid.base.to_dict().items() if k not in ("arch", "depth", "seed")}
     formats = {run.run_id(): run.channels_last for run in planned.runs}
     shared["channels_last"] = formats if len(set(formats.values())) > 1 else next(iter(formats.values()), None)
+    if planned.stream and planned.runs:  # a streamed set's views: 224 unless the command said
+        shared["input_size"] = planned.runs[0].input_size
     index, count = grid.shard
     return {**shared, "dataset": planned.dataset, "depths": grid.depths, "archs": grid.archs, "seeds": grid.seeds,
             "data_dir": grid.data_dir, "results": grid.results, "shard": f"{index}/{count}",

@@ -51,7 +51,7 @@ def test_an_image_folder_trains_streamed_through_bench_run_at_224(tmp_path):
     broken.write_bytes(broken.read_bytes()[:300])  # truncated mid-scan: skipped, named and counted
     result = bench(*_args(root, tmp_path / "results", "--epochs", "1", "--loader-workers", "1"))
     assert result.exit_code == 0, result.output
-    assert '"data": "streamed, 1 loader worker"' in result.stdout
+    assert '"input_size": 224,' in result.stdout and '"data": "streamed, 1 loader worker"' in result.stdout
     assert "streamed from disk, 1 loader worker, views at 224" in result.stdout
     assert str(broken) in result.stderr and "skipped" in result.stderr
     (directory,) = {path.parent for path in (tmp_path / "results").glob(f"*/*/{store.CONFIG}")}
