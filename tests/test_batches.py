@@ -45,6 +45,7 @@ def _args(root: Path, results: Path, *more: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_an_image_folder_trains_streamed_through_bench_run_at_224(tmp_path):
     root = write_folder(tmp_path / "set", classes=3, per_class=4, test_per_class=1)  # 300x250 and 260x340 JPEGs
     broken = root / "train" / "class1" / "0002.jpg"
@@ -64,6 +65,7 @@ def test_an_image_folder_trains_streamed_through_bench_run_at_224(tmp_path):
     assert store.load_checkpoint(directory)["mean"].shape == (3, 224, 224)
 
 
+@pytest.mark.timeout(120)
 def test_stream_sources_train_and_test_the_same_images_as_the_listing(tmp_path):
     data = _streamed(write_folder(tmp_path / "set", per_class=8, sizes=SMALL))
     source = StreamBatches(data, STREAMED, Dist(), CPU, print)
@@ -77,6 +79,7 @@ def test_stream_sources_train_and_test_the_same_images_as_the_listing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_stop_mid_epoch_on_the_streaming_path_resumes_to_the_same_numbers(tmp_path):
     data = _streamed(write_folder(tmp_path / "set", per_class=8, sizes=SMALL), workers=1)
     assert train_run(STREAMED, data, tmp_path / "whole", CPU) == store.FINISHED
@@ -95,6 +98,7 @@ def test_a_stop_mid_epoch_on_the_streaming_path_resumes_to_the_same_numbers(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_loader_worker_killed_mid_epoch_stops_the_run_in_one_line_and_the_rerun_is_exact(tmp_path):
     data = _streamed(write_folder(tmp_path / "set", per_class=8, sizes=SMALL), workers=1)
     assert train_run(STREAMED, data, tmp_path / "whole", CPU) == store.FINISHED
@@ -113,6 +117,7 @@ def test_a_loader_worker_killed_mid_epoch_stops_the_run_in_one_line_and_the_reru
     pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))
 
 
+@pytest.mark.timeout(120)
 def test_the_memory_source_is_the_run_s_old_loop(tmp_path, tiny_data):
     run = Run(dataclasses.replace(STREAMED, dataset="synthetic", input_size=None), tiny_data, tmp_path, CPU,
               notify=print)
@@ -122,6 +127,7 @@ def test_the_memory_source_is_the_run_s_old_loop(tmp_path, tiny_data):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_streamed_run_killed_mid_epoch_resumes_to_an_unbroken_runs_numbers(tmp_path):
     root = write_folder(tmp_path / "set", per_class=16, sizes=SMALL)  # 6 batches an epoch
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -149,6 +155,7 @@ def test_a_streamed_run_killed_mid_epoch_resumes_to_an_unbroken_runs_numbers(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_gloo_ranks_streaming_match_one_process(tmp_path):
     root = write_folder(tmp_path / "set", per_class=8, sizes=SMALL)
     args = ["--depths", "8", "--arch", "residual", "--epochs", "1", "--dataset", f"imagefolder:{root}", "--stream",
