@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bench.decoding import _fingerprint, _tensor_fingerprint
+from bench.decoding import fingerprint, _tensor_fingerprint
 from bench.errors import Notify, first_line
 from bench.files import RefusedFile, open_regular, refuse_links_below, safe_name, write_atomic
 
@@ -61,7 +61,7 @@ def cache_digest(tensors: dict) -> str:
     its key (file names, sizes and times) and the listing's labels: checking the source's bytes at every start
     would cost 1.5 s for the 60,000 JPEG files with the page cache warm, a minute cold."""
     mean = tensors["mean"].contiguous().numpy()
-    return _fingerprint([_tensor_fingerprint(tensors), memoryview(mean).cast("B"), tensors["note"]])
+    return fingerprint([_tensor_fingerprint(tensors), memoryview(mean).cast("B"), tensors["note"]])
 
 
 def disagreement(cached: dict, expected: Expected) -> str | None:

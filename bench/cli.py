@@ -271,6 +271,12 @@ def run(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per process (default: $OMP_NUM_THREADS, "
                                                    "else the CPUs this process may use; 1 per --devices worker)."
                                                    )] = None,
+    stream: Annotated[Optional[bool], typer.Option(
+        "--stream/--in-memory", help="An ImageFolder read from disk a batch at a time (views at --input-size, "
+        "default 224), or decoded once into memory. Default: streamed when its decoded copy would fill half the "
+        "memory.", show_default=False)] = None,
+    loader_workers: Annotated[Optional[int], typer.Option(help="Processes decoding a streamed set's batches "
+                                                          "(default: one per CPU, up to 8; 0: none).")] = None,
 ) -> None:
     """Train plain and residual nets of the given depths; log train/test error per epoch to parquet."""
     from bench.config import GridConfig, at_batch, with_optimizer
@@ -301,7 +307,8 @@ def run(
     grid = GridConfig(base=base, depths=tuple(depths), archs=tuple(arch or ()) or paper_archs(), seeds=tuple(seeds or (0,)),
                       data_dir=str(data_dir or default_data_dir()), results=str(results), shard=_shard(shard),
                       devices=spread, time_limit=time_limit,
-                      threads=threads if threads is not None else _default_threads(len(spread)))
+                      threads=threads if threads is not None else _default_threads(len(spread)), stream=stream,
+                      loader_workers=loader_workers)
     planned = plan(grid)  # validates every run before anything is printed or trained
     if dry_run:
         if planned.notice:  # on stderr: stdout is one line per run, for scripts

@@ -255,6 +255,10 @@ class GridConfig:
     devices: tuple[str, ...] = ()  # several GPUs of one machine: one run per device at a time
     time_limit: float | None = None  # minutes; stop cleanly after the first epoch past it, resume later
     threads: int | None = None  # torch CPU threads per process; None leaves torch's setting as it is
+    # An ImageFolder streamed from disk (True), held in memory (False), or as its size decides (None:
+    # bench.streaming.FolderListing.streams); every other dataset is held in memory.
+    stream: bool | None = None
+    loader_workers: int | None = None  # processes decoding a streamed set's batches; None: one per CPU, up to 8
 
     def runs(self) -> list[RunConfig]:
         """Every run of the grid in a fixed order (depth, then arch, then seed); this shard's only."""

@@ -32,16 +32,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bench import synthetic
+from bench import decoding, synthetic
 from bench.cache import Expected, cache_path, load_cache, save_cache
-from bench.decoding import (SYNTHETIC_SEED, _cifar_pickle_source, _fingerprint, _imagefolder_source,
-                            _synthetic_source, _tensor_fingerprint, _train_images, _train_mean)
+from bench.decoding import (SYNTHETIC_SEED, _cifar_pickle_source, _imagefolder_source, _synthetic_source,
+                            _tensor_fingerprint, _train_images, _train_mean)
 from bench.errors import BenchError, Notify
 from bench.sources import (_CIFAR, _CIFAR_TITLE, DATASETS, DataSource, _canonical, _download_cifar, _find_cifar,
                            _is_imagefolder, default_data_dir, resolve_dataset)
 
-__all__ = ["DATASETS", "DataInfo", "DataSource", "ImageData", "default_data_dir", "load_dataset", "resolve_dataset",
-           "take_subset", "train_size"]
+__all__ = ["DATASETS", "DataInfo", "DataSource", "ImageData", "default_data_dir", "fixed_subset", "load_dataset",
+           "resolve_dataset", "take_subset", "train_size"]
 
 SYNTHETIC_TRAIN = 20000  # the synthetic set's training images unless told otherwise
 CIFAR_TRAIN = 50000  # CIFAR-10's and CIFAR-100's training images, as released
@@ -121,8 +121,8 @@ def _load(pinned: DataSource, image_size: int, synthetic_train: int, synthetic_t
     if name == "synthetic":
         source, cache_dir = f"generated (seed {SYNTHETIC_SEED})", path
         key, build = _synthetic_source(synthetic_train, synthetic_test, image_size, progress)
-        fingerprint = _fingerprint([f"synthetic {synthetic.VERSION} {synthetic_train} {synthetic_test} {image_size} "
-                                    f"{SYNTHETIC_SEED}"])
+        fingerprint = decoding.fingerprint([f"synthetic {synthetic.VERSION} {synthetic_train} {synthetic_test} "
+                                            f"{image_size} {SYNTHETIC_SEED}"])
         classes, counts = len(synthetic.CLASSES), {"train": synthetic_train, "test": synthetic_test}
     elif name.startswith("imagefolder"):
         source, cache_dir = str(path), path.parent
@@ -175,6 +175,14 @@ def train_size(source: DataSource, synthetic_train: int = SYNTHETIC_TRAIN) -> in
 # --- the subset a run trains on ---------------------------------------------------------------------------------
 
 
+def fixed_subset(length: int, n: int | None, generator: torch.Generator) -> Tensor | None:
+    """The sorted indices of `n` of `length` items drawn from `generator`, or None for all of them: the one
+    draw behind take_subset, and behind the subset of a streamed set (bench.batches)."""
+    if n is None or n >= length:
+        return None
+    return torch.randperm(length, generator=generator)[:n].sort().values
+
+
 def take_subset(data: ImageData, train: int | None, test: int | None) -> ImageData:
     """The same fixed random subset for every run (seed 0, not the run's seed), so runs compare.
 
@@ -184,9 +192,10 @@ def take_subset(data: ImageData, train: int | None, test: int | None) -> ImageDa
     generator = torch.Generator().manual_seed(0)
 
     def pick(images: torch.Tensor, labels: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if n is None or n >= len(images):
+        index = fixed_subset(len(images), n, generator)
+        if index is None:
             return images, labels
-        index = torch.randperm(len(images), generator=generator)[:n].sort().values.to(images.device)
+        index = index.to(images.device)
         return images[index], labels[index]
 
     train_images, train_labels = pick(data.train_images, data.train_labels, train)

@@ -5,7 +5,8 @@ parameters), a function that decodes or draws it into a dict of uint8 tensors, a
 (bench.data.DataInfo.fingerprint); an ImageFolder also gives the labels its listing implies, which the cache
 (bench.cache) is checked against. Images are the one thing bench reads through links: a link that resolves
 outside the data folder is followed, and counted in a notice.
-The names keep their leading underscore: they are bench.data's helpers, not an API of their own.
+The names with a leading underscore are bench.data's helpers; `class_files`, `check_pixels`, `read_image` and
+`fingerprint` are shared with bench.streaming, which reads the same folders a batch at a time.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _file_key(files: Iterable[tuple[str, os.stat_result]], extra: str) -> str:
         digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return digest.hexdigest()[:16]
 
-def _fingerprint(parts: Iterable[str | bytes | memoryview]) -> str:
+def fingerprint(parts: Iterable[str | bytes | memoryview]) -> str:
     """A short content hash of `parts` (see DataInfo.fingerprint). A file name that is not UTF-8 (os.fsdecode
     keeps its bytes as surrogates) is hashed as those bytes."""
     digest = hashlib.sha1()
@@ -67,7 +68,7 @@ def _tensor_fingerprint(tensors: dict) -> str:
     """The fingerprint of decoded tensors: exact, for sources whose decoding is (CIFAR's pickles)."""
     arrays = [tensors[f"{split}_{kind}"].contiguous().numpy() for split in ("train", "test")
               for kind in ("images", "labels")]
-    return _fingerprint([f"tensors {tensors['num_classes']}", *(memoryview(a).cast("B") for a in arrays)])
+    return fingerprint([f"tensors {tensors['num_classes']}", *(memoryview(a).cast("B") for a in arrays)])
 
 @contextmanager
 def _progress(enabled: bool, total: int, description: str) -> Iterator[Callable[[int], None]]:
@@ -84,7 +85,7 @@ def _images_in(folder: Path) -> list[os.DirEntry]:
         return sorted((e for e in entries if e.is_file() and not e.name.startswith(".")
                        and e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name)
 
-def _class_files(split_dir: Path, notify: Notify) -> dict[str, list[os.DirEntry]]:
+def class_files(split_dir: Path, notify: Notify) -> dict[str, list[os.DirEntry]]:
     """{class name: image files sorted by name} of one split; a class folder without images is a BenchError.
     A folder whose name starts with '.' is hidden, not a class (.ipynb_checkpoints, .git); one that holds
     images is named in a notice, since it may be a class someone named so.
@@ -107,10 +108,12 @@ def _class_files(split_dir: Path, notify: Notify) -> dict[str, list[os.DirEntry]
         files[cls] = found
     return files
 
+
 def _train_images(root: Path) -> int:
     """How many training images an ImageFolder's listing holds, nothing opened or decoded (its notices are
     said when it loads): `bench run`'s plan checks each batch against it before the data is loaded."""
-    return sum(len(files) for files in _class_files(root / "train", lambda message: None).values())
+    return sum(len(files) for files in class_files(root / "train", lambda message: None).values())
+
 
 _JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn, not DHT/JPG/DAC
 
@@ -147,7 +150,7 @@ def _header_size(raw: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_pixels(raw: bytes, path: str) -> None:
+def check_pixels(raw: bytes, path: str) -> None:
     """Refuse an image whose header declares more than MAX_IMAGE_PIXELS, before any decoder sees it. Headers
     _header_size does not know are read by PIL, whose Image.open reads the header and decodes nothing."""
     size = _header_size(raw)
@@ -170,35 +173,51 @@ def _check_pixels(raw: bytes, path: str) -> None:
                          "shrink it or delete the file")
 
 
+class Undecodable(Exception):
+    """An image the decoder cannot read (corrupt, truncated, not an image). bench.data refuses the set (one
+    line naming the file); bench.streaming skips the image and counts it."""
+
+
+def read_image(path: str, *, follow: bool = False) -> Tensor:
+    """The image at `path` as uint8 RGB [3, H, W]. A file that is not a regular file under MAX_IMAGE_BYTES, or
+    whose header declares more than MAX_IMAGE_PIXELS, is a BenchError before any decoder sees it; an image the
+    decoder cannot read is `Undecodable`. `follow`: read through a link (counted by _links_outside)."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2.functional import to_dtype
+
+    raw = read_regular(Path(path), MAX_IMAGE_BYTES, "replace or delete the file", follow=follow)
+    check_pixels(raw, path)
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 marks its codecs deprecated (in favour of TorchCodec) on every call; they still work.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise Undecodable(first_line(error, 200)) from None
+    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16: scale, or the values wrap mod 256
+        image = to_dtype(image, torch.uint8, scale=True)
+    return image
+
+
 def _decode_files(files: list[os.DirEntry], size: int, advance: Callable[[int], None]) -> tuple[Tensor, bool]:
     """Decode image files into uint8 [N,3,size,size]; returns it and whether any image had to be resized."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import center_crop, resize, to_dtype
+    from torchvision.transforms.v2.functional import center_crop, resize
 
     out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
     resized = False
     # One file at a time in this process: decode_image on 32x32 JPEGs runs ~15k images/s per core, faster
     # than a thread or process pool once their overhead is counted, and ~5x faster than PIL.
-    with warnings.catch_warnings():
-        # torchvision 0.29 marks its codecs deprecated (in favour of TorchCodec) on every call; they still work.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for i, entry in enumerate(files):
-            # Not a FIFO; read through a link, as torchvision's ImageFolder does (counted by _links_outside).
-            raw = read_regular(Path(entry.path), MAX_IMAGE_BYTES, "replace or delete the file", follow=True)
-            _check_pixels(raw, entry.path)
-            try:
-                image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            except (OSError, RuntimeError, ValueError) as error:
-                reason = first_line(error)
-                raise BenchError(f"cannot decode image {entry.path} ({reason}): replace or delete the file") from None
-            if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16: scale, or the values wrap mod 256
-                image = to_dtype(image, torch.uint8, scale=True)
-            if image.shape[-2:] != (size, size):
-                image = center_crop(resize(image, [size], antialias=True), [size, size])
-                resized = True
-            out[i] = image
-            if i % 512 == 511:
-                advance(512)
+    for i, entry in enumerate(files):
+        try:  # not a FIFO; read through a link, as torchvision's ImageFolder does
+            image = read_image(entry.path, follow=True)
+        except Undecodable as error:
+            raise BenchError(f"cannot decode image {entry.path} ({error}): replace or delete the file") from None
+        if image.shape[-2:] != (size, size):
+            image = center_crop(resize(image, [size], antialias=True), [size, size])
+            resized = True
+        out[i] = image
+        if i % 512 == 511:
+            advance(512)
     advance(len(files) % 512)
     return out, resized
 
@@ -210,7 +229,7 @@ def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None
     `title` ("CIFAR-10") marks a copy of a known set, whose JPEG files get the lossy-copy note.
     """
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
-    splits = {"train": _class_files(root / "train", notify), "test": _class_files(test_dir, notify)}
+    splits = {"train": class_files(root / "train", notify), "test": class_files(test_dir, notify)}
     if len(splits["train"]) < 2:  # one class: every net is right on every image, and "fits" at once
         raise BenchError(f"{root / 'train'} has {len(splits['train'])} class folder ({', '.join(splits['train'])}): "
                          "a classifier needs two or more; add a folder per class")
@@ -234,7 +253,7 @@ def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None
     key = _file_key(named, f"imagefolder {test_dir.name} {size}{png}")
     # Names (with their class folders, so labels), sizes and the image size; not modification times, so a
     # copy of the same files on another machine is the same data.
-    fingerprint = _fingerprint([f"imagefolder {size}", *(f"{name} {stat.st_size}" for name, stat in named)])
+    digest = fingerprint([f"imagefolder {size}", *(f"{name} {stat.st_size}" for name, stat in named)])
 
     def build() -> dict:
         tensors: dict = {"num_classes": len(splits["train"])}
@@ -252,7 +271,7 @@ def _imagefolder_source(root: Path, size: int, progress: bool, title: str | None
         tensors["note"] = "; ".join(notes)
         return tensors
 
-    return key, build, fingerprint, labels
+    return key, build, digest, labels
 
 
 def _links_outside(root: Path, folder: Path, entries: list[os.DirEntry]) -> int:

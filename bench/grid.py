@@ -15,16 +15,17 @@ from rich.console import Console
 from bench import distributed, store
 from bench.allocator import keep_freed_memory
 from bench.config import GridConfig, RunConfig, precision_notice, resolve_device, threads_notice
-from bench.data import ImageData, load_dataset, take_subset
+from bench.data import load_dataset, take_subset
 from bench.errors import BenchError, Notify, first_line, is_out_of_memory, out_of_memory_on
 from bench.files import check_writable
 from bench.modes import PRECISION_TEXT
-from bench.planner import Plan, plan
+from bench.planner import Plan, loader_workers, plan, workers_text
 from bench.progress import GridProgress
 from bench.step import device_settings
 from bench.records import RunStatus
 from bench.summary import BUSY, EARLIER, OUT_OF_MEMORY, RunSummary, print_summary, read_rows
-from bench.train import Schedule, past_deadline, rewrite_config, train_run
+from bench.batches import StreamedData, load_streamed
+from bench.train import Data, Schedule, past_deadline, rewrite_config, train_run
 from bench.workers import run_on_devices
 
 
@@ -52,7 +53,7 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     summary = []
     try:
         with device_settings(device):  # the current CUDA device, IEEE fp32, cudnn autotuning: as bench time
-            data, schedules = _load_data(planned, device, ranks, console, notices, progress, notify)
+            data, schedules = _load_data(grid, planned, device, ranks, console, notices, progress, notify)
             bars = GridProgress(console, progress and ranks.is_main)
             deadline = time.monotonic() + 60 * grid.time_limit if grid.time_limit else None
             with bars.progress:
@@ -113,31 +114,46 @@ def _ready(grid: GridConfig, planned: Plan, console: Console, notices: Console) 
     return True
 
 
-def _load_data(planned: Plan, device: torch.device, ranks: distributed.Dist, console: Console,
-               notices: Console, progress: bool, notify: Notify) -> tuple[ImageData, list[Schedule]]:
+def _load_data(grid: GridConfig, planned: Plan, device: torch.device, ranks: distributed.Dist, console: Console,
+               notices: Console, progress: bool, notify: Notify) -> tuple[Data, list[Schedule]]:
     """The plan's data, its runs' subset, on `device` (rank 0 decodes and caches it first, the other ranks
-    then load the cache), said on the console; and each run's schedule on it."""
+    then load the cache), or listed to be streamed from disk (rank 0 computes the pixel mean, the other ranks
+    take it), said on the console; and each run's schedule on it."""
     if notice := precision_notice(planned.runs[0].precision, device):
         notices.print(notice, style="bold yellow", markup=False, highlight=False)
-    data = None
-    for turn in (True, False):
-        if ranks.is_main == turn:
-            data = load_dataset(planned.source, progress=progress and ranks.is_main, notify=notify)
-        distributed.barrier(ranks)
     base = planned.runs[0]
-    data = take_subset(data, base.train_subset, base.test_subset).to(device)  # type: ignore[arg-type]
+    if planned.stream:
+        data = _streamed(grid, planned, ranks, notify)
+        how = f"streamed from disk, {workers_text(data.workers)}, views at {data.info.image_size}"
+    else:
+        for turn in (True, False):
+            if ranks.is_main == turn:
+                data = load_dataset(planned.source, progress=progress and ranks.is_main, notify=notify)
+            distributed.barrier(ranks)
+        data = take_subset(data, base.train_subset, base.test_subset).to(device)  # type: ignore[arg-type]
+        how = "in memory"
     console.print(f"data: {data.info.name} ({data.info.train_size} train / {data.info.test_size} test, "
-                  f"{data.info.source}) on {device}" + (f" x {ranks.world_size} ranks" if ranks.enabled else "")
+                  f"{data.info.source}, {how}) on {device}" + (f" x {ranks.world_size} ranks" if ranks.enabled else "")
                   + f"; precision: {PRECISION_TEXT[planned.runs[0].precision]}", soft_wrap=True)
     if data.info.note:
         console.print(f"[yellow]note: {data.info.note}", soft_wrap=True)
     # The plan checked each batch against the count known before decoding (bench.data.train_size); this is the
-    # decoded count, which only a CIFAR pickle copy that is not the release has fewer of. Still before any run
-    # folder is made: a batch that cannot fit leaves nothing behind.
-    return data, [Schedule.of(config, len(data.train_images), ranks.world_size) for config in planned.runs]
+    # count loaded or listed, which only a CIFAR pickle copy that is not the release has fewer of. Still before
+    # any run folder is made: a batch that cannot fit leaves nothing behind.
+    return data, [Schedule.of(config, data.info.train_size, ranks.world_size) for config in planned.runs]
 
 
-def _found(config: RunConfig, schedule: Schedule, directory: Path, data: ImageData, device: torch.device,
+def _streamed(grid: GridConfig, planned: Plan, ranks: distributed.Dist, notify: Notify) -> StreamedData:
+    """The plan's ImageFolder listed for streaming; the pixel mean decoded once, by rank 0, and sent to the rest."""
+    base = planned.runs[0]
+    data = load_streamed(planned.source.path, planned.dataset, base.input_size, workers=loader_workers(grid),
+                         train_subset=base.train_subset, test_subset=base.test_subset, notify=notify,
+                         mean=ranks.is_main)  # every rank lists the folder, and refuses a bad one alike
+    data.mean = distributed.broadcast(data.mean, ranks)
+    return data
+
+
+def _found(config: RunConfig, schedule: Schedule, directory: Path, data: Data, device: torch.device,
            ranks: distributed.Dist, notify: Notify, ours: bool) -> tuple[RunStatus | None, str]:
     """The state and summary note of a run not to train now (BUSY: another process holds it; EARLIER: it
     finished or diverged before), or its state and no note: train it. `ours`: whether this process holds the

@@ -9,12 +9,14 @@ from pathlib import Path
 import torch
 
 from bench import store
-from bench.config import GridConfig, RunConfig, validate
+from bench.config import GridConfig, RunConfig, usable_cpus, validate
 from bench.data import DataSource, resolve_dataset, train_size
 from bench.distributed import from_environment
 from bench.errors import BenchError, check_positive
 from bench.modes import default_channels_last
+from bench.streaming import list_folder
 from bench.train import check_batch
+from bench.views import PAPER_SIZE
 from resnet import FAMILY_DEFAULTS, family_of
 
 
@@ -25,6 +27,7 @@ class Plan:
     runs: list[RunConfig]
     source: DataSource  # resolved once here; the loading, and every --devices worker, take it as it is
     results: Path
+    stream: bool = False  # the ImageFolder streamed from disk (bench.batches), not held in memory
 
     @property
     def dataset(self) -> str:
@@ -39,21 +42,45 @@ class Plan:
 
 
 def plan(grid: GridConfig) -> Plan:
-    """Validate the grid (validate_grid), pin the dataset ('auto' becomes what will really be used) and settle
-    each run's memory format (memory_format), before any data is loaded or any model built."""
+    """Validate the grid (validate_grid), pin the dataset ('auto' becomes what will really be used), decide
+    whether it streams (streams) and settle each run's memory format (memory_format), before any data is
+    loaded or any model built."""
     runs, source = validate_grid(grid)
     results = Path(grid.results)
     # The kind of device only: a GPU named but absent is refused where the device is set up.
     device_type = "cpu" if grid.base.device == "cpu" or not torch.cuda.is_available() else "cuda"
     runs = [dataclasses.replace(run, dataset=source.name) for run in runs]
+    stream = streams(grid, source)
+    if stream and any(run.mode == "cuda-graph" for run in runs):
+        raise BenchError("--cuda-graph replays one batch shape, and a streamed batch is smaller where an image "
+                         "could not be decoded: leave out --cuda-graph (or use --in-memory)")
+    if stream:  # a streamed set's views are 224 unless told: said in the run, so its run_id tells it apart
+        runs = [validate(dataclasses.replace(run, input_size=run.input_size or PAPER_SIZE)) for run in runs]
     return Plan([memory_format(run, store.run_dir(results, source.name, run.run_id()), device_type)
-                 for run in runs], source, results)
+                 for run in runs], source, results, stream)
+
+
+def streams(grid: GridConfig, source: DataSource) -> bool:
+    """Whether the dataset is streamed from disk: --stream or --in-memory as given, else when its decoded copy at
+    the input size would fill half this machine's memory (FolderListing.streams). Only an ImageFolder streams."""
+    if not source.name.startswith("imagefolder"):
+        if grid.stream:
+            raise BenchError(f"--stream reads an ImageFolder from disk, and {source.name} is held in memory: use "
+                             "--dataset imagefolder:<folder>, or leave --stream out")
+        return False
+    if grid.stream is not None:
+        return grid.stream
+    try:
+        listing = list_folder(source.path)
+    except BenchError:  # a folder neither path can read: bench.data's loading says what is wrong, as it always has
+        return False
+    return listing.streams(grid.base.input_size or 32)
 
 
 def validate_grid(grid: GridConfig) -> tuple[list[RunConfig], DataSource]:
     """Every check of a `bench run` grid, in one pass, before any data is loaded or model built: --shard and
-    --devices (the CLI only parsed them), each run (config.validate), --cuda-graph under torchrun, --time-limit
-    and --threads, the dataset (found or refused), and each run's batch against the training images it will
+    --devices (the CLI only parsed them), each run (config.validate), --cuda-graph under torchrun, --time-limit,
+    --threads and --loader-workers, the dataset (found or refused), and each run's batch against the training images it will
     have (bench.data.train_size, capped by --train-subset; bench.train.check_batch). Returns the runs, and the
     dataset as resolved."""
     index, count = grid.shard
@@ -67,6 +94,8 @@ def validate_grid(grid: GridConfig) -> tuple[list[RunConfig], DataSource]:
                          "GPUs instead)")
     check_positive("--time-limit", grid.time_limit, detail=" of minutes", fix=": leave it out for no limit")
     check_positive("--threads", grid.threads, integer=True)
+    if grid.loader_workers is not None and (not isinstance(grid.loader_workers, int) or grid.loader_workers < 0):
+        raise BenchError(f"--loader-workers {grid.loader_workers}: give 0 (decode in the training process) or more")
     source = resolve_dataset(grid.base.dataset, Path(grid.data_dir))
     images = train_size(source) if runs else 0
     for run in runs:
@@ -107,14 +136,28 @@ def memory_format(run: RunConfig, directory: Path, device_type: str) -> RunConfi
 
 def configuration(grid: GridConfig, planned: Plan) -> dict[str, object]:
     """What `bench run` prints before it trains: the base config (the grid's depths, archs and seeds stand for
-    its single arch, depth and seed) as the plan settled it: the dataset, and the memory format, one value, or
-    one per run_id where runs differ."""
+    its single arch, depth and seed) as the plan settled it: the dataset, the memory format, one value, or
+    one per run_id where runs differ, and how the data is read (streamed, with the input size, or in memory)."""
     shared = {k: v for k, v in grid.base.to_dict().items() if k not in ("arch", "depth", "seed")}
     formats = {run.run_id(): run.channels_last for run in planned.runs}
     shared["channels_last"] = formats if len(set(formats.values())) > 1 else next(iter(formats.values()), None)
+    if planned.stream and planned.runs:  # a streamed set's views: 224 unless the command said
+        shared["input_size"] = planned.runs[0].input_size
     index, count = grid.shard
     return {**shared, "dataset": planned.dataset, "depths": grid.depths, "archs": grid.archs, "seeds": grid.seeds,
-            "data_dir": grid.data_dir, "results": grid.results, "shard": f"{index}/{count}"}
+            "data_dir": grid.data_dir, "results": grid.results, "shard": f"{index}/{count}",
+            "data": f"streamed, {workers_text(loader_workers(grid))}" if planned.stream else "in memory"}
+
+
+def workers_text(count: int) -> str:
+    """'1 loader worker', '4 loader workers'."""
+    return f"{count} loader worker{'s' if count != 1 else ''}"
+
+
+def loader_workers(grid: GridConfig) -> int:
+    """The processes decoding a streamed set's batches: --loader-workers, else one per CPU this process may
+    use, up to 8."""
+    return grid.loader_workers if grid.loader_workers is not None else min(usable_cpus(), 8)
 
 
 def dry_run_lines(planned: Plan) -> list[str]:

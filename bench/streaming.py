@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,13 +27,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bench.decoding import MAX_IMAGE_BYTES, _check_pixels, _class_files, _fingerprint
+from bench.decoding import Undecodable, class_files, fingerprint, read_image
 from bench.errors import BenchError, Notify, first_line
-from bench.files import read_regular
 from bench.views import PAPER_SIZE, View
-
-_FIX = "replace or delete the file"
-
 
 # --- the files ------------------------------------------------------------------------------------------------
 
@@ -95,7 +90,7 @@ def list_folder(root: Path, notify: Notify | None = None) -> FolderListing:
     notify = notify or (lambda message: None)
     root = Path(root)
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
-    train, test = _class_files(root / "train", notify), _class_files(test_dir, notify)
+    train, test = class_files(root / "train", notify), class_files(test_dir, notify)
     if len(train) < 2:  # one class: every net is right on every image
         raise BenchError(f"{root / 'train'} has {len(train)} class folder ({', '.join(train)}): a classifier needs "
                          "two or more; add a folder per class")
@@ -106,10 +101,9 @@ def list_folder(root: Path, notify: Notify | None = None) -> FolderListing:
                          "give the test split only the training split's classes")
     classes = list(train)
     splits = _split(root / "train", train, classes), _split(test_dir, test, classes)
-    fingerprint = _fingerprint(["imagefolder stream", *(f"{split.folder.name}/{os.fsdecode(name)} {label}"
-                                                        for split in splits
-                                                        for name, label in zip(split.names, split.labels))])
-    return FolderListing(root, tuple(classes), *splits, fingerprint)
+    digest = fingerprint(["imagefolder stream", *(f"{split.folder.name}/{os.fsdecode(name)} {label}" for split in splits
+                                                  for name, label in zip(split.names, split.labels))])
+    return FolderListing(root, tuple(classes), *splits, digest)
 
 
 # --- one epoch's order ----------------------------------------------------------------------------------------
@@ -176,28 +170,6 @@ class Batch:
         return dataclasses.replace(self, images=self.images.pin_memory(), labels=self.labels.pin_memory())
 
 
-class Undecodable(Exception):
-    """An image the decoder cannot read (corrupt, truncated, not an image): skipped and counted."""
-
-
-def read_image(path: str) -> Tensor:
-    """The image at `path` as uint8 RGB [3, H, W]. A file that is not a regular file under MAX_IMAGE_BYTES, or
-    whose header declares more than MAX_IMAGE_PIXELS, is a BenchError before any decoder sees it; an image the
-    decoder cannot read is `Undecodable`."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import to_dtype
-
-    raw = read_regular(Path(path), MAX_IMAGE_BYTES, _FIX)
-    _check_pixels(raw, path)
-    try:
-        image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except (OSError, RuntimeError, ValueError) as error:
-        raise Undecodable(first_line(error, 200)) from None
-    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16: scale, or the values wrap mod 256
-        image = to_dtype(image, torch.uint8, scale=True)
-    return image
-
-
 class FolderDataset(Dataset):
     """A split's images, read and decoded a batch at a time (`dataset[BatchOrder]`), each through `view`."""
 
@@ -212,22 +184,19 @@ class FolderDataset(Dataset):
         if torch.utils.data.get_worker_info() is not None:  # written in shared memory: not copied there to be sent
             images.share_memory_()
         kept, skipped = [], []
-        with warnings.catch_warnings():
-            # torchvision 0.29 marks its codecs deprecated (in favour of TorchCodec) on every call; they still work.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            for position, index in zip(order.positions.tolist(), order.indices.tolist()):
-                path = self.files.path(index)
-                try:
-                    image = read_image(path)
-                except Undecodable as error:
-                    skipped.append(f"{path} ({error})")
-                    continue
-                except BenchError as error:  # in-band: raised in a worker, it would come back as its traceback
-                    return Batch(images[:0], torch.empty(0, dtype=torch.int64), tuple(skipped), str(error))
-                rng = None if self.view.augmentation is None else np.random.default_rng([self.seed, order.epoch, 1,
-                                                                                         position])
-                images[len(kept)] = self.view(image, rng)
-                kept.append(index)
+        for position, index in zip(order.positions.tolist(), order.indices.tolist()):
+            path = self.files.path(index)
+            try:  # through a link, as bench.data reads an ImageFolder (a set of links into a shared copy)
+                image = read_image(path, follow=True)
+            except Undecodable as error:
+                skipped.append(f"{path} ({error})")
+                continue
+            except BenchError as error:  # in-band: raised in a worker, it would come back as its traceback
+                return Batch(images[:0], torch.empty(0, dtype=torch.int64), tuple(skipped), str(error))
+            rng = None if self.view.augmentation is None else np.random.default_rng([self.seed, order.epoch, 1,
+                                                                                     position])
+            images[len(kept)] = self.view(image, rng)
+            kept.append(index)
         return Batch(images[:len(kept)], torch.from_numpy(self.files.labels[kept]), tuple(skipped))
 
 
@@ -283,10 +252,17 @@ class StreamLoader:
                     raise BenchError(batch.refused)
                 yield batch
         except RuntimeError as error:
-            if not str(error).startswith(_WORKER_FAILURES):
-                raise
-            raise BenchError(f"a data loader worker failed ({first_line(error, 200).strip()}): run the same "
-                             "command again to resume from the last save") from None
+            raise worker_failure(error) or error from None
+
+
+def worker_failure(error: BaseException) -> BenchError | None:
+    """The one line for torch's error on a loader worker that died (killed by the system) or hung; None for any
+    other error. torch raises it from its SIGCHLD handler too, wherever the main process is at the time, so
+    bench.train asks here about an error from anywhere in a run, not only from the loader's `next`."""
+    if not isinstance(error, RuntimeError) or not str(error).startswith(_WORKER_FAILURES):
+        return None
+    return BenchError(f"a data loader worker failed ({first_line(error, 200).strip()}): run the same command again "
+                      "to resume from the last save")
 
 
 def pixel_mean(files: SplitFiles, size: int = PAPER_SIZE, *, sample: int = 10_000, workers: int = 0,

@@ -30,16 +30,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import chunks, store
+from bench.batches import Batches, StreamedData, batch_source, loading
 from bench.config import RunConfig
 from bench.data import ImageData
 from bench.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
 from bench.errors import BenchError, Notify, first_line
 from bench.interrupts import ForcedStop, StopFlag, deferred_interrupts, signals_held
-from bench.layers import RESPONSE_BATCH, gradient_rows, response_probe, response_rows
-from bench.loader import augment, epoch_batches
+from bench.layers import RESPONSE_BATCH, gradient_rows, response_rows
 from bench.provenance import environment, utc_now
 from bench.records import TOP_K, EpochRow, RunStatus
 from bench.step import TrainStep, accelerate, at_least_fp32, make_optimizer, network_inputs, predict
+from bench.streaming import worker_failure
 from resnet import FAMILY_DEFAULTS, build_model, count_parameters
 
 __all__ = ["Ending", "Run", "RunState", "Schedule", "check_batch", "describe", "evaluate", "learning_rate",
@@ -52,7 +53,10 @@ WARMUP_WINDOW = 50  # iterations averaged to decide that training error is below
 EVAL_BATCH = 1000  # test images per forward at the stored size (scaled_batch: fewer at a larger input size)
 
 
-def make_model(config: RunConfig, data: ImageData) -> nn.Module:
+Data = ImageData | StreamedData  # a set held in memory, or one streamed from disk (bench.batches)
+
+
+def make_model(config: RunConfig, data: Data) -> nn.Module:
     """The run's network; ImageNet-layout nets get the CIFAR stem on small inputs unless told otherwise
     (RunConfig.stem_at)."""
     stem = config.stem_at(input_size(config, data))
@@ -60,12 +64,12 @@ def make_model(config: RunConfig, data: ImageData) -> nn.Module:
                        num_classes=data.info.num_classes)
 
 
-def input_size(config: RunConfig, data: ImageData) -> int:
-    """The height and width the net sees: --input-size, else the images as stored."""
+def input_size(config: RunConfig, data: Data) -> int:
+    """The height and width the net sees: --input-size, else the images as stored (a stream's: its views')."""
     return config.input_size or data.info.image_size
 
 
-def scaled_batch(batch: int, config: RunConfig, data: ImageData) -> int:
+def scaled_batch(batch: int, config: RunConfig, data: Data) -> int:
     """`batch`, a number of stored-size images, shrunk to hold as many pixels at the run's input size, so that
     evaluation and the diagnostics take no more memory at 224 than at 32."""
     stored, size = data.info.image_size, input_size(config, data)
@@ -115,29 +119,24 @@ def _seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
-             config: RunConfig, ranks: Dist = Dist(), batch_size: int = EVAL_BATCH) -> tuple[float, float, float]:
-    """(mean loss, top-1 error, top-5 error) of `model` in eval mode over the whole of `images`, in one pass.
-
-    With several ranks, each evaluates its contiguous share of the images and the sums are added up.
-    """
-    total = len(images)
-    share = -(-total // ranks.world_size)
-    rank_share = slice(ranks.rank * share, (ranks.rank + 1) * share)
-    images, labels = images[rank_share], labels[rank_share]
+def evaluate(model: nn.Module, batches: Batches, mean: torch.Tensor, config: RunConfig,
+             ranks: Dist = Dist()) -> tuple[float, float, float]:
+    """(mean loss, top-1 error, top-5 error) of `model` in eval mode over the test split, in one pass: `batches`
+    are this rank's share of it (bench.batches), and the sums are added up over the ranks."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
-    wrong = torch.zeros(2, dtype=torch.int64, device=images.device)  # top-1, top-5
-    for start in range(0, len(images), batch_size):
-        x = prepare_inputs(images[start:start + batch_size], mean, config)
-        y = labels[start:start + batch_size]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=mean.device)
+    wrong = torch.zeros(2, dtype=torch.int64, device=mean.device)  # top-1, top-5
+    total = torch.zeros((), dtype=torch.int64, device=mean.device)
+    for images, y in batches:
+        x = prepare_inputs(images, mean, config)
         logits = predict(model, x, config.precision)
         loss_sum += F.cross_entropy(at_least_fp32(logits), y, reduction="sum")
         wrong += wrong_predictions(logits, y)
+        total += len(y)
     model.train()
-    loss_sum, wrong = all_sum(loss_sum, ranks), all_sum(wrong, ranks)
+    loss_sum, wrong, total = all_sum(loss_sum, ranks), all_sum(wrong, ranks), all_sum(total, ranks)
     top1, top5 = wrong.tolist()
-    return loss_sum.item() / total, top1 / total, top5 / total
+    return loss_sum.item() / total.item(), top1 / total.item(), top5 / total.item()
 
 
 def wrong_predictions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -186,11 +185,13 @@ class EpochInProgress:
     """The epoch in progress: its batches, drawn at its start, and the sums so far. A Ctrl-C mid-epoch
     checkpoints it, so the resume trains the same batches and the epoch's row counts every image once."""
 
-    batches: torch.Tensor  # [iterations, global batch] image indices, on the CPU
+    # [iterations, global batch] image indices, on the CPU; [iterations, 0] for a streamed set, whose order
+    # is the run's seed's and the epoch's (bench.batches)
+    batches: torch.Tensor
     done: int = 0  # batches trained
     loss_sum: float = 0.0  # training loss summed over the images seen
     wrong: int = 0  # training images misclassified
-    seen: int = 0
+    seen: int = 0  # images this rank trained on (one process: all of them)
     seconds: float = 0.0  # training time so far
 
     def state(self) -> dict:
@@ -246,19 +247,20 @@ class Run:
     """What the training loop works on: the data, the model and its optimizer and step, the data generator,
     the schedule, and the state a checkpoint saves."""
 
-    def __init__(self, config: RunConfig, data: ImageData, directory: Path, device: torch.device,
+    def __init__(self, config: RunConfig, data: Data, directory: Path, device: torch.device,
                  notify: Notify = print, ranks: Dist = Dist(), diagnostics: bool = True,
                  schedule: Schedule | None = None) -> None:
         self.config, self.data, self.directory, self.device, self.notify = config, data, directory, device, notify
         self.ranks = ranks
         # layers.parquet; off only to show that measuring changes nothing (tests/test_layers.py).
         self.diagnostics = diagnostics and ranks.is_main
-        self.schedule = schedule or Schedule.of(config, len(data.train_images), ranks.world_size)
+        self.schedule = schedule or Schedule.of(config, data.info.train_size, ranks.world_size)
         _seed_everything(config.seed)
         # Every rank draws the same permutation and augmentation from its generator and keeps its own slice,
         # so N processes see exactly the global batches that one process would. The generator lives on the
         # CPU whatever the device, so a checkpoint resumes on another device and data order never depends on it.
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.batches = batch_source(data, config, ranks, device, self.generator, notify)
         self.stop = StopFlag()
         self.model = make_model(config, data)
         if config.sync_bn:
@@ -273,7 +275,7 @@ class Run:
             forward = nn.parallel.DistributedDataParallel(self.model,
                                                           device_ids=[device] if device.type == "cuda" else None)
         per_rank = config.batch_size // ranks.world_size
-        example = prepare_inputs(data.train_images[:per_rank], data.mean, config)  # the shape every step has
+        example = prepare_inputs(self.batches.example(per_rank), self.batches.mean, config)  # every step's shape
         self.step = TrainStep(self.model, self.optimizer, config.precision,
                               accelerate(forward, config.mode, example, config.precision))
         self.state = RunState(warming_up=config.warmup_lr is not None)
@@ -315,7 +317,7 @@ class Run:
         """Everything needed to continue exactly where this run is."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng": _rng_state(self.generator, self.device), "config": self.config.to_dict(),
-                **self.state.to_checkpoint()}
+                **self.batches.state(), **self.state.to_checkpoint()}
 
     def restore(self, checkpoint: dict) -> None:
         """Continue from a checkpoint made by `checkpoint()`."""
@@ -326,6 +328,7 @@ class Run:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             _set_rng_state(checkpoint["rng"], self.generator, self.device)
+            self.batches.restore(checkpoint)
             self.state = RunState.from_checkpoint(checkpoint)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             reason = first_line(error, 160)
@@ -351,13 +354,14 @@ class Run:
         config, data, ranks, state = self.config, self.data, self.ranks, self.state
         started = time.perf_counter()
         loss_total, wrong_total = (all_sum(value, ranks) for value in epoch.sums(self.device))
-        test = evaluate(self.model, data.test_images, data.test_labels, data.mean, config, ranks,
-                        batch_size=scaled_batch(EVAL_BATCH, config, data))
+        seen = int(all_sum(torch.tensor(epoch.seen, device=self.device), ranks).item())
+        test = evaluate(self.model, self.batches.test(scaled_batch(EVAL_BATCH, config, data)), self.batches.mean,
+                        config, ranks)
         seconds = epoch.seconds + time.perf_counter() - started
         state.epoch += 1
         self.record_responses()  # outside the epoch's seconds: a diagnostic, not part of the training it times
         state.partial = None
-        state.rows.append(self.epoch_row(epoch, lr, (loss_total, wrong_total), test, seconds))
+        state.rows.append(self.epoch_row(epoch, lr, (loss_total, wrong_total, seen), test, seconds))
         return state.rows[-1]
 
     def diverged(self, row: dict) -> Ending:
@@ -405,11 +409,11 @@ class Run:
 
     def record_responses(self) -> None:
         """Diagnostics after each epoch: every layer's response on the fixed probe images (Figure 7)."""
-        config, data = self.config, self.data
+        config, data, mean = self.config, self.data, self.batches.mean
         if self.diagnostics:
             self.state.layer_rows += response_rows(config.run_id(), self.state.epoch, self.state.iteration,
-                                                   self.model, response_probe(data.test_images),
-                                                   lambda images: prepare_inputs(images, data.mean, config),
+                                                   self.model, self.batches.probe(),
+                                                   lambda images: prepare_inputs(images, mean, config),
                                                    batch_size=scaled_batch(RESPONSE_BATCH, config, data))
 
     def end_warmup_if_learning(self, batch_error: float) -> None:
@@ -422,18 +426,19 @@ class Run:
             self.notify(f"{config.run_id()}: training error below {config.warmup_until_error:.0%} "
                         f"at iteration {state.iteration}; lr {config.warmup_lr} -> {config.lr}")
 
-    def epoch_row(self, epoch: EpochInProgress, lr: float, train_sums: tuple[torch.Tensor, torch.Tensor],
+    def epoch_row(self, epoch: EpochInProgress, lr: float, train_sums: tuple[torch.Tensor, torch.Tensor, int],
                   test: tuple[float, float, float], seconds: float) -> dict:
-        """The EpochRow dict of the epoch just ended (`train_sums` summed over the ranks)."""
+        """The EpochRow dict of the epoch just ended (`train_sums`: loss, errors and images, summed over the
+        ranks)."""
         config, data = self.config, self.data
-        (loss_sum, wrong), (test_loss, test_error, test_top5_error) = train_sums, test
+        (loss_sum, wrong, seen), (test_loss, test_error, test_top5_error) = train_sums, test
         row = EpochRow(
             run_id=config.run_id(), dataset=data.info.name, arch=config.arch, depth=config.depth,
             width=self.model.width, shortcut=self.shortcut_option, seed=config.seed, preset=config.preset,
-            epoch=self.state.epoch, iteration=self.state.iteration, lr=lr, train_loss=loss_sum.item() / epoch.seen,
-            train_error=wrong.item() / epoch.seen, test_loss=test_loss, test_error=test_error,
+            epoch=self.state.epoch, iteration=self.state.iteration, lr=lr, train_loss=loss_sum.item() / seen,
+            train_error=wrong.item() / seen, test_loss=test_loss, test_error=test_error,
             test_top5_error=test_top5_error,
-            epoch_seconds=seconds, images_per_second=epoch.seen / epoch.seconds,
+            epoch_seconds=seconds, images_per_second=seen / epoch.seconds,
             device=self.device.type, precision=config.precision, timestamp=utc_now())
         return dataclasses.asdict(row)
 
@@ -442,56 +447,51 @@ def train_one_epoch(run: Run, on_step: OnStep | None = None) -> tuple[EpochInPro
     """Train one epoch (or the rest of a half-done one) one SGD iteration at a time; returns it, with its sums,
     and the last learning rate. A stop (run.stop) is acted on only between iterations, as a KeyboardInterrupt
     that leaves the half-done epoch in `run.state.partial` with its sums, so a checkpoint of it resumes exactly."""
-    config, data, ranks, state, total = run.config, run.data, run.ranks, run.state, run.schedule.iterations
-    per_rank = config.batch_size // ranks.world_size
-    rank_share = slice(ranks.rank * per_rank, (ranks.rank + 1) * per_rank)
+    config, ranks, state, total = run.config, run.ranks, run.state, run.schedule.iterations
     if state.partial is None:  # drawn at the epoch's start and checkpointed with it: a resume trains the same
-        batches = epoch_batches(len(data.train_images), config.batch_size, run.generator, drop_last=True)
-        state.partial = EpochInProgress(torch.stack(batches[: total - state.iteration]).cpu())
+        state.partial = EpochInProgress(run.batches.draw(total - state.iteration))
     epoch = state.partial
-    batches = epoch.batches.to(run.device)
+    batches = run.batches.train(epoch.batches, epoch.done, state.epoch)
     loss_sum, wrong = epoch.sums(run.device)
     started = time.perf_counter()
     lr = learning_rate(config, state.iteration, total, state.warming_up)
     run.model.train()
     try:
-        for index in range(epoch.done, len(batches)):
+        for index in range(epoch.done, len(epoch.batches)):
             if run.stop.requested:  # a Ctrl-C or SIGTERM, acted on only here, between iterations
                 raise KeyboardInterrupt
             lr = learning_rate(config, state.iteration, total, state.warming_up)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            idx = batches[index]
-            images = data.train_images[idx]
-            if config.augment:
-                images = augment(images, run.generator)
-            x = prepare_inputs(images[rank_share], data.mean, config)
-            y = data.train_labels[idx][rank_share]
+            images, y = next(batches)  # after the stop check: a batch is drawn only to be trained
+            x = prepare_inputs(images, run.batches.mean, config)
             loss, logits = run.step.forward_backward(x, y)
-            run.record_gradients(last_of_epoch=index == len(batches) - 1)
+            run.record_gradients(last_of_epoch=index == len(epoch.batches) - 1)
             run.step.update()
             batch_wrong = (logits.argmax(1) != y).sum()
             loss_sum += loss.detach().double() * len(y)
             wrong += batch_wrong
             state.iteration += 1
-            epoch.done, epoch.seen = index + 1, epoch.seen + len(idx)
+            epoch.done, epoch.seen = index + 1, epoch.seen + len(y)
             if state.warming_up:  # the paper's 110-layer rule needs the error now, so sync here only
-                run.end_warmup_if_learning(all_sum(batch_wrong, ranks).item() / len(idx))
+                run.end_warmup_if_learning(all_sum(batch_wrong, ranks).item() / config.batch_size)
             if on_step is not None:
                 on_step(state.iteration, total, {"loss": loss, "lr": lr})
     finally:  # on a stop too: the checkpoint of a half-done epoch holds its sums
+        batches.close()  # a stream's loader workers end here
         epoch.loss_sum, epoch.wrong = loss_sum.item(), int(wrong.item())
         epoch.seconds += time.perf_counter() - started
     return epoch, lr
 
 
-def describe(config: RunConfig, data: ImageData, model: nn.Module, schedule: Schedule, device: torch.device,
+def describe(config: RunConfig, data: Data, model: nn.Module, schedule: Schedule, device: torch.device,
              world_size: int = 1) -> dict:
     """The config.json of a run: the config, what the data and model resolved to, and the environment."""
     return {
         "run_id": config.run_id(),
         "config": config.to_dict(),
         "dataset": dataclasses.asdict(data.info),
+        "loading": loading(data, config),
         "model": {"family": model.family, "width": model.width,
                   "shortcut": shortcut_option(config, model.family),
                   "has_shortcuts": model.shortcut is not None, "stem": model.stem,
@@ -504,13 +504,13 @@ def describe(config: RunConfig, data: ImageData, model: nn.Module, schedule: Sch
     }
 
 
-def rewrite_config(config: RunConfig, data: ImageData, directory: Path, device: torch.device, *,
+def rewrite_config(config: RunConfig, data: Data, directory: Path, device: torch.device, *,
                    world_size: int = 1, notify: Notify = print, schedule: Schedule | None = None) -> None:
     """Write config.json again for a run folder that lost it (deleted by hand, as an error told), so
     `bench report` finds the run again. It describes this machine and has no start time: both are lost."""
     with torch.device("meta"):  # the net's shape and parameter count, without its weights or a compile
         model = make_model(config, data)
-    schedule = schedule or Schedule.of(config, len(data.train_images), world_size)
+    schedule = schedule or Schedule.of(config, data.info.train_size, world_size)
     description = describe(config, data, model, schedule, device, world_size)
     description.update(started_at=None, rewritten_at=utc_now())
     store.write_json(directory / store.CONFIG, description)
@@ -518,7 +518,7 @@ def rewrite_config(config: RunConfig, data: ImageData, directory: Path, device: 
            "time)")
 
 
-def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch.device, *,
+def train_run(config: RunConfig, data: Data, directory: Path, device: torch.device, *,
               notify: Notify = print, ranks: Dist = Dist(), on_epoch: Callable[[Run, dict], None] | None = None,
               on_step: OnStep | None = None, on_start: Callable[[Run], None] | None = None,
               deadline: float | None = None, diagnostics: bool = True, schedule: Schedule | None = None) -> RunStatus:
@@ -546,8 +546,8 @@ def train_run(config: RunConfig, data: ImageData, directory: Path, device: torch
         except KeyboardInterrupt as stop:  # where a stop during a run is acted on (cli catches one outside a run)
             run.stopped(stop)
             raise
-        except Exception as error:  # a full disk, out of memory, a lost rank: the run is not running any more
-            if lost := run.failed(error):
+        except Exception as error:  # a full disk, out of memory, a lost rank or loader worker: the run is not
+            if lost := run.failed(error) or worker_failure(error):  # running any more
                 raise lost from None
             raise
 

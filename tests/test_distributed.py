@@ -17,10 +17,11 @@ TINY = ["--depths", "8", "--arch", "residual", "--epochs", "1", "--dataset", "sy
         "--device", "cpu"]
 
 
-def _bench(results, data_dir, nproc: int) -> subprocess.CompletedProcess:
+def _bench(results, data_dir, nproc: int, args: list[str] = TINY) -> subprocess.CompletedProcess:
+    """`bench run` with `args` in one process, or in `nproc` gloo ranks under torchrun."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     command = (launcher if nproc > 1 else [sys.executable]) + [
-        "-m", "bench", "run", *TINY, "--data-dir", str(data_dir), "--results", str(results)]
+        "-m", "bench", "run", *args, "--data-dir", str(data_dir), "--results", str(results)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
