@@ -177,13 +177,13 @@ def test_only_an_image_folder_streams_and_never_under_cuda_graphs(tmp_path):
     one_line_exit_2(bench("run", "--depths", "8", "--dataset", "synthetic", "--stream", "--device", "cpu",
                           "--results", str(tmp_path), "--dry-run"), "--stream reads an ImageFolder", "synthetic")
     root = write_folder(tmp_path / "set", per_class=2, test_per_class=1, sizes=SMALL)
-    one_line_exit_2(bench(*_args(root, tmp_path / "results", "--cuda-graph", "--device", "cuda", "--dry-run")),
-                    "--cuda-graph replays")
+    one_line_exit_2(bench(*_args(root, tmp_path / "results", "--cuda-graph", "--device", "cuda", "--dry-run",
+                                 "--batch-size", "4")), "--cuda-graph replays")
 
 
 def test_a_test_split_with_classes_the_training_split_lacks_is_one_line(tmp_path):
     root = write_folder(tmp_path / "set", per_class=2, test_per_class=1, sizes=SMALL)
     (root / "test" / "zebra").mkdir()
     (root / "test" / "zebra" / "a.jpg").write_bytes((root / "test" / "class0" / "0000.jpg").read_bytes())
-    one_line_exit_2(bench(*_args(root, tmp_path / "results", "--epochs", "1", "--loader-workers", "0")),
-                    "lacks (zebra)")
+    one_line_exit_2(bench(*_args(root, tmp_path / "results", "--epochs", "1", "--loader-workers", "0",
+                                 "--batch-size", "4")), "lacks (zebra)")
