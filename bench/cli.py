@@ -17,10 +17,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bench.config import FORMATS, PRESETS, parse_gpus, usable_cpus
-from bench.errors import BenchError, first_line, is_out_of_memory
-from bench.interrupts import exit_code, hung_up, stop_like_ctrl_c
-from bench.modes import OPTIMIZERS, PRECISIONS
+from bench.core.config import FORMATS, PRESETS, parse_gpus, usable_cpus
+from bench.core.errors import BenchError, first_line, is_out_of_memory
+from bench.core.interrupts import exit_code, hung_up, stop_like_ctrl_c
+from bench.core.modes import OPTIMIZERS, PRECISIONS
 from resnet import FAMILIES, SHORTCUTS, STEMS, STRIDE_ON, ModelConfigError, arch_names, paper_archs, remedies
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -126,14 +126,14 @@ def handles_errors(function: F) -> F:
         except (BenchError, ModelConfigError) as error:
             errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except OSError as error:  # an output folder that is a file, read-only or full, met outside bench.store
+        except OSError as error:  # an output folder that is a file, read-only or full, met outside bench.results.store
             if error.errno == errno.ENOMEM:  # a memory limit met by a lazy import, or by the OS for a file
                 _out_of_host_memory(error)
-            from bench.files import DISK_FULL, LIMITS, UNWRITABLE, limit_message
+            from bench.core.files import DISK_FULL, LIMITS, UNWRITABLE, limit_message
 
             if hung_up():  # the closed terminal, written to on the way out: the work was saved before
                 raise typer.Exit(exit_code()) from None
-            if error.errno in LIMITS:  # ulimit -f, a name too long: met outside bench.files' writes too
+            if error.errno in LIMITS:  # ulimit -f, a name too long: met outside bench.core.files' writes too
                 errors.print(f"[bold red]error:[/] {escape(limit_message(error))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
             if error.errno not in (*UNWRITABLE, *DISK_FULL):
@@ -168,7 +168,7 @@ def _default_threads(workers: int) -> int:
 
 
 def _shard(value: str) -> tuple[int, int]:
-    """`--shard 2/4` -> (2, 4); whether I lies in 1..N is bench.planner.validate_grid's to say."""
+    """`--shard 2/4` -> (2, 4); whether I lies in 1..N is bench.run.planner.validate_grid's to say."""
     try:
         index, count = (int(part) for part in value.split("/"))
     except ValueError:
@@ -180,7 +180,7 @@ def _input_size(given: int | None, stem: enum.Enum | None) -> int | None:
     """--input-size as given; without it, the ImageNet stem's own size (224, as `bench time` times it) and
     otherwise None, the images as stored."""
     if given is None and stem is not None and stem.value == "imagenet":
-        from bench.timing import DEFAULT_INPUT_SIZE
+        from bench.timing.timing import DEFAULT_INPUT_SIZE
 
         return DEFAULT_INPUT_SIZE["imagenet"]
     return given
@@ -188,7 +188,7 @@ def _input_size(given: int | None, stem: enum.Enum | None) -> int | None:
 
 def _milestones(given: list[str] | None) -> tuple[float, ...] | None:
     """`--lr-milestones 0.5 0.75` -> (0.5, 0.75); 'none' -> () (a constant lr); None leaves the preset's.
-    Whether each lies inside the run is bench.config.validate's to say."""
+    Whether each lies inside the run is bench.core.config.validate's to say."""
     if given is None:
         return None
     if [value.lower() for value in given] == ["none"]:
@@ -202,10 +202,10 @@ def _milestones(given: list[str] | None) -> tuple[float, ...] | None:
 
 def _devices(value: str | None, device: str) -> tuple[str, ...]:
     """`--devices 0,1` -> ('cuda:0', 'cuda:1'); by default every visible GPU when training on GPUs. Whether the
-    GPUs named are here, and --device agrees, is bench.planner.validate_grid's to say."""
+    GPUs named are here, and --device agrees, is bench.run.planner.validate_grid's to say."""
     import torch
 
-    from bench.distributed import from_environment
+    from bench.run.distributed import from_environment
 
     if from_environment().enabled:  # under torchrun each rank already has its GPU
         return ()
@@ -279,11 +279,11 @@ def run(
                                                           "(default: one per CPU, up to 8; 0: none).")] = None,
 ) -> None:
     """Train plain and residual nets of the given depths; log train/test error per epoch to parquet."""
-    from bench.config import GridConfig, at_batch, with_optimizer
-    from bench.data import default_data_dir
-    from bench.distributed import from_environment
-    from bench.grid import run_grid
-    from bench.planner import configuration, dry_run_lines, plan
+    from bench.core.config import GridConfig, at_batch, with_optimizer
+    from bench.data.data import default_data_dir
+    from bench.run.distributed import from_environment
+    from bench.run.grid import run_grid
+    from bench.run.planner import configuration, dry_run_lines, plan
 
     overrides: dict[str, object] = {"dataset": dataset, "device": device, "precision": precision.value,
                                     "channels_last": channels_last, "compile": compile, "cuda_graph": cuda_graph,
@@ -334,7 +334,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List every architecture with its parameter count and multiply-adds (compare with Table 1)."""
-    from bench.catalog import architecture_rich_table, architecture_table
+    from bench.report.catalog import architecture_rich_table, architecture_table
 
     rows = architecture_table(input_size=input_size, stride_on=stride_on.value)
     if as_json:
@@ -367,9 +367,9 @@ def time(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Time forward, forward+backward and the training step of each network on CPU and GPU."""
-    from bench.progress import print_whole
-    from bench.timing import TimeConfig, sweep
-    from bench.timing_rows import timing_rich_table
+    from bench.run.progress import print_whole
+    from bench.timing.timing import TimeConfig, sweep
+    from bench.timing.timing_rows import timing_rich_table
 
     stop_like_ctrl_c()  # a scheduler's stop or a closed terminal saves what was measured too
 
@@ -404,7 +404,7 @@ def report(
     finished_only: Annotated[bool, typer.Option("--finished-only", help="Leave out runs still in progress.")] = False,
 ) -> None:
     """Draw the paper's figures and tables from the logged results into reports/."""
-    from bench.report import make_report
+    from bench.report.report import make_report
 
     make_report(results or [Path("results")], out, dataset=dataset, formats=values(format) or ("png",),
                 finished_only=finished_only,
@@ -419,8 +419,8 @@ def analyze(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Recompute Figure 7's response statistics from each run's checkpoint over the whole test split."""
-    from bench.analyze import analyze_run, run_folders
-    from bench.store import CHECKPOINT
+    from bench.report.analyze import analyze_run, run_folders
+    from bench.results.store import CHECKPOINT
 
     notify = lambda message: console.print(message, markup=False, highlight=False)  # noqa: E731
     folders = run_folders(runs)

@@ -206,7 +206,7 @@ class PreActBasicBlock(nn.Module):
 
     expansion = 1
     convs = 2
-    pre_activation = True  # each conv's response is its own output: no norm follows it (bench.layers)
+    pre_activation = True  # each conv's response is its own output: no norm follows it (bench.run.layers)
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
                  norm_layer: NormLayer | None = None) -> None:

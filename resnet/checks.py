@@ -1,6 +1,6 @@
 """The checks of an option's value, each a one-line ModelConfigError naming what would do.
 
-Defined here, below everything, because bench checks its own options with them too: bench.errors raises
+Defined here, below everything, because bench checks its own options with them too: bench.core.errors raises
 the same messages as its BenchError.
 """
 

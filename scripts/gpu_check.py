@@ -19,7 +19,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's bench, not an installed one
 
-from bench import store  # noqa: E402
+from bench.results import store  # noqa: E402
 
 # How far the first epochs of one configuration may lie apart between modes. They compute the same maths,
 # but not bitwise alike: torch.compile fuses BatchNorm and ReLU into other kernels (other rounding),

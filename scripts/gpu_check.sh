@@ -8,7 +8,7 @@
 #      --cuda-graph
 #   3. bench run of one short ResNet-20 configuration per mode; its first epochs must agree across modes
 #      within scripts/gpu_check.py's TOLERANCE; then streamed 224 steps of ResNet-18 (scripts/stream_step.py:
-#      generated JPEGs read by bench.streaming's workers, bf16, channels-last)
+#      generated JPEGs read by bench.data.streaming's workers, bf16, channels-last)
 #   4. bench run --devices over every visible GPU (each run's config.json names the GPU it ran on)
 #   5. torchrun with NCCL and --sync-bn against one process when there are two GPUs or more; with one GPU,
 #      that two ranks on it are refused in one line

@@ -1,4 +1,4 @@
-"""How fast bench.streaming feeds a net at 224, beside torchvision's ImageFolder + DataLoader, and how much memory it
+"""How fast bench.data.streaming feeds a net at 224, beside torchvision's ImageFolder + DataLoader, and how much memory it
 holds (docs/benchmarks.md, "Streaming an image folder").
 
     python scripts/loader_bench.py speed [--images 600] [--workers 1] [--repeats 3]
@@ -7,9 +7,9 @@ holds (docs/benchmarks.md, "Streaming an image folder").
 `speed` writes a folder of generated JPEGs of ImageNet's typical sizes (500x375 and 375x500, about 90 KB each)
 in a temporary folder, then measures images/s for:
 
-- decoding alone (torchvision.io, what bench.streaming uses; and PIL, what ImageFolder uses), in this process:
+- decoding alone (torchvision.io, what bench.data.streaming uses; and PIL, what ImageFolder uses), in this process:
   the ceiling per core of any loader that decodes each image once;
-- bench.streaming's StreamLoader and torchvision's ImageFolder + DataLoader, each with `--workers` workers and the
+- bench.data.streaming's StreamLoader and torchvision's ImageFolder + DataLoader, each with `--workers` workers and the
   same transforms: section 3.4's scale augmentation (torchvision: RandomShortestSize(256..480), RandomCrop(224),
   RandomHorizontalFlip), RandomResizedCrop(224) + flip, and the test view (Resize(256), CenterCrop(224)).
 
@@ -20,7 +20,7 @@ counted however busy the machine was); a pass includes starting its workers.
 
 `memory` streams one epoch of `--images` generated JPEGs of about 224x224 with the scale augmentation, reading
 every pixel of each batch as training does, and prints the peak resident memory of this process and of its
-workers beside what bench.data's whole-set cache of the same set would hold.
+workers beside what bench.data.data's whole-set cache of the same set would hold.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's bench, not an installed one
 
-from bench.files import size_text  # noqa: E402
-from bench.streaming import StreamLoader, list_folder, read_image  # noqa: E402
-from bench.views import Augmentation, View  # noqa: E402
+from bench.core.files import size_text  # noqa: E402
+from bench.data.streaming import StreamLoader, list_folder, read_image  # noqa: E402
+from bench.data.views import Augmentation, View  # noqa: E402
 
 BATCH = 64
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.config import QUICK, GridConfig
-from bench.data import default_data_dir
-from bench.errors import BenchError
-from bench.grid import run_grid
+from bench.core.config import QUICK, GridConfig
+from bench.core.errors import BenchError
+from bench.data.data import default_data_dir
+from bench.run.grid import run_grid
 
 
 def main() -> None:

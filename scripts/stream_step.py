@@ -1,4 +1,4 @@
-"""Streamed 224 training steps: a generated folder of ImageNet-sized JPEGs, read by bench.streaming's workers, fed to
+"""Streamed 224 training steps: a generated folder of ImageNet-sized JPEGs, read by bench.data.streaming's workers, fed to
 ResNet-18 on the device (scripts/gpu_check.sh runs it, until `bench run` streams on its own).
 
     python scripts/stream_step.py [--device cuda] [--workers 8] [--steps 4]
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loader_bench import write_folder  # noqa: E402
 
-from bench.step import TrainStep, network_inputs, sgd  # noqa: E402
-from bench.streaming import StreamLoader, list_folder, pixel_mean  # noqa: E402
-from bench.views import Augmentation, View  # noqa: E402
+from bench.data.streaming import StreamLoader, list_folder, pixel_mean  # noqa: E402
+from bench.data.views import Augmentation, View  # noqa: E402
+from bench.run.step import TrainStep, network_inputs, sgd  # noqa: E402
 from resnet.nets import build_model  # noqa: E402
 
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench import store
 from bench.cli import app, expand_lists
-from bench.config import RunConfig
-from bench.timing import sweep
+from bench.core.config import RunConfig
+from bench.results import store
+from bench.timing.timing import sweep
 from resnet import Arch, register, unregister
 
 
@@ -26,9 +26,9 @@ def _cpu_unless_marked_gpu(request, monkeypatch):
     # Here it fails on every machine, naming the fix. Tests that start `bench` as a process pass --device cpu.
     if request.node.get_closest_marker("gpu"):
         return
-    import bench.analyze
-    import bench.grid
-    from bench.config import resolve_device
+    import bench.report.analyze
+    import bench.run.grid
+    from bench.core.config import resolve_device
 
     def cpu_unless_told(name: str) -> torch.device:
         if name == "auto":
@@ -36,7 +36,7 @@ def _cpu_unless_marked_gpu(request, monkeypatch):
                                  "--device cpu (RunConfig(device='cpu')), or mark the test gpu")
         return resolve_device(name)
 
-    for module in (bench.grid, bench.analyze):
+    for module in (bench.run.grid, bench.report.analyze):
         monkeypatch.setattr(module, "resolve_device", cpu_unless_told)
 
 
@@ -49,7 +49,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(data_dir):
     """A small slice of the offline set: enough for a few iterations of a narrow net."""
-    from bench.data import load_dataset, take_subset
+    from bench.data.data import load_dataset, take_subset
 
     data = load_dataset("synthetic", data_dir, synthetic_train=1024, synthetic_test=256, progress=False)
     return take_subset(data, 512, 128)
@@ -86,7 +86,7 @@ def one_line_exit_2(result, *fragments: str) -> None:
 
 
 def run_timing(config, **options) -> pd.DataFrame:
-    """`bench.timing.sweep`'s rows, with where they were written (``attrs["path"]``, a str or None), whether
+    """`bench.timing.timing.sweep`'s rows, with where they were written (``attrs["path"]``, a str or None), whether
     the sweep was interrupted, and ``attrs["error"]`` when writing went wrong."""
     result = sweep(config, **{"progress": False, **options})
     frame = result.rows.copy()

@@ -1,4 +1,4 @@
-"""A run's batches from memory or streamed from disk (bench.batches): `bench run` trains from an ImageFolder
+"""A run's batches from memory or streamed from disk (bench.run.batches): `bench run` trains from an ImageFolder
 streamed a batch at a time, records how it read it, resumes exactly from a stop mid-epoch or a kill -9, splits
 over ranks as one process does, and refuses what it cannot stream in one line. The loader itself is
 tests/test_streaming.py's."""
@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import store
-from bench.batches import MemoryBatches, StreamBatches, load_streamed
-from bench.config import RunConfig
-from bench.distributed import Dist
-from bench.errors import BenchError
-from bench.train import Run, train_run
+from bench.core.config import RunConfig
+from bench.core.errors import BenchError
+from bench.results import store
+from bench.run.batches import MemoryBatches, StreamBatches, load_streamed
+from bench.run.distributed import Dist
+from bench.run.train import Run, train_run
 from tests.conftest import CPU, bench, epoch_numbers, one_line_exit_2
 from tests.test_distributed import _bench
 from tests.test_streaming import write_folder

@@ -1,4 +1,4 @@
-"""bench.cache: a cache is trusted only when it agrees with its source and with itself; one that disagrees is
+"""bench.data.cache: a cache is trusted only when it agrees with its source and with itself; one that disagrees is
 decoded again with one line saying why, and the run records what was decoded. Each case builds its own
 ImageFolder (tests/test_data.py's writer) and its own cache."""
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import cache as cache_module
-from bench import store
-from bench.data import load_dataset
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.data import cache as cache_module
+from bench.data.data import load_dataset
+from bench.results import store
 from tests.conftest import bench, one_line_exit_2
 from tests.test_data import _image_folder
 

@@ -8,8 +8,8 @@ import torch
 import torchvision
 
 import resnet
-from bench.catalog import architecture_table, format_count
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.report.catalog import architecture_table, format_count
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import time
 import pandas as pd
 import pytest
 
-from bench import chunks, store
-from bench.errors import BenchError
-from bench.provenance import cpu_id, git_commit
-from bench.train import train_run
+from bench.core.errors import BenchError
+from bench.core.provenance import cpu_id, git_commit
+from bench.results import chunks, store
+from bench.run.train import train_run
 from tests.conftest import CPU, TINY_RUN
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import store
 from bench.cli import expand_lists
+from bench.results import store
 from tests.conftest import bench
 
 TINY = ["--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "4", "--batch-size", "32",
@@ -126,7 +126,7 @@ def test_run_then_rerun_skips_finished_runs_and_report_draws_them(tmp_path, data
     assert sorted(runs["arch"]) == ["plain", "residual"] and set(runs["state"]) == {"finished"}
     assert len(epochs) == 4
     environment = store.read_json(next(tmp_path.glob(f"*/*/{store.CONFIG}")))["environment"]
-    # What bench time measures under too (bench.step.device_settings): IEEE fp32, cudnn autotuning.
+    # What bench time measures under too (bench.run.step.device_settings): IEEE fp32, cudnn autotuning.
     assert (environment["cudnn_benchmark"], environment["allow_tf32_matmul"], environment["allow_tf32_cudnn"]) == (
         True, False, False)
     # Which CPU exactly: one model name ("AMD EPYC") covered two CPUs that trained 1.6x apart.
@@ -184,7 +184,7 @@ def test_kill_9_mid_epoch_then_rerun_gives_the_same_numbers(tmp_path, data_dir, 
 @pytest.mark.timeout(200)
 def test_the_tutorial_resnet_50_at_224_with_adam_is_one_command(tmp_path, data_dir):
     """Issue 45's command, shrunk to seconds (width 2, a few images): it plans, trains, logs and reports."""
-    from bench.report import make_report
+    from bench.report.report import make_report
 
     result = bench("run", "--depths", "50", "--arch", "plain", "residual", "--input-size", "224", "--optimizer",
                    "adam", "--batch-size", "8", "--epochs", "2", "--dataset", "synthetic", "--width", "2",

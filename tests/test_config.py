@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-from bench.config import (IMAGENET, PAPER, PRESETS, QUICK, GridConfig, RunConfig, at_batch, paper_rules, validate,
-                          with_optimizer)
-from bench.errors import BenchError
+from bench.core.config import (IMAGENET, PAPER, PRESETS, QUICK, GridConfig, RunConfig, at_batch, paper_rules, validate,
+                               with_optimizer)
+from bench.core.errors import BenchError
 
 
 def test_paper_preset_is_section_4_2():
@@ -97,8 +97,8 @@ def test_presets_validate():  # an unknown name is refused by the CLI's enum (te
 def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_of(monkeypatch, flags, precision, device, warned):
     import torch
 
-    from bench import provenance
-    from bench.config import precision_notice
+    from bench.core import provenance
+    from bench.core.config import precision_notice
 
     monkeypatch.setattr(provenance, "cpu_flags", lambda: None if flags is None else frozenset(flags))
     notice = precision_notice(precision, torch.device(device))

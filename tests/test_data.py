@@ -1,4 +1,4 @@
-"""The data layer (bench.data: synthetic set, ImageFolder and CIFAR-pickle readers, the cache); the on-device
+"""The data layer (bench.data.data: synthetic set, ImageFolder and CIFAR-pickle readers, the cache); the on-device
 loader is tests/test_loader.py's."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import cache as cache_module
-from bench import sources
-from bench import synthetic
-from bench.data import DataInfo, ImageData, default_data_dir, load_dataset, resolve_dataset, train_size
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.data import cache as cache_module
+from bench.data import sources
+from bench.data import synthetic
+from bench.data.data import DataInfo, ImageData, default_data_dir, load_dataset, resolve_dataset, train_size
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_the_training_images_are_counted_before_anything_is_decoded(tmp_path, mo
     _image_folder(tmp_path / "tiny")
     _image_folder(tmp_path / "data" / "cifar10-jpg")
     _fake_cifar10(tmp_path / "pickles" / "cifar-10-batches-py")
-    monkeypatch.setattr("bench.decoding._decode_files", lambda *args: pytest.fail("an image was decoded"))
+    monkeypatch.setattr("bench.data.decoding._decode_files", lambda *args: pytest.fail("an image was decoded"))
     assert train_size(resolve_dataset("imagefolder", tmp_path / "tiny")) == 12
     assert train_size(resolve_dataset("cifar10", tmp_path / "data")) == 12  # a CIFAR copy as an ImageFolder
     assert train_size(resolve_dataset("synthetic", tmp_path / "none")) == 20000  # what load_dataset draws

@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench import distributed, store
-from bench.config import GridConfig, RunConfig
-from bench.errors import BenchError
-from bench.grid import run_grid
+from bench.run import distributed
+
+from bench.core.config import GridConfig, RunConfig
+from bench.core.errors import BenchError
+from bench.results import store
+from bench.run.grid import run_grid
 from resnet import build_model
 
 TINY = ["--depths", "8", "--arch", "residual", "--epochs", "1", "--dataset", "synthetic", "--width", "4",

@@ -20,15 +20,16 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import data as data_module
-from bench import sources
-from bench import files, store
 from bench.cli import _default_threads
-from bench.config import RunConfig
-from bench.data import load_dataset
-from bench.errors import BenchError, is_out_of_memory, out_of_memory_on
-from bench.timing import TimeConfig
-from bench.train import train_run
+from bench.core import files
+from bench.core.config import RunConfig
+from bench.core.errors import BenchError, is_out_of_memory, out_of_memory_on
+from bench.data import data as data_module
+from bench.data import sources
+from bench.data.data import load_dataset
+from bench.results import store
+from bench.run.train import train_run
+from bench.timing.timing import TimeConfig
 from tests.conftest import bench, one_line_exit_2, run_timing
 
 TINY = ["--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "2", "--batch-size", "32",

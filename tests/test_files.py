@@ -1,4 +1,4 @@
-"""bench.files: the one link rule (a root may be a link, nothing below it is written or read through one), the
+"""bench.core.files: the one link rule (a root may be a link, nothing below it is written or read through one), the
 bounds on names and JSON nesting, and environment limits (ulimit -f, a name too long) as one line and exit 2.
 Each case builds its own files: a finished tiny grid (conftest.finished_grid) or a results folder of its own."""
 
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import files, store
-from bench.errors import BenchError
+from bench.core import files
+
+from bench.core.errors import BenchError
+from bench.results import store
 from tests.conftest import TINY_GRID, bench, one_line_exit_2
 from tests.test_report import write_grid, write_timing
 

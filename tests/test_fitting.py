@@ -1,4 +1,4 @@
-"""What "fits" means (bench.fitting), and how the report and `bench run`'s summary read a fit at the floor."""
+"""What "fits" means (bench.results.fitting), and how the report and `bench run`'s summary read a fit at the floor."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import math
 import pandas as pd
 import pytest
 
-from bench import prose, tables
-from bench.fitting import (FIT_ERROR, NOISE_FLOOR, PASS_FLOOR, Fit, Pair, final_train_error, first_fit, fit_pass,
-                           fits, median_pass, net_fit, RunFit)
-from bench.prose import fit_text, fit_verdict
-from bench.summary import RunSummary, summary_table, verdict_lines
+from bench.results import prose
+
+from bench.report import tables
+from bench.results.fitting import (FIT_ERROR, NOISE_FLOOR, PASS_FLOOR, Fit, Pair, final_train_error, first_fit, fit_pass,
+                                   fits, median_pass, net_fit, RunFit)
+from bench.results.prose import fit_text, fit_verdict
+from bench.run.summary import RunSummary, summary_table, verdict_lines
 
 
 def test_fits_is_three_images_of_768_and_not_four() -> None:

@@ -1,4 +1,4 @@
-"""bench.grid: how `bench run` reaches a run, and what one run of a grid leaves to the next."""
+"""bench.run.grid: how `bench run` reaches a run, and what one run of a grid leaves to the next."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from bench import modes, progress, store, train
-from bench.config import QUICK, GridConfig, RunConfig
-from bench.grid import run_grid
-from bench.planner import configuration, plan
+from bench.core import modes
+
+from bench.run import progress, train
+
+from bench.core.config import QUICK, GridConfig, RunConfig
+from bench.results import store
+from bench.run.grid import run_grid
+from bench.run.planner import configuration, plan
 from tests.conftest import TINY_GRID, bench, one_line_exit_2
 
 
@@ -122,7 +126,7 @@ def test_a_started_run_keeps_the_memory_format_its_config_records(tmp_path, data
 def test_cuda_graph_under_torchrun_is_refused_before_any_data_is_loaded_or_model_built(tmp_path, monkeypatch):
     # The plan refuses it (on a machine without a GPU too: a named device is refused only when the grid trains).
     monkeypatch.setattr(train, "make_model", lambda *args: pytest.fail("a model was built"))
-    monkeypatch.setattr("bench.grid.load_dataset", lambda *args, **kwargs: pytest.fail("data was loaded"))
+    monkeypatch.setattr("bench.run.grid.load_dataset", lambda *args, **kwargs: pytest.fail("data was loaded"))
     results = tmp_path / "results"
     torchrun = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
     result = bench("run", "--depths", "8", "--arch", "plain", "--device", "cuda", "--cuda-graph", "--dataset",
@@ -139,7 +143,7 @@ def test_cuda_graph_under_torchrun_is_refused_before_any_data_is_loaded_or_model
 def test_a_batch_the_training_images_cannot_hold_is_refused_before_any_data_is_loaded(tmp_path, monkeypatch):
     # The plan knows the training split's size before decoding: an option for the synthetic set (capped by
     # --train-subset), a listing for an ImageFolder (whose files here are not even images), a release's for CIFAR.
-    monkeypatch.setattr("bench.grid.load_dataset", lambda *args, **kwargs: pytest.fail("data was loaded"))
+    monkeypatch.setattr("bench.run.grid.load_dataset", lambda *args, **kwargs: pytest.fail("data was loaded"))
     folder = tmp_path / "images"
     for split in ("train", "test"):
         for cls in ("a", "b"):

@@ -23,9 +23,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import store
-from bench.decoding import MAX_IMAGE_PIXELS, _header_size
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.data.decoding import MAX_IMAGE_PIXELS, _header_size
+from bench.results import store
 from resnet.nets import MAX_CIFAR_DEPTH
 from tests.conftest import TINY_GRID, bench, one_line_exit_2
 

@@ -1,4 +1,4 @@
-"""bench.interrupts is the one module that handles signals, and each command catches a stop in one place
+"""bench.core.interrupts is the one module that handles signals, and each command catches a stop in one place
 (docs/architecture.md): checked on the sources, so a handler added elsewhere fails here, not in a lost run."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-layer diagnostics (bench.layers, layers.parquet, bench analyze): they measure what they claim, cost the
+"""Per-layer diagnostics (bench.run.layers, layers.parquet, bench analyze): they measure what they claim, cost the
 training nothing, survive a resume, and the report plots exactly what was recorded."""
 
 from __future__ import annotations
@@ -11,12 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import layers, store, tables
-from bench.analyze import analyze_run
-from bench.errors import BenchError
-from bench.plots import figure7, gradient_figure
-from bench.report import make_report
-from bench.train import train_run
+from bench.run import layers
+
+from bench.results import store
+
+from bench.core.errors import BenchError
+from bench.report import tables
+from bench.report.analyze import analyze_run
+from bench.report.plots import figure7, gradient_figure
+from bench.report.report import make_report
+from bench.run.train import train_run
 from resnet import build_model
 from tests.conftest import CPU, TINY_RUN, MEASURED_COLUMNS
 
@@ -147,8 +151,8 @@ def test_figure7_and_gradient_figure_plot_what_layers_parquet_holds(tmp_path, ti
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_analyze_recomputes_responses_over_the_whole_test_split(tmp_path, data_dir):
-    from bench.data import load_dataset, take_subset
-    from bench.train import make_model, prepare_inputs
+    from bench.data.data import load_dataset, take_subset
+    from bench.run.train import make_model, prepare_inputs
 
     data = load_dataset("synthetic", data_dir, progress=False)  # what analyze loads for a synthetic run
     config = dataclasses.replace(TINY_RUN, epochs=1, test_subset=None)

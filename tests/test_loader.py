@@ -1,4 +1,4 @@
-"""bench.loader: the paper's augmentation on the device, the per-pixel mean subtraction, the epoch's batches."""
+"""bench.data.loader: the paper's augmentation on the device, the per-pixel mean subtraction, the epoch's batches."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.loader import augment, epoch_batches, normalize, resize
+from bench.data.loader import augment, epoch_batches, normalize, resize
 
 
 def _random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -76,7 +76,7 @@ def test_augment_and_batches_on_the_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_augment_from_the_cpu_generator_on_the_gpu_gives_the_cpu_numbers_without_a_host_sync():
-    # bench.train draws from a CPU generator (checkpoints resume on any device); its
+    # bench.run.train draws from a CPU generator (checkpoints resume on any device); its
     # offsets and flips reach the GPU through pinned memory, not a copy that waits for the GPU's queue.
     images = _random_images(64)
     expected = augment(images, torch.Generator().manual_seed(0))

@@ -5,11 +5,11 @@ run (commit f8a1b15) at a relative 1e-5 and failed on an AMD EPYC by 1.2e-5: ano
 round the last float32 digit differently and 24 SGD steps carry that forward. Measured on one AMD EPYC with
 its kernels switched to the SSE4.1/SSE4.2 and AVX2 ones (ISA_SWITCHES, then the same with "avx2"/"AVX2"): the
 pinned numbers moved by up to 8.6e-3 (relative) in float32 and by at most 4.4e-16 in float64, while a changed
-computation (drawing the flips before the crop offsets in bench.loader.augment) moves them by up to 0.11.
+computation (drawing the flips before the crop offsets in bench.data.loader.augment) moves them by up to 0.11.
 So the tolerance below, 1e-9, is six orders above what another CPU moves and eight below a real change.
 
 Nothing here is float32-specific: the run is `train_run` itself, with the default dtype set to float64 so that
-the net is built in it and the data's float64 mean makes the inputs float64 (bench.loader.normalize). The data
+the net is built in it and the data's float64 mean makes the inputs float64 (bench.data.loader.normalize). The data
 are integer operations on an integer RNG stream (exact everywhere); the synthetic set would not do, since its
 shapes are drawn with sin and cos, whose last bit differs between vectorised kernels.
 
@@ -27,10 +27,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import store
-from bench.config import RunConfig
-from bench.data import DataInfo, ImageData
-from bench.train import train_run
+from bench.core.config import RunConfig
+from bench.data.data import DataInfo, ImageData
+from bench.results import store
+from bench.run.train import train_run
 
 PINNED = Path(__file__).parent / "fixtures" / "pinned-numbers.json"
 # Both archs, so the shortcut path is pinned as well as the plain one; 3 epochs cross an lr decay (at 50%).
@@ -110,7 +110,7 @@ def test_a_short_run_gives_the_pinned_numbers(tmp_path):
 
 
 if __name__ == "__main__":
-    from bench.provenance import git_commit
+    from bench.core.provenance import git_commit
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = run_numbers(Path(tmp))

@@ -1,4 +1,4 @@
-"""bench.provenance on a CPU run: nothing asks cuDNN or CUDA (asking loads cuDNN's libraries, which aborted a
+"""bench.core.provenance on a CPU run: nothing asks cuDNN or CUDA (asking loads cuDNN's libraries, which aborted a
 run under `ulimit -v`); and a memory limit met while a run starts is one line, exit 2, then a resume."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import store
-from bench.provenance import environment
+from bench.core.provenance import environment
+from bench.results import store
 from tests.conftest import TINY_GRID
 
 ROOT = Path(__file__).resolve().parents[1]

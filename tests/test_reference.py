@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from bench import store
 from bench.cli import app, expand_lists
-from bench.config import PAPER, GridConfig
-from bench.layers import LAYER_SCHEMA
-from bench.records import ADDED_EPOCH_COLUMNS
-from bench.report import make_report
+from bench.core.config import PAPER, GridConfig
+from bench.core.records import ADDED_EPOCH_COLUMNS
+from bench.report.report import make_report
+from bench.results import store
+from bench.run.layers import LAYER_SCHEMA
 
 ROOT = Path(__file__).parent.parent
 REFERENCE = ROOT / "results" / "reference"
@@ -100,7 +100,7 @@ def test_regenerating_the_report_gives_the_committed_tables(tmp_path):
 
 def test_a_short_last_epoch_is_pooled_into_the_final_training_error():
     # 16,000 = 41 x 390 + 10: the last epoch is 10 batches, so the final training error the report states is
-    # the running error of the last 400 iterations (bench.fitting.final_train_error), not of those 10 alone.
+    # the running error of the last 400 iterations (bench.results.fitting.final_train_error), not of those 10 alone.
     # One schedule table per layout: the CIFAR nets' and the ImageNet layout's.
     tables = sorted(REPORT.glob("cifar10-paper-*-schedules/final-error-vs-schedule.csv"))
     if not tables:

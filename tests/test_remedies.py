@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import resnet
-from bench import store
-from bench.config import RunConfig
-from bench.train import train_run
+from bench.core.config import RunConfig
+from bench.results import store
+from bench.run.train import train_run
 from resnet import DiracConv2d, build_model, count_parameters
 
 CPU = torch.device("cpu")
@@ -126,7 +126,7 @@ def test_a_tiny_run_of_each_remedy_trains_and_logs_its_layers(arch, tmp_path, ti
 def test_the_report_draws_a_panel_and_says_a_verdict_for_each_remedy(tmp_path, tiny_data):
     from PIL import Image
 
-    from bench import report
+    from bench.report import report
 
     base = RunConfig(depth=8, width=4, preset="test", dataset="synthetic", iterations=None, epochs=1,
                      batch_size=64, lr=0.05)

@@ -17,13 +17,17 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from bench import plots, prose, report, tables, timing_rows
-from bench.config import QUICK
-from bench.errors import BenchError
-from bench.fitting import NOISE_FLOOR
-from bench.plots import degradation_figure, figure1, timing_figure
-from bench.store import CONFIG, EPOCHS, read_json, run_dir, write_epochs, write_json, write_status
-from bench.timing import TIMING_SCHEMA
+from bench.report import plots, report, tables
+
+from bench.results import prose
+
+from bench.core.config import QUICK
+from bench.core.errors import BenchError
+from bench.report.plots import degradation_figure, figure1, timing_figure
+from bench.results.fitting import NOISE_FLOOR
+from bench.results.store import CONFIG, EPOCHS, read_json, run_dir, write_epochs, write_json, write_status
+from bench.timing import timing_rows
+from bench.timing.timing import TIMING_SCHEMA
 
 EPOCHS_TOTAL = 6
 NOTE = "CIFAR-10 re-encoded as JPEG (quality 95): errors are not exactly comparable to the paper's"
@@ -38,7 +42,7 @@ def write_run(root: Path, arch: str, depth: int, seed: int, *, done: int = EPOCH
     schedule = {"iterations": iterations, "epochs": None} if iterations else {"epochs": EPOCHS_TOTAL}
     config = dataclasses.replace(QUICK, arch=arch, depth=depth, seed=seed, precision=precision, **schedule, **changes)
     run_id = config.run_id()
-    width = config.width or 16  # what that config builds (bench.store checks config.json's model against it)
+    width = config.width or 16  # what that config builds (bench.results.store checks config.json's model against it)
     directory = run_dir(root, "cifar10", run_id)
     rng = np.random.default_rng(depth * 100 + seed + (arch == "plain") * 7 + (iterations or 0))
     floor = (0.04 + 0.002 * depth if arch == "plain" else 0.09 - 0.0008 * depth) + rng.uniform(0, 0.03)

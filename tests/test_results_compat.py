@@ -3,7 +3,7 @@ resumes what did not, and computes the same numbers.
 
 `tests/fixtures/results-f13b454/` was written by commit f13b454 (before layers.parquet and before run_ids
 learned to ignore new options left at their defaults), on version 2 of the synthetic set (f13b454's code with
-bench/synthetic.py's version 2 dropped in: the set's drawing changed, its interface did not), with:
+bench/data/synthetic.py's version 2 dropped in: the set's drawing changed, its interface did not), with:
 
     bench run --depths 8 <OPTIONS> --epochs 2                      # plain-8, residual-8: finished
     bench run --depths 8 <OPTIONS> --epochs 3 --time-limit 0.001   # plain-8: interrupted after epoch 1
@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import store
-from bench.records import ADDED_EPOCH_COLUMNS
+from bench.core.records import ADDED_EPOCH_COLUMNS
+from bench.results import store
 from tests.conftest import MEASURED_COLUMNS, bench
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results-f13b454"

@@ -1,4 +1,4 @@
-"""bench.step: the one training step, what `bench run` trains with and `bench time` times, and its modes."""
+"""bench.run.step: the one training step, what `bench run` trains with and `bench time` times, and its modes."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounter
 
 import resnet
-from bench import store
-from bench.config import RunConfig, validate
-from bench.errors import BenchError
-from bench import step as step_module
-from bench.modes import check_mode, mode_of
-from bench.provenance import numerics
-from bench.step import TrainStep, accelerate, device_settings, graphed_predict, predict, sgd
-from bench.timing import TIMING_LR, make_phase
-from bench.train import train_run
+from bench.core.config import RunConfig, validate
+from bench.core.errors import BenchError
+from bench.core.modes import check_mode, mode_of
+from bench.core.provenance import numerics
+from bench.results import store
+from bench.run import step as step_module
+from bench.run.step import TrainStep, accelerate, device_settings, graphed_predict, predict, sgd
+from bench.run.train import train_run
+from bench.timing.timing import TIMING_LR, make_phase
 
 CPU = torch.device("cpu")
 

@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import files, store
-from bench.config import RunConfig
-from bench.errors import BenchError
-from bench.records import RunStatus
+from bench.core import files
+
+from bench.core.config import RunConfig
+from bench.core.errors import BenchError
+from bench.core.records import RunStatus
+from bench.results import store
 
 
 def _row(epoch: int, **over) -> dict:

@@ -1,4 +1,4 @@
-"""An image folder streamed from disk in batches (bench.streaming): listing, the epoch's order, exact resumes, ranks,
+"""An image folder streamed from disk in batches (bench.data.streaming): listing, the epoch's order, exact resumes, ranks,
 bad files, worker failures and bounded memory. The views themselves are tests/test_views.py's."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.errors import BenchError
-from bench.streaming import StreamLoader, list_folder, pixel_mean
-from bench.views import Augmentation, View
+from bench.core.errors import BenchError
+from bench.data.streaming import StreamLoader, list_folder, pixel_mean
+from bench.data.views import Augmentation, View
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,8 +180,8 @@ def test_the_set_streams_when_its_decoded_copy_would_fill_half_the_memory(tmp_pa
 
 _MEASURE = textwrap.dedent("""
     import json, os, sys
-    from bench.streaming import StreamLoader, list_folder
-    from bench.views import Augmentation, View
+    from bench.data.streaming import StreamLoader, list_folder
+    from bench.data.views import Augmentation, View
 
     def memory(pid, field):
         for line in open(f"/proc/{pid}/status"):

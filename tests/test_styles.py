@@ -1,10 +1,10 @@
-"""Each arch's look in the report (bench.styles), from its registry entry."""
+"""Each arch's look in the report (bench.report.styles), from its registry entry."""
 
 import pandas as pd
 import seaborn as sns
 
 import resnet
-from bench.styles import arch_colors, arch_lines, arch_title, drawn_archs, line_key, line_words
+from bench.report.styles import arch_colors, arch_lines, arch_title, drawn_archs, line_key, line_words
 
 
 def test_the_built_in_archs_keep_their_looks():

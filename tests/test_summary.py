@@ -1,11 +1,11 @@
-"""bench.summary: what `bench run` prints at the end (the verdicts are tested with bench.fitting's)."""
+"""bench.run.summary: what `bench run` prints at the end (the verdicts are tested with bench.results.fitting's)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.records import RunStatus
-from bench.summary import BUSY, EARLIER, RunSummary, summary_table
+from bench.core.records import RunStatus
+from bench.run.summary import BUSY, EARLIER, RunSummary, summary_table
 
 ROWS = [{"train_error": 0.5, "test_error": 0.6, "iteration": 4}, {"train_error": 0.0, "test_error": 0.4, "iteration": 8}]
 

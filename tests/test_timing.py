@@ -1,4 +1,4 @@
-"""bench.timing: the three phases, the parquet contract, honest numbers, missing devices, references, errors."""
+"""bench.timing.timing: the three phases, the parquet contract, honest numbers, missing devices, references, errors."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 import resnet
-from bench import timing as timing_module
-from bench.errors import BenchError
-from bench.step import TrainStep
-from bench.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, measure
-from bench.timing_rows import timing_rich_table
+from bench.core.errors import BenchError
+from bench.run.step import TrainStep
+from bench.timing import timing as timing_module
+from bench.timing.timing import OOM, OK, PHASES, TIMING_SCHEMA, TimeConfig, measure
+from bench.timing.timing_rows import timing_rich_table
 from tests.conftest import run_timing
 
 # The columns the issue promises, in order; status, width, git_commit, cuda_graph, stem and the math flags follow
@@ -57,7 +57,7 @@ def test_three_phases_and_exact_schema(tmp_path: Path) -> None:
     assert row["flops_per_image"] == 2 * resnet.count_macs(residual, 16)
     assert (row["family"], row["input_size"], row["device"], row["width"]) == ("cifar", 16, "cpu", 4)
     assert row["threads"] == 1
-    # bench run's settings (bench.step.device_settings), read back: fp32 is IEEE fp32, cudnn autotunes.
+    # bench run's settings (bench.run.step.device_settings), read back: fp32 is IEEE fp32, cudnn autotunes.
     assert frame["cudnn_benchmark"].all()
     assert not frame["allow_tf32_matmul"].any() and not frame["allow_tf32_cudnn"].any()
     assert row["peak_memory_bytes"] > 10 * 2**20  # a resident set: at least the Python interpreter and torch
@@ -213,13 +213,13 @@ def test_bad_input_is_a_bench_error(tmp_path: Path, change: dict, message: str) 
 
 
 # A fresh process: this one is warm already. Forward of a CIFAR net whose activations (4 MiB at batch 64, width
-# 16) are above glibc's first mmap threshold, so that without bench.allocator every call faults them in afresh.
+# 16) are above glibc's first mmap threshold, so that without bench.core.allocator every call faults them in afresh.
 _COLD_WARM = """
 import json, sys, torch
-from bench.timing import TimeConfig, sweep
+from bench.timing.timing import TimeConfig, sweep
 if sys.argv[2] == "off":
-    import bench.timing
-    bench.timing.keep_freed_memory = lambda: False
+    import bench.timing.timing
+    bench.timing.timing.keep_freed_memory = lambda: False
 config = TimeConfig(depths=(8,), archs=("residual",), family="cifar", width=16, batch_sizes=(64,), warmup=3,
                     repeats=15, min_time=0.0, threads=1, results=sys.argv[1])
 times = [sweep(config, progress=False, notify=lambda _: None).rows.set_index("phase")["median_ms"]["forward"]
@@ -242,7 +242,7 @@ def _cold_and_warm(tmp_path: Path, allocator: str = "on") -> list[float]:
 @pytest.mark.timeout(1200)  # three tries when all fail
 def test_the_first_net_of_a_process_is_timed_warm(tmp_path: Path) -> None:
     # In a fresh process the first net's forward ran 2x slower than the same net timed again.
-    # Without bench.allocator the cold median was 1.7x to 2x the warm one in every try; a busy machine can make
+    # Without bench.core.allocator the cold median was 1.7x to 2x the warm one in every try; a busy machine can make
     # one try of the same code disagree too, so a regression is three tries out of three (and one try that
     # agrees is enough: the next two are not made).
     tries: list[list[float]] = []
@@ -260,8 +260,8 @@ def test_freed_memory_is_kept_so_a_loop_stops_faulting() -> None:
 
     script = """
 import sys, torch, resnet
-from bench.allocator import keep_freed_memory
-from bench.step import predict
+from bench.core.allocator import keep_freed_memory
+from bench.run.step import predict
 if sys.argv[1] == "on":
     assert keep_freed_memory()
 torch.set_num_threads(1)
@@ -272,7 +272,7 @@ for _ in range(16):
     before = faults(); predict(model, x, "fp32"); counts.append(faults() - before)
 print(counts)
 """
-    if not Path("/proc/self/stat").exists() or not __import__("bench.allocator").allocator.keep_freed_memory():
+    if not Path("/proc/self/stat").exists() or not __import__("bench.core.allocator").allocator.keep_freed_memory():
         pytest.skip("needs Linux with glibc")
     counts = {mode: eval(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                                         check=True, cwd=Path(__file__).parents[1]).stdout)

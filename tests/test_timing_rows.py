@@ -1,4 +1,4 @@
-"""bench.timing_rows: timing files read back are checked row by row before anything is drawn; a device name
+"""bench.timing.timing_rows: timing files read back are checked row by row before anything is drawn; a device name
 becomes a bounded folder name."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bench import files
-from bench.timing import TIMING_SCHEMA
+from bench.core import files
+from bench.timing.timing import TIMING_SCHEMA
 from tests.conftest import bench
 from tests.test_report import write_timing
 

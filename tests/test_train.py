@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import store
-from bench.config import IMAGENET, PAPER, RunConfig
-from bench.errors import BenchError
-from bench.records import RunStatus
-from bench.loader import epoch_batches
-from bench.train import (Run, _rng_state, _set_rng_state, learning_rate, prepare_inputs, train_one_epoch, train_run,
-                         wrong_predictions)
+from bench.core.config import IMAGENET, PAPER, RunConfig
+from bench.core.errors import BenchError
+from bench.core.records import RunStatus
+from bench.data.loader import epoch_batches
+from bench.results import store
+from bench.run.train import (Run, _rng_state, _set_rng_state, learning_rate, prepare_inputs, train_one_epoch, train_run,
+                             wrong_predictions)
 from tests.conftest import CPU, TINY_RUN, epoch_numbers
 
 def test_learning_rate_follows_the_paper_schedule():
@@ -121,8 +121,8 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_numbers(tmp_path, tiny_d
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_each_optimizer_trains_and_resumes_a_ctrl_c_exactly(tmp_path, tiny_data, optimizer):
-    from bench.config import with_optimizer
-    from bench.modes import OPTIMIZER_CLASSES
+    from bench.core.config import with_optimizer
+    from bench.core.modes import OPTIMIZER_CLASSES
 
     config = with_optimizer(TINY_RUN, optimizer)
     if optimizer == "sgd":  # TINY_RUN's own lr; Adam's is torch's
@@ -182,7 +182,7 @@ def test_a_nan_loss_marks_the_run_diverged(tmp_path, tiny_data):
 
 def test_warmup_ends_once_training_error_is_low(tmp_path, tiny_data, monkeypatch):
     config = dataclasses.replace(TINY_RUN, warmup_lr=0.01, warmup_until_error=1.01)  # any error ends it
-    monkeypatch.setattr("bench.train.WARMUP_WINDOW", 4)
+    monkeypatch.setattr("bench.run.train.WARMUP_WINDOW", 4)
     messages = []
     run = Run(config, tiny_data, tmp_path, CPU, notify=messages.append)
     train_one_epoch(run)
@@ -223,10 +223,10 @@ def test_every_status_of_a_run_is_written_in_order_through_run_status(tmp_path, 
 @pytest.mark.slow
 def test_a_stop_during_evaluation_keeps_the_epoch_and_resumes_to_the_same_numbers(tmp_path, tiny_data,
                                                                                   monkeypatch):
-    import bench.train
+    import bench.run.train
 
     train_run(TINY_RUN, tiny_data, tmp_path / "whole", CPU)
-    real, calls = bench.train.evaluate, []
+    real, calls = bench.run.train.evaluate, []
 
     def evaluate_once_stopped(*args, **kwargs):
         calls.append(1)
@@ -234,10 +234,10 @@ def test_a_stop_during_evaluation_keeps_the_epoch_and_resumes_to_the_same_number
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench.train, "evaluate", evaluate_once_stopped)
+    monkeypatch.setattr(bench.run.train, "evaluate", evaluate_once_stopped)
     with pytest.raises(KeyboardInterrupt):
         train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU)
-    monkeypatch.setattr(bench.train, "evaluate", real)
+    monkeypatch.setattr(bench.run.train, "evaluate", real)
     assert train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
     pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))
 
@@ -262,7 +262,7 @@ def test_a_second_ctrl_c_saves_nothing_and_the_resume_stays_exact(tmp_path, tiny
     import os
     import signal
 
-    from bench.interrupts import ForcedStop
+    from bench.core.interrupts import ForcedStop
 
     train_run(TINY_RUN, tiny_data, tmp_path / "whole", CPU)
     real_step, steps = torch.optim.SGD.step, []

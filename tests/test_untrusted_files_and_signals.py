@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import files, store
-from bench.data import load_dataset
-from bench.errors import BenchError
+from bench.core import files
+
+from bench.core.errors import BenchError
+from bench.data.data import load_dataset
+from bench.results import store
 from tests.conftest import bench, one_line_exit_2
 
 
@@ -130,7 +132,7 @@ def test_a_report_killed_mid_write_leaves_every_old_file_whole(tmp_path, monkeyp
 
     from matplotlib.figure import Figure
 
-    from bench import report
+    from bench.report import report
     from tests.test_report import write_grid
 
     write_grid(tmp_path / "results")
@@ -248,7 +250,7 @@ def _cache_file(folder: Path) -> Path:
 def test_a_cache_with_other_pixels_or_labels_is_noticed_and_rebuilt(tmp_path):
     import torch
 
-    from bench import cache as cache_module
+    from bench.data import cache as cache_module
 
     sizes = dict(synthetic_train=20, synthetic_test=10, progress=False)
     first = load_dataset("synthetic", tmp_path, **sizes)
@@ -334,9 +336,9 @@ def test_report_skips_a_wrong_typed_epochs_file_and_a_torn_timing_file(tmp_path)
 def test_a_sigterm_in_the_last_evaluation_stops_the_grid(tmp_path, data_dir, monkeypatch):
     import signal
 
-    import bench.train
+    import bench.run.train
 
-    real, calls = bench.train.evaluate, []
+    real, calls = bench.run.train.evaluate, []
 
     def evaluate_then_sigterm(*args, **kwargs):
         calls.append(1)
@@ -344,7 +346,7 @@ def test_a_sigterm_in_the_last_evaluation_stops_the_grid(tmp_path, data_dir, mon
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench.train, "evaluate", evaluate_then_sigterm)
+    monkeypatch.setattr(bench.run.train, "evaluate", evaluate_then_sigterm)
     results = tmp_path / "results"
     result = _run(results, data_dir, *TINY)  # plain-8, then residual-8
     assert result.exit_code == 130 and "Traceback" not in result.output, result.output
@@ -356,8 +358,8 @@ def test_a_sigterm_in_the_last_evaluation_stops_the_grid(tmp_path, data_dir, mon
 def test_a_second_sigterm_inside_save_checkpoint_leaves_the_run_interrupted(tmp_path, tiny_data, monkeypatch):
     import signal
 
-    from bench.interrupts import ForcedStop
-    from bench.train import train_run
+    from bench.core.interrupts import ForcedStop
+    from bench.run.train import train_run
     from tests.conftest import CPU, TINY_RUN as CONFIG
 
     real = store.write_atomic
@@ -385,7 +387,7 @@ def test_a_second_sigterm_inside_save_checkpoint_leaves_the_run_interrupted(tmp_
 def test_a_checkpoint_that_does_not_fit_is_one_line_and_leaves_no_running_status(tmp_path, tiny_data, damage):
     import torch
 
-    from bench.train import train_run
+    from bench.run.train import train_run
     from tests.conftest import CPU, TINY_RUN as CONFIG
 
     def stop_mid_epoch(iteration, total, stats):
@@ -421,7 +423,7 @@ TIME = ["time", "--depths", "8", "--arch", "plain", "residual", "--width", "2", 
 ])
 def test_ctrl_c_in_bench_time_saves_what_was_measured_or_says_nothing_was(tmp_path, monkeypatch, batches,
                                                                             stopped_at, kept):
-    from bench import timing
+    from bench.timing import timing
 
     real, calls = timing.measure, []
 
@@ -449,7 +451,8 @@ def test_ctrl_c_in_bench_time_saves_what_was_measured_or_says_nothing_was(tmp_pa
 
 @pytest.mark.slow
 def test_bf16_on_a_cpu_without_bf16_instructions_is_said_by_both_commands(tmp_path, data_dir, monkeypatch):
-    from bench import provenance, timing
+    from bench.core import provenance
+    from bench.timing import timing
 
     monkeypatch.setattr(provenance, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # as a Zen 3 EPYC's
     monkeypatch.setattr(timing, "TimeConfig", _quick_time_config(timing.TimeConfig))
@@ -470,7 +473,7 @@ def _quick_time_config(cls):
 
 @pytest.mark.slow
 def test_bench_time_asked_for_more_than_any_memory_is_one_line_or_an_oom_row(tmp_path, monkeypatch):
-    from bench import timing
+    from bench.timing import timing
 
     monkeypatch.setattr(timing, "TimeConfig", _quick_time_config(timing.TimeConfig))
     args = [a for a in TIME if a not in ("residual",)]
@@ -489,7 +492,7 @@ def test_bench_time_asked_for_more_than_any_memory_is_one_line_or_an_oom_row(tmp
 
 @pytest.mark.slow
 def test_more_threads_than_cpus_is_said(tmp_path, data_dir, monkeypatch):
-    from bench import timing
+    from bench.timing import timing
 
     monkeypatch.setattr(timing, "TimeConfig", _quick_time_config(timing.TimeConfig))
     cpus = len(os.sched_getaffinity(0))

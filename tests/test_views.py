@@ -1,4 +1,4 @@
-"""What an image becomes in a streamed batch (bench.views): the paper's scale augmentation, RandomResizedCrop and the
+"""What an image becomes in a streamed batch (bench.data.views): the paper's scale augmentation, RandomResizedCrop and the
 test view."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.transforms.v2.functional import center_crop, crop, resize
 
-from bench.views import Augmentation, View, _resized_crop_box
+from bench.data.views import Augmentation, View, _resized_crop_box
 
 
 def _smooth_image(height: int, width: int) -> torch.Tensor:

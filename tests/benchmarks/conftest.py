@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from bench.provenance import environment
+from bench.core.provenance import environment
 
 from .harness import ACROSS_MACHINES_ENV, baseline_problem, fingerprint, machine_differences
 

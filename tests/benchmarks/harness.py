@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 import resnet
-from bench.allocator import keep_freed_memory
-from bench.provenance import cpu_id, cpu_name, device_name
-from bench.timing import make_phase, synchronize
+from bench.core.allocator import keep_freed_memory
+from bench.core.provenance import cpu_id, cpu_name, device_name
+from bench.timing.timing import make_phase, synchronize
 
 # Multiply every benchmarked call by 1 + this (e.g. 0.5: 50% slower), to prove a regression is caught.
 SLOWDOWN_ENV = "BENCH_INJECT_SLOWDOWN"
@@ -120,7 +120,7 @@ def run_benchmark(benchmark, case: Case, phase: str, *, full: bool) -> None:
     """Time `phase` of `case`'s network with pytest-benchmark, in reference units."""
     global _clock, _unit
     # As bench run and bench time run: without it some rounds fault their activations in afresh and others do
-    # not, and a median of the two modes hid a 50% slowdown (bench.allocator).
+    # not, and a median of the two modes hid a 50% slowdown (bench.core.allocator).
     keep_freed_memory()
     device = torch.device(case.device)
     torch.manual_seed(0)
