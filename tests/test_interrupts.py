@@ -9,7 +9,7 @@ from pathlib import Path
 
 import bench
 
-SOURCES = sorted(Path(bench.__file__).parent.glob("*.py"))
+SOURCES = sorted(Path(bench.__file__).parent.rglob("*.py"))
 
 # Where a stop (Ctrl-C, SIGTERM, SIGHUP: a KeyboardInterrupt) is caught and not raised on: `bench run` in the
 # run's life, then the CLI's one line and exit code; `bench time` in its sweep.

@@ -16,7 +16,7 @@ from bench.core.config import PAPER, GridConfig
 from bench.core.records import ADDED_EPOCH_COLUMNS
 from bench.report.report import make_report
 from bench.results import store
-from bench.run.layers import LAYER_SCHEMA
+from bench.core.records import LAYER_SCHEMA
 
 ROOT = Path(__file__).parent.parent
 REFERENCE = ROOT / "results" / "reference"

@@ -1,8 +1,9 @@
 """Result records as dataclasses, with their parquet schemas derived from them rather than kept in step by hand.
 
-`EpochRow` (epochs.parquet) lives here because both the training loop and the store need it; LayerRow
-(bench.run.layers) and TimingRow (bench.timing.timing) live with what produces them. So do the names results record that
-both their writers and the report read: run states and timing phases.
+`EpochRow` (epochs.parquet) and `LayerRow` (layers.parquet) live here, below both the training loop that
+writes them and the store and report that read them; TimingRow (bench.timing.timing_rows) lives with what
+produces it. So do the names results record that both their writers and the report read: run states, layer
+measurement kinds and timing phases.
 """
 
 from __future__ import annotations
@@ -99,3 +100,25 @@ EPOCH_SCHEMA = record_schema(EpochRow, timestamp=UTC_TIMESTAMP)
 # still reads (the column null there); every other column is required.
 ADDED_EPOCH_COLUMNS = tuple(f.name for f in dataclasses.fields(EpochRow) if f.metadata.get("added"))
 TOP_K = 5  # test_top5_error's k
+
+
+# The kinds of layers.parquet rows (bench.run.layers measures them, the store checks them, the report draws them).
+RESPONSE_STD, GRAD_NORM, WEIGHT_NORM = "response_std", "grad_norm", "weight_norm"
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One measurement of one layer."""
+
+    run_id: str
+    epoch: int  # epochs finished when measured (the first iteration's gradients belong to epoch 0)
+    iteration: int  # iterations finished when measured (gradients: the iteration they were computed in, from 1)
+    layer: int  # main-path conv index in network order, from 1
+    stage: int  # 0 for the stem, 1.. for the stages
+    block: int  # block index within the stage, from 0 (0 for the stem)
+    name: str  # the conv's module name, e.g. layer2.0.conv1
+    kind: str  # response_std | grad_norm | weight_norm
+    value: float
+
+
+LAYER_SCHEMA = record_schema(LayerRow)

@@ -25,7 +25,7 @@ from bench.core.config import EXECUTION_FIELDS, FORMATS, RunConfig
 from bench.core.errors import BenchError, Notify
 from bench.report import tables
 from bench.results.fitting import FIT_ERROR, NOISE_FLOOR, is_tie
-from bench.run.layers import GRAD_NORM, RESPONSE_STD
+from bench.core.records import GRAD_NORM, RESPONSE_STD
 from bench.report.plots import (PHASE_LABELS, crossing_figure, degradation_figure, depth_colors, depth_figure, figure1,
                                 figure7, gradient_figure, schedule_figure, style, timing_figure)
 from bench.core.files import check_writable, own_folder, write_atomic

@@ -44,8 +44,8 @@ from bench.core.errors import BenchError, Notify, first_line
 from bench.core.files import (RefusedFile, check_nesting, open_regular, read_regular, refuse_link, refuse_links_below,
                               safe_name, size_text, write_atomic)
 from bench.core.provenance import utc_now
-from bench.core.records import ADDED_EPOCH_COLUMNS, DIVERGED, EPOCH_SCHEMA, FINISHED, INTERRUPTED, RUNNING, STATES, RunStatus
-from bench.run.layers import GRAD_NORM, LAYER_SCHEMA, RESPONSE_STD, WEIGHT_NORM
+from bench.core.records import (ADDED_EPOCH_COLUMNS, DIVERGED, EPOCH_SCHEMA, FINISHED, GRAD_NORM, INTERRUPTED,
+                                LAYER_SCHEMA, RESPONSE_STD, RUNNING, STATES, WEIGHT_NORM, RunStatus)
 
 EPOCH_COLUMNS = tuple(EPOCH_SCHEMA.names)
 

@@ -23,32 +23,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.core.records import record_schema
+from bench.core.records import GRAD_NORM, LAYER_SCHEMA, RESPONSE_STD, WEIGHT_NORM, LayerRow
 from bench.run.step import at_least_fp32
 
-RESPONSE_STD, GRAD_NORM, WEIGHT_NORM = "response_std", "grad_norm", "weight_norm"
 # Test images the per-epoch response statistics are measured on during training, fixed for the whole run.
 # 1,000 images cost ~10% of one evaluation pass, well under 1% of an epoch.
 RESPONSE_IMAGES = 1_000
 RESPONSE_BATCH = 500  # images per forward of the response diagnostics, at the stored size
 
 
-@dataclass(frozen=True)
-class LayerRow:
-    """One measurement of one layer."""
-
-    run_id: str
-    epoch: int  # epochs finished when measured (the first iteration's gradients belong to epoch 0)
-    iteration: int  # iterations finished when measured (gradients: the iteration they were computed in, from 1)
-    layer: int  # main-path conv index in network order, from 1
-    stage: int  # 0 for the stem, 1.. for the stages
-    block: int  # block index within the stage, from 0 (0 for the stem)
-    name: str  # the conv's module name, e.g. layer2.0.conv1
-    kind: str  # response_std | grad_norm | weight_norm
-    value: float
-
-
-LAYER_SCHEMA = record_schema(LayerRow)
 
 
 @dataclass(frozen=True)

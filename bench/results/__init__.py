@@ -1,0 +1,2 @@
+"""The results folder and what its numbers mean: run folders written so that nothing is lost (store), where each
+chunk of a run trained (chunks), what fits means (fitting) and the numbers in words (prose)."""
