@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.core.config import RunConfig
+from bench.core.config import PRESETS, GridConfig, RunConfig
 from bench.core.errors import BenchError
 from bench.results import store
 from bench.run.batches import MemoryBatches, StreamBatches, load_streamed
 from bench.run.distributed import Dist
+from bench.run.planner import plan
 from bench.run.train import Run, train_run
 from tests.conftest import CPU, bench, epoch_numbers, one_line_exit_2
 from tests.test_distributed import _bench
@@ -179,6 +180,19 @@ def test_only_an_image_folder_streams_and_never_under_cuda_graphs(tmp_path):
     root = write_folder(tmp_path / "set", per_class=2, test_per_class=1, sizes=SMALL)
     one_line_exit_2(bench(*_args(root, tmp_path / "results", "--cuda-graph", "--device", "cuda", "--dry-run",
                                  "--batch-size", "4")), "--cuda-graph replays")
+
+
+@pytest.mark.slow
+def test_the_imagenet_preset_streams_an_image_folder_unless_told_to_hold_it(tmp_path):
+    # In memory an ImageFolder is stored at 32x32: section 3.4's crops of full-size images need the stream.
+    root = write_folder(tmp_path / "set", per_class=2, test_per_class=1, sizes=SMALL)
+    base = dataclasses.replace(PRESETS["imagenet"], dataset=f"imagefolder:{root}", device="cpu", batch_size=4,
+                               width=2)
+    grid = GridConfig(base=base, depths=(18,), results=str(tmp_path / "results"))
+    streamed, held = plan(grid), plan(dataclasses.replace(grid, stream=False))
+    assert streamed.stream and {run.input_size for run in streamed.runs} == {224}
+    assert not held.stream
+    assert not plan(dataclasses.replace(grid, base=dataclasses.replace(base, preset="paper"))).stream  # by size
 
 
 def test_a_test_split_with_classes_the_training_split_lacks_is_one_line(tmp_path):

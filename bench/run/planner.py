@@ -61,8 +61,10 @@ def plan(grid: GridConfig) -> Plan:
 
 
 def streams(grid: GridConfig, source: DataSource) -> bool:
-    """Whether the dataset is streamed from disk: --stream or --in-memory as given, else when its decoded copy at
-    the input size would fill half this machine's memory (FolderListing.streams). Only an ImageFolder streams."""
+    """Whether the dataset is streamed from disk: --stream or --in-memory as given; else always under the imagenet
+    preset, whose section 3.4 views crop full-size images (the in-memory path stores an ImageFolder at 32x32 and
+    would hand the net those pixels upscaled); else when its decoded copy at the input size would fill half this
+    machine's memory (FolderListing.streams). Only an ImageFolder streams."""
     if not source.name.startswith("imagefolder"):
         if grid.stream:
             raise BenchError(f"--stream reads an ImageFolder from disk, and {source.name} is held in memory: use "
@@ -70,9 +72,11 @@ def streams(grid: GridConfig, source: DataSource) -> bool:
         return False
     if grid.stream is not None:
         return grid.stream
+    if grid.base.preset == "imagenet":
+        return True
     try:
         listing = list_folder(source.path)
-    except BenchError:  # a folder neither path can read: bench.data.data's loading says what is wrong, as it always has
+    except BenchError:  # a folder neither path can read: bench.data.data's loading says what is wrong
         return False
     return listing.streams(grid.base.input_size or 32)
 
