@@ -18,7 +18,7 @@ from bench.results import store
 from bench.core.errors import BenchError
 from bench.report import tables
 from bench.report.analyze import analyze_run
-from bench.report.plots import figure7, gradient_figure
+from bench.report.layer_plots import figure7, gradient_figure
 from bench.report.report import make_report
 from bench.run.train import train_run
 from resnet import build_model

@@ -17,13 +17,14 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from bench.report import plots, report, tables
+from bench.report import plots, report, schedule_plots, tables
 
 from bench.results import prose
 
 from bench.core.config import QUICK
 from bench.core.errors import BenchError
-from bench.report.plots import degradation_figure, figure1, timing_figure
+from bench.report.plots import degradation_figure, figure1
+from bench.report.timing_plots import timing_figure
 from bench.results.fitting import NOISE_FLOOR
 from bench.results.store import CONFIG, EPOCHS, read_json, run_dir, write_epochs, write_json, write_status
 from bench.timing import timing_rows
@@ -366,7 +367,7 @@ def test_schedule_lengths_get_a_figure_of_final_error_against_length(tmp_path):
     got = table.set_index(["arch", "depth", "iterations"])["final_train"]
     assert sorted(table["iterations"].unique()) == [1000, 4000]
     assert got.to_dict() == pytest.approx(expected.to_dict())
-    fig = plots.schedule_figure(tables.schedule_table(epochs, runs), runs[runs["state"] == "finished"])
+    fig = schedule_plots.schedule_figure(tables.schedule_table(epochs, runs), runs[runs["state"] == "finished"])
     line = next(l for ax in fig.axes for l in ax.lines if l.get_gid() == "plain-56-final_train")
     assert list(line.get_xdata()) == [1000, 4000]
     assert list(line.get_ydata()) == pytest.approx([expected["plain", 56, 1000], expected["plain", 56, 4000]])
@@ -395,7 +396,7 @@ def test_precisions_share_one_schedule_figure_and_the_table_tells_them_apart(tmp
     assert header.index("training error at 4,000 (fp32)") < header.index("training error at 4,000 (bf16)") \
         < header.index("training error at 16,000 (bf16)")
     epochs, runs = report.read_results([root])
-    fig = plots.schedule_figure(tables.schedule_table(epochs, runs), runs)
+    fig = schedule_plots.schedule_figure(tables.schedule_table(epochs, runs), runs)
     lines = {l.get_gid(): l for ax in fig.axes for l in ax.lines}
     # The line joins the mean over both precisions at 4,000; each precision keeps its own points.
     both = table[(table["arch"] == "residual") & (table["depth"] == 20) & (table["iterations"] == 4000)]
@@ -436,7 +437,7 @@ def test_a_crossing_is_where_the_deeper_net_stays_below_to_the_end(gaps, first_b
     assert (row.shallow, row.deep, row.final_gap) == (20, 56, pytest.approx(gaps[-1]))
     for got, want in ((row.first_below, first_below), (row.below_from, below_from), (row.lr_then, lr)):
         assert (math.isnan(got) if want is None else got == pytest.approx(want))
-    fig = plots.crossing_figure(gap_curve, crossed, runs)
+    fig = schedule_plots.crossing_figure(gap_curve, crossed, runs)
     lines = {line.get_gid(): line for ax in fig.axes for line in ax.lines}
     assert list(lines[f"residual-56-20-{100 * len(gaps)}-fp32-s0"].get_ydata()) == pytest.approx(gaps)
     dots = [line for gid, line in lines.items() if gid and gid.endswith("-crossing")]
@@ -584,7 +585,7 @@ def test_a_schedule_line_never_runs_through_a_length_not_run(tmp_path: Path) -> 
     write_run(root, "dirac", 20, 0, iterations=1000)  # one length only: in the table, not drawn
     epochs, runs = report.read_results([root])
     table = tables.schedule_table(epochs, runs)
-    fig = plots.schedule_figure(table, runs)
+    fig = schedule_plots.schedule_figure(table, runs)
     lines = lines_by_gid(fig)
     y = lines["plain-20-final_train"].get_ydata()
     assert list(lines["plain-20-final_train"].get_xdata()) == [1000, 2000, 4000] and np.isnan(y[1])

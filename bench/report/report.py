@@ -26,8 +26,11 @@ from bench.core.errors import BenchError, Notify
 from bench.report import tables
 from bench.results.fitting import FIT_ERROR, NOISE_FLOOR, is_tie
 from bench.core.records import GRAD_NORM, RESPONSE_STD
-from bench.report.plots import (PHASE_LABELS, crossing_figure, degradation_figure, depth_colors, depth_figure, figure1,
-                                figure7, gradient_figure, schedule_figure, style, timing_figure)
+from bench.report.drawing import depth_colors, style
+from bench.report.layer_plots import figure7, gradient_figure
+from bench.report.plots import degradation_figure, depth_figure, figure1
+from bench.report.schedule_plots import crossing_figure, schedule_figure
+from bench.report.timing_plots import PHASE_LABELS, timing_figure
 from bench.core.files import check_writable, own_folder, write_atomic
 from bench.core.provenance import utc_now
 from bench.core.records import DIVERGED, FINISHED

@@ -1,7 +1,7 @@
 """The report's words: the numbers of bench.report.tables and bench.results.fitting as sentences, captions and Markdown tables.
 
-bench.report.tables computes, this module says it, bench.report.plots draws it and bench.report.report puts it together; `bench
-run`'s summary says its verdicts with the same sentences.
+bench.report.tables computes, this module says it, bench.report's plots modules draw it and bench.report.report puts it
+together; `bench run`'s summary says its verdicts with the same sentences.
 """
 
 from __future__ import annotations
