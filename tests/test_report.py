@@ -17,7 +17,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from bench.report import plots, report, schedule_plots, tables
+from bench.report import markdown_tables, plots, report, schedule_plots, tables
 
 from bench.results import prose
 
@@ -210,7 +210,7 @@ def test_the_error_table_gives_the_final_top5_error_where_the_runs_measured_it(r
     epochs, runs, _ = report.load_results([results])
     errors = tables.error_table(epochs, runs).set_index(["arch", "depth"])
     np.testing.assert_allclose(errors["final_top5_mean"], errors["final_test_mean"] / 2)
-    markdown = report.error_markdown(errors.reset_index())
+    markdown = markdown_tables.error_markdown(errors.reset_index())
     header = markdown.splitlines()[0]
     assert header.index("final test error") < header.index("final top-5 test error") < header.index("best test")
 
@@ -442,7 +442,7 @@ def test_a_crossing_is_where_the_deeper_net_stays_below_to_the_end(gaps, first_b
     assert list(lines[f"residual-56-20-{100 * len(gaps)}-fp32-s0"].get_ydata()) == pytest.approx(gaps)
     dots = [line for gid, line in lines.items() if gid and gid.endswith("-crossing")]
     assert [list(dot.get_xdata()) for dot in dots] == ([[below_from]] if below_from else [])
-    words = "\n".join(report.crossing_lines(crossed))
+    words = "\n".join(markdown_tables.crossing_lines(crossed))
     assert ("crosses;" in words) == (below_from is not None)
     # A final gap within the noise floor (one seed) is a tie, never "ends below".
     assert ("ends below residual-20, beyond the noise, in none" in words) == (gaps[-1] > -NOISE_FLOOR)
@@ -455,13 +455,13 @@ def test_the_crossing_over_seeds_gives_the_mean_spread_and_how_many_seeds_cross(
     epochs, runs = (pd.concat(frames, ignore_index=True) for frames in zip(*parts))
     crossed = tables.crossings(tables.training_gaps(epochs, runs))
     assert list(crossed["below_from"].fillna(0)) == [500, 300, 0]
-    words = report.crossing_lines(crossed)
+    words = markdown_tables.crossing_lines(crossed)
     finals = [-0.4, -1.6, 0.1]
     assert words[-1] == (f"    - 600 iterations (fp32) over 3 seeds: final gap {np.mean(finals):.2f} ± "
                          f"{np.std(finals, ddof=1):.2f} points (-1.60 to +0.10); residual-56 crosses in 2 of 3; "
                          f"below from iteration 400 ± 141.")
     # One seed per schedule: nothing over seeds to say.
-    assert not any("over" in line for line in report.crossing_lines(crossed[crossed["seed"] == 0]))
+    assert not any("over" in line for line in markdown_tables.crossing_lines(crossed[crossed["seed"] == 0]))
 
 
 @pytest.mark.slow
