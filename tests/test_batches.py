@@ -23,7 +23,7 @@ from bench.results import store
 from bench.run.batches import MemoryBatches, StreamBatches, load_streamed
 from bench.run.distributed import Dist
 from bench.run.planner import plan
-from bench.run.train import Run, train_run
+from bench.run.train import EVAL_BATCH, Run, scaled_batch, train_run
 from tests.conftest import CPU, bench, epoch_numbers, one_line_exit_2
 from tests.test_distributed import _bench
 from tests.test_streaming import write_folder
@@ -193,6 +193,17 @@ def test_the_imagenet_preset_streams_an_image_folder_unless_told_to_hold_it(tmp_
     assert streamed.stream and {run.input_size for run in streamed.runs} == {224}
     assert not held.stream
     assert not plan(dataclasses.replace(grid, base=dataclasses.replace(base, preset="paper"))).stream  # by size
+
+
+@pytest.mark.slow
+def test_evaluation_holds_as_many_pixels_a_batch_streamed_at_224_as_at_32(tmp_path, tiny_data):
+    # A stream's images are 224 as they arrive; the evaluation and diagnostics batches are sized at 32 (7.8 GB
+    # resident evaluating ResNet-18 in batches of 1,000 at 224, before they were scaled for a stream too).
+    streamed = _streamed(write_folder(tmp_path / "set", per_class=2, test_per_class=1, sizes=SMALL), size=224)
+    at_224 = EVAL_BATCH * 32 * 32 // (224 * 224)
+    assert scaled_batch(EVAL_BATCH, RunConfig(), streamed) == at_224
+    assert scaled_batch(EVAL_BATCH, RunConfig(input_size=224), tiny_data) == at_224
+    assert scaled_batch(EVAL_BATCH, RunConfig(), tiny_data) == EVAL_BATCH
 
 
 def test_a_test_split_with_classes_the_training_split_lacks_is_one_line(tmp_path):

@@ -29,7 +29,7 @@ from bench.run.step import at_least_fp32
 # Test images the per-epoch response statistics are measured on during training, fixed for the whole run.
 # 1,000 images cost ~10% of one evaluation pass, well under 1% of an epoch.
 RESPONSE_IMAGES = 1_000
-RESPONSE_BATCH = 500  # images per forward of the response diagnostics, at the stored size
+RESPONSE_BATCH = 500  # images per forward of the response diagnostics, at 32x32 (train.scaled_batch)
 
 
 

@@ -50,7 +50,8 @@ __all__ = ["Ending", "Run", "RunState", "Schedule", "check_batch", "describe", "
 OnStep = Callable[[int, int, dict], None]
 
 WARMUP_WINDOW = 50  # iterations averaged to decide that training error is below warmup_until_error
-EVAL_BATCH = 1000  # test images per forward at the stored size (scaled_batch: fewer at a larger input size)
+EVAL_BATCH = 1000  # test images per forward at 32x32 (scaled_batch: fewer at a larger input size)
+SIZED_AT = 32  # the input size the batch constants are sized at
 
 
 Data = ImageData | StreamedData  # a set held in memory, or one streamed from disk (bench.run.batches)
@@ -70,10 +71,11 @@ def input_size(config: RunConfig, data: Data) -> int:
 
 
 def scaled_batch(batch: int, config: RunConfig, data: Data) -> int:
-    """`batch`, a number of stored-size images, shrunk to hold as many pixels at the run's input size, so that
-    evaluation and the diagnostics take no more memory at 224 than at 32."""
-    stored, size = data.info.image_size, input_size(config, data)
-    return batch if size <= stored else max(1, batch * stored * stored // (size * size))
+    """`batch`, a number of 32x32 images (EVAL_BATCH and RESPONSE_BATCH are sized at CIFAR's size), shrunk to
+    hold as many pixels at the run's input size, so that evaluation and the diagnostics take no more memory at
+    224 than at 32, whether the images are stored at 32 or streamed at 224."""
+    size = input_size(config, data)
+    return batch if size <= SIZED_AT else max(1, batch * SIZED_AT * SIZED_AT // (size * size))
 
 
 def shortcut_option(config: RunConfig, family: str) -> str:
