@@ -14,7 +14,9 @@ from bench.core.errors import BenchError, Notify, first_line
 from bench.data.data import load_dataset
 from bench.results import store
 from bench.run.layers import RESPONSE_BATCH, RESPONSE_STD, response_rows
-from bench.run.train import make_model, prepare_inputs, scaled_batch
+from bench.run.measures import scaled_batch
+from bench.run.step import prepare_inputs
+from bench.run.train import make_model
 
 
 

@@ -16,7 +16,7 @@ from bench.data.streaming import list_folder
 from bench.data.views import PAPER_SIZE
 from bench.results import store
 from bench.run.distributed import from_environment
-from bench.run.train import check_batch
+from bench.run.state import check_batch
 from resnet import FAMILY_DEFAULTS, family_of
 
 
@@ -81,7 +81,7 @@ def validate_grid(grid: GridConfig) -> tuple[list[RunConfig], DataSource]:
     """Every check of a `bench run` grid, in one pass, before any data is loaded or model built: --shard and
     --devices (the CLI only parsed them), each run (config.validate), --cuda-graph under torchrun, --time-limit,
     --threads and --loader-workers, the dataset (found or refused), and each run's batch against the training images it will
-    have (bench.data.data.train_size, capped by --train-subset; bench.run.train.check_batch). Returns the runs, and the
+    have (bench.data.data.train_size, capped by --train-subset; bench.run.state.check_batch). Returns the runs, and the
     dataset as resolved."""
     index, count = grid.shard
     if not 1 <= index <= count:
