@@ -35,6 +35,18 @@ def run_folders(paths: Sequence[Path]) -> list[Path]:
     return folders
 
 
+def analyze_runs(paths: Sequence[Path], data_dir: Path | None = None, *, device: str = "auto",
+                 notify: Notify = print, skipped: Notify = print) -> None:
+    """`bench analyze`: analyze_run for every run folder of `paths` (run_folders). Of several, one without a
+    checkpoint (a committed run: weights are not in git) is passed over, and `skipped` says so."""
+    folders = run_folders(paths)
+    for folder in folders:
+        if len(folders) > 1 and not (folder / store.CHECKPOINT).exists():
+            skipped(f"skipped {folder}: no checkpoint")
+            continue
+        analyze_run(folder, data_dir, device=device, notify=notify)
+
+
 def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = "auto",
                 notify: Notify = print) -> int:
     """Write the response std of every 3x3 layer, over the whole test split, at the checkpoint's epoch into

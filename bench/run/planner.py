@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from bench.core.config import GridConfig, RunConfig, usable_cpus, validate
+from bench.core.config import GridConfig, RunConfig, parse_gpus, usable_cpus, validate
 from bench.core.errors import BenchError, check_positive
 from bench.core.modes import default_channels_last
 from bench.data.data import DataSource, resolve_dataset, train_size
@@ -101,6 +101,19 @@ def validate_grid(grid: GridConfig) -> tuple[list[RunConfig], DataSource]:
     for run in runs:
         check_batch(run, min(images, run.train_subset or images), ranks.world_size)
     return runs, source
+
+
+def gpus(given: str | None, device: str) -> tuple[str, ...]:
+    """The GPUs `bench run` spreads runs over: `--devices 0,1` -> ('cuda:0', 'cuda:1') (parse_gpus), by default
+    every visible GPU when it trains on GPUs and there are several; none under torchrun, where each rank already
+    has its GPU (and --devices is not read). Whether the GPUs named are here, and --device agrees, is
+    validate_grid's to say."""
+    if from_environment().enabled:
+        return ()
+    if given is None:
+        count = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+        return tuple(f"cuda:{i}" for i in range(count)) if count > 1 else ()
+    return parse_gpus(given)
 
 
 def _check_devices(devices: tuple[str, ...], device: str) -> None:
