@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import errno
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bench.core.config import FORMATS, PRESETS, parse_gpus, usable_cpus
+from bench.core.config import FORMATS, PRESETS
 from bench.core.errors import BenchError, first_line, is_out_of_memory
 from bench.core.interrupts import exit_code, hung_up, stop_like_ctrl_c
 from bench.core.modes import OPTIMIZERS, PRECISIONS
@@ -156,17 +154,6 @@ def handles_errors(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _default_threads(workers: int) -> int:
-    """CPU threads per process: $OMP_NUM_THREADS when set (a batch scheduler's or a test's word), else the
-    CPUs this process may use; one each when several worker processes share them."""
-    if workers > 1:
-        return 1
-    given = os.environ.get("OMP_NUM_THREADS", "")
-    if given.isdigit() and int(given) > 0:
-        return int(given)
-    return usable_cpus()
-
-
 def _shard(value: str) -> tuple[int, int]:
     """`--shard 2/4` -> (2, 4); whether I lies in 1..N is bench.run.planner.validate_grid's to say."""
     try:
@@ -198,21 +185,6 @@ def _milestones(given: list[str] | None) -> tuple[float, ...] | None:
     except ValueError:
         raise BenchError(f"--lr-milestones {' '.join(given)}: give fractions of the run, e.g. 0.5 0.75, or none"
                          ) from None
-
-
-def _devices(value: str | None, device: str) -> tuple[str, ...]:
-    """`--devices 0,1` -> ('cuda:0', 'cuda:1'); by default every visible GPU when training on GPUs. Whether the
-    GPUs named are here, and --device agrees, is bench.run.planner.validate_grid's to say."""
-    import torch
-
-    from bench.run.distributed import from_environment
-
-    if from_environment().enabled:  # under torchrun each rank already has its GPU
-        return ()
-    if value is None:
-        count = torch.cuda.device_count() if device in ("auto", "cuda") else 0
-        return tuple(f"cuda:{i}" for i in range(count)) if count > 1 else ()
-    return parse_gpus(value)
 
 
 @app.command(cls=OneLineErrors)
@@ -279,35 +251,23 @@ def run(
                                                           "(default: one per CPU, up to 8; 0: none).")] = None,
 ) -> None:
     """Train plain and residual nets of the given depths; log train/test error per epoch to parquet."""
-    from bench.core.config import GridConfig, at_batch, with_optimizer
+    from bench.core.config import GridConfig, default_threads, run_config
     from bench.data.data import default_data_dir
     from bench.run.distributed import from_environment
     from bench.run.grid import run_grid
-    from bench.run.planner import configuration, dry_run_lines, plan
+    from bench.run.planner import configuration, dry_run_lines, gpus, plan
 
-    overrides: dict[str, object] = {"dataset": dataset, "device": device, "precision": precision.value,
-                                    "channels_last": channels_last, "compile": compile, "cuda_graph": cuda_graph,
-                                    "sync_bn": sync_bn}
-    if epochs is not None or iterations is not None:  # the preset's length, replaced; both given, validate refuses
-        overrides.update(epochs=epochs, iterations=iterations)
-    for name, value in (("batch_size", batch_size), ("lr", lr), ("width", width), ("momentum", momentum),
-                        ("weight_decay", weight_decay), ("lr_decay_at", _milestones(lr_milestones)),
-                        ("shortcut", shortcut and shortcut.value), ("augment", augment),
-                        ("stem", stem and stem.value), ("input_size", _input_size(input_size, stem))):
-        if value is not None:
-            overrides[name] = value
-    for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
-        if value is not None:
-            overrides[name] = value or None
-    # The batch first, so that a preset whose lr follows it (imagenet) scales it, then the optimizer's defaults
-    # and the command's own --lr on top.
-    base = dataclasses.replace(with_optimizer(at_batch(PRESETS[preset.value], batch_size), optimizer.value),
-                               **overrides)
-    spread = _devices(devices, device)
+    base = run_config(preset.value, optimizer.value, dataset=dataset, device=device, precision=precision.value,
+                      channels_last=channels_last, compile=compile, cuda_graph=cuda_graph, sync_bn=sync_bn,
+                      epochs=epochs, iterations=iterations, batch_size=batch_size, lr=lr, width=width,
+                      momentum=momentum, weight_decay=weight_decay, lr_decay_at=_milestones(lr_milestones),
+                      shortcut=shortcut and shortcut.value, augment=augment, stem=stem and stem.value,
+                      input_size=_input_size(input_size, stem), train_subset=train_subset, test_subset=test_subset)
+    spread = gpus(devices, device)
     grid = GridConfig(base=base, depths=tuple(depths), archs=tuple(arch or ()) or paper_archs(), seeds=tuple(seeds or (0,)),
                       data_dir=str(data_dir or default_data_dir()), results=str(results), shard=_shard(shard),
                       devices=spread, time_limit=time_limit,
-                      threads=threads if threads is not None else _default_threads(len(spread)), stream=stream,
+                      threads=threads if threads is not None else default_threads(len(spread)), stream=stream,
                       loader_workers=loader_workers)
     planned = plan(grid)  # validates every run before anything is printed or trained
     if dry_run:
@@ -419,16 +379,11 @@ def analyze(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Recompute Figure 7's response statistics from each run's checkpoint over the whole test split."""
-    from bench.report.analyze import analyze_run, run_folders
-    from bench.results.store import CHECKPOINT
+    from bench.report.analyze import analyze_runs
 
-    notify = lambda message: console.print(message, markup=False, highlight=False)  # noqa: E731
-    folders = run_folders(runs)
-    for folder in folders:
-        if len(folders) > 1 and not (folder / CHECKPOINT).exists():  # a committed run: weights not in git
-            errors.print(f"skipped {folder}: no checkpoint", markup=False, highlight=False)
-            continue
-        analyze_run(folder, data_dir, device=device, notify=notify)
+    analyze_runs(runs, data_dir, device=device,
+                 notify=lambda message: console.print(message, markup=False, highlight=False),
+                 skipped=lambda message: errors.print(message, markup=False, highlight=False))
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ from bench.results import store
 from bench.run.batches import MemoryBatches, StreamBatches, load_streamed
 from bench.run.distributed import Dist
 from bench.run.planner import plan
-from bench.run.train import EVAL_BATCH, Run, scaled_batch, train_run
+from bench.run.measures import EVAL_BATCH, scaled_batch
+from bench.run.train import Run, train_run
 from tests.conftest import CPU, bench, epoch_numbers, one_line_exit_2
 from tests.test_distributed import _bench
 from tests.test_streaming import write_folder

@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from bench.core.config import (IMAGENET, PAPER, PRESETS, QUICK, GridConfig, RunConfig, at_batch, paper_rules, validate,
-                               with_optimizer)
+from bench.core.config import (IMAGENET, PAPER, PRESETS, QUICK, GridConfig, RunConfig, at_batch, paper_rules, run_config,
+                               validate, with_optimizer)
 from bench.core.errors import BenchError
 
 
@@ -118,6 +118,16 @@ def test_adam_takes_torchs_defaults_and_keeps_the_presets_schedule():
         [torch.zeros(1, requires_grad=True)]).defaults["weight_decay"]
     assert with_optimizer(QUICK, "sgd") == QUICK
     validate(dataclasses.replace(adam, depth=18))
+
+
+def test_run_config_puts_the_options_given_on_the_preset_at_its_batch_under_its_optimizer():
+    assert run_config("quick", lr=None, width=None, channels_last=None) == QUICK  # nothing given: the preset
+    scaled = run_config("imagenet", batch_size=512, train_subset=0, test_subset=100)
+    assert (scaled.lr, scaled.batch_size) == (pytest.approx(0.2), 512)  # the batch first: the lr follows it
+    assert (scaled.train_subset, scaled.test_subset) == (None, 100)  # a subset of 0 is all the images
+    assert run_config("imagenet", "adam", batch_size=512, lr=0.5).lr == 0.5  # --lr on top of the optimizer's
+    assert run_config("imagenet", "adam", batch_size=512) == with_optimizer(at_batch(IMAGENET, 512), "adam")
+    assert (run_config("paper", epochs=3).epochs, run_config("paper", epochs=3).iterations) == (3, None)
 
 
 def test_the_optimizer_enters_the_run_id_only_when_it_is_not_sgd():

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.cli import _default_threads
+from bench.core.config import default_threads
 from bench.core import files
 from bench.core.config import RunConfig
 from bench.core.errors import BenchError, is_out_of_memory, out_of_memory_on
@@ -418,6 +418,6 @@ def test_threads_are_set_and_recorded(tmp_path, data_dir, monkeypatch):
     [folder] = run_folders(tmp_path)
     assert store.read_json(folder / store.CONFIG)["environment"]["threads"] == 1
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert _default_threads(1) == len(os.sched_getaffinity(0)) and _default_threads(4) == 1
+    assert default_threads(1) == len(os.sched_getaffinity(0)) and default_threads(4) == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert _default_threads(1) == 3
+    assert default_threads(1) == 3

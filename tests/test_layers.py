@@ -152,7 +152,8 @@ def test_figure7_and_gradient_figure_plot_what_layers_parquet_holds(tmp_path, ti
 @pytest.mark.timeout(200)
 def test_analyze_recomputes_responses_over_the_whole_test_split(tmp_path, data_dir):
     from bench.data.data import load_dataset, take_subset
-    from bench.run.train import make_model, prepare_inputs
+    from bench.run.step import prepare_inputs
+    from bench.run.train import make_model
 
     data = load_dataset("synthetic", data_dir, progress=False)  # what analyze loads for a synthetic run
     config = dataclasses.replace(TINY_RUN, epochs=1, test_subset=None)

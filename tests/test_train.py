@@ -1,9 +1,7 @@
 import dataclasses
 import inspect
 import math
-import random
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,9 +11,10 @@ from bench.core.errors import BenchError
 from bench.core.records import RunStatus
 from bench.data.loader import epoch_batches
 from bench.results import store
-from bench.run.train import (Run, _rng_state, _set_rng_state, learning_rate, prepare_inputs, train_one_epoch, train_run,
-                             wrong_predictions)
+from bench.run.step import prepare_inputs
+from bench.run.train import Run, learning_rate, train_one_epoch, train_run
 from tests.conftest import CPU, TINY_RUN, epoch_numbers
+
 
 def test_learning_rate_follows_the_paper_schedule():
     total = PAPER.iterations
@@ -34,38 +33,6 @@ def test_learning_rate_follows_the_imagenet_preset_by_epoch():
         first, last = (epoch - 1) * per_epoch, epoch * per_epoch - 1  # the epoch's iterations, from 0
         assert learning_rate(IMAGENET, first, total, False) == learning_rate(IMAGENET, last, total, False)
         assert learning_rate(IMAGENET, last, total, False) == pytest.approx(lr), epoch
-
-
-def test_top5_counts_the_labels_outside_the_five_highest_logits():
-    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3], [9.0, 8, 7, 6, 5, 4, 3], [1.0, 2, 3, 4, 5, 6, 7]])
-    labels = torch.tensor([0, 4, 1])  # right; among the five highest; sixth highest
-    assert wrong_predictions(logits, labels).tolist() == [2, 1]
-    assert wrong_predictions(logits.bfloat16(), labels).tolist() == [2, 1]
-    # With five classes or fewer every label is among the five highest: no top-5 error at all.
-    assert wrong_predictions(logits[:, :3], torch.tensor([0, 1, 0])).tolist() == [2, 0]
-
-
-def test_rng_states_round_trip_exactly():
-    generator = torch.Generator().manual_seed(3)
-    state = _rng_state(generator, CPU)
-    assert state["cuda"] is None
-    first = (random.random(), np.random.rand(), torch.rand(2), torch.rand(2, generator=generator))
-    _set_rng_state(state, generator, CPU)
-    second = (random.random(), np.random.rand(), torch.rand(2), torch.rand(2, generator=generator))
-    assert first[:2] == second[:2]
-    assert torch.equal(first[2], second[2]) and torch.equal(first[3], second[3])
-
-
-def test_the_cuda_rng_state_is_the_run_devices(monkeypatch):
-    # It was once saved and restored on the current device. torch.cuda's RNG calls are stood
-    # in for (no GPU here): what matters is which device they are asked about.
-    asked = []
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: asked.append(("get", device)) or torch.zeros(8))
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: asked.append(("set", device)))
-    generator, gpu = torch.Generator().manual_seed(3), torch.device("cuda", 1)
-    _set_rng_state(_rng_state(generator, gpu), generator, gpu)
-    assert asked == [("get", gpu), ("set", gpu)]
 
 
 @pytest.mark.slow
@@ -182,7 +149,7 @@ def test_a_nan_loss_marks_the_run_diverged(tmp_path, tiny_data):
 
 def test_warmup_ends_once_training_error_is_low(tmp_path, tiny_data, monkeypatch):
     config = dataclasses.replace(TINY_RUN, warmup_lr=0.01, warmup_until_error=1.01)  # any error ends it
-    monkeypatch.setattr("bench.run.train.WARMUP_WINDOW", 4)
+    monkeypatch.setattr("bench.run.state.WARMUP_WINDOW", 4)
     messages = []
     run = Run(config, tiny_data, tmp_path, CPU, notify=messages.append)
     train_one_epoch(run)

@@ -152,6 +152,17 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def default_threads(workers: int) -> int:
+    """CPU threads per process: $OMP_NUM_THREADS when set (a batch scheduler's or a test's word), else the
+    CPUs this process may use; one each when several worker processes share them."""
+    if workers > 1:
+        return 1
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return usable_cpus()
+
+
 def threads_notice(threads: int | None) -> str | None:
     """A warning when `threads` CPU threads are more than this process has CPUs for, else None."""
     cpus = usable_cpus()
@@ -282,6 +293,22 @@ def with_optimizer(config: RunConfig, optimizer: str) -> RunConfig:
     check_choice("optimizer", optimizer, OPTIMIZERS)
     return dataclasses.replace(config, optimizer=optimizer, lr=torch_default(optimizer, "lr"), momentum=0.0,
                                weight_decay=torch_default(optimizer, "weight_decay"))
+
+
+def run_config(preset: str, optimizer: str = "sgd", *, epochs: int | None = None, iterations: int | None = None,
+               train_subset: int | None = None, test_subset: int | None = None, **values: object) -> RunConfig:
+    """A run's config as `bench run` is told it: `preset` at the batch given (at_batch: a preset whose lr follows
+    the batch scales it), under `optimizer` (with_optimizer: its defaults), then every value given on top (None
+    leaves the preset's). A length given replaces the preset's, epochs and iterations both (both given:
+    validate refuses); a subset of 0 is all the images."""
+    overrides = {name: value for name, value in values.items() if value is not None}
+    if epochs is not None or iterations is not None:
+        overrides.update(epochs=epochs, iterations=iterations)
+    for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if value is not None:
+            overrides[name] = value or None
+    return dataclasses.replace(with_optimizer(at_batch(PRESETS[preset], overrides.get("batch_size")), optimizer),
+                               **overrides)
 
 
 def paper_rules(config: RunConfig) -> RunConfig:

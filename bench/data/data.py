@@ -165,7 +165,7 @@ def train_size(source: DataSource, synthetic_train: int = SYNTHETIC_TRAIN) -> in
     check each batch against: the synthetic set's is an option, an ImageFolder's files are counted (a listing,
     as the load makes anyway), and a CIFAR copy in pickles (or one to be downloaded) holds the release's. A
     pickle copy that is not the release may hold fewer: the decoded count is checked again as the data loads
-    (bench.run.train.Schedule.of), still before any run folder is made."""
+    (bench.run.state.Schedule.of), still before any run folder is made."""
     if source.name == "synthetic":
         return synthetic_train
     root = source.path if source.name.startswith("imagefolder") else _find_cifar(source.name, Path(source.path))

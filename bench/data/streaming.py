@@ -124,7 +124,7 @@ class EpochOrder(Sampler):
     alone when `shuffle` (else the files' order); each of `world_size` ranks takes its contiguous share of
     every global batch, as bench.run.train slices the in-memory batches. `set_epoch(epoch, start)` begins at global
     batch `start`, a position saved within the epoch. `batch_size` is a multiple of `world_size`
-    (bench.run.train.check_batch checks it where it enters)."""
+    (bench.run.state.check_batch checks it where it enters)."""
 
     def __init__(self, size: int, batch_size: int, seed: int, *, shuffle: bool, drop_last: bool, rank: int = 0,
                  world_size: int = 1) -> None:

@@ -14,7 +14,9 @@ from bench.core.errors import BenchError, Notify, first_line
 from bench.data.data import load_dataset
 from bench.results import store
 from bench.run.layers import RESPONSE_BATCH, RESPONSE_STD, response_rows
-from bench.run.train import make_model, prepare_inputs, scaled_batch
+from bench.run.measures import scaled_batch
+from bench.run.step import prepare_inputs
+from bench.run.train import make_model
 
 
 
@@ -31,6 +33,18 @@ def run_folders(paths: Sequence[Path]) -> list[Path]:
             raise BenchError(f"{path} is neither a run folder (with {store.CONFIG}) nor a results folder holding "
                              "runs: pass e.g. results/cifar10/<run_id>")
     return folders
+
+
+def analyze_runs(paths: Sequence[Path], data_dir: Path | None = None, *, device: str = "auto",
+                 notify: Notify = print, skipped: Notify = print) -> None:
+    """`bench analyze`: analyze_run for every run folder of `paths` (run_folders). Of several, one without a
+    checkpoint (a committed run: weights are not in git) is passed over, and `skipped` says so."""
+    folders = run_folders(paths)
+    for folder in folders:
+        if len(folders) > 1 and not (folder / store.CHECKPOINT).exists():
+            skipped(f"skipped {folder}: no checkpoint")
+            continue
+        analyze_run(folder, data_dir, device=device, notify=notify)
 
 
 def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = "auto",

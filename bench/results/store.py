@@ -269,7 +269,7 @@ def _count(value: object) -> bool:
 
 
 # What a checkpoint may hold besides its weights (key -> type), checked when present; `epoch`, `iteration` and
-# `model` it must hold (bench.run.train.RunState says what each is).
+# `model` it must hold (bench.run.state.RunState says what each is).
 _CHECKPOINT_SHAPE: dict[str, type | tuple[type, ...]] = {
     "optimizer": dict, "rng": dict, "config": dict, "rows": list, "layer_rows": list, "warming_up": bool,
     "recent_errors": list, "partial": (dict, type(None))}

@@ -48,6 +48,9 @@ class StreamedData:
     workers: int
 
 
+Data = ImageData | StreamedData  # what a run trains on: a set held in memory, or one streamed from disk
+
+
 def load_streamed(root: Path, name: str, size: int, *, workers: int, train_subset: int | None,
                   test_subset: int | None, notify: Notify, mean: bool = True) -> StreamedData:
     """The ImageFolder at `root` listed for streaming at `size` x `size`, with the fixed subset bench.data.data takes
@@ -68,7 +71,7 @@ def _subset(split: SplitFiles, n: int | None, generator: torch.Generator) -> Spl
     return split if picked is None else split.subset(picked.numpy())
 
 
-def loading(data: ImageData | StreamedData, config: RunConfig) -> dict:
+def loading(data: Data, config: RunConfig) -> dict:
     """How a run reads its set, for config.json: held in memory, or streamed (workers, views)."""
     if isinstance(data, ImageData):
         return {"path": "in memory"}
@@ -77,7 +80,7 @@ def loading(data: ImageData | StreamedData, config: RunConfig) -> dict:
             "test_view": View(size).describe()}
 
 
-def batch_source(data: ImageData | StreamedData, config: RunConfig, ranks: Dist, device: torch.device,
+def batch_source(data: Data, config: RunConfig, ranks: Dist, device: torch.device,
                  generator: torch.Generator, notify: Notify) -> MemoryBatches | StreamBatches:
     """The run's batches from `data`, whichever kind it is."""
     if isinstance(data, ImageData):
@@ -149,7 +152,7 @@ class StreamBatches:
                        workers=data.workers, pin_memory=device.type == "cuda", notify=notify)
         self.train_loader = StreamLoader(data.train, _train_view(config, size), shuffle=True, drop_last=True,
                                          **options)
-        # Evaluated a global batch at a time: it divides over the ranks (bench.run.train.check_batch).
+        # Evaluated a global batch at a time: it divides over the ranks (bench.run.state.check_batch).
         self.test_loader = StreamLoader(data.test, View(size), shuffle=False, drop_last=False, **options)
         self._probe: Tensor | None = None
 

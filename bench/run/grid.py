@@ -22,12 +22,13 @@ from bench.core.modes import PRECISION_TEXT
 from bench.core.records import RunStatus
 from bench.data.data import load_dataset, take_subset
 from bench.results import store
-from bench.run.batches import StreamedData, load_streamed
+from bench.run.batches import Data, StreamedData, load_streamed
 from bench.run.planner import Plan, loader_workers, plan, workers_text
 from bench.run.progress import GridProgress
 from bench.run.step import device_settings
 from bench.run.summary import BUSY, EARLIER, OUT_OF_MEMORY, RunSummary, print_summary, read_rows
-from bench.run.train import Data, Schedule, past_deadline, rewrite_config, train_run
+from bench.run.state import Schedule
+from bench.run.train import past_deadline, rewrite_config, train_run
 from bench.run.workers import run_on_devices
 
 

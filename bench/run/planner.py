@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from bench.core.config import GridConfig, RunConfig, usable_cpus, validate
+from bench.core.config import GridConfig, RunConfig, parse_gpus, usable_cpus, validate
 from bench.core.errors import BenchError, check_positive
 from bench.core.modes import default_channels_last
 from bench.data.data import DataSource, resolve_dataset, train_size
@@ -16,7 +16,7 @@ from bench.data.streaming import list_folder
 from bench.data.views import PAPER_SIZE
 from bench.results import store
 from bench.run.distributed import from_environment
-from bench.run.train import check_batch
+from bench.run.state import check_batch
 from resnet import FAMILY_DEFAULTS, family_of
 
 
@@ -85,7 +85,7 @@ def validate_grid(grid: GridConfig) -> tuple[list[RunConfig], DataSource]:
     """Every check of a `bench run` grid, in one pass, before any data is loaded or model built: --shard and
     --devices (the CLI only parsed them), each run (config.validate), --cuda-graph under torchrun, --time-limit,
     --threads and --loader-workers, the dataset (found or refused), and each run's batch against the training images it will
-    have (bench.data.data.train_size, capped by --train-subset; bench.run.train.check_batch). Returns the runs, and the
+    have (bench.data.data.train_size, capped by --train-subset; bench.run.state.check_batch). Returns the runs, and the
     dataset as resolved."""
     index, count = grid.shard
     if not 1 <= index <= count:
@@ -105,6 +105,19 @@ def validate_grid(grid: GridConfig) -> tuple[list[RunConfig], DataSource]:
     for run in runs:
         check_batch(run, min(images, run.train_subset or images), ranks.world_size)
     return runs, source
+
+
+def gpus(given: str | None, device: str) -> tuple[str, ...]:
+    """The GPUs `bench run` spreads runs over: `--devices 0,1` -> ('cuda:0', 'cuda:1') (parse_gpus), by default
+    every visible GPU when it trains on GPUs and there are several; none under torchrun, where each rank already
+    has its GPU (and --devices is not read). Whether the GPUs named are here, and --device agrees, is
+    validate_grid's to say."""
+    if from_environment().enabled:
+        return ()
+    if given is None:
+        count = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+        return tuple(f"cuda:{i}" for i in range(count)) if count > 1 else ()
+    return parse_gpus(given)
 
 
 def _check_devices(devices: tuple[str, ...], device: str) -> None:

@@ -3,6 +3,7 @@
     TrainStep        forward under the run's precision, cross-entropy, backward, SGD step
     predict          the eval-mode forward: `bench run`'s test error and `bench time`'s forward phase
     network_inputs   uint8 images -> the network's input (the paper's per-pixel mean subtraction)
+    prepare_inputs   the same, as a run's config asks (its memory format and input size)
 
 A net runs in one of three modes, chosen the same way by both commands (`--compile`, `--cuda-graph`):
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.core.config import RunConfig
 from bench.core.modes import OPTIMIZER_CLASSES, PRECISION_DTYPES
 from bench.core.provenance import numerics
 from bench.data.loader import normalize, resize
@@ -86,6 +88,11 @@ def network_inputs(images: torch.Tensor, mean: torch.Tensor, channels_last: bool
     if size is not None:
         x = resize(x, size)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def prepare_inputs(images: torch.Tensor, mean: torch.Tensor, config: RunConfig) -> torch.Tensor:
+    """uint8 images -> the network's input for this run (network_inputs), at its input size."""
+    return network_inputs(images, mean, config.channels_last, config.input_size)
 
 
 @torch.no_grad()

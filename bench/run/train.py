@@ -1,7 +1,7 @@
 """The training loop of one run: the optimizer's steps by iteration, per-epoch train/test error, checkpoints that resume exactly.
 
-Training error is the error on the (augmented) training mini-batches of each epoch, as the paper plots it;
-test error is measured on the whole test split after every epoch, in eval mode.
+What a checkpoint holds beside the weights is bench.run.state's (`RunState`, `Schedule`, the RNGs); what an
+epoch measures beside training (test error, its row, Figure 7's responses) is bench.run.measures'.
 
     train_run        one run's life from start (or checkpoint) to end, and the one place its ending (finished,
                      diverged, interrupted by the deadline, a stop or an error) is written to status.json; where
@@ -10,51 +10,41 @@ test error is measured on the whole test split after every epoch, in eval mode.
     _train           the epochs, per epoch: train, evaluate, divergence check, save, status, deadline
     train_one_epoch  one epoch's SGD iterations (or the rest of a half-done one)
     Run              what the loop works on: data, model, optimizer, step, schedule, and RunState, the
-                     part of it a checkpoint holds beside the weights
+                     part of it a checkpoint holds beside the weights (bench.run.state)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.core.config import RunConfig
 from bench.core.errors import BenchError, Notify, first_line
 from bench.core.interrupts import ForcedStop, StopFlag, deferred_interrupts, signals_held
 from bench.core.provenance import environment, utc_now
-from bench.core.records import TOP_K, EpochRow, RunStatus
-from bench.data.data import ImageData
+from bench.core.records import RunStatus
 from bench.data.streaming import worker_failure
 from bench.results import chunks, store
-from bench.run.batches import Batches, StreamedData, batch_source, loading
+from bench.run.batches import Data, MemoryBatches, StreamBatches, batch_source, loading
 from bench.run.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
-from bench.run.layers import RESPONSE_BATCH, gradient_rows, response_rows
-from bench.run.step import TrainStep, accelerate, at_least_fp32, make_optimizer, network_inputs, predict
-from resnet import FAMILY_DEFAULTS, build_model, count_parameters
+from bench.run.layers import gradient_rows
+from bench.run.measures import EVAL_BATCH, epoch_row, evaluate, input_size, responses, scaled_batch, shortcut_option
+from bench.run.state import EpochInProgress, RunState, Schedule, rng_state, seed_everything, set_rng_state
+from bench.run.step import TrainStep, accelerate, make_optimizer, prepare_inputs
+from resnet import build_model, count_parameters
 
-__all__ = ["Ending", "Run", "RunState", "Schedule", "check_batch", "describe", "evaluate", "learning_rate",
-           "make_model", "past_deadline", "prepare_inputs", "rewrite_config", "train_one_epoch", "train_run"]
+__all__ = ["Ending", "Run", "describe", "learning_rate", "make_model", "make_net", "past_deadline",
+           "rewrite_config", "train_one_epoch", "train_run"]
 
 # Called after every iteration with (iteration, total, stats); stats holds the latest epoch row or running numbers.
 OnStep = Callable[[int, int, dict], None]
-
-WARMUP_WINDOW = 50  # iterations averaged to decide that training error is below warmup_until_error
-EVAL_BATCH = 1000  # test images per forward at 32x32 (scaled_batch: fewer at a larger input size)
-SIZED_AT = 32  # the input size the batch constants are sized at
-
-
-Data = ImageData | StreamedData  # a set held in memory, or one streamed from disk (bench.run.batches)
 
 
 def make_model(config: RunConfig, data: Data) -> nn.Module:
@@ -65,24 +55,6 @@ def make_model(config: RunConfig, data: Data) -> nn.Module:
                        num_classes=data.info.num_classes)
 
 
-def input_size(config: RunConfig, data: Data) -> int:
-    """The height and width the net sees: --input-size, else the images as stored (a stream's: its views')."""
-    return config.input_size or data.info.image_size
-
-
-def scaled_batch(batch: int, config: RunConfig, data: Data) -> int:
-    """`batch`, a number of 32x32 images (EVAL_BATCH and RESPONSE_BATCH are sized at CIFAR's size), shrunk to
-    hold as many pixels at the run's input size, so that evaluation and the diagnostics take no more memory at
-    224 than at 32, whether the images are stored at 32 or streamed at 224."""
-    size = input_size(config, data)
-    return batch if size <= SIZED_AT else max(1, batch * SIZED_AT * SIZED_AT // (size * size))
-
-
-def shortcut_option(config: RunConfig, family: str) -> str:
-    """The shortcut option of the residual twin: a plain net has none, but belongs with that twin."""
-    return config.shortcut or FAMILY_DEFAULTS[family]["shortcut"]
-
-
 def learning_rate(config: RunConfig, iteration: int, total: int, warming_up: bool) -> float:
     """The step schedule of section 4.2: divide by `lr_decay` at each fraction in `lr_decay_at` of the run."""
     if warming_up:
@@ -91,150 +63,23 @@ def learning_rate(config: RunConfig, iteration: int, total: int, warming_up: boo
     return config.lr * config.lr_decay**decays
 
 
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
-    numpy_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        # As a tensor and plain numbers, so the checkpoint loads with weights_only=True.
-        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]),
-        "torch": torch.get_rng_state(),
-        # The run's GPU's, not the current one's.
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" and torch.cuda.is_initialized() else None,
-        "data": generator.get_state(),
-    }
-
-
-def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and device.type == "cuda":  # a CPU checkpoint resumed on a GPU has none
-        torch.cuda.set_rng_state(state["cuda"], device)
-    generator.set_state(state["data"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, mean: torch.Tensor, config: RunConfig,
-             ranks: Dist = Dist()) -> tuple[float, float, float]:
-    """(mean loss, top-1 error, top-5 error) of `model` in eval mode over the test split, in one pass: `batches`
-    are this rank's share of it (bench.run.batches), and the sums are added up over the ranks."""
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=mean.device)
-    wrong = torch.zeros(2, dtype=torch.int64, device=mean.device)  # top-1, top-5
-    total = torch.zeros((), dtype=torch.int64, device=mean.device)
-    for images, y in batches:
-        x = prepare_inputs(images, mean, config)
-        logits = predict(model, x, config.precision)
-        loss_sum += F.cross_entropy(at_least_fp32(logits), y, reduction="sum")
-        wrong += wrong_predictions(logits, y)
-        total += len(y)
-    model.train()
-    loss_sum, wrong, total = all_sum(loss_sum, ranks), all_sum(wrong, ranks), all_sum(total, ranks)
-    top1, top5 = wrong.tolist()
-    return loss_sum.item() / total.item(), top1 / total.item(), top5 / total.item()
-
-
-def wrong_predictions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """How many `labels` are not the highest logit of their row (top-1, argmax as always), and how many are not
-    among the TOP_K highest (top-5; with TOP_K classes or fewer, every label is among them: 0), as one tensor."""
-    top = logits.topk(min(TOP_K, logits.shape[1]), dim=1).indices
-    return torch.stack([(logits.argmax(1) != labels).sum(), (top != labels[:, None]).all(1).sum()])
-
-
-def prepare_inputs(images: torch.Tensor, mean: torch.Tensor, config: RunConfig) -> torch.Tensor:
-    """uint8 images -> the network's input for this run (bench.run.step.network_inputs), at its input size."""
-    return network_inputs(images, mean, config.channels_last, config.input_size)
-
-
-def check_batch(config: RunConfig, train_images: int, world_size: int = 1) -> None:
-    """The global batch must divide over the processes and fit at least once into the training images."""
-    if config.batch_size % world_size:
-        raise BenchError(f"--batch-size {config.batch_size} (the global batch) must divide evenly over "
-                         f"{world_size} processes")
-    if train_images // config.batch_size == 0:
-        raise BenchError(f"--batch-size {config.batch_size} is larger than the {train_images} training images: "
-                         "use a smaller batch")
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How long a run trains, in iterations and in epochs (the last one may be short)."""
-
-    iterations: int
-    iterations_per_epoch: int
-    epochs: int
-
-    @classmethod
-    def of(cls, config: RunConfig, train_images: int, world_size: int = 1) -> Schedule:
-        """The schedule of `config` on `train_images` images over `world_size` processes; a batch that does
-        not fit is a BenchError (check_batch). `bench run` works out every run's before any run folder is
-        created and hands each to its run."""
-        check_batch(config, train_images, world_size)
-        per_epoch = train_images // config.batch_size
-        total = config.iterations or config.epochs * per_epoch  # type: ignore[operator]
-        return cls(total, per_epoch, math.ceil(total / per_epoch))
-
-
-@dataclass
-class EpochInProgress:
-    """The epoch in progress: its batches, drawn at its start, and the sums so far. A Ctrl-C mid-epoch
-    checkpoints it, so the resume trains the same batches and the epoch's row counts every image once."""
-
-    # [iterations, global batch] image indices, on the CPU; [iterations, 0] for a streamed set, whose order
-    # is the run's seed's and the epoch's (bench.run.batches)
-    batches: torch.Tensor
-    done: int = 0  # batches trained
-    loss_sum: float = 0.0  # training loss summed over the images seen
-    wrong: int = 0  # training images misclassified
-    seen: int = 0  # images this rank trained on (one process: all of them)
-    seconds: float = 0.0  # training time so far
-
-    def state(self) -> dict:
-        """Plain fields for the checkpoint (which loads with weights_only=True: no classes of ours)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def sums(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss_sum, wrong) as tensors on `device`, to add to without a sync per iteration."""
-        return (torch.tensor(self.loss_sum, dtype=torch.float64, device=device),
-                torch.tensor(self.wrong, dtype=torch.int64, device=device))
-
-
-@dataclass
-class RunState:
-    """Where a run stands and what it recorded: what its checkpoint holds beside the weights, the optimizer's
-    state and the RNGs. The checkpoint keeps these fields under these names (older checkpoints resume)."""
-
-    epoch: int = 0
-    iteration: int = 0
-    rows: list[dict] = field(default_factory=list)  # EpochRow dicts
-    # bench.run.layers.LayerRow dicts, in the checkpoint like the epoch rows so a resume has no gaps (a few
-    # hundred per epoch: small beside the weights even for the paper's 164-epoch 110-layer run).
-    layer_rows: list[dict] = field(default_factory=list)
-    warming_up: bool = False
-    recent_errors: deque[float] = field(default_factory=lambda: deque(maxlen=WARMUP_WINDOW))
-    partial: EpochInProgress | None = None  # the epoch in progress
-
-    def to_checkpoint(self) -> dict:
-        """Plain types only: the checkpoint loads with weights_only=True."""
-        return {"epoch": self.epoch, "iteration": self.iteration, "rows": self.rows, "layer_rows": self.layer_rows,
-                "warming_up": self.warming_up, "recent_errors": list(self.recent_errors),
-                "partial": None if self.partial is None else self.partial.state()}
-
-    @classmethod
-    def from_checkpoint(cls, state: dict) -> RunState:
-        """The inverse of `to_checkpoint`; a missing key or a foreign half-epoch raises KeyError or TypeError."""
-        return cls(epoch=state["epoch"], iteration=state["iteration"], rows=list(state["rows"]),
-                   layer_rows=list(state.get("layer_rows", [])),  # checkpoints from before layers.parquet have none
-                   warming_up=state["warming_up"],
-                   recent_errors=deque(state["recent_errors"], maxlen=WARMUP_WINDOW),
-                   partial=None if state["partial"] is None else EpochInProgress(**state["partial"]))
+def make_net(config: RunConfig, data: Data, device: torch.device, ranks: Dist,
+             batches: MemoryBatches | StreamBatches) -> tuple[nn.Module, torch.optim.Optimizer, TrainStep]:
+    """The run's network on its device in its memory format, its optimizer, and the step that trains it (under
+    DDP with several ranks; eager, compiled or graphed for the shape of every step's batch)."""
+    model = make_model(config, data)
+    if config.sync_bn:
+        model = convert_sync_batchnorm(model, device)
+    model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay)
+    forward: nn.Module = model
+    if ranks.enabled:
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    example = prepare_inputs(batches.example(config.batch_size // ranks.world_size), batches.mean, config)
+    return model, optimizer, TrainStep(model, optimizer, config.precision,
+                                       accelerate(forward, config.mode, example, config.precision))
 
 
 @dataclass(frozen=True)
@@ -257,29 +102,14 @@ class Run:
         # layers.parquet; off only to show that measuring changes nothing (tests/test_layers.py).
         self.diagnostics = diagnostics and ranks.is_main
         self.schedule = schedule or Schedule.of(config, data.info.train_size, ranks.world_size)
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         # Every rank draws the same permutation and augmentation from its generator and keeps its own slice,
         # so N processes see exactly the global batches that one process would. The generator lives on the
         # CPU whatever the device, so a checkpoint resumes on another device and data order never depends on it.
         self.generator = torch.Generator().manual_seed(config.seed)
         self.batches = batch_source(data, config, ranks, device, self.generator, notify)
         self.stop = StopFlag()
-        self.model = make_model(config, data)
-        if config.sync_bn:
-            self.model = convert_sync_batchnorm(self.model, device)
-        self.model.to(device)
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model, config.optimizer, config.lr, config.momentum, config.weight_decay)
-        self.shortcut_option = shortcut_option(config, self.model.family)
-        forward: nn.Module = self.model
-        if ranks.enabled:
-            forward = nn.parallel.DistributedDataParallel(self.model,
-                                                          device_ids=[device] if device.type == "cuda" else None)
-        per_rank = config.batch_size // ranks.world_size
-        example = prepare_inputs(self.batches.example(per_rank), self.batches.mean, config)  # every step's shape
-        self.step = TrainStep(self.model, self.optimizer, config.precision,
-                              accelerate(forward, config.mode, example, config.precision))
+        self.model, self.optimizer, self.step = make_net(config, data, device, ranks, self.batches)
         self.state = RunState(warming_up=config.warmup_lr is not None)
 
     @property
@@ -318,7 +148,7 @@ class Run:
     def checkpoint(self) -> dict:
         """Everything needed to continue exactly where this run is."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": _rng_state(self.generator, self.device), "config": self.config.to_dict(),
+                "rng": rng_state(self.generator, self.device), "config": self.config.to_dict(),
                 **self.batches.state(), **self.state.to_checkpoint()}
 
     def restore(self, checkpoint: dict) -> None:
@@ -329,7 +159,7 @@ class Run:
         try:  # weights of another net, an unknown half-epoch key: torch and dataclasses raise these
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
-            _set_rng_state(checkpoint["rng"], self.generator, self.device)
+            set_rng_state(checkpoint["rng"], self.generator, self.device)
             self.batches.restore(checkpoint)
             self.state = RunState.from_checkpoint(checkpoint)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
@@ -361,9 +191,11 @@ class Run:
                         config, ranks)
         seconds = epoch.seconds + time.perf_counter() - started
         state.epoch += 1
-        self.record_responses()  # outside the epoch's seconds: a diagnostic, not part of the training it times
+        if self.diagnostics:  # outside the epoch's seconds: a diagnostic, not part of the training it times
+            state.layer_rows += responses(config, data, self.model, self.batches, state)
         state.partial = None
-        state.rows.append(self.epoch_row(epoch, lr, (loss_total, wrong_total, seen), test, seconds))
+        state.rows.append(epoch_row(config, data, self.model, self.device, state, epoch, lr,
+                                    (loss_total, wrong_total, seen), test, seconds))
         return state.rows[-1]
 
     def diverged(self, row: dict) -> Ending:
@@ -402,48 +234,6 @@ class Run:
             pass
         return lost
 
-    def record_gradients(self, last_of_epoch: bool) -> None:
-        """Diagnostics at the first step and each epoch's last: gradients as they reach every layer, read
-        between backward and the update."""
-        state = self.state
-        if self.diagnostics and (state.iteration == 0 or last_of_epoch):
-            state.layer_rows += gradient_rows(self.config.run_id(), state.epoch, state.iteration + 1, self.model)
-
-    def record_responses(self) -> None:
-        """Diagnostics after each epoch: every layer's response on the fixed probe images (Figure 7)."""
-        config, data, mean = self.config, self.data, self.batches.mean
-        if self.diagnostics:
-            self.state.layer_rows += response_rows(config.run_id(), self.state.epoch, self.state.iteration,
-                                                   self.model, self.batches.probe(),
-                                                   lambda images: prepare_inputs(images, mean, config),
-                                                   batch_size=scaled_batch(RESPONSE_BATCH, config, data))
-
-    def end_warmup_if_learning(self, batch_error: float) -> None:
-        """The paper's 110-layer rule: back to lr once training error averaged over WARMUP_WINDOW iterations
-        is below warmup_until_error."""
-        config, state = self.config, self.state
-        state.recent_errors.append(batch_error)
-        if len(state.recent_errors) == WARMUP_WINDOW and np.mean(state.recent_errors) < config.warmup_until_error:
-            state.warming_up = False
-            self.notify(f"{config.run_id()}: training error below {config.warmup_until_error:.0%} "
-                        f"at iteration {state.iteration}; lr {config.warmup_lr} -> {config.lr}")
-
-    def epoch_row(self, epoch: EpochInProgress, lr: float, train_sums: tuple[torch.Tensor, torch.Tensor, int],
-                  test: tuple[float, float, float], seconds: float) -> dict:
-        """The EpochRow dict of the epoch just ended (`train_sums`: loss, errors and images, summed over the
-        ranks)."""
-        config, data = self.config, self.data
-        (loss_sum, wrong, seen), (test_loss, test_error, test_top5_error) = train_sums, test
-        row = EpochRow(
-            run_id=config.run_id(), dataset=data.info.name, arch=config.arch, depth=config.depth,
-            width=self.model.width, shortcut=self.shortcut_option, seed=config.seed, preset=config.preset,
-            epoch=self.state.epoch, iteration=self.state.iteration, lr=lr, train_loss=loss_sum.item() / seen,
-            train_error=wrong.item() / seen, test_loss=test_loss, test_error=test_error,
-            test_top5_error=test_top5_error,
-            epoch_seconds=seconds, images_per_second=seen / epoch.seconds,
-            device=self.device.type, precision=config.precision, timestamp=utc_now())
-        return dataclasses.asdict(row)
-
 
 def train_one_epoch(run: Run, on_step: OnStep | None = None) -> tuple[EpochInProgress, float]:
     """Train one epoch (or the rest of a half-done one) one SGD iteration at a time; returns it, with its sums,
@@ -468,7 +258,10 @@ def train_one_epoch(run: Run, on_step: OnStep | None = None) -> tuple[EpochInPro
             images, y = next(batches)  # after the stop check: a batch is drawn only to be trained
             x = prepare_inputs(images, run.batches.mean, config)
             loss, logits = run.step.forward_backward(x, y)
-            run.record_gradients(last_of_epoch=index == len(epoch.batches) - 1)
+            # Between backward and the update: the gradients as they reach every layer (layers.parquet), at the
+            # first step and each epoch's last.
+            if run.diagnostics and (state.iteration == 0 or index == len(epoch.batches) - 1):
+                state.layer_rows += gradient_rows(config.run_id(), state.epoch, state.iteration + 1, run.model)
             run.step.update()
             batch_wrong = (logits.argmax(1) != y).sum()
             loss_sum += loss.detach().double() * len(y)
@@ -476,7 +269,8 @@ def train_one_epoch(run: Run, on_step: OnStep | None = None) -> tuple[EpochInPro
             state.iteration += 1
             epoch.done, epoch.seen = index + 1, epoch.seen + len(y)
             if state.warming_up:  # the paper's 110-layer rule needs the error now, so sync here only
-                run.end_warmup_if_learning(all_sum(batch_wrong, ranks).item() / config.batch_size)
+                state.end_warmup_if_learning(all_sum(batch_wrong, ranks).item() / config.batch_size, config,
+                                             run.notify)
             if on_step is not None:
                 on_step(state.iteration, total, {"loss": loss, "lr": lr})
     finally:  # on a stop too: the checkpoint of a half-done epoch holds its sums
