@@ -19,7 +19,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's bench, not an installed one
 
-from bench.results import store  # noqa: E402
+from bench.results import reading, store  # noqa: E402
 
 # How far the first epochs of one configuration may lie apart between modes. They compute the same maths,
 # but not bitwise alike: torch.compile fuses BatchNorm and ReLU into other kernels (other rounding),
@@ -61,7 +61,7 @@ def timing(folders: list[Path]) -> int:
 
 def runs(folders: list[Path]) -> int:
     """Every run found under the folders: where it ran and how it ended."""
-    epochs, found = store.read_results(folders, notify=lambda message: print(f"- {message}"))
+    epochs, found = reading.read_results(folders, notify=lambda message: print(f"- {message}"))
     if found.empty:
         print("(no runs)")
         return 1
@@ -84,7 +84,7 @@ def compare(named: list[str], epochs: int) -> int:
     frames = {}
     for item in named:
         name, _, folder = item.partition("=")
-        frame, _ = store.read_results([Path(folder)])
+        frame, _ = reading.read_results([Path(folder)])
         frames[name] = frame.sort_values("epoch").reset_index(drop=True)
     (base_name, base), others = next(iter(frames.items())), list(frames.items())[1:]
     rows, bad = [], []

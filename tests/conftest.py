@@ -1,3 +1,4 @@
+import datetime as dt
 from pathlib import Path
 
 import pandas as pd
@@ -70,6 +71,16 @@ def epoch_numbers(directory: Path) -> pd.DataFrame:
     return pd.read_parquet(directory / store.EPOCHS).drop(columns=MEASURED_COLUMNS)
 
 
+def epoch_row(epoch: int, **over) -> dict:
+    """An epochs.parquet row of a plain-20 at `epoch`, any column changed by `over`."""
+    row = {"run_id": "plain-20-s0-x", "dataset": "synthetic", "arch": "plain", "depth": 20, "width": 16,
+           "shortcut": "A", "seed": 0, "preset": "quick", "epoch": epoch, "iteration": 10 * epoch, "lr": 0.1,
+           "train_loss": 1.0, "train_error": 0.5, "test_loss": 1.1, "test_error": 0.55, "epoch_seconds": 1.0,
+           "images_per_second": 100.0, "device": "cpu", "precision": "fp32",
+           "timestamp": dt.datetime.now(dt.timezone.utc)}
+    return {**row, **over}
+
+
 def bench(*args: str, env: dict | None = None):
     """The real `bench` app in this process, its list options expanded as the console script does."""
     return CliRunner().invoke(app, expand_lists(list(args)), env=env)
@@ -118,6 +129,12 @@ def finished_grid(_finished_once, tmp_path) -> Path:
     results = tmp_path / "results"
     shutil.copytree(_finished_once, results)
     return results
+
+
+def grid_folder(results: Path, arch: str) -> Path:
+    """The run folder of `arch` (plain or residual) in a `finished_grid`."""
+    [folder] = results.glob(f"synthetic/{arch}-8-*")
+    return folder
 
 
 # Built from the existing block options only: DiracNets' convs inside the residual net's blocks.

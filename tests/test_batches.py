@@ -19,7 +19,7 @@ import torch
 
 from bench.core.config import PRESETS, GridConfig, RunConfig
 from bench.core.errors import BenchError
-from bench.results import store
+from bench.results import checkpoints, reading, store
 from bench.run.batches import MemoryBatches, StreamBatches, load_streamed
 from bench.run.distributed import Dist
 from bench.run.planner import plan
@@ -64,7 +64,7 @@ def test_an_image_folder_trains_streamed_through_bench_run_at_224(tmp_path):
     assert config["loading"] == {"path": "streamed", "workers": 1, "train_view": test_view, "test_view": test_view}
     rows = pd.read_parquet(directory / store.EPOCHS)
     assert rows["iteration"].tolist() == [1]  # 12 images, one of them skipped: one whole batch of 8
-    assert store.load_checkpoint(directory)["mean"].shape == (3, 224, 224)
+    assert checkpoints.load_checkpoint(directory)["mean"].shape == (3, 224, 224)
 
 
 @pytest.mark.timeout(120)
@@ -92,7 +92,7 @@ def test_a_stop_mid_epoch_on_the_streaming_path_resumes_to_the_same_numbers(tmp_
 
     with pytest.raises(KeyboardInterrupt):
         train_run(STREAMED, data, tmp_path / "cut", CPU, on_step=press_ctrl_c)
-    checkpoint = store.load_checkpoint(tmp_path / "cut")
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "cut")
     assert checkpoint["iteration"] == 4 and checkpoint["partial"]["done"] == 1
     other_mean = dataclasses.replace(data, mean=torch.zeros_like(data.mean))  # a resume keeps the run's own mean
     assert train_run(STREAMED, other_mean, tmp_path / "cut", CPU) == store.FINISHED
@@ -167,8 +167,8 @@ def test_two_gloo_ranks_streaming_match_one_process(tmp_path):
     assert one.returncode == 0, one.stderr
     two = _bench(tmp_path / "two", tmp_path, 2, args)
     assert two.returncode == 0, two.stderr[-3000:]
-    a, _ = store.read_results([tmp_path / "one"])
-    b, _ = store.read_results([tmp_path / "two"])
+    a, _ = reading.read_results([tmp_path / "one"])
+    b, _ = reading.read_results([tmp_path / "two"])
     for column in ("train_loss", "test_loss"):
         assert b[column].iloc[0] == pytest.approx(a[column].iloc[0], rel=1e-3, abs=1e-3), column
     for column, images in (("train_error", 24), ("test_error", 6)):

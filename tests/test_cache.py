@@ -14,7 +14,7 @@ import torch
 from bench.core.errors import BenchError
 from bench.data import cache as cache_module
 from bench.data.data import load_dataset
-from bench.results import store
+from bench.results import checkpoints, store
 from tests.conftest import bench, one_line_exit_2
 from tests.test_data import _image_folder
 
@@ -84,7 +84,7 @@ def test_a_run_records_what_it_trained_on_not_what_a_foreign_cache_claims(tmp_pa
     [config] = results.glob(f"*/*/{store.CONFIG}")
     meta = store.read_config(config.parent)
     assert meta["dataset"]["num_classes"] == 3 and meta["dataset"]["train_size"] == 27
-    checkpoint = store.load_checkpoint(config.parent)
+    checkpoint = checkpoints.load_checkpoint(config.parent)
     assert checkpoint["model"]["fc.weight"].shape[0] == 3  # a 3-way net
 
 

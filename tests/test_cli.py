@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import expand_lists
-from bench.results import store
+from bench.results import reading, store
 from tests.conftest import bench
 
 TINY = ["--device", "cpu", "--dataset", "synthetic", "--preset", "quick", "--width", "4", "--batch-size", "32",
@@ -122,7 +122,7 @@ def test_run_then_rerun_skips_finished_runs_and_report_draws_them(tmp_path, data
     args = ["run", "--depths", "8", "--epochs", "2", "--data-dir", str(data_dir), "--results", str(tmp_path), *TINY]
     first = bench(*args)
     assert first.exit_code == 0, first.output
-    epochs, runs = store.read_results([tmp_path])
+    epochs, runs = reading.read_results([tmp_path])
     assert sorted(runs["arch"]) == ["plain", "residual"] and set(runs["state"]) == {"finished"}
     assert len(epochs) == 4
     environment = store.read_json(next(tmp_path.glob(f"*/*/{store.CONFIG}")))["environment"]

@@ -10,7 +10,7 @@ from bench.run import distributed
 
 from bench.core.config import GridConfig, RunConfig
 from bench.core.errors import BenchError
-from bench.results import store
+from bench.results import reading, store
 from bench.run.grid import run_grid
 from resnet import build_model
 
@@ -35,8 +35,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert one.returncode == 0, one.stderr
     two = _bench(tmp_path / "two", data_dir, 2)
     assert two.returncode == 0, two.stderr[-3000:]
-    a, runs_a = store.read_results([tmp_path / "one"])
-    b, runs_b = store.read_results([tmp_path / "two"])
+    a, runs_a = reading.read_results([tmp_path / "one"])
+    b, runs_b = reading.read_results([tmp_path / "two"])
     assert list(a.columns) == list(b.columns) and len(b) == 1  # rank 0 alone wrote, in the same schema
     assert runs_a["run_id"].tolist() == runs_b["run_id"].tolist()
     for column in ("train_loss", "test_loss"):
@@ -57,7 +57,7 @@ def test_shards_run_disjoint_slices_that_cover_the_grid(tmp_path, data_dir):
         grid = GridConfig(base=base, depths=(8, 14), seeds=(0,), data_dir=str(data_dir),
                           results=str(tmp_path), shard=(index, 3))
         seen += [item.run_id for item in run_grid(grid, progress=False)]
-    _, runs = store.read_results([tmp_path])
+    _, runs = reading.read_results([tmp_path])
     assert sorted(seen) == sorted(runs["run_id"]) and len(seen) == 4 == len(set(seen))
 
 
@@ -71,7 +71,7 @@ def test_workers_on_several_devices_take_each_run_once(tmp_path, data_dir):
                       devices=("cpu", "cpu"))
     summary = run_grid(grid, progress=False)
     assert [item.state for item in summary] == ["finished"] * 8
-    epochs, runs = store.read_results([tmp_path])
+    epochs, runs = reading.read_results([tmp_path])
     assert len(runs) == 8 and len(epochs) == 8  # one epoch each: no run trained twice
 
 

@@ -27,7 +27,7 @@ from bench.core.errors import BenchError, is_out_of_memory, out_of_memory_on
 from bench.data import data as data_module
 from bench.data import sources
 from bench.data.data import load_dataset
-from bench.results import store
+from bench.results import checkpoints, reading, store
 from bench.run.train import train_run
 from bench.timing.timing import TimeConfig
 from tests.conftest import bench, one_line_exit_2, run_timing
@@ -152,7 +152,7 @@ def test_torn_epochs_parquet_is_rebuilt_from_the_checkpoint_and_blocks_nothing(t
     torn.write_bytes(torn.read_bytes()[:50])
 
     notes: list[str] = []
-    epochs, runs = store.read_results([results], notify=notes.append)  # what `bench report` reads
+    epochs, runs = reading.read_results([results], notify=notes.append)  # what `bench report` reads
     assert len(runs) == 1 and len(epochs) == 1 and "checkpoint" in notes[0]
 
     rerun = tiny_run(results, data_dir, "--seeds", "0", "1")  # the remaining run trains
@@ -164,7 +164,7 @@ def test_torn_epochs_parquet_is_rebuilt_from_the_checkpoint_and_blocks_nothing(t
         (folder / name).unlink(missing_ok=True)
     torn.write_bytes(b"PAR1 torn")
     notes.clear()
-    epochs, runs = store.read_results([results], notify=notes.append)
+    epochs, runs = reading.read_results([results], notify=notes.append)
     assert len(runs) == 1 and len(notes) == 1 and "skipped" in notes[0] and "\n" not in notes[0]
     assert tiny_run(results, data_dir, "--seeds", "0", "1").exit_code == 0
 
@@ -279,7 +279,7 @@ def test_json_of_the_wrong_shape_is_one_line(tmp_path, data_dir, name, text):
     one_line_exit_2(bench("run", "--depths", "8", "--data-dir", str(data_dir), "--results", str(results), *TINY),
                     name, "delete it")
     notes: list[str] = []
-    _, runs = store.read_results([results], notify=notes.append)  # `bench report` skips it, saying why
+    _, runs = reading.read_results([results], notify=notes.append)  # `bench report` skips it, saying why
     assert runs.empty and len(notes) == 1 and name in notes[0]
 
 
@@ -340,14 +340,14 @@ def test_a_deleted_config_json_is_rewritten_and_never_dropped_silently(tmp_path,
     before = store.read_json(folder / store.CONFIG)
     (folder / store.CONFIG).unlink()
     notes: list[str] = []
-    _, runs = store.read_results([tmp_path], notify=notes.append)
+    _, runs = reading.read_results([tmp_path], notify=notes.append)
     assert runs.empty and "no config.json" in notes[0]
     rerun = tiny_run(tmp_path, data_dir)
     assert "rewrote it" in rerun.output
     after = store.read_json(folder / store.CONFIG)
     assert {k: after[k] for k in ("run_id", "config", "dataset", "model", "schedule")} == \
            {k: before[k] for k in ("run_id", "config", "dataset", "model", "schedule")}
-    _, runs = store.read_results([tmp_path], notify=notes.append)
+    _, runs = reading.read_results([tmp_path], notify=notes.append)
     assert len(runs) == 1 and runs.loc[0, "state"] == store.FINISHED
 
 
@@ -381,7 +381,7 @@ def test_no_older_checkpoint_is_promised_when_there_is_none(tmp_path):
     (tmp_path / store.CHECKPOINT).write_bytes(b"torn")
     messages: list[str] = []
     with pytest.raises(BenchError, match="corrupt checkpoint"):
-        store.load_checkpoint(tmp_path, messages.append)
+        checkpoints.load_checkpoint(tmp_path, messages.append)
     assert messages and not any("trying an older one" in m for m in messages)
 
 

@@ -17,7 +17,7 @@ import pytest
 from bench.core import files
 
 from bench.core.errors import BenchError
-from bench.results import store
+from bench.results import reading, store
 from tests.conftest import TINY_GRID, bench, one_line_exit_2
 from tests.test_report import write_grid, write_timing
 
@@ -103,7 +103,7 @@ def test_a_run_file_that_is_a_link_is_never_read(finished_grid, tmp_path, name):
     said = " ".join(drawn.output.split())
     assert str(folder / name) in said and "symbolic link" in said
     if name == store.EPOCHS:
-        epochs, _ = store.read_results([finished_grid], notify=lambda message: None)
+        epochs, _ = reading.read_results([finished_grid], notify=lambda message: None)
         assert (epochs[epochs["arch"] == "plain"]["train_error"] > 0).all()  # the checkpoint's rows, not 0%
 
 

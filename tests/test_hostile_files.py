@@ -25,14 +25,9 @@ from PIL import Image
 
 from bench.core.errors import BenchError
 from bench.data.decoding import MAX_IMAGE_PIXELS, _header_size
-from bench.results import store
+from bench.results import checkpoints, store
 from resnet.nets import MAX_CIFAR_DEPTH
-from tests.conftest import TINY_GRID, bench, one_line_exit_2
-
-
-def _folder(results: Path, arch: str) -> Path:
-    [folder] = results.glob(f"synthetic/{arch}-8-*")
-    return folder
+from tests.conftest import TINY_GRID, bench, grid_folder, one_line_exit_2
 
 
 def _report(results: Path):
@@ -56,7 +51,7 @@ def _rerun(results: Path, data_dir: Path):
 @pytest.mark.timeout(300, method="thread")  # a FIFO waited on blocks in open(): end the session
 @pytest.mark.parametrize("name", [store.STATUS, store.CONFIG])
 def test_a_fifo_run_file_is_skipped_by_report_and_refused_by_run_never_waited_on(finished_grid, data_dir, name):
-    path = _folder(finished_grid, "plain") / name
+    path = grid_folder(finished_grid, "plain") / name
     path.unlink()
     os.mkfifo(path)
     drawn = _report(finished_grid)
@@ -68,7 +63,7 @@ def test_a_fifo_run_file_is_skipped_by_report_and_refused_by_run_never_waited_on
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_sparse_1_gib_status_json_is_refused_unread(finished_grid, data_dir):
-    path = _folder(finished_grid, "plain") / store.STATUS
+    path = grid_folder(finished_grid, "plain") / store.STATUS
     os.truncate(path, 2**30)  # sparse: no disk, but read whole it is a gigabyte in memory
     started = time.monotonic()
     with pytest.raises(BenchError, match="is 1 GiB, more than the 64 KiB"):
@@ -79,7 +74,7 @@ def test_a_sparse_1_gib_status_json_is_refused_unread(finished_grid, data_dir):
 
 
 def test_a_config_json_over_its_bound_is_refused_unread(finished_grid):
-    path = _folder(finished_grid, "plain") / store.CONFIG
+    path = grid_folder(finished_grid, "plain") / store.CONFIG
     with open(path, "a") as handle:
         handle.write(" " * store.FILE_LIMITS[store.CONFIG])  # still valid JSON
     with pytest.raises(BenchError, match=r"more than the 1 MiB such a file may be: delete it"):
@@ -184,7 +179,7 @@ def _analyze(folder: Path, data_dir: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["an empty directory", "other columns", "a negative value"])
 def test_a_layers_file_of_the_wrong_shape_leaves_its_figures_out_and_stops_analyze(finished_grid, data_dir, damage):
-    path = _folder(finished_grid, "plain") / store.LAYERS
+    path = grid_folder(finished_grid, "plain") / store.LAYERS
     rows = pd.read_parquet(path)
     if damage == "an empty directory":
         path.unlink()
@@ -206,7 +201,7 @@ def test_a_layers_file_of_the_wrong_shape_leaves_its_figures_out_and_stops_analy
 @pytest.mark.parametrize("column", ["train_error", "test_error"])
 @pytest.mark.parametrize("value", [1e308, -5.0, math.nan, math.inf])
 def test_an_error_that_is_no_fraction_is_named_not_drawn(finished_grid, column, value):
-    path = _folder(finished_grid, "plain") / store.EPOCHS
+    path = grid_folder(finished_grid, "plain") / store.EPOCHS
     rows = pd.read_parquet(path)
     rows.loc[1, column] = value
     rows.to_parquet(path)
@@ -239,13 +234,13 @@ LIES = {"no iteration": "it has no 'iteration'", "model as a list": "its 'model'
 
 @pytest.mark.parametrize("lie", list(LIES))
 def test_analyze_refuses_a_checkpoint_that_lies(finished_grid, data_dir, lie):
-    folder = _folder(finished_grid, "plain")
+    folder = grid_folder(finished_grid, "plain")
     _lie(folder, lie)
     one_line_exit_2(_analyze(folder, data_dir), str(folder / store.CHECKPOINT), LIES[lie], f"delete {folder}")
 
 
 def test_resuming_a_checkpoint_whose_epoch_is_abc_never_marks_the_run_finished(finished_grid, data_dir):
-    folder = _folder(finished_grid, "plain")
+    folder = grid_folder(finished_grid, "plain")
     _lie(folder, "epoch abc")
     store.write_status(folder, store.INTERRUPTED, epoch=2)  # so that `bench run` resumes it
     one_line_exit_2(_rerun(finished_grid, data_dir), str(folder / store.CHECKPOINT), LIES["epoch abc"])
@@ -254,16 +249,16 @@ def test_resuming_a_checkpoint_whose_epoch_is_abc_never_marks_the_run_finished(f
 
 
 def test_a_checkpoint_whose_rows_are_not_its_epochs_is_refused(finished_grid):
-    folder = _folder(finished_grid, "plain")
+    folder = grid_folder(finished_grid, "plain")
     state = torch.load(folder / store.CHECKPOINT, weights_only=True)
     state["rows"][0]["test_error"] = math.nan
     torch.save(state, folder / store.CHECKPOINT)
     with pytest.raises(BenchError, match="column test_error holds nan"):
-        store.load_checkpoint(folder, notify=lambda message: None)
+        checkpoints.load_checkpoint(folder, notify=lambda message: None)
     state["epoch"] = 5
     torch.save(state, folder / store.CHECKPOINT)
     with pytest.raises(BenchError, match="2 epoch rows at epoch 5"):
-        store.load_checkpoint(folder, notify=lambda message: None)
+        checkpoints.load_checkpoint(folder, notify=lambda message: None)
 
 
 def _drain(descriptor: int) -> None:
@@ -314,7 +309,7 @@ def test_sighup_saves_the_half_epoch_marks_the_run_interrupted_and_exits_129(tmp
         assert "Traceback" not in stderr and "interrupted" in stderr
     [folder] = [path.parent for path in tmp_path.glob(f"*/*/{store.CONFIG}")]
     assert store.read_status(folder)["state"] == store.INTERRUPTED
-    checkpoint = store.load_checkpoint(folder)
+    checkpoint = checkpoints.load_checkpoint(folder)
     assert checkpoint["partial"] is not None and checkpoint["epoch"] < 4  # the half epoch, saved
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from bench.run import layers
 
-from bench.results import store
+from bench.results import checkpoints, reading, store
 
 from bench.core.errors import BenchError
 from bench.report import tables
@@ -126,8 +126,8 @@ def test_figure7_and_gradient_figure_plot_what_layers_parquet_holds(tmp_path, ti
     for arch in ("plain", "residual"):
         config = dataclasses.replace(TINY_RUN, arch=arch)
         train_run(config, tiny_data, store.run_dir(results, "synthetic", config.run_id()), CPU)
-    _, runs = store.read_results([results])
-    rows = store.read_layers(runs)
+    _, runs = reading.read_results([results])
+    rows = reading.read_layers(runs)
     fig = figure7(tables.layer_profile(rows, layers.RESPONSE_STD), runs)
     lines = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
     for run in runs.itertuples():
@@ -164,7 +164,7 @@ def test_analyze_recomputes_responses_over_the_whole_test_split(tmp_path, data_d
     assert set(rows["kind"]) == {layers.RESPONSE_STD} and (rows["epoch"] == 1).all() and len(rows) == 7
 
     model = make_model(config, data)
-    model.load_state_dict(store.load_checkpoint(run)["model"])
+    model.load_state_dict(checkpoints.load_checkpoint(run)["model"])
     expected = layers.response_stds(model, iter([prepare_inputs(data.test_images, data.mean, config)]))
     np.testing.assert_allclose(rows.sort_values("layer")["value"], expected, rtol=1e-9)
 

@@ -13,10 +13,9 @@ from typer.testing import CliRunner
 
 from bench.cli import app, expand_lists
 from bench.core.config import PAPER, GridConfig
-from bench.core.records import ADDED_EPOCH_COLUMNS
+from bench.core.records import ADDED_EPOCH_COLUMNS, EPOCH_SCHEMA, LAYER_SCHEMA
 from bench.report.report import make_report
-from bench.results import store
-from bench.core.records import LAYER_SCHEMA
+from bench.results import reading, store
 
 ROOT = Path(__file__).parent.parent
 REFERENCE = ROOT / "results" / "reference"
@@ -50,14 +49,14 @@ COMMANDS = (["--depths", "20", "56", "--iterations", "4000"],
             ["--depths", "20", "56", "--arch", "residual", "--seeds", "1", "--iterations", "16000", "--precision",
              "bf16"])
 # Only finished runs are committed; a reference chunk running in this checkout leaves others beside them.
-RUNS = [d for d in store.find_runs([REFERENCE]) if store.run_state(d) == store.FINISHED]
+RUNS = [d for d in reading.find_runs([REFERENCE]) if store.run_state(d) == store.FINISHED]
 pytestmark = pytest.mark.skipif(not RUNS, reason="no reference runs committed yet")
 
 
 def test_every_committed_run_keeps_the_results_contract():
     for directory in RUNS:
         names = pq.read_schema(directory / store.EPOCHS).names  # a run made before a column was added lacks it
-        assert names == [name for name in store.EPOCH_SCHEMA.names if name in names or name not in ADDED_EPOCH_COLUMNS]
+        assert names == [name for name in EPOCH_SCHEMA.names if name in names or name not in ADDED_EPOCH_COLUMNS]
         assert pq.read_schema(directory / store.LAYERS).names == list(LAYER_SCHEMA.names)
         meta = store.read_json(directory / store.CONFIG)
         assert meta["run_id"] == directory.name

@@ -26,7 +26,8 @@ from bench.core.errors import BenchError
 from bench.report.plots import degradation_figure, figure1
 from bench.report.timing_plots import timing_figure
 from bench.results.fitting import NOISE_FLOOR
-from bench.results.store import CONFIG, EPOCHS, read_json, run_dir, write_epochs, write_json, write_status
+from bench.results.parquet import write_epochs
+from bench.results.store import CONFIG, EPOCHS, read_json, run_dir, write_json, write_status
 from bench.timing import timing_rows
 from bench.timing.timing import TIMING_SCHEMA
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from bench.core.records import ADDED_EPOCH_COLUMNS
-from bench.results import store
+from bench.results import checkpoints, parquet, reading, store
 from tests.conftest import MEASURED_COLUMNS, bench
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results-f13b454"
@@ -86,10 +86,10 @@ def test_finished_runs_are_skipped_and_unfinished_ones_resume(old_results, data_
 
 
 def test_old_results_read_with_the_added_columns_null(old_results):
-    epochs, runs = store.read_results([old_results])
-    assert len(runs) == 3 and list(epochs.columns) == list(store.EPOCH_COLUMNS)
+    epochs, runs = reading.read_results([old_results])
+    assert len(runs) == 3 and list(epochs.columns) == list(parquet.EPOCH_COLUMNS)
     assert epochs["test_top5_error"].isna().all() and epochs["test_error"].notna().all()
     # The interrupted run's checkpoint holds rows without the column too: they read the same way.
-    checkpoint = store.load_checkpoint(old_results / "synthetic" / INTERRUPTED)
+    checkpoint = checkpoints.load_checkpoint(old_results / "synthetic" / INTERRUPTED)
     assert "test_top5_error" not in checkpoint["rows"][0]
-    assert store.epochs_frame(checkpoint["rows"])["test_top5_error"].isna().all()
+    assert parquet.epochs_frame(checkpoint["rows"])["test_top5_error"].isna().all()

@@ -15,7 +15,7 @@ from bench.core.config import RunConfig, validate
 from bench.core.errors import BenchError
 from bench.core.modes import check_mode, mode_of
 from bench.core.provenance import numerics
-from bench.results import store
+from bench.results import reading, store
 from bench.run import step as step_module
 from bench.run.step import TrainStep, accelerate, device_settings, graphed_predict, predict, sgd
 from bench.run.train import train_run
@@ -160,5 +160,5 @@ def test_bench_run_with_cuda_graphs_trains_like_eager(tmp_path, tiny_data) -> No
     data = tiny_data.to(cuda)
     for name, run in (("eager", config), ("graph", dataclasses.replace(config, cuda_graph=True))):
         assert train_run(run, data, tmp_path / name, cuda, notify=lambda _: None) == store.FINISHED
-    eager, graph = (store.read_epochs(tmp_path / name) for name in ("eager", "graph"))
+    eager, graph = (reading.read_epochs(tmp_path / name) for name in ("eager", "graph"))
     assert graph["train_loss"].tolist() == pytest.approx(eager["train_loss"].tolist(), rel=1e-3)

@@ -10,7 +10,7 @@ from bench.core.config import IMAGENET, PAPER, RunConfig
 from bench.core.errors import BenchError
 from bench.core.records import RunStatus
 from bench.data.loader import epoch_batches
-from bench.results import store
+from bench.results import checkpoints, store
 from bench.run.step import prepare_inputs
 from bench.run.train import Run, learning_rate, train_one_epoch, train_run
 from tests.conftest import CPU, TINY_RUN, epoch_numbers
@@ -107,7 +107,7 @@ def test_each_optimizer_trains_and_resumes_a_ctrl_c_exactly(tmp_path, tiny_data,
 
     with pytest.raises(KeyboardInterrupt):
         train_run(config, tiny_data, tmp_path / "cut", CPU, on_step=interrupt)
-    state = store.load_checkpoint(tmp_path / "cut")["optimizer"]["state"]
+    state = checkpoints.load_checkpoint(tmp_path / "cut")["optimizer"]["state"]
     assert {"sgd": "momentum_buffer", "adam": "exp_avg_sq", "adamw": "exp_avg_sq"}[optimizer] in state[0]
     assert train_run(config, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
     pd.testing.assert_frame_equal(whole, epoch_numbers(tmp_path / "cut"))
@@ -246,6 +246,6 @@ def test_a_second_ctrl_c_saves_nothing_and_the_resume_stays_exact(tmp_path, tiny
     with pytest.raises(ForcedStop):
         train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU)
     monkeypatch.setattr(torch.optim.SGD, "step", real_step)
-    assert store.load_checkpoint(tmp_path / "cut")["iteration"] == 8  # the last whole state: epoch 1's end
+    assert checkpoints.load_checkpoint(tmp_path / "cut")["iteration"] == 8  # the last whole state: epoch 1's end
     assert train_run(TINY_RUN, tiny_data, tmp_path / "cut", CPU) == store.FINISHED
     pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))

@@ -18,7 +18,7 @@ from bench.core import files
 
 from bench.core.errors import BenchError
 from bench.data.data import load_dataset
-from bench.results import store
+from bench.results import checkpoints, parquet, reading, store
 from tests.conftest import bench, one_line_exit_2
 
 
@@ -207,7 +207,7 @@ def test_a_config_json_that_does_not_give_its_own_run_id_is_refused(tmp_path, da
     meta["config"].update(arch="residual", depth=56)  # relabelled by hand
     store.write_json(plain / store.CONFIG, meta)
     notes: list[str] = []
-    _, runs = store.read_results([results], notify=notes.append)
+    _, runs = reading.read_results([results], notify=notes.append)
     assert runs["arch"].tolist() == ["residual"] and runs["depth"].tolist() == [8]
     [note] = notes
     assert plain.name in note and "run_id" in note and "\n" not in note
@@ -230,9 +230,9 @@ def test_a_finished_run_whose_epochs_are_lost_is_named_not_dropped(tmp_path, dat
         if damage == "lost":
             (plain / store.EPOCHS).unlink()
         else:
-            store.write_epochs(plain / store.EPOCHS, rows.iloc[:1].to_dict("records"))
+            parquet.write_epochs(plain / store.EPOCHS, rows.iloc[:1].to_dict("records"))
         notes: list[str] = []
-        _, runs = store.read_results([results], notify=notes.append)
+        _, runs = reading.read_results([results], notify=notes.append)
         assert runs["arch"].tolist() == ["residual"], damage
         assert len(notes) == 1 and str(plain) in notes[0] and "delete" in notes[0], notes
         again = _run(results, data_dir, *TINY, "--epochs", "2")
@@ -362,7 +362,7 @@ def test_a_second_sigterm_inside_save_checkpoint_leaves_the_run_interrupted(tmp_
     from bench.run.train import train_run
     from tests.conftest import CPU, TINY_RUN as CONFIG
 
-    real = store.write_atomic
+    real = checkpoints.write_atomic
 
     def write_atomic(path, write):
         def half_then_sigterm(handle):  # the second SIGTERM lands half-way through the checkpoint
@@ -373,7 +373,7 @@ def test_a_second_sigterm_inside_save_checkpoint_leaves_the_run_interrupted(tmp_
 
     def first_sigterm(iteration, total, stats):
         if iteration == 3:
-            monkeypatch.setattr(store, "write_atomic", write_atomic)
+            monkeypatch.setattr(checkpoints, "write_atomic", write_atomic)
             os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # as `bench run` sets it

@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.core.config import RunConfig, resolve_device
 from bench.core.errors import BenchError, Notify, first_line
 from bench.data.data import load_dataset
-from bench.results import store
+from bench.results import checkpoints, parquet, reading, store
 from bench.run.layers import RESPONSE_BATCH, RESPONSE_STD, response_rows
 from bench.run.measures import scaled_batch
 from bench.run.step import prepare_inputs
@@ -27,7 +27,7 @@ def run_folders(paths: Sequence[Path]) -> list[Path]:
     for path in map(Path, paths):
         if (path / store.CONFIG).exists():
             folders.append(path)
-        elif path.is_dir() and (found := store.find_runs([path]) or store.find_runs([path.parent])):
+        elif path.is_dir() and (found := reading.find_runs([path]) or reading.find_runs([path.parent])):
             folders += [f for f in found if path in f.parents]
         else:
             raise BenchError(f"{path} is neither a run folder (with {store.CONFIG}) nor a results folder holding "
@@ -62,14 +62,14 @@ def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = 
     with store.run_lock(directory) as mine:
         if not mine:
             raise BenchError(f"{directory} is being trained right now: analyze it once that process stops")
-        checkpoint = store.load_checkpoint(directory, notify)
+        checkpoint = checkpoints.load_checkpoint(directory, notify)
         if checkpoint is None:
             raise BenchError(f"{directory} has no checkpoint: `bench analyze` needs the trained weights "
                              "(checkpoints are not committed with reference runs; retrain with `bench run`)")
         if checkpoint.get("partial") is not None:
             raise BenchError(f"{directory} stopped in the middle of an epoch: run its `bench run` command to "
                              "finish that epoch, then analyze it")
-        written = store.read_layer_file(directory)  # the file holds every row; a checkpoint those up to its epoch
+        written = reading.read_layer_file(directory)  # the file holds every row; a checkpoint those up to its epoch
         kept = checkpoint.get("layer_rows", []) if written is None else written.to_dict("records")
         data = load_dataset(config.dataset, data_dir, progress=False, notify=notify)
         store.check_same_data(directory, data.info.fingerprint, data.info.source)
@@ -88,7 +88,7 @@ def analyze_run(directory: Path, data_dir: Path | None = None, *, device: str = 
                              batch_size=scaled_batch(RESPONSE_BATCH, config, data))
         layers = directory / store.LAYERS
         kept = [r for r in kept if not (r["kind"] == RESPONSE_STD and r["epoch"] == epoch)]
-        store.write_layers(layers, kept + rows)
+        parquet.write_layers(layers, kept + rows)
     notify(f"{directory.name}: response std of {len(rows)} layers over {len(data.test_images):,} test images "
            f"at epoch {epoch} (iteration {iteration:,}) -> {layers}")
     return len(rows)

@@ -24,7 +24,8 @@ from bench.core.provenance import utc_now
 from bench.core.records import FINISHED
 from bench.report.drawing import depth_colors
 from bench.report.sections import experiment_section, schedule_section, timing_section
-from bench.results.store import dataset_folder, read_layers, read_results, write_text
+from bench.results.reading import read_layers, read_results
+from bench.results.store import dataset_folder, write_text
 from bench.timing.timing_rows import read_timing
 
 

@@ -21,7 +21,7 @@ from bench.core.files import check_writable
 from bench.core.modes import PRECISION_TEXT
 from bench.core.records import RunStatus
 from bench.data.data import load_dataset, take_subset
-from bench.results import store
+from bench.results import checkpoints, store
 from bench.run.batches import Data, StreamedData, load_streamed
 from bench.run.planner import Plan, loader_workers, plan, workers_text
 from bench.run.progress import GridProgress
@@ -181,7 +181,7 @@ def _found(config: RunConfig, schedule: Schedule, directory: Path, data: Data, d
             rewrite_config(config, data, directory, device, world_size=ranks.world_size, notify=notify,
                            schedule=schedule)
         if state == store.FINISHED:
-            store.drop_previous_checkpoint(directory)
+            checkpoints.drop_previous_checkpoint(directory)
     return state, EARLIER
 
 

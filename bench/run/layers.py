@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.core.records import GRAD_NORM, LAYER_SCHEMA, RESPONSE_STD, WEIGHT_NORM, LayerRow
+from bench.core.records import GRAD_NORM, RESPONSE_STD, WEIGHT_NORM, LayerRow
 from bench.run.step import at_least_fp32
 
 # Test images the per-epoch response statistics are measured on during training, fixed for the whole run.

@@ -14,7 +14,7 @@ from rich.table import Table
 from bench.core.config import IMAGENET, QUICK, RunConfig
 from bench.core.errors import BenchError, Notify
 from bench.core.records import RunStatus
-from bench.results import store
+from bench.results import reading
 from bench.results.fitting import RunFit, final_train_error, fit_pass, net_fits, pairs
 from bench.results.prose import STALLED_50, degradation_sentence, fit_text
 from bench.run.progress import print_whole
@@ -79,7 +79,7 @@ def read_rows(directory: Path, notify: Notify, *, repair: bool = False) -> list[
     """The run's epoch rows for the summary; a torn epochs.parquet is read from the checkpoint (and written
     again when `repair`), and an unreadable run costs a notice, never the rest of the grid."""
     try:
-        return store.read_epochs(directory, notify, repair=repair).to_dict("records")
+        return reading.read_epochs(directory, notify, repair=repair).to_dict("records")
     except BenchError as error:
         notify(str(error))
         return []

@@ -31,7 +31,7 @@ from bench.core.interrupts import ForcedStop, StopFlag, deferred_interrupts, sig
 from bench.core.provenance import environment, utc_now
 from bench.core.records import RunStatus
 from bench.data.streaming import worker_failure
-from bench.results import chunks, store
+from bench.results import checkpoints, chunks, parquet, store
 from bench.run.batches import Data, MemoryBatches, StreamBatches, batch_source, loading
 from bench.run.distributed import Dist, all_sum, broadcast, convert_sync_batchnorm
 from bench.run.layers import gradient_rows
@@ -122,7 +122,7 @@ class Run:
         checkpoint that does not fit leaves the run 'interrupted' (a run killed with -9 says `running`: it is
         not, and will not be)."""
         try:
-            checkpoint = store.load_checkpoint(self.directory, self.notify)
+            checkpoint = checkpoints.load_checkpoint(self.directory, self.notify)
             if checkpoint is not None:
                 self.restore(checkpoint)
         except BenchError as error:
@@ -171,13 +171,13 @@ class Run:
         """Checkpoint first, then the parquet, so the rows on disk never run ahead of the checkpoint."""
         if not self.ranks.is_main:
             return
-        store.save_checkpoint(self.directory, self.checkpoint())
+        checkpoints.save_checkpoint(self.directory, self.checkpoint())
         self.write_rows()
 
     def write_rows(self) -> None:
         """epochs.parquet and layers.parquet from the rows in memory."""
-        store.write_epochs(self.directory / store.EPOCHS, self.state.rows)
-        store.write_layers(self.directory / store.LAYERS, self.state.layer_rows)
+        parquet.write_epochs(self.directory / store.EPOCHS, self.state.rows)
+        parquet.write_layers(self.directory / store.LAYERS, self.state.layer_rows)
 
     # -- what the loop calls beside training -------------------------------------------------------
     def evaluate(self, epoch: EpochInProgress, lr: float) -> dict:
@@ -337,7 +337,7 @@ def train_run(config: RunConfig, data: Data, directory: Path, device: torch.devi
             ending = _train(run, on_step, on_epoch, deadline)
             run.status(ending.state, **ending.fields)
             if ending.state == store.FINISHED and ranks.is_main:
-                store.drop_previous_checkpoint(directory)
+                checkpoints.drop_previous_checkpoint(directory)
             return ending.state
         except KeyboardInterrupt as stop:  # where a stop during a run is acted on (cli catches one outside a run)
             run.stopped(stop)

@@ -21,7 +21,7 @@ from rich.table import Table
 from bench.core.errors import BenchError, Notify
 from bench.core.files import refuse_links_below
 from bench.core.records import record_schema
-from bench.results import store
+from bench.results import parquet
 
 OK, OOM = "ok", "oom"
 
@@ -66,6 +66,9 @@ class TimingRow:
 
 
 TIMING_SCHEMA = record_schema(TimingRow)
+# The most bytes a timing file may hold before it is opened (one row per net, device, precision, batch and phase),
+# far above what a sweep writes: a larger one is refused unread (bench.core.files.read_regular).
+TIMING_LIMIT = 64 * 2**20
 # The columns a file must have to be read as `bench time`'s.
 TIMING_COLUMNS = ("model", "arch", "depth", "family", "device", "device_name", "batch_size", "input_size",
                   "precision", "channels_last", "compiled", "phase", "median_ms", "images_per_second")
@@ -99,11 +102,11 @@ def write_timing(rows: list[dict], folder: Path) -> tuple[Path | None, str | Non
     path = folder / f"{run_id}.parquet"
     table = pa.Table.from_pylist(rows, schema=TIMING_SCHEMA)
     try:
-        store.write_parquet(path, table)
+        parquet.write_parquet(path, table)
     except BenchError as error:
         kept = Path(tempfile.gettempdir()) / f"bench-timing-{run_id}.parquet"
         try:
-            store.write_parquet(kept, table)
+            parquet.write_parquet(kept, table)
         except BenchError:
             return None, f"{error}; the measurements could not be kept anywhere (the table above has them)"
         return kept, f"{error}; the measurements are kept in {kept}: move it into {folder}/"
@@ -186,7 +189,7 @@ def read_timing(results: Sequence[Path], notify: Notify | None = None) -> pd.Dat
             notify(f"skipped the timing files: {error}")
     for path in sorted(p for folder in folders for p in folder.glob("*.parquet")):
         try:
-            frame, _ = store.read_parquet(path, store.TIMING_LIMIT, "delete it and run `bench time` again")
+            frame, _ = parquet.read_parquet(path, TIMING_LIMIT, "delete it and run `bench time` again")
         except BenchError as error:  # a FIFO, a device or a huge file: not opened
             notify(f"skipped timing file {error}")
             continue
