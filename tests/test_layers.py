@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.core import records
 from bench.run import layers
 
 from bench.results import checkpoints, reading, store
@@ -94,10 +95,10 @@ def test_diagnostics_leave_training_unchanged(tmp_path, tiny_data):
 def test_layer_rows_cover_each_epoch_and_the_first_step(tmp_path, tiny_data):
     train_run(TINY_RUN, tiny_data, tmp_path, CPU)
     rows = _layers(tmp_path)
-    assert list(rows.columns) == list(layers.LAYER_SCHEMA.names)
-    grads = rows[rows["kind"] == layers.GRAD_NORM]
+    assert list(rows.columns) == list(records.LAYER_SCHEMA.names)
+    grads = rows[rows["kind"] == records.GRAD_NORM]
     assert sorted(grads["iteration"].unique()) == [1, 8, 16, 24]  # 512 images / 64 = 8 steps an epoch
-    responses = rows[rows["kind"] == layers.RESPONSE_STD]
+    responses = rows[rows["kind"] == records.RESPONSE_STD]
     assert sorted(responses["epoch"].unique()) == [1, 2, 3]
     assert responses.groupby("epoch").size().eq(7).all()
     assert (rows["value"] > 0).all() and rows["value"].map(np.isfinite).all()
@@ -128,19 +129,19 @@ def test_figure7_and_gradient_figure_plot_what_layers_parquet_holds(tmp_path, ti
         train_run(config, tiny_data, store.run_dir(results, "synthetic", config.run_id()), CPU)
     _, runs = reading.read_results([results])
     rows = reading.read_layers(runs)
-    fig = figure7(tables.layer_profile(rows, layers.RESPONSE_STD), runs)
+    fig = figure7(tables.layer_profile(rows, records.RESPONSE_STD), runs)
     lines = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
     for run in runs.itertuples():
         parquet = pd.read_parquet(store.run_dir(results, "synthetic", run.run_id) / store.LAYERS)
-        last = parquet[(parquet["kind"] == layers.RESPONSE_STD) & (parquet["epoch"] == 3)].sort_values("layer")
+        last = parquet[(parquet["kind"] == records.RESPONSE_STD) & (parquet["epoch"] == 3)].sort_values("layer")
         np.testing.assert_allclose(lines[f"{run.arch}-8-layer"].get_ydata(), last["value"])
         np.testing.assert_allclose(lines[f"{run.arch}-8-sorted"].get_ydata(), np.sort(last["value"])[::-1])
-        first = parquet[(parquet["kind"] == layers.GRAD_NORM) & (parquet["iteration"] == 1)].sort_values("layer")
-        fig = gradient_figure(tables.layer_profile(rows, layers.GRAD_NORM, "first"),
-                              tables.layer_profile(rows, layers.GRAD_NORM, "last"), runs)
+        first = parquet[(parquet["kind"] == records.GRAD_NORM) & (parquet["iteration"] == 1)].sort_values("layer")
+        fig = gradient_figure(tables.layer_profile(rows, records.GRAD_NORM, "first"),
+                              tables.layer_profile(rows, records.GRAD_NORM, "last"), runs)
         grads = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
         np.testing.assert_allclose(grads[f"{run.arch}-8-grad-first"].get_ydata(), first["value"])
-    ratios = tables.response_ratios(tables.layer_profile(rows, layers.RESPONSE_STD))
+    ratios = tables.response_ratios(tables.layer_profile(rows, records.RESPONSE_STD))
     assert ratios["depth"].tolist() == [8] and ratios["ratio"].iloc[0] > 0
 
     written = {p.name for p in make_report([results], tmp_path / "reports", notify=lambda m: None)}
@@ -161,7 +162,7 @@ def test_analyze_recomputes_responses_over_the_whole_test_split(tmp_path, data_d
     train_run(config, take_subset(data, 512, 128), run, CPU, diagnostics=False)  # as before layers.parquet
     analyze_run(run, data_dir, device="cpu", notify=lambda m: None)
     rows = _layers(run)
-    assert set(rows["kind"]) == {layers.RESPONSE_STD} and (rows["epoch"] == 1).all() and len(rows) == 7
+    assert set(rows["kind"]) == {records.RESPONSE_STD} and (rows["epoch"] == 1).all() and len(rows) == 7
 
     model = make_model(config, data)
     model.load_state_dict(checkpoints.load_checkpoint(run)["model"])
