@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from bench.core.errors import BenchError
-from bench.data.streaming import StreamLoader, list_folder, pixel_mean
+from bench.data.streaming import StreamLoader, list_folder, pixel_mean, worker_failure
 from bench.data.views import Augmentation, View
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,3 +218,12 @@ def test_streaming_a_folder_holds_the_batches_in_flight_not_the_set(tmp_path):
     assert measured["seen"] == 1600 // 32 * 32
     assert measured["cache"] > 10 * measured["in_flight"]
     assert measured["growth"] < measured["cache"] / 4 and measured["worker_growth"] < measured["cache"] / 4, measured
+
+
+def test_a_worker_lost_mid_transfer_is_the_same_one_line_as_a_worker_killed():
+    # A worker killed while handing a batch over leaves a reset connection, not torch's RuntimeError.
+    for error in (RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed."),
+                  ConnectionResetError(104, "Connection reset by peer"), EOFError()):
+        assert "a data loader worker failed" in str(worker_failure(error))
+        assert "run the same command again" in str(worker_failure(error))
+    assert worker_failure(RuntimeError("shape mismatch")) is None and worker_failure(ValueError("x")) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import time
 import weakref
 from pathlib import Path
@@ -272,7 +273,7 @@ for _ in range(16):
     before = faults(); predict(model, x, "fp32"); counts.append(faults() - before)
 print(counts)
 """
-    if not Path("/proc/self/stat").exists() or not __import__("bench.core.allocator").allocator.keep_freed_memory():
+    if not Path("/proc/self/stat").exists() or not importlib.import_module("bench.core.allocator").keep_freed_memory():
         pytest.skip("needs Linux with glibc")
     counts = {mode: eval(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                                         check=True, cwd=Path(__file__).parents[1]).stdout)

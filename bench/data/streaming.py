@@ -251,15 +251,17 @@ class StreamLoader:
                 if batch.refused:
                     raise BenchError(batch.refused)
                 yield batch
-        except RuntimeError as error:
+        except (RuntimeError, ConnectionError, EOFError) as error:
             raise worker_failure(error) or error from None
 
 
 def worker_failure(error: BaseException) -> BenchError | None:
     """The one line for torch's error on a loader worker that died (killed by the system) or hung; None for any
     other error. torch raises it from its SIGCHLD handler too, wherever the main process is at the time, so
-    bench.run.train asks here about an error from anywhere in a run, not only from the loader's `next`."""
-    if not isinstance(error, RuntimeError) or not str(error).startswith(_WORKER_FAILURES):
+    bench.run.train asks here about an error from anywhere in a run, not only from the loader's `next`. A worker
+    killed while it hands a batch over leaves the loader a broken connection (ConnectionError, EOFError) instead."""
+    lost_connection = isinstance(error, (ConnectionError, EOFError))
+    if not lost_connection and (not isinstance(error, RuntimeError) or not str(error).startswith(_WORKER_FAILURES)):
         return None
     return BenchError(f"a data loader worker failed ({first_line(error, 200).strip()}): run the same command again "
                       "to resume from the last save")

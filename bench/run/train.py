@@ -223,15 +223,20 @@ class Run:
 
     def failed(self, error: Exception) -> BenchError | None:
         """Record the run 'interrupted' by `error`; returns the BenchError to raise instead when `error` is
-        DDP's on losing another rank."""
+        DDP's on losing another rank, or when a loader worker's death is raised while the status is written."""
         lost = None
         if self.ranks.enabled and isinstance(error, RuntimeError):  # another rank died: the collectives fail
             lost = BenchError(f"rank {self.ranks.rank}: lost the other ranks ({first_line(error, 200)}); "
                               "run the same command again to resume from the last finished epoch")
-        try:  # on a full disk this small file may not fit either; the error raised says what to do
-            self.status(store.INTERRUPTED, iteration=self.state.iteration, error=first_line(lost or error, 200))
-        except (BenchError, OSError):
-            pass
+        for _ in range(2):
+            try:  # on a full disk this small file may not fit either; the error raised says what to do
+                self.status(store.INTERRUPTED, iteration=self.state.iteration, error=first_line(lost or error, 200))
+                break
+            except (BenchError, OSError):
+                break
+            except RuntimeError as late:  # torch's SIGCHLD handler: a loader worker's death, raised mid-write
+                if (lost := lost or worker_failure(late)) is None:
+                    raise
         return lost
 
 
