@@ -80,39 +80,40 @@ def test_stream_sources_train_and_test_the_same_images_as_the_listing(tmp_path):
     assert source.state()["mean"].shape == (3, 32, 32)
 
 
+def _cut_at_iteration_4(tmp_path: Path, act, expected: type[BaseException], match: str | None = None):
+    """A streamed run trained whole (tmp_path/whole), and again (tmp_path/cut) with `act` done after iteration 4,
+    the first batch of epoch 2, which must raise `expected`: (its data, what pytest.raises caught)."""
+    data = _streamed(write_folder(tmp_path / "set", per_class=8, sizes=SMALL), workers=1)
+    assert train_run(STREAMED, data, tmp_path / "whole", CPU) == store.FINISHED
+    with pytest.raises(expected, match=match) as caught:
+        train_run(STREAMED, data, tmp_path / "cut", CPU, on_step=lambda iteration, *_: iteration == 4 and act())
+    return data, caught
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_stop_mid_epoch_on_the_streaming_path_resumes_to_the_same_numbers(tmp_path):
-    data = _streamed(write_folder(tmp_path / "set", per_class=8, sizes=SMALL), workers=1)
-    assert train_run(STREAMED, data, tmp_path / "whole", CPU) == store.FINISHED
-
-    def press_ctrl_c(iteration, total, stats):
-        if iteration == 4:  # the first batch of epoch 2 trained: its position, 1, is what the checkpoint keeps
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(KeyboardInterrupt):
-        train_run(STREAMED, data, tmp_path / "cut", CPU, on_step=press_ctrl_c)
+    data, _ = _cut_at_iteration_4(tmp_path, lambda: os.kill(os.getpid(), signal.SIGINT), KeyboardInterrupt)
     checkpoint = checkpoints.load_checkpoint(tmp_path / "cut")
-    assert checkpoint["iteration"] == 4 and checkpoint["partial"]["done"] == 1
+    assert checkpoint["iteration"] == 4 and checkpoint["partial"]["done"] == 1  # epoch 2's position is kept
     other_mean = dataclasses.replace(data, mean=torch.zeros_like(data.mean))  # a resume keeps the run's own mean
     assert train_run(STREAMED, other_mean, tmp_path / "cut", CPU) == store.FINISHED
     pd.testing.assert_frame_equal(epoch_numbers(tmp_path / "whole"), epoch_numbers(tmp_path / "cut"))
 
 
+def _kill_the_workers() -> None:
+    """As the system's out-of-memory killer would: every child of this process, then a pause, in which torch's
+    SIGCHLD handler may raise in the middle of the loop's own work."""
+    for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split():
+        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.5)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_loader_worker_killed_mid_epoch_stops_the_run_in_one_line_and_the_rerun_is_exact(tmp_path):
-    data = _streamed(write_folder(tmp_path / "set", per_class=8, sizes=SMALL), workers=1)
-    assert train_run(STREAMED, data, tmp_path / "whole", CPU) == store.FINISHED
-
-    def kill_the_workers(iteration, total, stats):
-        if iteration == 4:  # as the system's out-of-memory killer would, mid-epoch 2
-            for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split():
-                os.kill(int(pid), signal.SIGKILL)
-            time.sleep(0.5)  # torch's SIGCHLD handler may raise here, in the middle of the loop's own work
-
-    with pytest.raises(BenchError, match=r"a data loader worker failed .*run the same command again") as error:
-        train_run(STREAMED, data, tmp_path / "cut", CPU, on_step=kill_the_workers)
+    data, error = _cut_at_iteration_4(tmp_path, _kill_the_workers, BenchError,
+                                      r"a data loader worker failed .*run the same command again")
     assert "\n" not in str(error.value)
     assert store.read_status(tmp_path / "cut")["state"] == "interrupted"
     assert train_run(STREAMED, data, tmp_path / "cut", CPU) == store.FINISHED  # from epoch 1's checkpoint
