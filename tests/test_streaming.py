@@ -220,6 +220,34 @@ def test_streaming_a_folder_holds_the_batches_in_flight_not_the_set(tmp_path):
     assert measured["growth"] < measured["cache"] / 4 and measured["worker_growth"] < measured["cache"] / 4, measured
 
 
+_PIXEL_MEAN = textwrap.dedent("""
+    import sys
+    from bench.core.allocator import keep_freed_memory
+    from bench.data.streaming import list_folder, pixel_mean
+
+    def peak():
+        return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+
+    listing = list_folder(sys.argv[1])
+    keep_freed_memory()  # as a process that trains has it: freed blocks stay resident
+    before = peak()
+    pixel_mean(listing.train, 224, batch_size=64, workers=1)
+    print(peak() - before)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_pixel_mean_grows_the_process_by_less_than_a_few_batches(tmp_path):
+    """400 images in batches of 64 at 224, freed memory kept: a batch summed in int64 in one call was first copied
+    whole to int64 (8x the batch), and the kept heap grew by more than that; summed in place, by a batch or two."""
+    root = write_folder(tmp_path / "set", classes=4, per_class=100, test_per_class=1, sizes=((64, 48), (40, 56)))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", _PIXEL_MEAN, str(root)], capture_output=True, text=True, env=env,
+                            timeout=100)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) < 4 * 64 * 3 * 224 * 224, int(result.stdout)
+
 def test_a_worker_lost_mid_transfer_is_the_same_one_line_as_a_worker_killed():
     # A worker killed while handing a batch over leaves a reset connection, not torch's RuntimeError.
     for error in (RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed."),

@@ -7,6 +7,11 @@ sweep was timed cold. With the thresholds raised below the faults stop after the
 the cost are in docs/benchmarks.md). A `bench run` evaluation (batches of 1,000 images: 64 MiB per activation
 of a width-16 net, past the 32 MiB where the threshold stops adapting) pays it on every batch by glibc's rules.
 
+The price: nothing freed goes back, and a large block freed between smaller ones that stay is not always
+reused by the next one of its size, so a loop of large transients can grow the heap by one each time. Set it
+where the pattern is steady (a run's steps, once its data is loaded; a timing sweep), not before a phase of
+one-off large blocks (docs/benchmarks.md, "A streamed `bench run`").
+
 Elsewhere than glibc (macOS, musl) nothing is changed.
 """
 

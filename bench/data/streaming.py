@@ -277,7 +277,8 @@ def pixel_mean(files: SplitFiles, size: int = PAPER_SIZE, *, sample: int = 10_00
                           drop_last=False, workers=workers, notify=notify)
     total, count = torch.zeros(3, size, size, dtype=torch.int64), 0
     for batch in loader.batches(0):
-        total += batch.images.sum(0, dtype=torch.int64)
+        for image in batch.images:  # in place: a batch's sum(dtype=int64) would copy all of it to int64 first
+            total += image
         count += len(batch.images)
     if not count:
         raise BenchError(f"none of the {len(chosen)} sampled images of {files.folder} could be decoded: "

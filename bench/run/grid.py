@@ -42,7 +42,6 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     device takes the runs one at a time.
     """
     console = console or Console()
-    keep_freed_memory()  # every evaluation batch would otherwise fault its activations in afresh (bench.core.allocator)
     ranks = distributed.from_environment()
     # Notices (a fallback, cache trouble, a skipped run) go to stderr, one line each: stdout stays the
     # configuration, the epochs and the summary (and --dry-run's one line per run).
@@ -57,6 +56,10 @@ def run_grid(grid: GridConfig, *, console: Console | None = None, progress: bool
     try:
         with device_settings(device):  # the current CUDA device, IEEE fp32, cudnn autotuning: as bench time
             data, schedules = _load_data(grid, planned, device, ranks, console, notices, progress, notify)
+            # Every evaluation batch would otherwise fault its activations in afresh. Only once the data is loaded:
+            # the kept heap is never trimmed, and the loading's large transients (decoding, a streamed set's pixel
+            # mean) would strand in it what training never reuses (bench.core.allocator).
+            keep_freed_memory()
             bars = GridProgress(console, progress and ranks.is_main)
             deadline = time.monotonic() + 60 * grid.time_limit if grid.time_limit else None
             with bars.progress:
