@@ -176,6 +176,25 @@ def test_two_gloo_ranks_streaming_match_one_process(tmp_path):
         assert abs(b[column].iloc[0] - a[column].iloc[0]) <= 1 / images + 1e-9, column
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_gloo_ranks_streaming_resume_to_an_unbroken_two_rank_runs_numbers(tmp_path):
+    root = write_folder(tmp_path / "set", per_class=8, sizes=SMALL)
+    args = ["--depths", "8", "--arch", "plain", "--epochs", "2", "--dataset", f"imagefolder:{root}", "--stream",
+            "--loader-workers", "1", "--input-size", "32", "--width", "4", "--batch-size", "8", "--augment",
+            "--no-progress", "--device", "cpu"]
+    whole = _bench(tmp_path / "whole", tmp_path, 2, args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = _bench(tmp_path / "cut", tmp_path, 2, [*args, "--time-limit", "0.0001"])  # stops after epoch 1
+    assert first.returncode == 0, first.stderr[-3000:]
+    (cut,) = (tmp_path / "cut").glob("*/*/")
+    assert store.read_status(cut)["state"] == "interrupted" and len(epoch_numbers(cut)) == 1
+    rest = _bench(tmp_path / "cut", tmp_path, 2, args)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    (unbroken,) = (tmp_path / "whole").glob("*/*/")
+    pd.testing.assert_frame_equal(epoch_numbers(unbroken), epoch_numbers(cut))
+
+
 def test_only_an_image_folder_streams_and_never_under_cuda_graphs(tmp_path):
     one_line_exit_2(bench("run", "--depths", "8", "--dataset", "synthetic", "--stream", "--device", "cpu",
                           "--results", str(tmp_path), "--dry-run"), "--stream reads an ImageFolder", "synthetic")
