@@ -157,13 +157,18 @@ def test_a_streamed_run_killed_mid_epoch_resumes_to_an_unbroken_runs_numbers(tmp
     pd.testing.assert_frame_equal(epoch_numbers(expected), epoch_numbers(directory))
 
 
+def _ranked_args(tmp_path: Path, *more: str) -> list[str]:
+    """`bench run`'s options for a streamed width-4 net-8 on a generated folder under `tmp_path`, for tests/
+    test_distributed.py's `_bench` (one process or gloo ranks), with `more` (the arch, epochs, workers)."""
+    root = write_folder(tmp_path / "set", per_class=8, sizes=SMALL)
+    return ["--depths", "8", "--dataset", f"imagefolder:{root}", "--stream", "--input-size", "32", "--width", "4",
+            "--batch-size", "8", "--augment", "--no-progress", "--device", "cpu", *more]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_gloo_ranks_streaming_match_one_process(tmp_path):
-    root = write_folder(tmp_path / "set", per_class=8, sizes=SMALL)
-    args = ["--depths", "8", "--arch", "residual", "--epochs", "1", "--dataset", f"imagefolder:{root}", "--stream",
-            "--loader-workers", "0", "--input-size", "32", "--width", "4", "--batch-size", "8", "--augment",
-            "--no-progress", "--sync-bn", "--device", "cpu"]
+    args = _ranked_args(tmp_path, "--arch", "residual", "--epochs", "1", "--loader-workers", "0", "--sync-bn")
     one = _bench(tmp_path / "one", tmp_path, 1, args)
     assert one.returncode == 0, one.stderr
     two = _bench(tmp_path / "two", tmp_path, 2, args)
@@ -179,10 +184,7 @@ def test_two_gloo_ranks_streaming_match_one_process(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_gloo_ranks_streaming_resume_to_an_unbroken_two_rank_runs_numbers(tmp_path):
-    root = write_folder(tmp_path / "set", per_class=8, sizes=SMALL)
-    args = ["--depths", "8", "--arch", "plain", "--epochs", "2", "--dataset", f"imagefolder:{root}", "--stream",
-            "--loader-workers", "1", "--input-size", "32", "--width", "4", "--batch-size", "8", "--augment",
-            "--no-progress", "--device", "cpu"]
+    args = _ranked_args(tmp_path, "--arch", "plain", "--epochs", "2", "--loader-workers", "1")
     whole = _bench(tmp_path / "whole", tmp_path, 2, args)
     assert whole.returncode == 0, whole.stderr[-3000:]
     first = _bench(tmp_path / "cut", tmp_path, 2, [*args, "--time-limit", "0.0001"])  # stops after epoch 1
