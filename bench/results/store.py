@@ -225,7 +225,9 @@ def record_data(directory: Path, fingerprint: str, source: str, name: str) -> No
 def run_lock(directory: Path) -> Iterator[bool]:
     """Hold the run's lock for the block; yields False (and holds nothing) if another process has it.
 
-    An OS file lock dies with its process, so a run killed with -9 never stays locked.
+    A POSIX record lock (lockf) dies with its process, so a run killed with -9 never stays locked; a flock would
+    be shared with the process's forked loader workers, which outlive it by seconds, and a rerun meanwhile would
+    skip the run as busy.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -237,14 +239,14 @@ def run_lock(directory: Path) -> Iterator[bool]:
         raise
     try:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held by another process
             yield False
             return
         try:
             yield True
         finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
+            fcntl.lockf(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
 
